@@ -1,0 +1,146 @@
+// The only file that imports dockerode: everything else sees ContainerInfo and plain events.
+import Docker from 'dockerode';
+import type { ContainerInfo, PortBinding } from '../model/types.js';
+
+export interface DockerEvent {
+  type: string;
+  action: string;
+  id: string;
+}
+
+export interface DockerSource {
+  readonly endpoint: string;
+  /** Running (and paused) containers, fully described. */
+  list(): Promise<ContainerInfo[]>;
+  /** Streams events until the connection ends; `onEnd` fires once, with the reason if any. */
+  events(onEvent: (e: DockerEvent) => void, onEnd: (err?: Error) => void): Promise<() => void>;
+  version(): Promise<string>;
+}
+
+/** `--docker` / DOCKER_HOST → dockerode options. */
+export function dockerOptions(endpoint: string): Docker.DockerOptions {
+  if (endpoint.startsWith('unix://')) return { socketPath: endpoint.slice('unix://'.length) };
+  if (endpoint.startsWith('/')) return { socketPath: endpoint };
+  const u = new URL(endpoint.replace(/^tcp:/, 'http:'));
+  return {
+    host: u.hostname,
+    port: Number(u.port || (u.protocol === 'https:' ? 2376 : 2375)),
+    protocol: u.protocol === 'https:' ? 'https' : 'http',
+  };
+}
+
+export function createDockerSource(endpoint: string): DockerSource {
+  const docker = new Docker({ ...dockerOptions(endpoint), timeout: 30_000 });
+  // Exposed ports and creation time never change for a container id: inspect each once.
+  const inspected = new Map<string, { exposed: number[] }>();
+
+  return {
+    endpoint,
+    async list() {
+      const raw = await docker.listContainers({ all: false });
+      const seen = new Set<string>();
+      const out: ContainerInfo[] = [];
+      for (const c of raw) {
+        seen.add(c.Id);
+        let extra = inspected.get(c.Id);
+        if (!extra) {
+          try {
+            const info = await docker.getContainer(c.Id).inspect();
+            extra = { exposed: exposedPorts(info.Config?.ExposedPorts) };
+            inspected.set(c.Id, extra);
+          } catch {
+            continue; // gone between list and inspect: the next pass settles it
+          }
+        }
+        out.push(toInfo(c, extra.exposed));
+      }
+      for (const id of inspected.keys()) if (!seen.has(id)) inspected.delete(id);
+      return out;
+    },
+    async events(onEvent, onEnd) {
+      const stream = (await docker.getEvents({
+        filters: { type: ['container'] },
+      })) as NodeJS.ReadableStream & {
+        destroy?: () => void;
+      };
+      let buf = '';
+      let ended = false;
+      const end = (err?: Error) => {
+        if (ended) return;
+        ended = true;
+        onEnd(err);
+      };
+      stream.on('data', (chunk: Buffer) => {
+        buf += chunk.toString('utf8');
+        let i = buf.indexOf('\n');
+        while (i >= 0) {
+          const line = buf.slice(0, i).trim();
+          buf = buf.slice(i + 1);
+          i = buf.indexOf('\n');
+          if (!line) continue;
+          try {
+            const e = JSON.parse(line);
+            onEvent({
+              type: e.Type ?? e.type ?? '',
+              action: e.Action ?? e.status ?? '',
+              id: e.Actor?.ID ?? e.id ?? '',
+            });
+          } catch {
+            // a torn line cannot happen with newline framing; ignore garbage rather than die
+          }
+        }
+      });
+      stream.on('end', () => end());
+      stream.on('close', () => end());
+      stream.on('error', (err: Error) => end(err));
+      return () => {
+        ended = true;
+        stream.destroy?.();
+      };
+    },
+    async version() {
+      const v = await docker.version();
+      return v.Version;
+    },
+  };
+}
+
+function exposedPorts(exposed: Record<string, unknown> | undefined): number[] {
+  const ports: number[] = [];
+  for (const k of Object.keys(exposed ?? {})) {
+    const [port, proto] = k.split('/');
+    if ((proto ?? 'tcp') === 'tcp' && port && /^\d+$/.test(port)) ports.push(Number(port));
+  }
+  return ports.sort((a, b) => a - b);
+}
+
+function toInfo(c: Docker.ContainerInfo, exposed: number[]): ContainerInfo {
+  const networks: Record<string, string> = {};
+  for (const [name, n] of Object.entries(c.NetworkSettings?.Networks ?? {}))
+    networks[name] = n.IPAddress ?? '';
+  const ports: PortBinding[] = (c.Ports ?? []).map((p) => {
+    const b: PortBinding = { privatePort: p.PrivatePort, type: (p.Type as PortBinding['type']) ?? 'tcp' };
+    if (p.PublicPort) b.publicPort = p.PublicPort;
+    if (p.IP) b.ip = p.IP;
+    return b;
+  });
+  return {
+    id: c.Id,
+    name: (c.Names?.[0] ?? c.Id.slice(0, 12)).replace(/^\//, ''),
+    created: c.Created,
+    labels: c.Labels ?? {},
+    state: c.State ?? 'running',
+    health: healthOf(c.Status ?? ''),
+    networkMode: c.HostConfig?.NetworkMode ?? 'default',
+    networks,
+    ports,
+    exposed,
+  };
+}
+
+function healthOf(status: string): ContainerInfo['health'] {
+  if (status.includes('(unhealthy)')) return 'unhealthy';
+  if (status.includes('(health: starting)')) return 'starting';
+  if (status.includes('(healthy)')) return 'healthy';
+  return 'none';
+}

@@ -1,0 +1,170 @@
+// Watches one Docker engine and produces whole snapshots. Level-triggered: an event only wakes
+// a full re-list, a periodic re-list repairs anything missed, and a lost connection is retried
+// with backoff. While Docker is unreachable the last snapshot stands: an outage is not "no containers".
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import { type ExtractContext, extractAll } from '../labels/index.js';
+import type { ContainerInfo, ContainerSummary, Snapshot } from '../model/types.js';
+import type { DockerSource } from './docker.js';
+
+const WAKE_ACTIONS = [
+  'start',
+  'die',
+  'stop',
+  'destroy',
+  'health_status',
+  'rename',
+  'update',
+  'pause',
+  'unpause',
+  'kill',
+];
+
+export interface WatcherOptions {
+  agentId: string;
+  source: DockerSource;
+  ctx: ExtractContext;
+  logger: Logger;
+  onSnapshot: (s: Snapshot) => void;
+  resyncIntervalMs?: number;
+  /** Quiet period that gathers a burst of events into one re-list. */
+  debounceMs?: number;
+}
+
+export class DockerWatcher {
+  private generation = 0;
+  private lastHash = '';
+  private last?: Snapshot;
+  private timer?: NodeJS.Timeout;
+  private resync?: NodeJS.Timeout;
+  private stopEvents?: () => void;
+  private running = false;
+  private again = false;
+  private stopped = false;
+  private connected = false;
+  private backoffMs = 250;
+  dockerVersion?: string;
+
+  constructor(private readonly o: WatcherOptions) {}
+
+  get current(): Snapshot | undefined {
+    return this.last;
+  }
+
+  get isConnected(): boolean {
+    return this.connected;
+  }
+
+  start(): void {
+    void this.connect();
+    this.resync = setInterval(() => this.wake(), this.o.resyncIntervalMs ?? 30_000);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    clearInterval(this.resync);
+    this.stopEvents?.();
+  }
+
+  wake(): void {
+    if (this.stopped || !this.connected) return;
+    if (this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.pass();
+    }, this.o.debounceMs ?? 50);
+  }
+
+  private async connect(): Promise<void> {
+    if (this.stopped) return;
+    const { source, logger } = this.o;
+    try {
+      this.dockerVersion = await source.version();
+      this.stopEvents = await source.events(
+        (e) => {
+          if (e.type === 'container' && WAKE_ACTIONS.some((a) => e.action.startsWith(a))) this.wake();
+        },
+        (err) => this.lost(err ?? new Error('event stream ended')),
+      );
+      this.connected = true;
+      this.backoffMs = 250;
+      logger.info({ docker: source.endpoint, version: this.dockerVersion }, 'connected to docker');
+      await this.pass();
+    } catch (err) {
+      this.lost(err as Error);
+    }
+  }
+
+  private lost(err: Error): void {
+    if (this.stopped) return;
+    const wasConnected = this.connected;
+    this.connected = false;
+    this.stopEvents?.();
+    this.stopEvents = undefined;
+    const delay = this.backoffMs * (0.5 + Math.random());
+    this.backoffMs = Math.min(this.backoffMs * 2, 15_000);
+    const log = wasConnected
+      ? this.o.logger.warn.bind(this.o.logger)
+      : this.o.logger.debug.bind(this.o.logger);
+    log(
+      { docker: this.o.source.endpoint, err: err.message, retryInMs: Math.round(delay) },
+      'docker connection lost; retrying',
+    );
+    setTimeout(() => void this.connect(), delay).unref?.();
+  }
+
+  /** One full re-list; concurrent wakes fold into one more pass. */
+  private async pass(): Promise<void> {
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = true;
+    try {
+      do {
+        this.again = false;
+        let containers: ContainerInfo[];
+        try {
+          containers = await this.o.source.list();
+        } catch (err) {
+          this.lost(err as Error);
+          return;
+        }
+        this.publish(containers);
+      } while (this.again && !this.stopped);
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private publish(containers: ContainerInfo[]): void {
+    const { routes, diagnostics } = extractAll(containers, this.o.ctx);
+    const summaries: ContainerSummary[] = containers
+      .map((c) => ({
+        id: c.id,
+        name: c.name,
+        state: c.state,
+        health: c.health,
+        labelled:
+          routes.some((r) => r.containerId === c.id) || diagnostics.some((d) => d.containerId === c.id),
+      }))
+      .sort((a, b) => a.id.localeCompare(b.id));
+    const body = JSON.stringify({ summaries, routes, diagnostics, hostIp: this.o.ctx.hostIp });
+    const hash = createHash('sha256').update(body).digest('hex');
+    if (hash === this.lastHash) return;
+    this.lastHash = hash;
+    // Time-based generations stay monotonic across agent restarts without persisting a counter.
+    this.generation = Math.max(this.generation + 1, Date.now());
+    this.last = {
+      agentId: this.o.agentId,
+      generation: this.generation,
+      hostIp: this.o.ctx.hostIp,
+      takenAt: Date.now(),
+      containers: summaries,
+      routes,
+      diagnostics,
+    };
+    this.o.onSnapshot(this.last);
+  }
+}

@@ -1,0 +1,120 @@
+#!/usr/bin/env node
+// `berth <command> [flags]`. main() is testable in-process: it returns the exit code.
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import pino from 'pino';
+import { type Config, helpFor, loadConfig } from '../config.js';
+import { UserError } from '../errors.js';
+import { runServer, VERSION } from '../server/run.js';
+import { apiClient } from './client.js';
+import { routesCommand } from './routes.js';
+import { statusCommand } from './status.js';
+
+const COMMANDS: Record<string, string> = {
+  standalone: 'Run the server with an in-process agent for the local Docker (single host)',
+  server: 'Run the server only (routes come from agents)',
+  routes: 'List every route with its owner and status (--json)',
+  status: 'Show server, agent and Caddy status (--json)',
+  reconcile: 'Ask the server to reconcile now (--force re-sends everything)',
+  version: 'Print the version',
+  help: 'Show this help',
+};
+
+function usage(): string {
+  const cmds = Object.entries(COMMANDS)
+    .map(([c, d]) => `  ${c.padEnd(12)} ${d}`)
+    .join('\n');
+  return `berth ${VERSION}: Docker labels on any number of hosts become live routes at one front door.
+
+Usage: berth <command> [flags]
+
+Commands:
+${cmds}
+
+Run "berth <command> --help" for the command's flags. Every flag can also be set as BERTH_<FLAG>.`;
+}
+
+export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const out = (s: string) => process.stdout.write(`${s}\n`);
+  const [command, ...args] = argv;
+  if (!command || command === 'help' || command === '--help' || command === '-h') {
+    out(usage());
+    return 0;
+  }
+  if (command === 'version' || command === '--version') {
+    out(VERSION);
+    return 0;
+  }
+  if (!COMMANDS[command]) {
+    process.stderr.write(`berth: unknown command "${command}"\n\n${usage()}\n`);
+    return 2;
+  }
+  try {
+    const { config } = loadConfig(command, args, env);
+    if (config.help) {
+      out(`Usage: berth ${command} [flags]\n\n${COMMANDS[command]}\n\nFlags:\n${helpFor(command)}`);
+      return 0;
+    }
+    switch (command) {
+      case 'standalone':
+      case 'server':
+        return await serve(command, config);
+      case 'routes':
+        return await routesCommand(config, apiClient(config, env), out);
+      case 'status':
+        return await statusCommand(config, apiClient(config, env), out);
+      case 'reconcile': {
+        const r = await apiClient(config, env).post<{ passes: number }>('/api/reconcile', {
+          force: Boolean(config.force),
+        });
+        out(config.json ? JSON.stringify(r) : `reconciled (pass ${r.passes})`);
+        return 0;
+      }
+    }
+    return 2;
+  } catch (err) {
+    if (err instanceof UserError) {
+      process.stderr.write(`berth: ${err.message}\n`);
+      return err.code === 'CONFIG_INVALID' ? 2 : 1;
+    }
+    throw err;
+  }
+}
+
+async function serve(command: 'standalone' | 'server', config: Config): Promise<number> {
+  const logger = pino({ level: String(config['log-level']), base: { cmd: command } }, pino.destination(2));
+  const server = await runServer(config, { localAgent: command === 'standalone', logger });
+  await new Promise<void>((resolveStop) => {
+    let stopping = false;
+    const onSignal = (sig: string) => {
+      if (stopping) return;
+      stopping = true;
+      logger.info({ signal: sig }, 'stopping');
+      server.stop().then(resolveStop, (err) => {
+        logger.error({ err: (err as Error).message }, 'error while stopping');
+        resolveStop();
+      });
+    };
+    process.on('SIGINT', () => onSignal('SIGINT'));
+    process.on('SIGTERM', () => onSignal('SIGTERM'));
+  });
+  return 0;
+}
+
+const isMain = (() => {
+  try {
+    return realpathSync(process.argv[1] ?? '') === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+})();
+
+if (isMain) {
+  main(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (err) => {
+      process.stderr.write(`berth: internal error: ${(err as Error).stack ?? err}\n`);
+      process.exit(70);
+    },
+  );
+}

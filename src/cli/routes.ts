@@ -1,0 +1,34 @@
+import type { Config } from '../config.js';
+import type { RouteView } from '../model/types.js';
+import type { ApiClient } from './client.js';
+import { table } from './format.js';
+
+export async function routesCommand(
+  config: Config,
+  api: ApiClient,
+  out: (s: string) => void,
+): Promise<number> {
+  const { routes } = await api.get<{ routes: RouteView[] }>('/api/routes');
+  if (config.json) {
+    out(JSON.stringify(routes, null, 2));
+    return 0;
+  }
+  if (routes.length === 0) {
+    out('no routes (label a container with berth.host=… to add one)');
+    return 0;
+  }
+  out(
+    table(
+      ['HOST', 'PATH', 'UPSTREAM', 'OWNER', 'STATUS', 'DETAIL'],
+      routes.map((r) => [
+        r.hosts.join(',') || '-',
+        r.path || '-',
+        r.upstreams.join(',') || '-',
+        `${r.agentName}/${r.container.name} (${r.container.id.slice(0, 12)})`,
+        r.status,
+        [...r.errors, r.note ?? ''].filter(Boolean).join('; '),
+      ]),
+    ),
+  );
+  return 0;
+}

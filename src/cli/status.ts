@@ -1,0 +1,44 @@
+import type { Config } from '../config.js';
+import type { StatusReport } from '../server/app.js';
+import type { ApiClient } from './client.js';
+
+export async function statusCommand(
+  config: Config,
+  api: ApiClient,
+  out: (s: string) => void,
+): Promise<number> {
+  const s = await api.get<StatusReport>('/api/status');
+  if (config.json) {
+    out(JSON.stringify(s, null, 2));
+    return 0;
+  }
+  const lines = [
+    `berth ${s.version}, up ${s.uptimeSeconds}s, ${s.ready ? 'ready' : `NOT READY: ${s.notReady.join('; ')}`}`,
+    `routes: ${s.routes.total} (${s.routes.applied} applied, ${s.routes.pending} pending, ${s.routes.error} error)`,
+  ];
+  for (const a of s.agents as {
+    name: string;
+    id: string;
+    connected: boolean;
+    containers: number;
+    routes: number;
+    hostIp?: string;
+  }[]) {
+    lines.push(
+      `agent ${a.name} (${a.id}): ${a.connected ? 'connected' : 'disconnected'}, host ip ${a.hostIp ?? '?'}, ${a.containers} containers, ${a.routes} routes`,
+    );
+  }
+  for (const c of s.caddy as {
+    admin: string;
+    reachable: boolean;
+    loads: number;
+    lastApplyMs: number;
+    lastError: string;
+  }[]) {
+    lines.push(
+      `caddy ${c.admin}: ${c.reachable ? 'reachable' : 'UNREACHABLE'}, ${c.loads} loads, last apply ${c.lastApplyMs} ms${c.lastError ? `, last error: ${c.lastError}` : ''}`,
+    );
+  }
+  out(lines.join('\n'));
+  return s.ready ? 0 : 1;
+}

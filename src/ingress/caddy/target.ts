@@ -1,0 +1,173 @@
+// One Caddy instance that Berth drives. Applies are idempotent (skipped when nothing changed),
+// a rejected config is bisected so only the offending sites are quarantined, and drift (Caddy
+// restarted or edited) is found by comparing Berth's part of the live config with what was sent.
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import { errorMessage } from '../../errors.js';
+import type { Site } from '../../reconcile/desired.js';
+import { type CaddyAdmin, CaddyRejectedError } from './admin.js';
+import {
+  type BerthCaddyParts,
+  buildCaddyParts,
+  type CaddyBuildOptions,
+  canonicalJson,
+  extractParts,
+  mergeIntoConfig,
+} from './config.js';
+
+export interface ApplyResult {
+  /** Whether a config was sent (false: Caddy already had it). */
+  changed: boolean;
+  /** Site signature → Caddy's error, for sites left out because Caddy rejected them. */
+  quarantined: Map<string, string>;
+  /** Signatures of the sites Caddy now serves. */
+  served: Set<string>;
+  loads: number;
+}
+
+export const siteSignature = (s: Site): string =>
+  createHash('sha256')
+    .update(canonicalJson({ h: s.host, p: s.path, s: s.stripPath, u: s.upstreams }))
+    .digest('hex')
+    .slice(0, 20);
+
+export class CaddyTarget {
+  private lastSent?: string;
+  private served = new Set<string>();
+  /** Sites Caddy accepted before: safe to keep while bisecting a rejected change. */
+  private known = new Set<string>();
+  private rejected = new Map<string, string>();
+  stats = {
+    loads: 0,
+    failures: 0,
+    lastApplyMs: 0,
+    lastError: '' as string,
+    lastAppliedAt: 0,
+    reachable: false,
+  };
+
+  constructor(
+    readonly admin: CaddyAdmin,
+    private readonly opts: CaddyBuildOptions,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Forget what Caddy has, so the next apply sends everything (e.g. after a restart). */
+  invalidate(): void {
+    this.lastSent = undefined;
+  }
+
+  /** Quarantine decisions are deterministic for a given site, but a forced pass retries them. */
+  forgetRejections(): void {
+    this.rejected.clear();
+  }
+
+  async apply(sites: Site[]): Promise<ApplyResult> {
+    const sigs = new Map(sites.map((s) => [siteSignature(s), s] as const));
+    const quarantined = new Map<string, string>();
+    const candidate: Site[] = [];
+    for (const [sig, s] of sigs) {
+      const why = this.rejected.get(sig);
+      if (why) quarantined.set(sig, why);
+      else candidate.push(s);
+    }
+    const parts = buildCaddyParts(candidate, this.opts);
+    const canon = canonicalJson(parts);
+    if (canon === this.lastSent) {
+      return { changed: false, quarantined, served: new Set(this.served), loads: 0 };
+    }
+    const started = performance.now();
+    let loads = 0;
+    const tryLoad = async (subset: Site[]): Promise<string | undefined> => {
+      loads++;
+      try {
+        await this.load(buildCaddyParts(subset, this.opts));
+        return undefined;
+      } catch (err) {
+        if (err instanceof CaddyRejectedError) return err.message;
+        throw err;
+      }
+    };
+
+    let error = await tryLoad(candidate);
+    let good = candidate;
+    if (error !== undefined) {
+      // Keep what Caddy accepted before, then add the new sites back in halves; only the
+      // sites that still fail alone are left out. Caddy keeps its old config on a rejection,
+      // so no step here ever serves less than before.
+      good = candidate.filter((s) => this.known.has(siteSignature(s)));
+      const fresh = candidate.filter((s) => !this.known.has(siteSignature(s)));
+      const baseError = await tryLoad(good);
+      if (baseError !== undefined) {
+        this.stats.failures++;
+        this.stats.lastError = baseError;
+        throw new CaddyRejectedError(
+          400,
+          `Caddy rejects Berth's config even without new routes: ${baseError}`,
+        );
+      }
+      const bisect = async (group: Site[]): Promise<void> => {
+        if (group.length === 0) return;
+        const err = await tryLoad([...good, ...group]);
+        if (err === undefined) {
+          good = [...good, ...group];
+          return;
+        }
+        if (group.length === 1) {
+          const sig = siteSignature(group[0]!);
+          this.rejected.set(sig, err);
+          quarantined.set(sig, err);
+          return;
+        }
+        const mid = Math.ceil(group.length / 2);
+        await bisect(group.slice(0, mid));
+        await bisect(group.slice(mid));
+      };
+      await bisect(fresh);
+      error = undefined;
+      // The last load may have been a failed probe; make sure Caddy holds exactly `good`.
+      await this.load(buildCaddyParts(good, this.opts));
+      loads++;
+      this.logger.warn(
+        { admin: this.admin.display, quarantined: quarantined.size, loads },
+        'Caddy rejected some routes; applied the rest',
+      );
+    }
+    this.served = new Set(good.map(siteSignature));
+    for (const sig of this.served) this.known.add(sig);
+    this.stats.loads += loads;
+    this.stats.lastApplyMs = Math.round(performance.now() - started);
+    this.stats.lastAppliedAt = Date.now();
+    this.stats.lastError = '';
+    return { changed: true, quarantined, served: new Set(this.served), loads };
+  }
+
+  private async load(parts: BerthCaddyParts): Promise<void> {
+    const current = await this.admin.getConfig('/config/');
+    this.stats.reachable = true;
+    await this.admin.load(mergeIntoConfig(current ?? {}, parts));
+    this.lastSent = canonicalJson(parts);
+  }
+
+  /** True when Caddy no longer holds what Berth last sent (restart, edit, unreachable). */
+  async drifted(): Promise<boolean> {
+    if (this.lastSent === undefined) return true;
+    try {
+      const live = await this.admin.getConfig('/config/');
+      this.stats.reachable = true;
+      const drift = canonicalJson(extractParts(live)) !== this.lastSent;
+      if (drift) {
+        this.logger.warn({ admin: this.admin.display }, "Caddy's config differs from Berth's; repairing");
+        this.lastSent = undefined;
+      }
+      return drift;
+    } catch (err) {
+      if (this.stats.reachable)
+        this.logger.warn({ admin: this.admin.display, err: errorMessage(err) }, 'Caddy unreachable');
+      this.stats.reachable = false;
+      this.stats.lastError = errorMessage(err);
+      this.lastSent = undefined;
+      return true;
+    }
+  }
+}

@@ -1,0 +1,146 @@
+// The native dialect: `berth.host`, `berth.port`, … and named groups `berth.<group>.host`, ….
+import type { ContainerInfo } from '../model/types.js';
+import type { DialectResult, RouteDraft } from './draft.js';
+import { DiagnosticSink } from './draft.js';
+import {
+  type Check,
+  checkBool,
+  checkHostList,
+  checkName,
+  checkPath,
+  checkPort,
+  checkScheme,
+} from './validate.js';
+
+const ROUTE_KEYS = ['host', 'port', 'path', 'strip_path', 'scheme', 'network', 'group'] as const;
+type RouteKey = (typeof ROUTE_KEYS)[number];
+/** Namespaces owned by other features (exec policy, TCP routes); never route groups. */
+const NAMESPACES = new Set(['exec', 'tcp']);
+const TOP_ONLY = new Set(['enable']);
+const GROUP_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+
+/** True when the container carries any label of this dialect. */
+export function hasBerthLabels(labels: Record<string, string>, prefix: string): boolean {
+  const p = `${prefix}.`;
+  return Object.keys(labels).some((k) => k.startsWith(p));
+}
+
+export function parseBerthLabels(c: ContainerInfo, prefix: string): DialectResult {
+  const sink = new DiagnosticSink(c);
+  const base: Partial<Record<RouteKey, string>> = {};
+  const groups = new Map<string, Partial<Record<RouteKey, string>>>();
+  let enabled = true;
+  const p = `${prefix}.`;
+
+  for (const [key, value] of Object.entries(c.labels)) {
+    if (!key.startsWith(p)) continue;
+    const rest = key.slice(p.length);
+    const parts = rest.split('.');
+    const head = parts[0] ?? '';
+    if (NAMESPACES.has(head)) continue;
+    if (parts.length === 1 && TOP_ONLY.has(head)) {
+      const b = checkBool(value);
+      if (!b.ok) sink.error(key, value, `expected ${b.expected}`);
+      else enabled = b.value;
+      continue;
+    }
+    if (parts.length === 1 && isRouteKey(head)) {
+      base[head] = value;
+      continue;
+    }
+    if (parts.length === 2 && isRouteKey(parts[1]!)) {
+      if (!GROUP_RE.test(head) || isRouteKey(head) || TOP_ONLY.has(head)) {
+        sink.error(
+          key,
+          value,
+          `"${head}" is not a valid route group name (lower-case letters, digits, "_" or "-")`,
+        );
+        continue;
+      }
+      const g = groups.get(head) ?? {};
+      g[parts[1] as RouteKey] = value;
+      groups.set(head, g);
+      continue;
+    }
+    sink.error(
+      key,
+      value,
+      `unknown label; expected ${prefix}.<key> or ${prefix}.<group>.<key> with <key> one of ${ROUTE_KEYS.join(', ')}, or ${prefix}.enable`,
+    );
+  }
+
+  if (!enabled) return { drafts: [], diagnostics: sink.list, disabled: true };
+
+  const drafts: RouteDraft[] = [];
+  const compose = composeGroup(c.labels);
+  const build = (
+    group: string,
+    own: Partial<Record<RouteKey, string>>,
+    inherit: Partial<Record<RouteKey, string>>,
+  ) => {
+    const label = (k: RouteKey) => (group === 'default' ? `${prefix}.${k}` : `${prefix}.${group}.${k}`);
+    // A group inherits how to reach the container (port, scheme, network, lb group), not where it is served.
+    const pick = (k: RouteKey): [string, string] | undefined => {
+      if (own[k] !== undefined) return [label(k), own[k]!];
+      if (k !== 'host' && k !== 'path' && k !== 'strip_path' && inherit[k] !== undefined)
+        return [`${prefix}.${k}`, inherit[k]!];
+      return undefined;
+    };
+    const get = <T>(k: RouteKey, check: (s: string) => Check<T>): T | undefined => {
+      const v = pick(k);
+      if (!v) return undefined;
+      const r = check(v[1]);
+      if (!r.ok) {
+        sink.error(v[0], v[1], `expected ${r.expected}`);
+        return undefined;
+      }
+      return r.value;
+    };
+    const errorsBefore = sink.list.length;
+    const hosts = get('host', checkHostList);
+    const port = get('port', checkPort);
+    const path = get('path', checkPath);
+    const stripPath = get('strip_path', checkBool);
+    const scheme = get('scheme', checkScheme);
+    const network = get('network', checkName);
+    const lbGroup = get('group', checkName);
+    if (!pick('host')) {
+      if (group !== 'default' || Object.keys(own).length > 0) {
+        sink.error(label('host'), undefined, `no ${label('host')} label: the route has nowhere to be served`);
+      }
+      return;
+    }
+    // A label that failed its check must not fall back to a default (a bad port is not "no port").
+    if (!hosts || sink.list.length > errorsBefore) return;
+    if (stripPath && (path ?? '/') === '/') {
+      sink.warning(label('strip_path'), pick('strip_path')?.[1], 'strip_path has no effect without a path');
+    }
+    drafts.push({
+      group,
+      hosts,
+      path: path ?? '/',
+      stripPath: stripPath ?? false,
+      scheme: scheme ?? 'http',
+      port,
+      portLabel: label('port'),
+      network,
+      lbGroup: lbGroup ?? compose,
+    });
+  };
+
+  const hasBase = Object.keys(base).length > 0;
+  if (base.host !== undefined || (hasBase && groups.size === 0)) build('default', base, {});
+  for (const [name, g] of [...groups].sort(([a], [b]) => a.localeCompare(b))) build(name, g, base);
+  return { drafts, diagnostics: sink.list, disabled: false };
+}
+
+function isRouteKey(k: string): k is RouteKey {
+  return (ROUTE_KEYS as readonly string[]).includes(k);
+}
+
+/** Replicas of one compose service share traffic without any extra label. */
+function composeGroup(labels: Record<string, string>): string | undefined {
+  const project = labels['com.docker.compose.project'];
+  const service = labels['com.docker.compose.service'];
+  return project && service ? `compose:${project}/${service}` : undefined;
+}

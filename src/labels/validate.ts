@@ -1,0 +1,73 @@
+// Value checks shared by every label dialect. Each returns either the parsed value or an
+// `expected` phrase that ends up in the diagnostic, so messages read the same everywhere.
+
+export type Check<T> = { ok: true; value: T } | { ok: false; expected: string };
+
+const LABEL = '[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?';
+const HOSTNAME_RE = new RegExp(`^(?:\\*\\.)?(?:${LABEL}\\.)*${LABEL}$`);
+const IPV4_RE = /^(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)$/;
+
+export function checkHostname(raw: string): Check<string> {
+  const host = raw.trim().toLowerCase().replace(/\.$/, '');
+  if (host.length > 0 && host.length <= 253 && (HOSTNAME_RE.test(host) || IPV4_RE.test(host))) {
+    return { ok: true, value: host };
+  }
+  return { ok: false, expected: 'a hostname such as app.example.com or *.example.com' };
+}
+
+export function checkHostList(raw: string): Check<string[]> {
+  const parts = raw.split(',').map((p) => p.trim());
+  if (parts.length === 0 || parts.some((p) => p === '')) {
+    return { ok: false, expected: 'a comma-separated list of hostnames with no empty entries' };
+  }
+  const hosts: string[] = [];
+  for (const p of parts) {
+    const c = checkHostname(p);
+    if (!c.ok) return { ok: false, expected: `${c.expected} ("${p}" is not one)` };
+    if (!hosts.includes(c.value)) hosts.push(c.value);
+  }
+  return { ok: true, value: hosts };
+}
+
+export function checkPort(raw: string): Check<number> {
+  const s = raw.trim();
+  if (/^\d{1,5}$/.test(s)) {
+    const n = Number(s);
+    if (n >= 1 && n <= 65535) return { ok: true, value: n };
+  }
+  return { ok: false, expected: 'a port number from 1 to 65535' };
+}
+
+// Caddy path matchers treat '*' specially and a query or fragment never reaches them.
+const PATH_RE = /^\/[A-Za-z0-9._~!$&'()+,;=:@%/-]*$/;
+
+export function checkPath(raw: string): Check<string> {
+  const s = raw.trim();
+  if (!PATH_RE.test(s) || s.includes('//')) {
+    return { ok: false, expected: 'a path prefix starting with "/" with no spaces, "*", "?" or "#"' };
+  }
+  const path = s.length > 1 ? s.replace(/\/+$/, '') : s;
+  return { ok: true, value: path };
+}
+
+const TRUE = new Set(['true', '1', 'yes', 'on']);
+const FALSE = new Set(['false', '0', 'no', 'off']);
+
+export function checkBool(raw: string): Check<boolean> {
+  const s = raw.trim().toLowerCase();
+  if (TRUE.has(s)) return { ok: true, value: true };
+  if (FALSE.has(s)) return { ok: true, value: false };
+  return { ok: false, expected: 'true or false' };
+}
+
+export function checkScheme(raw: string): Check<'http' | 'https'> {
+  const s = raw.trim().toLowerCase();
+  if (s === 'http' || s === 'https') return { ok: true, value: s };
+  return { ok: false, expected: 'http or https' };
+}
+
+export function checkName(raw: string): Check<string> {
+  const s = raw.trim();
+  if (/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(s)) return { ok: true, value: s };
+  return { ok: false, expected: 'a name of letters, digits, "_", "." or "-"' };
+}

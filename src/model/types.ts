@@ -1,0 +1,104 @@
+// Shared data model: what an agent observes and reports, and what the server decides.
+// Everything here is plain JSON so the same values cross the in-process link and the wire.
+
+/** One container as an agent sees it, reduced to what routing needs. */
+export interface ContainerInfo {
+  id: string;
+  name: string;
+  /** Unix seconds; the oldest claim wins a conflict, so creation time is part of identity. */
+  created: number;
+  labels: Record<string, string>;
+  state: string; // running, exited, …
+  health: 'none' | 'starting' | 'healthy' | 'unhealthy';
+  networkMode: string;
+  /** Container IP per network name. */
+  networks: Record<string, string>;
+  /** Published ports: container port → host binding. */
+  ports: PortBinding[];
+  /** Exposed container ports (from the image and `--expose`), e.g. [80, 443]. */
+  exposed: number[];
+}
+
+export interface PortBinding {
+  privatePort: number;
+  publicPort?: number;
+  /** Binding address on the host ('' or 0.0.0.0 / :: for all). */
+  ip?: string;
+  type: 'tcp' | 'udp' | 'sctp';
+}
+
+export type Severity = 'error' | 'warning';
+
+/** A finding about one container's labels. Errors mean the container contributes no route. */
+export interface Diagnostic {
+  severity: Severity;
+  containerId: string;
+  containerName: string;
+  /** The label key at fault (or '' for container-level findings). */
+  label: string;
+  value?: string;
+  message: string;
+}
+
+export interface Upstream {
+  host: string;
+  port: number;
+  scheme: 'http' | 'https';
+}
+
+/** One HTTP route extracted from one container's labels. */
+export interface RouteSpec {
+  /** Stable id: `<containerId>/<group>`; unique within one agent. */
+  id: string;
+  /** Label group: 'default' for `berth.host`, else the `<group>` in `berth.<group>.host`. */
+  group: string;
+  hosts: string[];
+  /** Path prefix, always starting with '/'; '/' means every path. */
+  path: string;
+  stripPath: boolean;
+  upstream: Upstream;
+  /** Load-balancing group: routes with the same host+path and the same lbGroup share traffic. */
+  lbGroup?: string;
+  containerId: string;
+  containerName: string;
+  containerCreated: number;
+  /** Why this route is present but must not serve yet (e.g. health: starting). */
+  notReady?: string;
+}
+
+/** An agent's whole view of its host. The server replaces its previous one; never deltas. */
+export interface Snapshot {
+  agentId: string;
+  generation: number;
+  hostIp: string;
+  takenAt: number; // ms since epoch
+  containers: ContainerSummary[];
+  routes: RouteSpec[];
+  diagnostics: Diagnostic[];
+}
+
+export interface ContainerSummary {
+  id: string;
+  name: string;
+  state: string;
+  health: ContainerInfo['health'];
+  labelled: boolean;
+}
+
+export type RouteStatus = 'applied' | 'pending' | 'error';
+
+/** A route as the server reports it: spec + owner + what happened to it. */
+export interface RouteView {
+  id: string;
+  agentId: string;
+  agentName: string;
+  hosts: string[];
+  path: string;
+  stripPath: boolean;
+  upstreams: string[];
+  container: { id: string; name: string };
+  status: RouteStatus;
+  errors: string[];
+  /** Why a pending route waits (health check, not yet applied). */
+  note?: string;
+}

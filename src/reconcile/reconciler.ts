@@ -1,0 +1,141 @@
+// The loop that makes the front door match the registry. Wakes coalesce: a burst of changes
+// costs one pass, and a pass that finds nothing new sends nothing. Failures retry with backoff.
+import type { Logger } from 'pino';
+import { errorMessage } from '../errors.js';
+import type { CaddyTarget } from '../ingress/caddy/target.js';
+import type { AgentRoutes, Desired } from './desired.js';
+import { computeDesired } from './desired.js';
+
+export interface ReconcileState {
+  desired: Desired;
+  /** Per target: signatures it serves, and those it rejected with Caddy's message. */
+  targets: { served: Set<string>; quarantined: Map<string, string>; error?: string }[];
+  passes: number;
+  completedAt: number;
+}
+
+export interface ReconcilerOptions {
+  source: () => AgentRoutes[];
+  targets: CaddyTarget[];
+  logger: Logger;
+  /** Quiet time that gathers a burst into one pass, and the most a wake may wait. */
+  debounceMs?: number;
+  maxDelayMs?: number;
+  onPass?: (s: ReconcileState) => void;
+}
+
+export class Reconciler {
+  private timer?: NodeJS.Timeout;
+  private firstWakeAt = 0;
+  private running = false;
+  private dirty = false;
+  private force = false;
+  private retryMs = 250;
+  private stopped = false;
+  private idleWaiters: (() => void)[] = [];
+  state?: ReconcileState;
+  counters = { passes: 0, applies: 0, loads: 0, failures: 0 };
+
+  constructor(private readonly o: ReconcilerOptions) {}
+
+  wake(opts: { force?: boolean } = {}): void {
+    if (this.stopped) return;
+    if (opts.force) this.force = true;
+    if (this.running) {
+      this.dirty = true;
+      return;
+    }
+    const now = Date.now();
+    if (!this.timer) this.firstWakeAt = now;
+    clearTimeout(this.timer);
+    const debounce = this.o.debounceMs ?? 100;
+    const wait = Math.max(0, Math.min(debounce, this.firstWakeAt + (this.o.maxDelayMs ?? 1_000) - now));
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.pass();
+    }, wait);
+  }
+
+  /** Resolves when no pass is running or scheduled (for tests and orderly shutdown). */
+  idle(): Promise<void> {
+    if (!this.running && !this.timer) return Promise.resolve();
+    return new Promise((r) => this.idleWaiters.push(r));
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
+  }
+
+  private async pass(): Promise<void> {
+    this.running = true;
+    this.dirty = false;
+    const force = this.force;
+    this.force = false;
+    let failed = false;
+    try {
+      const desired = computeDesired(this.o.source());
+      const results: ReconcileState['targets'] = [];
+      for (const t of this.o.targets) {
+        if (force) {
+          t.invalidate();
+          t.forgetRejections();
+        }
+        try {
+          const r = await t.apply(desired.sites);
+          if (r.changed) {
+            this.counters.applies++;
+            this.counters.loads += r.loads;
+            this.o.logger.info(
+              {
+                admin: t.admin.display,
+                sites: desired.sites.length,
+                ms: t.stats.lastApplyMs,
+                quarantined: r.quarantined.size,
+              },
+              'applied routes to caddy',
+            );
+          }
+          results.push({ served: r.served, quarantined: r.quarantined });
+        } catch (err) {
+          failed = true;
+          this.counters.failures++;
+          t.stats.lastError = errorMessage(err);
+          this.o.logger.warn({ admin: t.admin.display, err: errorMessage(err) }, 'apply failed; will retry');
+          // What Caddy serves is unknown now: assume the previous state until a pass succeeds.
+          const prev = this.state?.targets[results.length];
+          results.push({
+            served: prev?.served ?? new Set(),
+            quarantined: prev?.quarantined ?? new Map(),
+            error: errorMessage(err),
+          });
+        }
+      }
+      this.counters.passes++;
+      this.state = { desired, targets: results, passes: this.counters.passes, completedAt: Date.now() };
+      this.o.onPass?.(this.state);
+    } catch (err) {
+      failed = true;
+      this.o.logger.error({ err: errorMessage(err) }, 'reconcile pass failed');
+    } finally {
+      this.running = false;
+    }
+    if (failed && !this.stopped) {
+      const delay = this.retryMs;
+      this.retryMs = Math.min(this.retryMs * 2, 10_000);
+      this.timer = setTimeout(() => {
+        this.timer = undefined;
+        this.wake();
+      }, delay);
+    } else {
+      this.retryMs = 250;
+      if (this.dirty) this.wake();
+    }
+    if (!this.running && !this.timer) for (const r of this.idleWaiters.splice(0)) r();
+  }
+
+  /** Whether a site (by signature) is live on every target. */
+  static servedEverywhere(state: ReconcileState, sig: string): boolean {
+    return state.targets.length > 0 && state.targets.every((t) => t.served.has(sig));
+  }
+}

@@ -1,0 +1,103 @@
+// The HTTP API. buildApp takes its dependencies and does not listen, so tests use inject().
+import Fastify, { type FastifyError } from 'fastify';
+import type { Logger } from 'pino';
+import { UserError } from '../errors.js';
+import type { RouteView } from '../model/types.js';
+import { tokenMatches } from './auth.js';
+
+export interface StatusReport {
+  version: string;
+  uptimeSeconds: number;
+  ready: boolean;
+  notReady: string[];
+  agents: unknown[];
+  caddy: unknown[];
+  routes: { total: number; applied: number; pending: number; error: number };
+  reconcile: unknown;
+}
+
+export interface AppDeps {
+  logger: Logger;
+  tokenHash: string;
+  routes: () => RouteView[];
+  status: () => StatusReport;
+  reconcile: (force: boolean) => Promise<{ passes: number }>;
+}
+
+export function buildApp(deps: AppDeps) {
+  const app = Fastify({
+    loggerInstance: deps.logger,
+    disableRequestLogging: true,
+    bodyLimit: 1 << 20,
+    // Reject what does not fit the schema instead of coercing or silently dropping it.
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
+  });
+
+  app.setErrorHandler((err: FastifyError | UserError, req, reply) => {
+    if (err instanceof UserError) {
+      return reply.status(err.status).send({ error: { code: err.code, message: err.message } });
+    }
+    const validation = (err as FastifyError).validation;
+    if (validation) {
+      const where = (err as FastifyError).validationContext ?? 'body';
+      const problems = validation.map((v) => {
+        const field = `${where}${v.instancePath.replace(/\//g, '.')}`;
+        const extra = (v.params as { additionalProperty?: string }).additionalProperty;
+        return extra ? `${field}: unknown field "${extra}"` : `${field}: ${v.message}`;
+      });
+      return reply
+        .status(400)
+        .send({ error: { code: 'BAD_REQUEST', message: `invalid request: ${problems.join('; ')}` } });
+    }
+    const status = (err as FastifyError).statusCode ?? 500;
+    if (status >= 500) req.log.error({ err }, 'request failed');
+    return reply.status(status).send({
+      error: {
+        code: status === 400 ? 'BAD_REQUEST' : 'INTERNAL',
+        message: status >= 500 ? 'internal error' : err.message,
+      },
+    });
+  });
+
+  app.addHook('onRequest', async (req) => {
+    if (!req.url.startsWith('/api/')) return;
+    const h = req.headers.authorization ?? '';
+    const m = /^Bearer (.+)$/.exec(h);
+    if (!m || !tokenMatches(m[1]!.trim(), deps.tokenHash)) {
+      throw new UserError(
+        'UNAUTHORIZED',
+        m ? 'invalid token' : 'missing bearer token (Authorization: Bearer <admin token>)',
+      );
+    }
+  });
+
+  app.get('/healthz', async () => ({ status: 'ok' }));
+
+  app.get('/readyz', async (_req, reply) => {
+    const s = deps.status();
+    return reply.status(s.ready ? 200 : 503).send({ ready: s.ready, notReady: s.notReady });
+  });
+
+  app.get('/api/routes', async () => ({ routes: deps.routes() }));
+
+  app.get('/api/status', async () => deps.status());
+
+  app.post(
+    '/api/reconcile',
+    {
+      schema: {
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          properties: { force: { type: 'boolean' } },
+        },
+      },
+    },
+    async (req) => {
+      const body = (req.body ?? {}) as { force?: boolean };
+      return deps.reconcile(body.force ?? false);
+    },
+  );
+
+  return app;
+}

@@ -1,0 +1,212 @@
+// Wires the server together: store → registry → reconciler → Caddy targets, plus the API and,
+// for `berth standalone`, the in-process local agent (the same snapshot path a remote agent uses).
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { join, resolve } from 'node:path';
+import type { Logger } from 'pino';
+import { createDockerSource } from '../agent/docker.js';
+import { DockerWatcher } from '../agent/watcher.js';
+import { type Config, parseListen } from '../config.js';
+import { errorMessage } from '../errors.js';
+import { CaddyAdmin } from '../ingress/caddy/admin.js';
+import type { TlsMode } from '../ingress/caddy/config.js';
+import { CaddySupervisor } from '../ingress/caddy/supervisor.js';
+import { CaddyTarget } from '../ingress/caddy/target.js';
+import { Reconciler } from '../reconcile/reconciler.js';
+import { SqliteStore } from '../store/sqlite.js';
+import { buildApp, type StatusReport } from './app.js';
+import { ensureAdminToken } from './auth.js';
+import { Registry } from './registry.js';
+
+export const VERSION = '0.1.0';
+export const LOCAL_AGENT_ID = 'local';
+
+export interface RunningServer {
+  stop(): Promise<void>;
+  apiUrl: string;
+}
+
+export async function runServer(
+  config: Config,
+  opts: { localAgent: boolean; logger: Logger },
+): Promise<RunningServer> {
+  const { logger } = opts;
+  const dataDir = resolve(String(config['data-dir']));
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  const startedAt = Date.now();
+  const store = SqliteStore.openDataDir(dataDir);
+  const token = await ensureAdminToken(store, dataDir, process.env.BERTH_ADMIN_TOKEN);
+  if (token.generated) {
+    // Printed once, on stdout rather than in the logs, and kept only in a 0600 file.
+    process.stdout.write(
+      `\nBerth admin token (shown once; also saved to ${join(dataDir, 'admin.token')} with mode 0600):\n  ${token.generated}\n\n`,
+    );
+  }
+  const registry = new Registry(store);
+  await registry.load();
+
+  const httpListen = String(config['http-listen']);
+  const httpsListen = String(config['https-listen']);
+  parseListen('http-listen', httpListen);
+  parseListen('https-listen', httpsListen);
+  const buildOpts = { tls: config.tls as TlsMode, httpListen, httpsListen };
+
+  let supervisor: CaddySupervisor | undefined;
+  const targets: CaddyTarget[] = [];
+  const adminUrls = config['caddy-admin'] as string[];
+  let reconciler: Reconciler | undefined;
+  if (adminUrls.length === 0) {
+    supervisor = new CaddySupervisor({
+      bin: String(config['caddy-bin']),
+      dataDir,
+      socketPath: socketPathFor(dataDir),
+      logger: logger.child({ component: 'caddy' }),
+      onRestart: () => {
+        for (const t of targets) t.invalidate();
+        reconciler?.wake();
+      },
+    });
+    targets.push(new CaddyTarget(supervisor.admin, buildOpts, logger));
+  } else {
+    for (const url of adminUrls) targets.push(new CaddyTarget(new CaddyAdmin(url), buildOpts, logger));
+  }
+
+  reconciler = new Reconciler({ source: () => registry.agentRoutes(), targets, logger });
+  const rec = reconciler;
+  registry.onChange(() => rec.wake());
+
+  if (supervisor) await supervisor.start();
+  // Serve what the store remembers before any agent reports: a restart must not empty the front door.
+  rec.wake();
+
+  let watcher: DockerWatcher | undefined;
+  if (opts.localAgent) {
+    const endpoint = String(config.docker ?? 'unix:///var/run/docker.sock');
+    const hostIp = config['host-ip'] ? String(config['host-ip']) : defaultHostIp(endpoint);
+    logger.info(
+      {
+        hostIp,
+        chosen: config['host-ip']
+          ? 'flag'
+          : 'auto (docker is local, so the front door reaches containers on loopback)',
+      },
+      'host IP for published and host-network ports',
+    );
+    await registry.upsertAgent({
+      id: LOCAL_AGENT_ID,
+      name: hostname(),
+      kind: 'local',
+      createdAt: registry.listAgents().find((a) => a.id === LOCAL_AGENT_ID)?.createdAt ?? Date.now(),
+      lastSeenAt: Date.now(),
+    });
+    watcher = new DockerWatcher({
+      agentId: LOCAL_AGENT_ID,
+      source: createDockerSource(endpoint),
+      ctx: {
+        hostIp,
+        labelPrefix: String(config['label-prefix']),
+        network: config.network as string | undefined,
+      },
+      logger: logger.child({ component: 'agent' }),
+      resyncIntervalMs: Number(config['resync-interval']),
+      onSnapshot: (s) => {
+        registry
+          .replaceAgentState(s)
+          .catch((err) => logger.error({ err: errorMessage(err) }, 'cannot store snapshot'));
+      },
+    });
+    watcher.start();
+  }
+
+  const drift = setInterval(async () => {
+    for (const t of targets) if (await t.drifted()) rec.wake();
+  }, Number(config['drift-interval']));
+
+  const status = (): StatusReport => {
+    const routes = registry.routeViews(rec.state);
+    const notReady: string[] = [];
+    if (!rec.state) notReady.push('no reconcile pass has completed yet');
+    for (const t of targets) if (!t.stats.reachable) notReady.push(`Caddy ${t.admin.display} is unreachable`);
+    if (watcher && !watcher.isConnected) notReady.push('docker is unreachable');
+    return {
+      version: VERSION,
+      uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
+      ready: notReady.length === 0,
+      notReady,
+      agents: registry.listAgents().map((a) => {
+        const s = registry.snapshotOf(a.id);
+        return {
+          id: a.id,
+          name: a.name,
+          kind: a.kind,
+          connected: a.id === LOCAL_AGENT_ID ? (watcher?.isConnected ?? false) : false,
+          dockerVersion: a.id === LOCAL_AGENT_ID ? watcher?.dockerVersion : undefined,
+          hostIp: s?.hostIp,
+          generation: s?.generation,
+          containers: s?.containers.length ?? 0,
+          routes: s?.routes.length ?? 0,
+        };
+      }),
+      caddy: targets.map((t) => ({
+        admin: t.admin.display,
+        managed: Boolean(supervisor),
+        pid: supervisor?.pid,
+        restarts: supervisor?.restarts,
+        ...t.stats,
+      })),
+      routes: {
+        total: routes.length,
+        applied: routes.filter((r) => r.status === 'applied').length,
+        pending: routes.filter((r) => r.status === 'pending').length,
+        error: routes.filter((r) => r.status === 'error').length,
+      },
+      reconcile: { ...rec.counters, lastPassAt: rec.state?.completedAt },
+    };
+  };
+
+  const app = buildApp({
+    logger,
+    tokenHash: token.hash,
+    routes: () => registry.routeViews(rec.state),
+    status,
+    reconcile: async (force) => {
+      rec.wake({ force });
+      await rec.idle();
+      return { passes: rec.counters.passes };
+    },
+  });
+  const api = parseListen('api-listen', String(config['api-listen']));
+  await app.listen({ host: api.host || '0.0.0.0', port: api.port });
+  const apiUrl = `http://${api.host || '127.0.0.1'}:${api.port}`;
+  logger.info({ api: apiUrl, dataDir, caddy: targets.map((t) => t.admin.display) }, 'berth is running');
+
+  return {
+    apiUrl,
+    async stop() {
+      clearInterval(drift);
+      watcher?.stop();
+      rec.stop();
+      await app.close();
+      await supervisor?.stop();
+      await store.close();
+    },
+  };
+}
+
+/** Unix socket paths are limited to 107 bytes; a deep data dir falls back to /tmp. */
+function socketPathFor(dataDir: string): string {
+  const p = join(dataDir, 'caddy-admin.sock');
+  if (Buffer.byteLength(p) < 100) return p;
+  return `/tmp/berth-${createHash('sha256').update(dataDir).digest('hex').slice(0, 12)}.sock`;
+}
+
+/** Docker on this machine → loopback reaches its ports; a remote engine → that engine's address. */
+function defaultHostIp(endpoint: string): string {
+  if (endpoint.startsWith('unix://') || endpoint.startsWith('/') || existsSync(endpoint)) return '127.0.0.1';
+  try {
+    return new URL(endpoint.replace(/^tcp:/, 'http:')).hostname || '127.0.0.1';
+  } catch {
+    return '127.0.0.1';
+  }
+}

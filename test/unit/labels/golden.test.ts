@@ -1,0 +1,53 @@
+// Golden files: a container (JSON), a `----------` line, then the routes and diagnostics Berth
+// reads from it. Run with UPDATE_GOLDEN=1 to rewrite the expected halves after a deliberate change.
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { extractRoutes } from '../../../src/labels/index.js';
+import type { ContainerInfo } from '../../../src/model/types.js';
+
+const dir = join(import.meta.dirname, 'testdata');
+const SEP = '\n----------\n';
+
+function container(input: Partial<ContainerInfo>): ContainerInfo {
+  return {
+    id: 'c0ffee000001',
+    name: 'app',
+    created: 1700000000,
+    labels: {},
+    state: 'running',
+    health: 'none',
+    networkMode: 'host',
+    networks: {},
+    ports: [],
+    exposed: [],
+    ...input,
+  };
+}
+
+describe('label golden files', () => {
+  for (const file of readdirSync(dir)
+    .filter((f) => f.endsWith('.txt'))
+    .sort()) {
+    it(file, () => {
+      const text = readFileSync(join(dir, file), 'utf8');
+      const [inputPart, expectedPart] = text.split(SEP);
+      const input = JSON.parse(stripComments(inputPart!));
+      const { ctx = {}, ...c } = input;
+      const got = extractRoutes(container(c), { hostIp: '127.0.0.2', labelPrefix: 'berth', ...ctx });
+      const rendered = `${JSON.stringify({ routes: got.routes, diagnostics: got.diagnostics }, null, 2)}\n`;
+      if (process.env.UPDATE_GOLDEN === '1' || expectedPart === undefined) {
+        writeFileSync(join(dir, file), `${inputPart}${SEP}${rendered}`);
+        return;
+      }
+      expect(rendered).toBe(expectedPart);
+    });
+  }
+});
+
+function stripComments(s: string): string {
+  return s
+    .split('\n')
+    .filter((l) => !l.startsWith('#'))
+    .join('\n');
+}
