@@ -29,12 +29,16 @@ const NOT_FOUND = {
   body: 'berth: no route for this host or path\n',
 };
 
-export function buildCaddyParts(sites: Site[], opts: CaddyBuildOptions): BerthCaddyParts {
+/**
+ * `versionId` becomes the `@id` of the final fallback route: one cheap `GET /id/<versionId>`
+ * then tells whether Caddy still holds exactly this config.
+ */
+export function buildCaddyParts(sites: Site[], opts: CaddyBuildOptions, versionId?: string): BerthCaddyParts {
   const byHost = new Map<string, Site[]>();
   for (const s of sites) byHost.set(s.host, [...(byHost.get(s.host) ?? []), s]);
   const hosts = [...byHost.keys()].sort(hostOrder);
   const routes: Json[] = hosts.map((h) => hostRoute(h, byHost.get(h)!));
-  routes.push({ handle: [NOT_FOUND] });
+  routes.push(versionId ? { '@id': versionId, handle: [NOT_FOUND] } : { handle: [NOT_FOUND] });
 
   if (opts.tls === 'off') {
     return {
@@ -81,23 +85,27 @@ export function buildCaddyParts(sites: Site[], opts: CaddyBuildOptions): BerthCa
 }
 
 function hostRoute(host: string, sites: Site[]): Json {
+  const match = [{ host: [host] }];
+  // The common case, one upstream set for the whole host, needs no subroute.
+  if (sites.length === 1 && sites[0]!.path === '/') return { match, handle: [proxyHandler(sites[0]!)], terminal: true };
   // Longest prefix first, so /api/v2 is tried before /api and / comes last.
   const ordered = [...sites].sort((a, b) => b.path.length - a.path.length || a.path.localeCompare(b.path));
   const sub: Json[] = ordered.map((s) => {
     const handle: Json[] = [];
     if (s.stripPath && s.path !== '/') handle.push({ handler: 'rewrite', strip_path_prefix: s.path });
-    const proxy: Json = {
-      handler: 'reverse_proxy',
-      upstreams: s.upstreams.map((u) => ({ dial: dial(u.host, u.port) })),
-    };
-    if (s.upstreams[0]?.scheme === 'https') proxy.transport = { protocol: 'http', tls: {} };
-    handle.push(proxy);
+    handle.push(proxyHandler(s));
     const r: Json = { handle };
     if (s.path !== '/') r.match = [{ path: [s.path, `${s.path}/*`] }];
     return r;
   });
   if (!ordered.some((s) => s.path === '/')) sub.push({ handle: [NOT_FOUND] });
-  return { match: [{ host: [host] }], handle: [{ handler: 'subroute', routes: sub }], terminal: true };
+  return { match, handle: [{ handler: 'subroute', routes: sub }], terminal: true };
+}
+
+function proxyHandler(s: Site): Json {
+  const proxy: Json = { handler: 'reverse_proxy', upstreams: s.upstreams.map((u) => ({ dial: dial(u.host, u.port) })) };
+  if (s.upstreams[0]?.scheme === 'https') proxy.transport = { protocol: 'http', tls: {} };
+  return proxy;
 }
 
 function dial(host: string, port: number): string {
@@ -123,22 +131,20 @@ function httpsPortSuffix(listen: string): string {
  * policy, keeps every other server, route, app and the admin settings exactly as they were.
  */
 export function mergeIntoConfig(current: Json, parts: BerthCaddyParts): Json {
-  const cfg: Json = current && typeof current === 'object' ? structuredClone(current) : {};
-  cfg.apps ??= {};
-  cfg.apps.http ??= {};
+  // Shallow copies along the paths Berth changes: the rest is shared, never modified.
+  const cfg: Json = { ...(current && typeof current === 'object' ? current : {}) };
+  cfg.apps = { ...(cfg.apps ?? {}) };
+  cfg.apps.http = { ...(cfg.apps.http ?? {}) };
   const servers: Json = { ...(cfg.apps.http.servers ?? {}) };
   for (const name of Object.keys(servers)) if (name.startsWith(SERVER_PREFIX)) delete servers[name];
   Object.assign(servers, parts.servers);
   cfg.apps.http.servers = servers;
 
-  const policies: Json[] = (cfg.apps.tls?.automation?.policies ?? []).filter(
-    (p: Json) => p?.['@id'] !== TLS_POLICY_ID,
-  );
+  const tls = cfg.apps.tls;
+  const policies: Json[] = (tls?.automation?.policies ?? []).filter((p: Json) => p?.['@id'] !== TLS_POLICY_ID);
   if (parts.tlsPolicy) policies.unshift(parts.tlsPolicy);
-  if (policies.length > 0 || cfg.apps.tls?.automation) {
-    cfg.apps.tls ??= {};
-    cfg.apps.tls.automation ??= {};
-    cfg.apps.tls.automation.policies = policies;
+  if (policies.length > 0 || tls?.automation) {
+    cfg.apps.tls = { ...(tls ?? {}), automation: { ...(tls?.automation ?? {}), policies } };
   }
   return cfg;
 }

@@ -25,14 +25,14 @@ export interface ApplyResult {
   loads: number;
 }
 
+/** A site's identity by content: equal sites give equal strings, without hashing. */
 export const siteSignature = (s: Site): string =>
-  createHash('sha256')
-    .update(canonicalJson({ h: s.host, p: s.path, s: s.stripPath, u: s.upstreams }))
-    .digest('hex')
-    .slice(0, 20);
+  `${s.host} ${s.path} ${s.stripPath ? 's' : '-'} ${s.upstreams.map((u) => `${u.scheme}://${u.host}:${u.port}`).join(',')}`;
 
 export class CaddyTarget {
-  private lastSent?: string;
+  /** What Caddy was last given: a key of the inputs, the version @id, and the parts themselves. */
+  private sent?: { key: string; versionId: string; parts: BerthCaddyParts };
+  private checks = 0;
   private served = new Set<string>();
   /** Sites Caddy accepted before: safe to keep while bisecting a rejected change. */
   private known = new Set<string>();
@@ -54,7 +54,7 @@ export class CaddyTarget {
 
   /** Forget what Caddy has, so the next apply sends everything (e.g. after a restart). */
   invalidate(): void {
-    this.lastSent = undefined;
+    this.sent = undefined;
   }
 
   /** Quarantine decisions are deterministic for a given site, but a forced pass retries them. */
@@ -71,9 +71,7 @@ export class CaddyTarget {
       if (why) quarantined.set(sig, why);
       else candidate.push(s);
     }
-    const parts = buildCaddyParts(candidate, this.opts);
-    const canon = canonicalJson(parts);
-    if (canon === this.lastSent) {
+    if (this.inputKey(candidate) === this.sent?.key) {
       return { changed: false, quarantined, served: new Set(this.served), loads: 0 };
     }
     const started = performance.now();
@@ -81,7 +79,7 @@ export class CaddyTarget {
     const tryLoad = async (subset: Site[]): Promise<string | undefined> => {
       loads++;
       try {
-        await this.load(buildCaddyParts(subset, this.opts));
+        await this.load(subset);
         return undefined;
       } catch (err) {
         if (err instanceof CaddyRejectedError) return err.message;
@@ -126,7 +124,7 @@ export class CaddyTarget {
       await bisect(fresh);
       error = undefined;
       // The last load may have been a failed probe; make sure Caddy holds exactly `good`.
-      await this.load(buildCaddyParts(good, this.opts));
+      await this.load(good);
       loads++;
       this.logger.warn(
         { admin: this.admin.display, quarantined: quarantined.size, loads },
@@ -142,23 +140,44 @@ export class CaddyTarget {
     return { changed: true, quarantined, served: new Set(this.served), loads };
   }
 
-  private async load(parts: BerthCaddyParts): Promise<void> {
+  /** Sites are identified by content signatures, so equal inputs give equal keys. */
+  private inputKey(sites: Site[]): string {
+    const h = createHash('sha256').update(JSON.stringify(this.opts));
+    for (const sig of sites.map(siteSignature).sort()) h.update(sig);
+    return h.digest('hex');
+  }
+
+  private async load(sites: Site[]): Promise<void> {
+    const key = this.inputKey(sites);
+    const versionId = `berth_version_${key.slice(0, 16)}`;
+    const parts = buildCaddyParts(sites, this.opts, versionId);
+    // Merge into the live config so the operator's own servers and edits are kept.
     const current = await this.admin.getConfig('/config/');
     this.stats.reachable = true;
     await this.admin.load(mergeIntoConfig(current ?? {}, parts));
-    this.lastSent = canonicalJson(parts);
+    this.sent = { key, versionId, parts };
   }
 
-  /** True when Caddy no longer holds what Berth last sent (restart, edit, unreachable). */
-  async drifted(): Promise<boolean> {
-    if (this.lastSent === undefined) return true;
+  /**
+   * True when Caddy no longer holds what Berth last sent (restarted, replaced, edited, or
+   * unreachable). Every check asks for the version @id, which costs Caddy almost nothing;
+   * every `fullEvery`-th check compares Berth's whole part of the config.
+   */
+  async drifted(fullEvery = 30): Promise<boolean> {
+    const sent = this.sent;
+    if (sent === undefined) return true;
     try {
-      const live = await this.admin.getConfig('/config/');
+      let drift: boolean;
+      if (++this.checks % fullEvery === 0) {
+        const live = await this.admin.getConfig('/config/');
+        drift = canonicalJson(extractParts(live)) !== canonicalJson(sent.parts);
+      } else {
+        drift = (await this.admin.request('GET', `/id/${sent.versionId}`)).status !== 200;
+      }
       this.stats.reachable = true;
-      const drift = canonicalJson(extractParts(live)) !== this.lastSent;
       if (drift) {
         this.logger.warn({ admin: this.admin.display }, "Caddy's config differs from Berth's; repairing");
-        this.lastSent = undefined;
+        if (this.sent === sent) this.sent = undefined;
       }
       return drift;
     } catch (err) {
@@ -166,7 +185,7 @@ export class CaddyTarget {
         this.logger.warn({ admin: this.admin.display, err: errorMessage(err) }, 'Caddy unreachable');
       this.stats.reachable = false;
       this.stats.lastError = errorMessage(err);
-      this.lastSent = undefined;
+      if (this.sent === sent) this.sent = undefined;
       return true;
     }
   }

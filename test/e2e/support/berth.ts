@@ -1,0 +1,136 @@
+// Runs the built `berth` CLI as a real process, the way an operator would.
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import type { RouteView } from '../../../src/model/types.js';
+import { registerCleanup } from './cleanup.js';
+import { freePort } from './ports.js';
+import { spawnLogged, waitUntil } from './proc.js';
+
+const run = promisify(execFile);
+export const BERTH_BIN = resolve(import.meta.dirname, '../../../dist/cli/main.js');
+
+export interface BerthProcess {
+  dataDir: string;
+  apiUrl: string;
+  httpPort: number;
+  token: string;
+  pid: number;
+  output(): string;
+  cli(args: string[]): Promise<{ stdout: string; stderr: string; code: number }>;
+  routes(): Promise<RouteView[]>;
+  status(): Promise<Record<string, any>>;
+  /** SIGTERM and wait (Berth stops its own Caddy). */
+  stop(): Promise<void>;
+  /** SIGKILL: a crash. */
+  kill(): Promise<void>;
+  /** Start again on the same data dir and ports. */
+  restart(): Promise<void>;
+}
+
+export interface BerthOptions {
+  command?: 'standalone' | 'server';
+  docker?: string;
+  dataDir?: string;
+  args?: string[];
+  env?: NodeJS.ProcessEnv;
+}
+
+export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
+  const dataDir = o.dataDir ?? mkdtempSync(join(tmpdir(), 'bd-'));
+  const apiPort = await freePort();
+  const httpPort = await freePort();
+  const args = [
+    BERTH_BIN,
+    o.command ?? 'standalone',
+    '--data-dir',
+    dataDir,
+    '--api-listen',
+    `127.0.0.1:${apiPort}`,
+    '--http-listen',
+    `127.0.0.1:${httpPort}`,
+    '--tls',
+    'off',
+    '--log-level',
+    'debug',
+    ...(o.docker ? ['--docker', o.docker, '--host-ip', '127.0.0.1'] : []),
+    ...(o.args ?? []),
+  ];
+  const apiUrl = `http://127.0.0.1:${apiPort}`;
+  let proc: Awaited<ReturnType<typeof spawnLogged>>;
+  let logIndex = 0;
+
+  const launch = async () => {
+    proc = spawnLogged(process.execPath, args, {
+      env: { ...process.env, ...o.env },
+      logFile: join(dataDir, `berth-${logIndex++}.log`),
+    });
+    await waitUntil(
+      async () => {
+        try {
+          return (await fetch(`${apiUrl}/healthz`)).ok;
+        } catch {
+          return false;
+        }
+      },
+      { timeoutMs: 30_000, intervalMs: 100, message: () => `berth did not start:\n${proc.output()}` },
+    );
+  };
+  await launch();
+  const token = o.env?.BERTH_ADMIN_TOKEN ?? readFileSync(join(dataDir, 'admin.token'), 'utf8').trim();
+
+  const cli = async (cliArgs: string[]) => {
+    try {
+      const r = await run(process.execPath, [BERTH_BIN, ...cliArgs, '--server', apiUrl, '--data-dir', dataDir], {
+        env: { ...process.env, ...o.env },
+      });
+      return { stdout: r.stdout, stderr: r.stderr, code: 0 };
+    } catch (err) {
+      const e = err as { stdout: string; stderr: string; code: number };
+      return { stdout: e.stdout, stderr: e.stderr, code: e.code };
+    }
+  };
+
+  const b: BerthProcess = {
+    dataDir,
+    apiUrl,
+    httpPort,
+    token,
+    get pid() {
+      return proc.pid;
+    },
+    output: () => proc.output(),
+    cli,
+    async routes() {
+      const r = await cli(['routes', '--json']);
+      if (r.code !== 0) throw new Error(`berth routes failed: ${r.stderr}`);
+      return JSON.parse(r.stdout);
+    },
+    async status() {
+      const res = await fetch(`${apiUrl}/api/status`, { headers: { authorization: `Bearer ${token}` } });
+      return res.json();
+    },
+    async stop() {
+      await proc.stop('SIGTERM', 15_000);
+    },
+    async kill() {
+      await proc.stop('SIGKILL', 5_000);
+    },
+    async restart() {
+      await launch();
+    },
+  };
+  registerCleanup(async () => {
+    await proc.stop('SIGTERM', 10_000);
+    // A crashed Berth leaves its Caddy running on purpose; tests must not.
+    try {
+      const pid = Number(readFileSync(join(dataDir, 'caddy.pid'), 'utf8'));
+      if (pid > 0) process.kill(pid, 'SIGKILL');
+    } catch {
+      // no Caddy left
+    }
+  });
+  return b;
+}
