@@ -21,12 +21,15 @@ export interface ReconcilerOptions {
   /** Quiet time that gathers a burst into one pass, and the most a wake may wait. */
   debounceMs?: number;
   maxDelayMs?: number;
+  /** Least time between the starts of two passes: a long burst costs at most ~2 applies a second. */
+  minIntervalMs?: number;
   onPass?: (s: ReconcileState) => void;
 }
 
 export class Reconciler {
   private timer?: NodeJS.Timeout;
   private firstWakeAt = 0;
+  private lastPassAt = 0;
   private running = false;
   private dirty = false;
   private force = false;
@@ -49,7 +52,11 @@ export class Reconciler {
     if (!this.timer) this.firstWakeAt = now;
     clearTimeout(this.timer);
     const debounce = this.o.debounceMs ?? 100;
-    const wait = Math.max(0, Math.min(debounce, this.firstWakeAt + (this.o.maxDelayMs ?? 1_000) - now));
+    const wait = Math.max(
+      0,
+      Math.min(debounce, this.firstWakeAt + (this.o.maxDelayMs ?? 1_000) - now),
+      this.lastPassAt + (this.o.minIntervalMs ?? 500) - now,
+    );
     this.timer = setTimeout(() => {
       this.timer = undefined;
       void this.pass();
@@ -69,6 +76,7 @@ export class Reconciler {
 
   private async pass(): Promise<void> {
     this.running = true;
+    this.lastPassAt = Date.now();
     this.dirty = false;
     const force = this.force;
     this.force = false;

@@ -3,11 +3,15 @@ import { loadConfig, parseDuration, parseListen } from '../../src/config.js';
 
 describe('loadConfig', () => {
   it('takes flags over BERTH_* over defaults, and aliases DOCKER_HOST', () => {
-    const { config } = loadConfig('standalone', ['--tls', 'off', '--caddy-admin=http://127.0.0.1:2019', '--caddy-admin', 'unix:///x.sock'], {
-      BERTH_TLS: 'internal',
-      BERTH_HTTP_LISTEN: '127.0.0.1:8080',
-      DOCKER_HOST: 'unix:///tmp/d.sock',
-    });
+    const { config } = loadConfig(
+      'standalone',
+      ['--tls', 'off', '--caddy-admin=http://127.0.0.1:2019', '--caddy-admin', 'unix:///x.sock'],
+      {
+        BERTH_TLS: 'internal',
+        BERTH_HTTP_LISTEN: '127.0.0.1:8080',
+        DOCKER_HOST: 'unix:///tmp/d.sock',
+      },
+    );
     expect(config.tls).toBe('off');
     expect(config['http-listen']).toBe('127.0.0.1:8080');
     expect(config['caddy-admin']).toEqual(['http://127.0.0.1:2019', 'unix:///x.sock']);
@@ -17,20 +21,27 @@ describe('loadConfig', () => {
   });
 
   it('BERTH_DOCKER wins over DOCKER_HOST', () => {
-    const { config } = loadConfig('standalone', [], { BERTH_DOCKER: 'tcp://127.0.0.1:2375', DOCKER_HOST: 'unix:///x' });
+    const { config } = loadConfig('standalone', [], {
+      BERTH_DOCKER: 'tcp://127.0.0.1:2375',
+      DOCKER_HOST: 'unix:///x',
+    });
     expect(config.docker).toBe('tcp://127.0.0.1:2375');
   });
 
   it('reports every problem at once', () => {
     expect(() =>
-      loadConfig('standalone', ['--nope', '--tls', 'sometimes', '--resync-interval', 'soon'], { BERTH_LOG_LEVEL: 'loud' }),
+      loadConfig('standalone', ['--nope', '--tls', 'sometimes', '--resync-interval', 'soon'], {
+        BERTH_LOG_LEVEL: 'loud',
+      }),
     ).toThrowError(
       /unknown flag --nope[\s\S]*--tls: expected one of auto, internal, off, got "sometimes"[\s\S]*--resync-interval: expected a duration[\s\S]*BERTH_LOG_LEVEL: expected one of/,
     );
   });
 
   it('does not accept server flags on client commands', () => {
-    expect(() => loadConfig('routes', ['--tls', 'off'], {})).toThrowError(/unknown flag --tls for "berth routes"/);
+    expect(() => loadConfig('routes', ['--tls', 'off'], {})).toThrowError(
+      /unknown flag --tls for "berth routes"/,
+    );
   });
 
   it('parses durations and listen addresses', () => {

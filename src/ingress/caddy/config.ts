@@ -87,7 +87,8 @@ export function buildCaddyParts(sites: Site[], opts: CaddyBuildOptions, versionI
 function hostRoute(host: string, sites: Site[]): Json {
   const match = [{ host: [host] }];
   // The common case, one upstream set for the whole host, needs no subroute.
-  if (sites.length === 1 && sites[0]!.path === '/') return { match, handle: [proxyHandler(sites[0]!)], terminal: true };
+  if (sites.length === 1 && sites[0]!.path === '/')
+    return { match, handle: [proxyHandler(sites[0]!)], terminal: true };
   // Longest prefix first, so /api/v2 is tried before /api and / comes last.
   const ordered = [...sites].sort((a, b) => b.path.length - a.path.length || a.path.localeCompare(b.path));
   const sub: Json[] = ordered.map((s) => {
@@ -103,7 +104,10 @@ function hostRoute(host: string, sites: Site[]): Json {
 }
 
 function proxyHandler(s: Site): Json {
-  const proxy: Json = { handler: 'reverse_proxy', upstreams: s.upstreams.map((u) => ({ dial: dial(u.host, u.port) })) };
+  const proxy: Json = {
+    handler: 'reverse_proxy',
+    upstreams: s.upstreams.map((u) => ({ dial: dial(u.host, u.port) })),
+  };
   if (s.upstreams[0]?.scheme === 'https') proxy.transport = { protocol: 'http', tls: {} };
   return proxy;
 }
@@ -141,7 +145,9 @@ export function mergeIntoConfig(current: Json, parts: BerthCaddyParts): Json {
   cfg.apps.http.servers = servers;
 
   const tls = cfg.apps.tls;
-  const policies: Json[] = (tls?.automation?.policies ?? []).filter((p: Json) => p?.['@id'] !== TLS_POLICY_ID);
+  const policies: Json[] = (tls?.automation?.policies ?? []).filter(
+    (p: Json) => p?.['@id'] !== TLS_POLICY_ID,
+  );
   if (parts.tlsPolicy) policies.unshift(parts.tlsPolicy);
   if (policies.length > 0 || tls?.automation) {
     cfg.apps.tls = { ...(tls ?? {}), automation: { ...(tls?.automation ?? {}), policies } };

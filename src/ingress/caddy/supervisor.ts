@@ -2,7 +2,7 @@
 // dir, restarted with backoff when it dies, stopped on exit. A Caddy left running by a Berth that
 // crashed is adopted rather than fought over, so a Berth restart never interrupts the front door.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { CaddyAdmin } from './admin.js';
@@ -75,7 +75,9 @@ export class CaddySupervisor {
 
   private async spawnAndWait(): Promise<void> {
     writeFileSync(this.configFile, JSON.stringify(this.baseConfig(), null, 2));
-    const log = createWriteStream(join(this.o.dataDir, 'caddy.log'), { flags: 'a' });
+    // Caddy writes to a file, not a pipe: a Go program dies on a broken stdout/stderr pipe, and
+    // Caddy must outlive a Berth that crashed.
+    const logFd = openSync(join(this.o.dataDir, 'caddy.log'), 'a');
     const child = spawn(this.o.bin, ['run', '--config', this.configFile], {
       env: {
         ...process.env,
@@ -83,11 +85,10 @@ export class CaddySupervisor {
         XDG_CONFIG_HOME: join(this.o.dataDir, 'caddy', 'config'),
         HOME: join(this.o.dataDir, 'caddy'),
       },
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: ['ignore', logFd, logFd],
     });
+    closeSync(logFd);
     this.child = child;
-    child.stdout?.pipe(log);
-    child.stderr?.pipe(log);
     child.on('error', (err) =>
       this.o.logger.error({ bin: this.o.bin, err: err.message }, 'cannot start caddy'),
     );

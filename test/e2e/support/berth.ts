@@ -21,6 +21,7 @@ export interface BerthProcess {
   output(): string;
   cli(args: string[]): Promise<{ stdout: string; stderr: string; code: number }>;
   routes(): Promise<RouteView[]>;
+  // biome-ignore lint/suspicious/noExplicitAny: tests read whichever status fields they check.
   status(): Promise<Record<string, any>>;
   /** SIGTERM and wait (Berth stops its own Caddy). */
   stop(): Promise<void>;
@@ -83,9 +84,13 @@ export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
 
   const cli = async (cliArgs: string[]) => {
     try {
-      const r = await run(process.execPath, [BERTH_BIN, ...cliArgs, '--server', apiUrl, '--data-dir', dataDir], {
-        env: { ...process.env, ...o.env },
-      });
+      const r = await run(
+        process.execPath,
+        [BERTH_BIN, ...cliArgs, '--server', apiUrl, '--data-dir', dataDir],
+        {
+          env: { ...process.env, ...o.env },
+        },
+      );
       return { stdout: r.stdout, stderr: r.stderr, code: 0 };
     } catch (err) {
       const e = err as { stdout: string; stderr: string; code: number };

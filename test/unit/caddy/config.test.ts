@@ -1,5 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { buildCaddyParts, canonicalJson, extractParts, mergeIntoConfig } from '../../../src/ingress/caddy/config.js';
+import {
+  buildCaddyParts,
+  canonicalJson,
+  extractParts,
+  mergeIntoConfig,
+} from '../../../src/ingress/caddy/config.js';
 import type { Site } from '../../../src/reconcile/desired.js';
 
 const site = (host: string, path = '/', over: Partial<Site> = {}): Site => ({
@@ -16,21 +21,32 @@ const opts = { tls: 'off' as const, httpListen: '127.0.0.1:8080', httpsListen: '
 describe('buildCaddyParts', () => {
   it('builds one host route with longest paths first, strip_path and a 404 fallback', () => {
     const parts = buildCaddyParts(
-      [site('a.example.com'), site('a.example.com', '/api', { stripPath: true }), site('a.example.com', '/api/v2')],
+      [
+        site('a.example.com'),
+        site('a.example.com', '/api', { stripPath: true }),
+        site('a.example.com', '/api/v2'),
+      ],
       opts,
     );
     const server = parts.servers.berth_http;
     expect(server.listen).toEqual(['127.0.0.1:8080']);
     expect(server.automatic_https).toEqual({ disable: true });
     const sub = server.routes[0].handle[0].routes;
-    expect(sub.map((r: { match?: { path: string[] }[] }) => r.match?.[0]?.path[0] ?? '/')).toEqual(['/api/v2', '/api', '/']);
+    expect(sub.map((r: { match?: { path: string[] }[] }) => r.match?.[0]?.path[0] ?? '/')).toEqual([
+      '/api/v2',
+      '/api',
+      '/',
+    ]);
     expect(sub[1].handle[0]).toEqual({ handler: 'rewrite', strip_path_prefix: '/api' });
     expect(server.routes.at(-1).handle[0].status_code).toBe(404);
   });
 
   it('orders exact hosts before wildcards and uses TLS to https upstreams', () => {
     const parts = buildCaddyParts(
-      [site('*.example.com'), site('b.example.com', '/', { upstreams: [{ host: '::1', port: 8443, scheme: 'https' }] })],
+      [
+        site('*.example.com'),
+        site('b.example.com', '/', { upstreams: [{ host: '::1', port: 8443, scheme: 'https' }] }),
+      ],
       opts,
     );
     const routes = parts.servers.berth_http.routes;
@@ -42,17 +58,26 @@ describe('buildCaddyParts', () => {
   });
 
   it('adds a 404 inside a host that has no root path', () => {
-    const sub = buildCaddyParts([site('a.example.com', '/api')], opts).servers.berth_http.routes[0].handle[0].routes;
+    const sub = buildCaddyParts([site('a.example.com', '/api')], opts).servers.berth_http.routes[0].handle[0]
+      .routes;
     expect(sub.at(-1).handle[0].status_code).toBe(404);
   });
 
   it('in TLS modes serves on the HTTPS listener, redirects plain HTTP, and owns one internal policy', () => {
-    const parts = buildCaddyParts([site('a.example.com')], { tls: 'internal', httpListen: ':80', httpsListen: ':8443' });
+    const parts = buildCaddyParts([site('a.example.com')], {
+      tls: 'internal',
+      httpListen: ':80',
+      httpsListen: ':8443',
+    });
     expect(parts.servers.berth_https.listen).toEqual([':8443']);
     expect(parts.servers.berth_http.routes[0].handle[0].headers.Location[0]).toBe(
       'https://{http.request.host}:8443{http.request.uri}',
     );
-    expect(parts.tlsPolicy).toEqual({ '@id': 'berth_tls', subjects: ['a.example.com'], issuers: [{ module: 'internal' }] });
+    expect(parts.tlsPolicy).toEqual({
+      '@id': 'berth_tls',
+      subjects: ['a.example.com'],
+      issuers: [{ module: 'internal' }],
+    });
   });
 });
 
@@ -61,11 +86,24 @@ describe('mergeIntoConfig', () => {
     const operator = {
       admin: { listen: 'localhost:2019' },
       apps: {
-        http: { servers: { mine: { listen: [':9000'], routes: [{ handle: [{ handler: 'static_response' }] }] }, berth_old: {} } },
-        tls: { automation: { policies: [{ subjects: ['x.example.com'] }, { '@id': 'berth_tls', subjects: ['old'] }] } },
+        http: {
+          servers: {
+            mine: { listen: [':9000'], routes: [{ handle: [{ handler: 'static_response' }] }] },
+            berth_old: {},
+          },
+        },
+        tls: {
+          automation: {
+            policies: [{ subjects: ['x.example.com'] }, { '@id': 'berth_tls', subjects: ['old'] }],
+          },
+        },
       },
     };
-    const parts = buildCaddyParts([site('a.example.com')], { tls: 'internal', httpListen: ':80', httpsListen: ':443' });
+    const parts = buildCaddyParts([site('a.example.com')], {
+      tls: 'internal',
+      httpListen: ':80',
+      httpsListen: ':443',
+    });
     const merged = mergeIntoConfig(operator, parts);
     expect(Object.keys(merged.apps.http.servers).sort()).toEqual(['berth_http', 'berth_https', 'mine']);
     expect(merged.apps.http.servers.mine).toEqual(operator.apps.http.servers.mine);

@@ -34,7 +34,10 @@ describe('computeDesired', () => {
 
   it('gives a conflict to the younger claim and names the winner, whatever the input order', () => {
     const old = route('c1', { containerCreated: 50 });
-    const young = route('c2', { containerCreated: 60, upstream: { host: '127.0.0.1', port: 9000, scheme: 'http' } });
+    const young = route('c2', {
+      containerCreated: 60,
+      upstream: { host: '127.0.0.1', port: 9000, scheme: 'http' },
+    });
     for (const routes of [
       [old, young],
       [young, old],
@@ -42,7 +45,9 @@ describe('computeDesired', () => {
       const d = computeDesired([{ agentId: 'h1', agentName: 'host1', routes }]);
       expect(d.sites).toHaveLength(1);
       expect(d.sites[0]!.upstreams).toEqual([old.upstream]);
-      expect(d.outcomes.get('h1:c2/default')!.errors[0]).toMatch(/already claimed by container name-c1 \(c1\) on host1/);
+      expect(d.outcomes.get('h1:c2/default')!.errors[0]).toMatch(
+        /already claimed by container name-c1 \(c1\) on host1/,
+      );
       expect(d.outcomes.get('h1:c1/default')!.errors).toEqual([]);
     }
   });

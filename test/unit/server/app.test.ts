@@ -53,9 +53,16 @@ describe('API', () => {
 
   it('rejects malformed bodies with a message naming the field, and runs nothing', async () => {
     const { a, calls } = app();
-    const bad = await a.inject({ method: 'POST', url: '/api/reconcile', headers: auth, payload: { force: 'yes', extra: 1 } });
+    const bad = await a.inject({
+      method: 'POST',
+      url: '/api/reconcile',
+      headers: auth,
+      payload: { force: 'yes', extra: 1 },
+    });
     expect(bad.statusCode).toBe(400);
-    expect(bad.json().error.message).toBe('invalid request: body: unknown field "extra"; body.force: must be boolean');
+    expect(bad.json().error.message).toBe(
+      'invalid request: body: unknown field "extra"; body.force: must be boolean',
+    );
     const notJson = await a.inject({
       method: 'POST',
       url: '/api/reconcile',
@@ -65,7 +72,12 @@ describe('API', () => {
     expect(notJson.statusCode).toBe(400);
     expect(notJson.json().error.message).toMatch(/not valid JSON/);
     expect(calls).toEqual([]);
-    const ok = await a.inject({ method: 'POST', url: '/api/reconcile', headers: auth, payload: { force: true } });
+    const ok = await a.inject({
+      method: 'POST',
+      url: '/api/reconcile',
+      headers: auth,
+      payload: { force: true },
+    });
     expect(ok.statusCode).toBe(200);
     expect(calls).toEqual([true]);
   });

@@ -1,0 +1,12 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    testTimeout: 120_000,
+    hookTimeout: 180_000,
+    // End-to-end files start daemons; on 2 cores they run one after another.
+    fileParallelism: false,
+    pool: 'forks',
+  },
+});
