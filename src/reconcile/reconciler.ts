@@ -21,15 +21,19 @@ export interface ReconcilerOptions {
   /** Quiet time that gathers a burst into one pass, and the most a wake may wait. */
   debounceMs?: number;
   maxDelayMs?: number;
-  /** Least time between the starts of two passes: a long burst costs at most ~2 applies a second. */
-  minIntervalMs?: number;
+  /**
+   * Pass budget: a token bucket of `burst` passes refilled at `perSecond`. Single changes never
+   * wait for it; a long burst of changes costs at most ~`perSecond` applies a second.
+   */
+  budget?: { burst: number; perSecond: number };
   onPass?: (s: ReconcileState) => void;
 }
 
 export class Reconciler {
   private timer?: NodeJS.Timeout;
   private firstWakeAt = 0;
-  private lastPassAt = 0;
+  private tokens = 3;
+  private refilledAt = Date.now();
   private running = false;
   private dirty = false;
   private force = false;
@@ -51,11 +55,11 @@ export class Reconciler {
     const now = Date.now();
     if (!this.timer) this.firstWakeAt = now;
     clearTimeout(this.timer);
-    const debounce = this.o.debounceMs ?? 100;
+    const debounce = this.o.debounceMs ?? 50;
     const wait = Math.max(
       0,
       Math.min(debounce, this.firstWakeAt + (this.o.maxDelayMs ?? 1_000) - now),
-      this.lastPassAt + (this.o.minIntervalMs ?? 500) - now,
+      this.msUntilToken(now),
     );
     this.timer = setTimeout(() => {
       this.timer = undefined;
@@ -74,9 +78,17 @@ export class Reconciler {
     clearTimeout(this.timer);
   }
 
+  private msUntilToken(now: number): number {
+    const { burst, perSecond } = this.o.budget ?? { burst: 3, perSecond: 2 };
+    this.tokens = Math.min(burst, this.tokens + ((now - this.refilledAt) / 1000) * perSecond);
+    this.refilledAt = now;
+    return this.tokens >= 1 ? 0 : Math.ceil(((1 - this.tokens) / perSecond) * 1000);
+  }
+
   private async pass(): Promise<void> {
     this.running = true;
-    this.lastPassAt = Date.now();
+    this.msUntilToken(Date.now());
+    this.tokens -= 1;
     this.dirty = false;
     const force = this.force;
     this.force = false;
