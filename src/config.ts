@@ -17,7 +17,9 @@ export interface FlagDef {
 }
 
 const SERVE = ['standalone', 'server'];
-const CLIENT = ['routes', 'status', 'reconcile'];
+const CLIENT = ['routes', 'status', 'reconcile', 'keys', 'agents'];
+/** Commands that watch a Docker engine. */
+const WATCH = ['standalone', 'agent'];
 
 export const FLAGS: FlagDef[] = [
   {
@@ -38,20 +40,20 @@ export const FLAGS: FlagDef[] = [
     name: 'docker',
     kind: 'string',
     help: 'Docker endpoint (unix:///path or tcp://host:port); default DOCKER_HOST, then the local socket',
-    for: ['standalone'],
+    for: WATCH,
     envAlias: ['DOCKER_HOST'],
   },
   {
     name: 'host-ip',
     kind: 'string',
     help: "Address at which this host's published and host-network ports are reached (default: auto)",
-    for: ['standalone'],
+    for: WATCH,
   },
   {
     name: 'network',
     kind: 'string',
     help: 'Docker network whose container IP is used for unpublished ports',
-    for: ['standalone'],
+    for: WATCH,
   },
   {
     name: 'caddy-admin',
@@ -82,14 +84,14 @@ export const FLAGS: FlagDef[] = [
     kind: 'string',
     default: 'berth',
     help: 'Label prefix read from containers',
-    for: ['standalone'],
+    for: WATCH,
   },
   {
     name: 'resync-interval',
     kind: 'duration',
     default: 30_000,
     help: 'Periodic full re-list of containers (safety net for missed events)',
-    for: ['standalone'],
+    for: WATCH,
   },
   {
     name: 'drift-interval',
@@ -109,8 +111,63 @@ export const FLAGS: FlagDef[] = [
   {
     name: 'server',
     kind: 'string',
-    help: 'Berth API URL for CLI commands (default: http://<api-listen>)',
-    for: CLIENT,
+    help: 'Berth server URL (CLI commands default to http://127.0.0.1:7080; required for berth agent)',
+    for: [...CLIENT, 'agent'],
+  },
+  {
+    name: 'key',
+    kind: 'string',
+    help: 'Agent key (from berth keys create)',
+    for: ['agent'],
+    envAlias: ['BERTH_AGENT_KEY'],
+  },
+  { name: 'key-file', kind: 'string', help: 'File holding the agent key', for: ['agent'] },
+  {
+    name: 'name',
+    kind: 'string',
+    help: 'Agent name (default: hostname); for keys create: the key name',
+    for: ['agent', 'keys'],
+  },
+  {
+    name: 'report-interval',
+    kind: 'duration',
+    default: 15_000,
+    help: 'Agent heartbeat interval',
+    for: ['agent'],
+  },
+  {
+    name: 'offline-grace',
+    kind: 'duration',
+    default: 600_000,
+    help: "How long an offline agent's routes stay at the front door",
+    for: SERVE,
+  },
+  {
+    name: 'agent-heartbeat',
+    kind: 'duration',
+    default: 15_000,
+    help: 'Report interval assumed for agents that do not announce one (stale after two missed)',
+    for: SERVE,
+  },
+  {
+    name: 'domains',
+    kind: 'string',
+    help: "Hostnames the key's agents may claim, comma-separated (exact or *.example.com); default any",
+    for: ['keys'],
+  },
+  {
+    name: 'auto-approve',
+    kind: 'bool',
+    default: false,
+    help: 'Agents enrolling with this key are approved at once',
+    for: ['keys'],
+  },
+  {
+    name: 'overlap',
+    kind: 'duration',
+    default: 86_400_000,
+    help: 'How long the old key stays valid after keys rotate',
+    for: ['keys'],
   },
   {
     name: 'token',

@@ -55,6 +55,13 @@ export class DockerWatcher {
     return this.connected;
   }
 
+  /** The host IP became known or changed: routes are re-read with the new address. */
+  setHostIp(hostIp: string): void {
+    if (this.o.ctx.hostIp === hostIp) return;
+    this.o.ctx = { ...this.o.ctx, hostIp };
+    this.wake();
+  }
+
   start(): void {
     void this.connect();
     this.resync = setInterval(() => this.wake(), this.o.resyncIntervalMs ?? 30_000);

@@ -5,8 +5,10 @@ import type { Config } from '../config.js';
 import { UserError } from '../errors.js';
 
 export interface ApiClient {
+  baseUrl: string;
   get<T>(path: string): Promise<T>;
   post<T>(path: string, body: unknown): Promise<T>;
+  del<T>(path: string): Promise<T>;
 }
 
 export function apiClient(config: Config, env: NodeJS.ProcessEnv): ApiClient {
@@ -45,13 +47,18 @@ export function apiClient(config: Config, env: NodeJS.ProcessEnv): ApiClient {
     if (!res.ok) {
       const e = (json as { error?: { code?: string; message?: string } } | undefined)?.error;
       throw new UserError(
-        res.status === 401 ? 'UNAUTHORIZED' : 'BAD_REQUEST',
+        res.status === 401 ? 'UNAUTHORIZED' : res.status === 404 ? 'NOT_FOUND' : 'BAD_REQUEST',
         `${server}${path}: ${res.status} ${e?.message ?? text.slice(0, 200)}`,
       );
     }
     return json as T;
   };
-  return { get: (p) => call('GET', p), post: (p, b) => call('POST', p, b) };
+  return {
+    baseUrl: server,
+    get: (p) => call('GET', p),
+    post: (p, b) => call('POST', p, b),
+    del: (p) => call('DELETE', p),
+  };
 }
 
 function readLocalToken(dataDir: string): string {

@@ -3,16 +3,22 @@
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
+import { runAgent } from '../agent/run.js';
 import { type Config, helpFor, loadConfig } from '../config.js';
 import { UserError } from '../errors.js';
-import { runServer, VERSION } from '../server/run.js';
+import { runServer } from '../server/run.js';
+import { VERSION } from '../version.js';
 import { apiClient } from './client.js';
+import { agentsCommand, keysCommand } from './fleet.js';
 import { routesCommand } from './routes.js';
 import { statusCommand } from './status.js';
 
 const COMMANDS: Record<string, string> = {
   standalone: 'Run the server with an in-process agent for the local Docker (single host)',
   server: 'Run the server only (routes come from agents)',
+  agent: "Watch this host's Docker and report to a server (--server, --key)",
+  keys: 'Agent keys: create --name N [--domains …] [--auto-approve] | list | revoke ID | rotate ID',
+  agents: 'Agents: list | approve ID | remove ID',
   routes: 'List every route with its owner and status (--json)',
   status: 'Show server, agent and Caddy status (--json)',
   reconcile: 'Ask the server to reconcile now (--force re-sends everything)',
@@ -50,7 +56,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     return 2;
   }
   try {
-    const { config } = loadConfig(command, args, env);
+    const { config, rest } = loadConfig(command, args, env);
     if (config.help) {
       out(`Usage: berth ${command} [flags]\n\n${COMMANDS[command]}\n\nFlags:\n${helpFor(command)}`);
       return 0;
@@ -59,6 +65,12 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       case 'standalone':
       case 'server':
         return await serve(command, config);
+      case 'agent':
+        return await agent(config);
+      case 'keys':
+        return await keysCommand(config, apiClient(config, env), rest, out);
+      case 'agents':
+        return await agentsCommand(config, apiClient(config, env), rest, out);
       case 'routes':
         return await routesCommand(config, apiClient(config, env), out);
       case 'status':
@@ -84,13 +96,25 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
 async function serve(command: 'standalone' | 'server', config: Config): Promise<number> {
   const logger = pino({ level: String(config['log-level']), base: { cmd: command } }, pino.destination(2));
   const server = await runServer(config, { localAgent: command === 'standalone', logger });
-  await new Promise<void>((resolveStop) => {
+  await untilSignal(logger, () => server.stop());
+  return 0;
+}
+
+async function agent(config: Config): Promise<number> {
+  const logger = pino({ level: String(config['log-level']), base: { cmd: 'agent' } }, pino.destination(2));
+  const running = await runAgent(config, logger);
+  await untilSignal(logger, () => running.stop());
+  return 0;
+}
+
+function untilSignal(logger: pino.Logger, stop: () => Promise<void>): Promise<void> {
+  return new Promise<void>((resolveStop) => {
     let stopping = false;
     const onSignal = (sig: string) => {
       if (stopping) return;
       stopping = true;
       logger.info({ signal: sig }, 'stopping');
-      server.stop().then(resolveStop, (err) => {
+      stop().then(resolveStop, (err) => {
         logger.error({ err: (err as Error).message }, 'error while stopping');
         resolveStop();
       });
@@ -98,7 +122,6 @@ async function serve(command: 'standalone' | 'server', config: Config): Promise<
     process.on('SIGINT', () => onSignal('SIGINT'));
     process.on('SIGTERM', () => onSignal('SIGTERM'));
   });
-  return 0;
 }
 
 const isMain = (() => {

@@ -1,9 +1,11 @@
 // The HTTP API. buildApp takes its dependencies and does not listen, so tests use inject().
-import Fastify, { type FastifyError } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyError } from 'fastify';
 import type { Logger } from 'pino';
 import { UserError } from '../errors.js';
 import type { RouteView } from '../model/types.js';
 import { tokenMatches } from './auth.js';
+import type { Registry } from './registry.js';
+import { fleetRoutes } from './routes/fleet.js';
 
 export interface StatusReport {
   version: string;
@@ -19,6 +21,8 @@ export interface StatusReport {
 export interface AppDeps {
   logger: Logger;
   tokenHash: string;
+  /** Keys and agents; absent in tests that exercise only the core routes. */
+  registry?: Registry;
   routes: () => RouteView[];
   status: () => StatusReport;
   reconcile: (force: boolean) => Promise<{ passes: number }>;
@@ -26,7 +30,7 @@ export interface AppDeps {
 
 export function buildApp(deps: AppDeps) {
   const app = Fastify({
-    loggerInstance: deps.logger,
+    loggerInstance: deps.logger as FastifyBaseLogger,
     disableRequestLogging: true,
     bodyLimit: 1 << 20,
     // Reject what does not fit the schema instead of coercing or silently dropping it.
@@ -98,6 +102,8 @@ export function buildApp(deps: AppDeps) {
       return deps.reconcile(body.force ?? false);
     },
   );
+
+  if (deps.registry) fleetRoutes(app, deps.registry);
 
   return app;
 }

@@ -15,11 +15,11 @@ import { CaddySupervisor } from '../ingress/caddy/supervisor.js';
 import { CaddyTarget } from '../ingress/caddy/target.js';
 import { Reconciler } from '../reconcile/reconciler.js';
 import { SqliteStore } from '../store/sqlite.js';
+import { VERSION } from '../version.js';
+import { AgentHub } from './agent-hub.js';
 import { buildApp, type StatusReport } from './app.js';
 import { ensureAdminToken } from './auth.js';
 import { Registry } from './registry.js';
-
-export const VERSION = '0.1.0';
 export const LOCAL_AGENT_ID = 'local';
 
 export interface RunningServer {
@@ -43,7 +43,10 @@ export async function runServer(
       `\nBerth admin token (shown once; also saved to ${join(dataDir, 'admin.token')} with mode 0600):\n  ${token.generated}\n\n`,
     );
   }
-  const registry = new Registry(store);
+  const registry = new Registry(store, {
+    heartbeatMs: Number(config['agent-heartbeat']),
+    offlineGraceMs: Number(config['offline-grace']),
+  });
   await registry.load();
 
   const httpListen = String(config['http-listen']);
@@ -72,7 +75,7 @@ export async function runServer(
     for (const url of adminUrls) targets.push(new CaddyTarget(new CaddyAdmin(url), buildOpts, logger));
   }
 
-  reconciler = new Reconciler({ source: () => registry.agentRoutes(), targets, logger });
+  reconciler = new Reconciler({ source: () => registry.admitted().agentRoutes, targets, logger });
   const rec = reconciler;
   registry.onChange(() => rec.wake());
 
@@ -93,13 +96,7 @@ export async function runServer(
       },
       'host IP for published and host-network ports',
     );
-    await registry.upsertAgent({
-      id: LOCAL_AGENT_ID,
-      name: hostname(),
-      kind: 'local',
-      createdAt: registry.listAgents().find((a) => a.id === LOCAL_AGENT_ID)?.createdAt ?? Date.now(),
-      lastSeenAt: Date.now(),
-    });
+    await registry.ensureLocalAgent(hostname());
     watcher = new DockerWatcher({
       agentId: LOCAL_AGENT_ID,
       source: createDockerSource(endpoint),
@@ -122,6 +119,15 @@ export async function runServer(
   const drift = setInterval(async () => {
     for (const t of targets) if (await t.drifted()) rec.wake();
   }, Number(config['drift-interval']));
+  // Time alone changes what serves (an offline grace ends): re-check once a second.
+  let admittedKey = '';
+  const liveness = setInterval(() => {
+    const key = [...registry.admitted().withheld.keys()].sort().join(',');
+    if (key !== admittedKey) {
+      admittedKey = key;
+      rec.wake();
+    }
+  }, 1_000);
 
   const status = (): StatusReport => {
     const routes = registry.routeViews(rec.state);
@@ -134,20 +140,17 @@ export async function runServer(
       uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
       ready: notReady.length === 0,
       notReady,
-      agents: registry.listAgents().map((a) => {
-        const s = registry.snapshotOf(a.id);
-        return {
-          id: a.id,
-          name: a.name,
-          kind: a.kind,
-          connected: a.id === LOCAL_AGENT_ID ? (watcher?.isConnected ?? false) : false,
-          dockerVersion: a.id === LOCAL_AGENT_ID ? watcher?.dockerVersion : undefined,
-          hostIp: s?.hostIp,
-          generation: s?.generation,
-          containers: s?.containers.length ?? 0,
-          routes: s?.routes.length ?? 0,
-        };
-      }),
+      agents: registry
+        .listAgents()
+        .map((a) =>
+          a.kind === 'local'
+            ? {
+                ...a,
+                status: watcher?.isConnected ? 'online' : 'offline',
+                dockerVersion: watcher?.dockerVersion,
+              }
+            : a,
+        ),
       caddy: targets.map((t) => ({
         admin: t.admin.display,
         managed: Boolean(supervisor),
@@ -168,6 +171,7 @@ export async function runServer(
   const app = buildApp({
     logger,
     tokenHash: token.hash,
+    registry,
     routes: () => registry.routeViews(rec.state),
     status,
     reconcile: async (force) => {
@@ -176,6 +180,12 @@ export async function runServer(
       return { passes: rec.counters.passes };
     },
   });
+  const hub = new AgentHub({
+    registry,
+    logger: logger.child({ component: 'hub' }),
+    heartbeatMs: Number(config['agent-heartbeat']),
+  });
+  hub.attach(app.server);
   const api = parseListen('api-listen', String(config['api-listen']));
   await app.listen({ host: api.host || '0.0.0.0', port: api.port });
   const apiUrl = `http://${api.host || '127.0.0.1'}:${api.port}`;
@@ -185,7 +195,9 @@ export async function runServer(
     apiUrl,
     async stop() {
       clearInterval(drift);
+      clearInterval(liveness);
       watcher?.stop();
+      hub.close();
       rec.stop();
       await app.close();
       await supervisor?.stop();

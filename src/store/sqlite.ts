@@ -1,19 +1,18 @@
-// The embedded default store: one SQLite file in the data dir, WAL mode, synchronous writes.
+// The embedded default store: one SQLite file in the data dir, WAL mode.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Snapshot } from '../model/types.js';
-import type { AgentRecord, Store } from './store.js';
+import type { AgentRecord, KeyRecord, Store } from './store.js';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS agents (
-  id TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL,
-  created_at INTEGER NOT NULL, last_seen_at INTEGER NOT NULL
+CREATE TABLE IF NOT EXISTS agents (id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+  id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, previous_hash TEXT, body TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS snapshots (
-  agent_id TEXT PRIMARY KEY, generation INTEGER NOT NULL, body TEXT NOT NULL
-);
+CREATE INDEX IF NOT EXISTS keys_previous_hash ON keys (previous_hash);
+CREATE TABLE IF NOT EXISTS snapshots (agent_id TEXT PRIMARY KEY, generation INTEGER NOT NULL, body TEXT NOT NULL);
 `;
 
 export class SqliteStore implements Store {
@@ -49,18 +48,44 @@ export class SqliteStore implements Store {
   async upsertAgent(a: AgentRecord): Promise<void> {
     this.db
       .prepare(
-        `INSERT INTO agents (id, name, kind, created_at, last_seen_at) VALUES (@id, @name, @kind, @createdAt, @lastSeenAt)
-         ON CONFLICT(id) DO UPDATE SET name = excluded.name, kind = excluded.kind, last_seen_at = excluded.last_seen_at`,
+        'INSERT INTO agents (id, body) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET body = excluded.body',
       )
-      .run(a);
+      .run(a.id, JSON.stringify(a));
+  }
+
+  async deleteAgent(id: string): Promise<void> {
+    this.db.prepare('DELETE FROM agents WHERE id = ?').run(id);
   }
 
   async listAgents(): Promise<AgentRecord[]> {
-    return this.db
+    return (this.db.prepare('SELECT body FROM agents ORDER BY id').all() as { body: string }[]).map((r) =>
+      JSON.parse(r.body),
+    );
+  }
+
+  async saveKey(k: KeyRecord): Promise<void> {
+    this.db
       .prepare(
-        'SELECT id, name, kind, created_at AS createdAt, last_seen_at AS lastSeenAt FROM agents ORDER BY id',
+        `INSERT INTO keys (id, hash, previous_hash, body) VALUES (?, ?, ?, ?)
+         ON CONFLICT(id) DO UPDATE SET hash = excluded.hash, previous_hash = excluded.previous_hash, body = excluded.body`,
       )
-      .all() as AgentRecord[];
+      .run(k.id, k.hash, k.previousHash ?? null, JSON.stringify(k));
+  }
+
+  async listKeys(): Promise<KeyRecord[]> {
+    return (this.db.prepare('SELECT body FROM keys ORDER BY id').all() as { body: string }[]).map((r) =>
+      JSON.parse(r.body),
+    );
+  }
+
+  async findKeyByHash(hash: string, now: number): Promise<KeyRecord | undefined> {
+    const row = this.db
+      .prepare('SELECT body FROM keys WHERE hash = ? OR previous_hash = ?')
+      .get(hash, hash) as { body: string } | undefined;
+    if (!row) return undefined;
+    const k = JSON.parse(row.body) as KeyRecord;
+    if (k.hash === hash) return k;
+    return k.previousExpiresAt !== undefined && k.previousExpiresAt > now ? k : undefined;
   }
 
   async saveSnapshot(s: Snapshot): Promise<void> {
@@ -70,6 +95,10 @@ export class SqliteStore implements Store {
          ON CONFLICT(agent_id) DO UPDATE SET generation = excluded.generation, body = excluded.body`,
       )
       .run(s.agentId, s.generation, JSON.stringify(s));
+  }
+
+  async deleteSnapshot(agentId: string): Promise<void> {
+    this.db.prepare('DELETE FROM snapshots WHERE agent_id = ?').run(agentId);
   }
 
   async loadSnapshots(): Promise<Snapshot[]> {

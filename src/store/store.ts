@@ -4,19 +4,46 @@ import type { Snapshot } from '../model/types.js';
 export interface AgentRecord {
   id: string;
   name: string;
-  /** How the agent joined: 'local' for the in-process agent of `berth standalone`. */
+  /** 'local' for the in-process agent of `berth standalone`, 'remote' for `berth agent`. */
   kind: 'local' | 'remote';
+  /** The key the agent enrolled with; its domains bound what the agent may claim. */
+  keyId?: string;
+  approved: boolean;
   createdAt: number;
   lastSeenAt: number;
+  hostIp?: string;
+  version?: string;
+  dockerVersion?: string;
+}
+
+export interface KeyRecord {
+  id: string;
+  name: string;
+  /** SHA-256 (hex) of the secret; the secret itself is never stored. */
+  hash: string;
+  /** Hostnames the key's agents may claim (exact or `*.` wildcards); empty: any. */
+  domains: string[];
+  autoApprove: boolean;
+  createdAt: number;
+  revokedAt?: number;
+  /** After a rotation the old secret stays valid until previousExpiresAt. */
+  previousHash?: string;
+  previousExpiresAt?: number;
 }
 
 export interface Store {
   getMeta(key: string): Promise<string | undefined>;
   setMeta(key: string, value: string): Promise<void>;
   upsertAgent(agent: AgentRecord): Promise<void>;
+  deleteAgent(id: string): Promise<void>;
   listAgents(): Promise<AgentRecord[]>;
+  saveKey(key: KeyRecord): Promise<void>;
+  listKeys(): Promise<KeyRecord[]>;
+  /** The key whose current or (unexpired) previous secret has this hash. */
+  findKeyByHash(hash: string, now: number): Promise<KeyRecord | undefined>;
   /** Replaces the agent's whole state: snapshots are never merged. */
   saveSnapshot(snapshot: Snapshot): Promise<void>;
+  deleteSnapshot(agentId: string): Promise<void>;
   loadSnapshots(): Promise<Snapshot[]>;
   close(): Promise<void>;
 }

@@ -1,0 +1,163 @@
+// The agent's one outbound connection to the server. It reconnects with exponential backoff and
+// jitter, sends the whole current snapshot on every (re)connect and change, and heartbeats.
+// No inbound port is opened on the agent's host.
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import WebSocket from 'ws';
+import { AGENT_PATH, type Heartbeat, type ServerMessage } from '../model/protocol.js';
+import type { Snapshot } from '../model/types.js';
+
+export interface LinkOptions {
+  serverUrl: string;
+  key: string;
+  name: string;
+  version: string;
+  dataDir: string;
+  logger: Logger;
+  reportIntervalMs: number;
+  /** Called with the local address of each new connection (the auto-detected host IP). */
+  onLocalAddress?: (ip: string) => void;
+  heartbeat: () => Omit<Heartbeat, 'type' | 'version' | 'intervalMs'>;
+}
+
+export class ServerLink {
+  private ws?: WebSocket;
+  private snapshot?: Snapshot;
+  private backoffMs = 500;
+  private stopped = false;
+  private beat?: NodeJS.Timeout;
+  private retry?: NodeJS.Timeout;
+  agentId?: string;
+  status = 'disconnected';
+  connects = 0;
+
+  constructor(private readonly o: LinkOptions) {
+    mkdirSync(o.dataDir, { recursive: true, mode: 0o700 });
+    this.agentId = readIdentity(o.dataDir);
+  }
+
+  start(): void {
+    this.connect();
+    this.beat = setInterval(() => this.sendHeartbeat(), this.o.reportIntervalMs);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearInterval(this.beat);
+    clearTimeout(this.retry);
+    this.ws?.close(1000, 'agent stopping');
+  }
+
+  /** The latest snapshot; sent now if connected, else on the next connect. */
+  publish(s: Snapshot): void {
+    this.snapshot = s;
+    this.sendSnapshot();
+  }
+
+  private connect(): void {
+    if (this.stopped) return;
+    const url = `${this.o.serverUrl.replace(/^http/, 'ws').replace(/\/$/, '')}${AGENT_PATH}`;
+    const headers: Record<string, string> = {
+      authorization: `Bearer ${this.o.key}`,
+      'x-berth-agent-name': this.o.name,
+      'x-berth-agent-version': this.o.version,
+    };
+    if (this.agentId) headers['x-berth-agent-id'] = this.agentId;
+    const ws = new WebSocket(url, { headers, handshakeTimeout: 10_000 });
+    this.ws = ws;
+    ws.on('upgrade', (res) => {
+      const ip = res.socket.localAddress?.replace(/^::ffff:/, '');
+      if (ip) this.o.onLocalAddress?.(ip);
+    });
+    ws.on('unexpected-response', (_req, res) => {
+      let body = '';
+      res.on('data', (c) => (body += c));
+      res.on('end', () => {
+        let message = body;
+        try {
+          message = JSON.parse(body).error.message;
+        } catch {
+          // not JSON: keep the text
+        }
+        this.o.logger.error(
+          { status: res.statusCode, server: this.o.serverUrl },
+          `server refused the agent: ${message}`,
+        );
+      });
+      ws.terminate();
+    });
+    ws.on('open', () => {
+      this.connects++;
+      this.backoffMs = 500;
+    });
+    ws.on('message', (data) => this.onMessage(data.toString()));
+    ws.on('close', (code, reason) => {
+      if (this.ws !== ws) return;
+      this.ws = undefined;
+      this.status = 'disconnected';
+      if (this.stopped) return;
+      const delay = Math.round(this.backoffMs * (0.5 + Math.random()));
+      this.backoffMs = Math.min(this.backoffMs * 2, 30_000);
+      this.o.logger.warn(
+        { code, reason: reason.toString(), retryInMs: delay },
+        'disconnected from server; reconnecting',
+      );
+      this.retry = setTimeout(() => this.connect(), delay);
+    });
+    ws.on('error', (err) => this.o.logger.debug({ err: err.message }, 'connection error'));
+  }
+
+  private onMessage(raw: string): void {
+    let msg: ServerMessage;
+    try {
+      msg = JSON.parse(raw);
+    } catch {
+      return;
+    }
+    if (msg.type === 'welcome') {
+      if (msg.agentId !== this.agentId) {
+        this.agentId = msg.agentId;
+        writeFileSync(
+          join(this.o.dataDir, 'agent.json'),
+          `${JSON.stringify({ agentId: msg.agentId }, null, 2)}\n`,
+          {
+            mode: 0o600,
+          },
+        );
+      }
+      this.status = msg.status;
+      this.o.logger.info({ agentId: msg.agentId, status: msg.status }, 'registered with server');
+      this.sendSnapshot();
+      this.sendHeartbeat();
+    } else if (msg.type === 'resync') {
+      this.sendSnapshot();
+    } else if (msg.type === 'error') {
+      this.o.logger.warn({ message: msg.message }, 'server reported an error');
+    }
+  }
+
+  private sendSnapshot(): void {
+    if (!this.snapshot || !this.agentId || this.ws?.readyState !== WebSocket.OPEN) return;
+    this.ws.send(JSON.stringify({ type: 'snapshot', snapshot: { ...this.snapshot, agentId: this.agentId } }));
+  }
+
+  private sendHeartbeat(): void {
+    if (!this.agentId || this.ws?.readyState !== WebSocket.OPEN) return;
+    const hb: Heartbeat = {
+      type: 'heartbeat',
+      version: this.o.version,
+      intervalMs: this.o.reportIntervalMs,
+      ...this.o.heartbeat(),
+    };
+    this.ws.send(JSON.stringify(hb));
+  }
+}
+
+function readIdentity(dataDir: string): string | undefined {
+  try {
+    return JSON.parse(readFileSync(join(dataDir, 'agent.json'), 'utf8')).agentId;
+  } catch {
+    return undefined;
+  }
+}

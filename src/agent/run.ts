@@ -1,0 +1,110 @@
+// `berth agent`: the Docker watcher of `berth standalone`, reporting over one outbound WebSocket.
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { resolve } from 'node:path';
+import type { Logger } from 'pino';
+import type { Config } from '../config.js';
+import { UserError } from '../errors.js';
+import { VERSION } from '../version.js';
+import { createDockerSource } from './docker.js';
+import { ServerLink } from './link.js';
+import { DockerWatcher } from './watcher.js';
+
+export interface RunningAgent {
+  stop(): Promise<void>;
+}
+
+export async function runAgent(config: Config, logger: Logger): Promise<RunningAgent> {
+  const server = config.server ? String(config.server) : undefined;
+  if (!server || !/^https?:\/\//.test(server)) {
+    throw new UserError(
+      'CONFIG_INVALID',
+      '--server is required: the Berth server URL, e.g. https://berth.example.com',
+    );
+  }
+  const key = agentKey(config);
+  const endpoint = String(config.docker ?? 'unix:///var/run/docker.sock');
+  const fixedIp = config['host-ip'] ? String(config['host-ip']) : undefined;
+  const reportIntervalMs = Number(config['report-interval']);
+  const name = String(config.name ?? hostname());
+
+  let watcher: DockerWatcher | undefined;
+  const link: ServerLink = new ServerLink({
+    serverUrl: server,
+    key,
+    name,
+    version: VERSION,
+    dataDir: resolve(String(config['data-dir'])),
+    logger: logger.child({ component: 'link' }),
+    reportIntervalMs,
+    // Without --host-ip, the address this host uses to reach the server is the one the server's
+    // front door can use to reach this host's published ports.
+    onLocalAddress: (ip) => {
+      if (fixedIp) return;
+      if (!watcher) {
+        logger.info(
+          { hostIp: ip, chosen: 'auto (local address of the connection to the server)' },
+          'host IP',
+        );
+        watcher = startWatcher(ip);
+      } else watcher.setHostIp(ip);
+    },
+    heartbeat: () => {
+      const s = watcher?.current;
+      return {
+        dockerVersion: watcher?.dockerVersion,
+        dockerConnected: watcher?.isConnected ?? false,
+        containers: s?.containers.length ?? 0,
+        routes: s?.routes.length ?? 0,
+        generation: s?.generation ?? 0,
+        hostIp: s?.hostIp,
+      };
+    },
+  });
+
+  const startWatcher = (hostIp: string) => {
+    const w = new DockerWatcher({
+      agentId: link.agentId ?? 'unregistered',
+      source: createDockerSource(endpoint),
+      ctx: {
+        hostIp,
+        labelPrefix: String(config['label-prefix']),
+        network: config.network as string | undefined,
+      },
+      logger: logger.child({ component: 'watcher' }),
+      resyncIntervalMs: Number(config['resync-interval']),
+      onSnapshot: (s) => link.publish(s),
+    });
+    w.start();
+    return w;
+  };
+
+  if (fixedIp) {
+    logger.info({ hostIp: fixedIp, chosen: 'flag' }, 'host IP');
+    watcher = startWatcher(fixedIp);
+  }
+  link.start();
+  logger.info({ server, name, docker: endpoint }, 'berth agent running');
+  return {
+    async stop() {
+      watcher?.stop();
+      link.stop();
+    },
+  };
+}
+
+function agentKey(config: Config): string {
+  if (config.key) return String(config.key).trim();
+  if (config['key-file']) {
+    const file = String(config['key-file']);
+    try {
+      return readFileSync(file, 'utf8').trim();
+    } catch (err) {
+      throw new UserError('CONFIG_INVALID', `--key-file ${file}: ${(err as Error).message}`);
+    }
+  }
+  throw new UserError(
+    'CONFIG_INVALID',
+    'an agent key is required: --key, --key-file or BERTH_AGENT_KEY (berth keys create prints one)',
+  );
+}

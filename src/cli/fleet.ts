@@ -1,0 +1,141 @@
+// berth keys … and berth agents …: enrolment from the command line.
+import type { Config } from '../config.js';
+import { UserError } from '../errors.js';
+import type { AgentSummary, KeySummary } from '../server/registry.js';
+import type { ApiClient } from './client.js';
+import { table } from './format.js';
+
+type Out = (s: string) => void;
+
+export async function keysCommand(config: Config, api: ApiClient, rest: string[], out: Out): Promise<number> {
+  const [verb, ref] = rest;
+  const json = Boolean(config.json);
+  switch (verb) {
+    case 'create': {
+      const name = config.name ? String(config.name) : undefined;
+      if (!name) throw new UserError('CONFIG_INVALID', 'berth keys create needs --name NAME');
+      const domains = config.domains
+        ? String(config.domains)
+            .split(',')
+            .map((d) => d.trim())
+            .filter(Boolean)
+        : [];
+      const r = await api.post<{ key: KeySummary; secret: string }>('/api/keys', {
+        name,
+        domains,
+        autoApprove: Boolean(config['auto-approve']),
+      });
+      if (json) out(JSON.stringify(r, null, 2));
+      else {
+        out(`created key ${r.key.name} (${r.key.id}); it is shown only now:\n\n  ${r.secret}\n`);
+        out(`Run an agent with it:\n  berth agent --server ${api.baseUrl} --key ${r.secret}`);
+      }
+      return 0;
+    }
+    case 'list':
+    case undefined: {
+      const { keys } = await api.get<{ keys: KeySummary[] }>('/api/keys');
+      if (json) out(JSON.stringify(keys, null, 2));
+      else
+        out(
+          table(
+            ['ID', 'NAME', 'DOMAINS', 'AUTO-APPROVE', 'AGENTS', 'STATE'],
+            keys.map((k) => [
+              k.id,
+              k.name,
+              k.domains.join(',') || '(any)',
+              k.autoApprove ? 'yes' : 'no',
+              String(k.agents),
+              k.revoked
+                ? 'revoked'
+                : k.previousValidUntil
+                  ? `active (old key valid until ${k.previousValidUntil})`
+                  : 'active',
+            ]),
+          ),
+        );
+      return 0;
+    }
+    case 'revoke': {
+      if (!ref) throw new UserError('CONFIG_INVALID', 'berth keys revoke needs a key id or name');
+      const r = await api.post<{ key: KeySummary }>(`/api/keys/${encodeURIComponent(ref)}/revoke`, {});
+      out(
+        json
+          ? JSON.stringify(r, null, 2)
+          : `revoked key ${r.key.name} (${r.key.id}); its agents are disconnected`,
+      );
+      return 0;
+    }
+    case 'rotate': {
+      if (!ref) throw new UserError('CONFIG_INVALID', 'berth keys rotate needs a key id or name');
+      const overlap = `${Math.round(Number(config.overlap) / 1000)}s`;
+      const r = await api.post<{ key: KeySummary; secret: string }>(
+        `/api/keys/${encodeURIComponent(ref)}/rotate`,
+        { overlap },
+      );
+      if (json) out(JSON.stringify(r, null, 2));
+      else
+        out(
+          `rotated key ${r.key.name}; the new key is shown only now:\n\n  ${r.secret}\n\nthe old key stays valid until ${r.key.previousValidUntil}`,
+        );
+      return 0;
+    }
+    default:
+      throw new UserError(
+        'CONFIG_INVALID',
+        `unknown "berth keys ${verb}": use create, list, revoke or rotate`,
+      );
+  }
+}
+
+export async function agentsCommand(
+  config: Config,
+  api: ApiClient,
+  rest: string[],
+  out: Out,
+): Promise<number> {
+  const [verb, ref] = rest;
+  const json = Boolean(config.json);
+  switch (verb) {
+    case 'list':
+    case undefined: {
+      const { agents } = await api.get<{ agents: AgentSummary[] }>('/api/agents');
+      if (json) out(JSON.stringify(agents, null, 2));
+      else
+        out(
+          table(
+            ['ID', 'NAME', 'STATUS', 'HEARTBEAT', 'VERSION', 'HOST IP', 'ROUTES', 'KEY'],
+            agents.map((a) => [
+              a.id,
+              a.name,
+              a.status,
+              a.heartbeatAgeSeconds === undefined ? '-' : `${a.heartbeatAgeSeconds}s ago`,
+              a.version ?? '-',
+              a.hostIp ?? '-',
+              String(a.routes),
+              a.keyName ?? '-',
+            ]),
+          ),
+        );
+      return 0;
+    }
+    case 'approve': {
+      if (!ref) throw new UserError('CONFIG_INVALID', 'berth agents approve needs an agent id or name');
+      const r = await api.post<{ agent: AgentSummary }>(`/api/agents/${encodeURIComponent(ref)}/approve`, {});
+      out(json ? JSON.stringify(r, null, 2) : `approved agent ${r.agent.name} (${r.agent.id})`);
+      return 0;
+    }
+    case 'remove': {
+      if (!ref) throw new UserError('CONFIG_INVALID', 'berth agents remove needs an agent id or name');
+      const r = await api.del<{ agent: AgentSummary }>(`/api/agents/${encodeURIComponent(ref)}`);
+      out(
+        json
+          ? JSON.stringify(r, null, 2)
+          : `removed agent ${r.agent.name} (${r.agent.id}); its routes leave the front door`,
+      );
+      return 0;
+    }
+    default:
+      throw new UserError('CONFIG_INVALID', `unknown "berth agents ${verb}": use list, approve or remove`);
+  }
+}

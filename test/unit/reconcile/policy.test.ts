@@ -1,0 +1,99 @@
+import { describe, expect, it } from 'vitest';
+import type { Snapshot } from '../../../src/model/types.js';
+import { type AgentView, admitRoutes, agentStatus, domainAllowed } from '../../../src/reconcile/policy.js';
+
+const o = { heartbeatMs: 1_000, offlineGraceMs: 10_000 };
+const snapshot = (hosts: string[][]): Snapshot => ({
+  agentId: 'a1',
+  generation: 1,
+  hostIp: '127.0.0.2',
+  takenAt: 0,
+  containers: [],
+  diagnostics: [],
+  routes: hosts.map((h, i) => ({
+    id: `c${i}/default`,
+    group: 'default',
+    hosts: h,
+    path: '/',
+    stripPath: false,
+    upstream: { host: '127.0.0.2', port: 80, scheme: 'http' },
+    containerId: `c${i}`,
+    containerName: `n${i}`,
+    containerCreated: 1,
+  })),
+});
+
+function view(over: Partial<AgentView> = {}, record: Partial<AgentView['record']> = {}): AgentView {
+  return {
+    record: {
+      id: 'a1',
+      name: 'host1',
+      kind: 'remote',
+      keyId: 'k1',
+      approved: true,
+      createdAt: 0,
+      lastSeenAt: 0,
+      ...record,
+    },
+    key: { id: 'k1', name: 'key1', hash: 'h', domains: [], autoApprove: false, createdAt: 0 },
+    connected: true,
+    lastHeartbeatAt: 100_000,
+    snapshot: snapshot([['a.example.com']]),
+    ...over,
+  };
+}
+
+describe('domainAllowed', () => {
+  it.each([
+    ['a.example.com', ['*.example.com'], true],
+    ['a.b.example.com', ['*.example.com'], true],
+    ['*.example.com', ['*.example.com'], true],
+    ['example.com', ['*.example.com'], false],
+    ['badexample.com', ['*.example.com'], false],
+    ['example.com', ['example.com'], true],
+    ['x.example.com', ['example.com'], false],
+    ['anything.test', [], true],
+  ])('%s under %j → %s', (host, domains, ok) => {
+    expect(domainAllowed(host, domains as string[])).toBe(ok);
+  });
+});
+
+describe('agentStatus', () => {
+  it('orders revoked > pending > offline > stale > online', () => {
+    const now = 100_500;
+    expect(agentStatus(view(), now, o)).toBe('online');
+    expect(agentStatus(view(), 104_000, o)).toBe('stale');
+    expect(agentStatus(view({ connected: false }), now, o)).toBe('offline');
+    expect(agentStatus(view({}, { approved: false }), now, o)).toBe('pending');
+    const revoked = view();
+    revoked.key = { ...revoked.key!, revokedAt: 1 };
+    expect(agentStatus(revoked, now, o)).toBe('revoked');
+    expect(agentStatus(view({ heartbeatMs: 10_000 }), 104_000, o)).toBe('online');
+  });
+});
+
+describe('admitRoutes', () => {
+  it('serves an offline agent within the grace and withholds it after', () => {
+    const v = view({ connected: false, disconnectedAt: 50_000 });
+    expect(admitRoutes([v], 55_000, o).agentRoutes[0]!.routes).toHaveLength(1);
+    const later = admitRoutes([v], 61_000, o);
+    expect(later.agentRoutes).toEqual([]);
+    expect(later.withheld.get('a1')).toMatch(/offline for 11 s/);
+  });
+
+  it('rejects only the routes whose hosts fall outside the key', () => {
+    const v = view({ snapshot: snapshot([['a.example.com'], ['a.example.com', 'evil.test']]) });
+    v.key = { ...v.key!, domains: ['*.example.com'] };
+    const r = admitRoutes([v], 100_000, o);
+    expect(r.agentRoutes[0]!.routes.map((x) => x.id)).toEqual(['c0/default']);
+    expect(r.errors.get('a1:c1/default')).toEqual([
+      'evil.test is outside the domains allowed for key key1 (*.example.com)',
+    ]);
+  });
+
+  it('withholds pending and revoked agents', () => {
+    expect(admitRoutes([view({}, { approved: false })], 100_000, o).withheld.get('a1')).toMatch(
+      /pending approval/,
+    );
+  });
+});
