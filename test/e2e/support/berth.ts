@@ -139,3 +139,64 @@ export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
   });
   return b;
 }
+
+export interface AgentProcess {
+  dataDir: string;
+  readonly pid: number;
+  output(): string;
+  stop(signal?: NodeJS.Signals): Promise<void>;
+  start(): Promise<void>;
+}
+
+/** `berth agent` for one simulated host: its own dockerd, its own loopback address. */
+export async function startAgent(o: {
+  server: string;
+  key: string;
+  docker: string;
+  hostIp: string;
+  name: string;
+  dataDir?: string;
+  args?: string[];
+}): Promise<AgentProcess> {
+  const dataDir = o.dataDir ?? mkdtempSync(join(tmpdir(), 'ba-'));
+  let proc: Awaited<ReturnType<typeof spawnLogged>> | undefined;
+  let n = 0;
+  const a: AgentProcess = {
+    dataDir,
+    get pid() {
+      return proc?.pid ?? -1;
+    },
+    output: () => proc?.output() ?? '',
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
+      await proc?.stop(signal, 10_000);
+    },
+    async start() {
+      proc = spawnLogged(
+        process.execPath,
+        [
+          BERTH_BIN,
+          'agent',
+          '--server',
+          o.server,
+          '--docker',
+          o.docker,
+          '--host-ip',
+          o.hostIp,
+          '--name',
+          o.name,
+          '--data-dir',
+          dataDir,
+          '--report-interval',
+          '1s',
+          '--log-level',
+          'debug',
+          ...(o.args ?? []),
+        ],
+        { env: { ...process.env, BERTH_AGENT_KEY: o.key }, logFile: join(dataDir, `agent-${n++}.log`) },
+      );
+    },
+  };
+  registerCleanup(() => a.stop());
+  await a.start();
+  return a;
+}
