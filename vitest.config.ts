@@ -8,5 +8,7 @@ export default defineConfig({
     // End-to-end files start daemons; on 2 cores they run one after another.
     fileParallelism: false,
     pool: 'forks',
+    // Reaps daemons a crashed worker left behind (see the file).
+    globalSetup: ['test/e2e/support/global-setup.ts'],
   },
 });

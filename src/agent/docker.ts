@@ -30,14 +30,15 @@ export function dockerOptions(endpoint: string): Docker.DockerOptions {
 }
 
 export function createDockerSource(endpoint: string): DockerSource {
-  const docker = new Docker({ ...dockerOptions(endpoint), timeout: 30_000 });
+  // No client-wide timeout: it would also cut the event stream after 30 s without events.
+  const docker = new Docker(dockerOptions(endpoint));
   // Exposed ports and creation time never change for a container id: inspect each once.
   const inspected = new Map<string, { exposed: number[] }>();
 
   return {
     endpoint,
     async list() {
-      const raw = await docker.listContainers({ all: false });
+      const raw = await withTimeout(docker.listContainers({ all: false }), 'list containers');
       const seen = new Set<string>();
       const out: ContainerInfo[] = [];
       for (const c of raw) {
@@ -45,7 +46,7 @@ export function createDockerSource(endpoint: string): DockerSource {
         let extra = inspected.get(c.Id);
         if (!extra) {
           try {
-            const info = await docker.getContainer(c.Id).inspect();
+            const info = await withTimeout(docker.getContainer(c.Id).inspect(), 'inspect container');
             extra = { exposed: exposedPorts(info.Config?.ExposedPorts) };
             inspected.set(c.Id, extra);
           } catch {
@@ -99,10 +100,24 @@ export function createDockerSource(endpoint: string): DockerSource {
       };
     },
     async version() {
-      const v = await docker.version();
+      const v = await withTimeout(docker.version(), 'version');
       return v.Version;
     },
   };
+}
+
+const CALL_TIMEOUT_MS = 30_000;
+
+/** A hung Docker call must not stall the watcher forever; it counts as a lost connection. */
+function withTimeout<T>(p: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`docker ${what} timed out after ${CALL_TIMEOUT_MS} ms`)),
+      CALL_TIMEOUT_MS,
+    );
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }
 
 function exposedPorts(exposed: Record<string, unknown> | undefined): number[] {

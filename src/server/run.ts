@@ -140,17 +140,15 @@ export async function runServer(
       uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
       ready: notReady.length === 0,
       notReady,
-      agents: registry
-        .listAgents()
-        .map((a) =>
-          a.kind === 'local'
-            ? {
-                ...a,
-                status: watcher?.isConnected ? 'online' : 'offline',
-                dockerVersion: watcher?.dockerVersion,
-              }
-            : a,
-        ),
+      agents: registry.listAgents().map((a) =>
+        a.kind === 'local'
+          ? {
+              ...a,
+              status: watcher?.isConnected ? 'online' : 'offline',
+              dockerVersion: watcher?.dockerVersion,
+            }
+          : a,
+      ),
       caddy: targets.map((t) => ({
         admin: t.admin.display,
         managed: Boolean(supervisor),

@@ -1,7 +1,7 @@
 // Berth driving an operator's own Caddy (--caddy-admin): the operator's config survives, and a
 // route Caddy refuses is quarantined while the rest is applied.
 
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -79,7 +79,10 @@ beforeAll(async () => {
     },
     logFile: join(dir, 'caddy.log'),
   });
-  registerCleanup(() => caddy.stop());
+  registerCleanup(async () => {
+    await caddy.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
   await waitUntil(async () => (await httpGet(`http://127.0.0.1:${adminPort}/config/`)).status === 200, {
     timeoutMs: 15_000,
     message: () => `operator caddy did not start\n${caddy.output()}`,

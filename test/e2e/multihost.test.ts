@@ -7,6 +7,7 @@ import { useCleanup } from './support/cleanup.js';
 import { importBusybox, startDockerd, type TestDockerd } from './support/dockerd.js';
 import { freePort } from './support/ports.js';
 import { httpGet, waitUntil } from './support/proc.js';
+import { type SocketProxy, startReadOnlyProxy } from './support/socket-proxy.js';
 
 useCleanup();
 
@@ -15,6 +16,7 @@ let server: BerthProcess;
 let h2: TestDockerd;
 let h3: TestDockerd;
 const agents: Record<string, AgentProcess> = {};
+let proxy: SocketProxy;
 
 async function web(d: TestDockerd, ip: string, name: string, labels: Record<string, string>) {
   const p = await freePort(ip);
@@ -56,6 +58,7 @@ async function keys(args: string[]) {
   return JSON.parse(r.stdout);
 }
 
+// biome-ignore lint/suspicious/noExplicitAny: tests read whichever fields they check.
 async function agentList(): Promise<Record<string, any>[]> {
   const r = await server.cli(['agents', 'list', '--json']);
   return JSON.parse(r.stdout);
@@ -122,10 +125,12 @@ describe('multi-host', () => {
     const k = await keys(['create', '--name', 'host2']);
     expect(k.secret).toMatch(/^berth_agent_/);
     expect(JSON.stringify(await keys(['list']))).not.toContain(k.secret);
+    // host2 reads Docker only through a read-only proxy over TCP, as with docker-socket-proxy.
+    proxy = await startReadOnlyProxy(h2.socket, '127.0.0.2', await freePort('127.0.0.2'));
     agents.h2 = await startAgent({
       server: server.apiUrl,
       key: k.secret,
-      docker: h2.dockerHost,
+      docker: proxy.url,
       hostIp: '127.0.0.2',
       name: 'host2',
     });
@@ -150,6 +155,8 @@ describe('multi-host', () => {
     const a = await agentNamed('host2');
     expect(a).toMatchObject({ status: 'online', hostIp: '127.0.0.2', version: '0.1.0', routes: 1 });
     expect(a!.heartbeatAgeSeconds).toBeLessThan(5);
+    expect(a!.dockerVersion).toMatch(/^\d+\./);
+    expect(proxy.refused).toEqual([]);
   });
 
   it('limits a key to its domains: a claim outside is an error on that route only', async () => {
@@ -247,6 +254,8 @@ describe('multi-host', () => {
       }
     })();
     await server.kill(); // a crash: Caddy keeps serving
+    // The agent keeps watching while the server is away, and reports on reconnect.
+    await web(h2, '127.0.0.2', 'late2', { 'berth.host': 'late.h2.test' });
     await server.restart();
     await waitUntil(async () => (await agentNamed('host2'))?.status === 'online', {
       timeoutMs: 20_000,
@@ -258,6 +267,7 @@ describe('multi-host', () => {
     console.log(`[figure] server crash + restart: ${failures} failed of ${probes} requests`);
     expect(probes).toBeGreaterThan(20);
     expect(failures).toBe(0);
+    await serves('late.h2.test', 'late2@127.0.0.2');
 
     // A graceful restart with every agent away: the store alone brings the routes back.
     await agents.h2!.stop();

@@ -45,17 +45,22 @@ export class CaddyAdmin {
 
   async request(method: string, path: string, body?: unknown): Promise<AdminResponse> {
     const payload = body === undefined ? undefined : JSON.stringify(body);
-    try {
-      return this.socketPath
-        ? await this.unixRequest(method, path, payload)
-        : await this.tcpRequest(method, path, payload);
-    } catch (err) {
-      if (err instanceof CaddyRejectedError) throw err;
-      throw new UserError(
-        'CADDY_UNREACHABLE',
-        `Caddy admin ${this.display} unreachable: ${(err as Error).message}`,
-      );
+    // Caddy restarts its admin listener on every config load, so a request that lands in that
+    // moment is refused or cut off. Admin requests are idempotent: retry a few times, briefly,
+    // before calling Caddy unreachable (which would look like drift and cause yet another load).
+    let last: unknown;
+    for (let attempt = 0; attempt < 5; attempt++) {
+      if (attempt > 0) await new Promise((r) => setTimeout(r, 50 * attempt));
+      try {
+        return this.socketPath
+          ? await this.unixRequest(method, path, payload)
+          : await this.tcpRequest(method, path, payload);
+      } catch (err) {
+        last = err;
+      }
     }
+    const cause = (last as Error & { cause?: Error }).cause?.message ?? (last as Error).message;
+    throw new UserError('CADDY_UNREACHABLE', `Caddy admin ${this.display} unreachable: ${cause}`);
   }
 
   async getConfig(path = '/config/'): Promise<Json> {
