@@ -17,7 +17,7 @@ export interface FlagDef {
 }
 
 const SERVE = ['standalone', 'server'];
-const CLIENT = ['routes', 'status', 'reconcile', 'keys', 'agents'];
+const CLIENT = ['routes', 'status', 'reconcile', 'keys', 'agents', 'exec', 'audit'];
 /** Commands that watch a Docker engine. */
 const WATCH = ['standalone', 'agent'];
 
@@ -162,6 +162,28 @@ export const FLAGS: FlagDef[] = [
     help: 'Agents enrolling with this key are approved at once',
     for: ['keys'],
   },
+  {
+    name: 'exec-allow',
+    kind: 'list',
+    default: [],
+    help: "Exec rules the server allows for this key's agents (narrows the agents' own rules); repeatable",
+    for: ['keys'],
+  },
+  {
+    name: 'exec-policy',
+    kind: 'string',
+    help: 'Exec policy file (JSON) for this host: rules per container, limits, or exec disabled',
+    for: WATCH,
+  },
+  { name: 'agent', kind: 'string', help: 'Agent id or name that holds the container', for: ['exec'] },
+  {
+    name: 'timeout',
+    kind: 'duration',
+    default: 60_000,
+    help: 'Kill the command after this long',
+    for: ['exec'],
+  },
+  { name: 'limit', kind: 'int', default: 100, help: 'How many entries to show', for: ['audit'] },
   {
     name: 'overlap',
     kind: 'duration',

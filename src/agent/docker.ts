@@ -1,4 +1,5 @@
 // The only file that imports dockerode: everything else sees ContainerInfo and plain events.
+import { Writable } from 'node:stream';
 import Docker from 'dockerode';
 import type { ContainerInfo, PortBinding } from '../model/types.js';
 
@@ -15,6 +16,23 @@ export interface DockerSource {
   /** Streams events until the connection ends; `onEnd` fires once, with the reason if any. */
   events(onEvent: (e: DockerEvent) => void, onEnd: (err?: Error) => void): Promise<() => void>;
   version(): Promise<string>;
+  /** One container by id or name, fresh from Docker (for exec policy: never trust a cache). */
+  inspect(
+    ref: string,
+  ): Promise<{ id: string; name: string; labels: Record<string, string>; running: boolean } | undefined>;
+  /** Starts argv in the container (no shell, no TTY, no stdin) and streams its output. */
+  exec(
+    containerId: string,
+    argv: string[],
+    onOutput: (stream: 'stdout' | 'stderr', chunk: Buffer) => void,
+  ): Promise<ExecHandle>;
+}
+
+export interface ExecHandle {
+  /** The process's PID on the host, once Docker reports it. */
+  hostPid(): Promise<number | undefined>;
+  /** Resolves when the output stream ends, with Docker's exit code. */
+  done: Promise<{ exitCode: number | null }>;
 }
 
 /** `--docker` / DOCKER_HOST → dockerode options. */
@@ -102,6 +120,65 @@ export function createDockerSource(endpoint: string): DockerSource {
     async version() {
       const v = await withTimeout(docker.version(), 'version');
       return v.Version;
+    },
+    async inspect(ref) {
+      try {
+        const info = await withTimeout(docker.getContainer(ref).inspect(), 'inspect container');
+        return {
+          id: info.Id,
+          name: info.Name.replace(/^\//, ''),
+          labels: info.Config?.Labels ?? {},
+          running: Boolean(info.State?.Running),
+        };
+      } catch (err) {
+        if ((err as { statusCode?: number }).statusCode === 404) return undefined;
+        throw err;
+      }
+    },
+    async exec(containerId, argv, onOutput) {
+      const exec = await withTimeout(
+        docker
+          .getContainer(containerId)
+          .exec({ Cmd: argv, AttachStdout: true, AttachStderr: true, AttachStdin: false, Tty: false }),
+        'create exec',
+      );
+      const stream = await withTimeout(exec.start({ hijack: true, stdin: false }), 'start exec');
+      const sink = (name: 'stdout' | 'stderr') =>
+        new Writable({
+          write(chunk: Buffer, _enc, cb) {
+            onOutput(name, chunk);
+            cb();
+          },
+        });
+      docker.modem.demuxStream(stream, sink('stdout'), sink('stderr'));
+      const done = new Promise<{ exitCode: number | null }>((resolve) => {
+        const finish = async () => {
+          // The stream can end a moment before Docker records the exit.
+          for (let i = 0; i < 25; i++) {
+            try {
+              const info = await exec.inspect();
+              if (!info.Running) return resolve({ exitCode: info.ExitCode ?? null });
+            } catch {
+              return resolve({ exitCode: null });
+            }
+            await new Promise((r) => setTimeout(r, 20));
+          }
+          resolve({ exitCode: null });
+        };
+        stream.on('end', finish);
+        stream.on('close', finish);
+        stream.on('error', finish);
+      });
+      return {
+        async hostPid() {
+          try {
+            return (await exec.inspect()).Pid || undefined;
+          } catch {
+            return undefined;
+          }
+        },
+        done,
+      };
     },
   };
 }

@@ -5,7 +5,13 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import WebSocket from 'ws';
-import { AGENT_PATH, type Heartbeat, type ServerMessage } from '../model/protocol.js';
+import {
+  AGENT_PATH,
+  type ExecEvent,
+  type ExecRequest,
+  type Heartbeat,
+  type ServerMessage,
+} from '../model/protocol.js';
 import type { Snapshot } from '../model/types.js';
 
 export interface LinkOptions {
@@ -19,6 +25,7 @@ export interface LinkOptions {
   /** Called with the local address of each new connection (the auto-detected host IP). */
   onLocalAddress?: (ip: string) => void;
   heartbeat: () => Omit<Heartbeat, 'type' | 'version' | 'intervalMs'>;
+  onExec?: (req: ExecRequest) => void;
 }
 
 export class ServerLink {
@@ -130,11 +137,18 @@ export class ServerLink {
       this.o.logger.info({ agentId: msg.agentId, status: msg.status }, 'registered with server');
       this.sendSnapshot();
       this.sendHeartbeat();
+    } else if (msg.type === 'exec') {
+      this.o.onExec?.(msg);
     } else if (msg.type === 'resync') {
       this.sendSnapshot();
     } else if (msg.type === 'error') {
       this.o.logger.warn({ message: msg.message }, 'server reported an error');
     }
+  }
+
+  /** Exec events: dropped when the connection is gone (the server then reports the loss). */
+  sendExecEvent(e: ExecEvent): void {
+    if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(e));
   }
 
   private sendSnapshot(): void {

@@ -7,6 +7,8 @@ import type { Config } from '../config.js';
 import { UserError } from '../errors.js';
 import { VERSION } from '../version.js';
 import { createDockerSource } from './docker.js';
+import { loadExecPolicy } from './exec-policy-file.js';
+import { ExecRunner } from './exec-runner.js';
 import { ServerLink } from './link.js';
 import { DockerWatcher } from './watcher.js';
 
@@ -29,6 +31,8 @@ export async function runAgent(config: Config, logger: Logger): Promise<RunningA
   const name = String(config.name ?? hostname());
 
   let watcher: DockerWatcher | undefined;
+  const source = createDockerSource(endpoint);
+  const policy = loadExecPolicy(config);
   const link: ServerLink = new ServerLink({
     serverUrl: server,
     key,
@@ -60,12 +64,20 @@ export async function runAgent(config: Config, logger: Logger): Promise<RunningA
         hostIp: s?.hostIp,
       };
     },
+    onExec: (req) => void runner.handle(req),
+  });
+  const runner = new ExecRunner({
+    source,
+    policy,
+    labelPrefix: String(config['label-prefix']),
+    logger: logger.child({ component: 'exec' }),
+    send: (e) => link.sendExecEvent(e),
   });
 
   const startWatcher = (hostIp: string) => {
     const w = new DockerWatcher({
       agentId: link.agentId ?? 'unregistered',
-      source: createDockerSource(endpoint),
+      source,
       ctx: {
         hostIp,
         labelPrefix: String(config['label-prefix']),

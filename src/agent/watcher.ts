@@ -151,6 +151,7 @@ export class DockerWatcher {
       .map((c) => ({
         id: c.id,
         name: c.name,
+        ...serviceOf(c.labels),
         state: c.state,
         health: c.health,
         labelled:
@@ -174,4 +175,10 @@ export class DockerWatcher {
     };
     this.o.onSnapshot(this.last);
   }
+}
+
+/** The Swarm service (else the compose service) a container is a task of, for exec by service name. */
+function serviceOf(labels: Record<string, string>): { service?: string } {
+  const service = labels['com.docker.swarm.service.name'] ?? labels['com.docker.compose.service'];
+  return service ? { service } : {};
 }

@@ -9,6 +9,8 @@ export interface ApiClient {
   get<T>(path: string): Promise<T>;
   post<T>(path: string, body: unknown): Promise<T>;
   del<T>(path: string): Promise<T>;
+  /** POST whose successful answer is a stream; errors are read and thrown like any other. */
+  stream(path: string, body: unknown): Promise<AsyncIterable<Uint8Array>>;
 }
 
 export function apiClient(config: Config, env: NodeJS.ProcessEnv): ApiClient {
@@ -19,7 +21,7 @@ export function apiClient(config: Config, env: NodeJS.ProcessEnv): ApiClient {
   const token = config.token
     ? String(config.token)
     : (env.BERTH_ADMIN_TOKEN ?? readLocalToken(String(config['data-dir'])));
-  const call = async <T>(method: string, path: string, body?: unknown): Promise<T> => {
+  const send = async (method: string, path: string, body?: unknown): Promise<Response> => {
     let res: Response;
     try {
       res = await fetch(`${server}${path}`, {
@@ -29,7 +31,6 @@ export function apiClient(config: Config, env: NodeJS.ProcessEnv): ApiClient {
           ...(body === undefined ? {} : { 'content-type': 'application/json' }),
         },
         body: body === undefined ? undefined : JSON.stringify(body),
-        signal: AbortSignal.timeout(120_000),
       });
     } catch (err) {
       throw new UserError(
@@ -37,6 +38,7 @@ export function apiClient(config: Config, env: NodeJS.ProcessEnv): ApiClient {
         `cannot reach the Berth server at ${server}: ${(err as Error).cause ?? (err as Error).message}`,
       );
     }
+    if (res.ok) return res;
     const text = await res.text();
     let json: unknown;
     try {
@@ -44,20 +46,20 @@ export function apiClient(config: Config, env: NodeJS.ProcessEnv): ApiClient {
     } catch {
       json = undefined;
     }
-    if (!res.ok) {
-      const e = (json as { error?: { code?: string; message?: string } } | undefined)?.error;
-      throw new UserError(
-        res.status === 401 ? 'UNAUTHORIZED' : res.status === 404 ? 'NOT_FOUND' : 'BAD_REQUEST',
-        `${server}${path}: ${res.status} ${e?.message ?? text.slice(0, 200)}`,
-      );
-    }
-    return json as T;
+    const e = (json as { error?: { code?: string; message?: string } } | undefined)?.error;
+    throw new UserError(
+      res.status === 401 ? 'UNAUTHORIZED' : res.status === 404 ? 'NOT_FOUND' : 'BAD_REQUEST',
+      `${server}${path}: ${res.status} ${e?.message ?? text.slice(0, 200)}`,
+    );
   };
+  const call = async <T>(method: string, path: string, body?: unknown): Promise<T> =>
+    (await (await send(method, path, body)).json()) as T;
   return {
     baseUrl: server,
     get: (p) => call('GET', p),
     post: (p, b) => call('POST', p, b),
     del: (p) => call('DELETE', p),
+    stream: async (p, b) => (await send('POST', p, b)).body as unknown as AsyncIterable<Uint8Array>,
   };
 }
 

@@ -24,6 +24,7 @@ export async function keysCommand(config: Config, api: ApiClient, rest: string[]
         name,
         domains,
         autoApprove: Boolean(config['auto-approve']),
+        ...((config['exec-allow'] as string[]).length > 0 ? { execAllow: config['exec-allow'] } : {}),
       });
       if (json) out(JSON.stringify(r, null, 2));
       else {

@@ -9,6 +9,7 @@ import { UserError } from '../errors.js';
 import { runServer } from '../server/run.js';
 import { VERSION } from '../version.js';
 import { apiClient } from './client.js';
+import { auditCommand, execCommand } from './exec.js';
 import { agentsCommand, keysCommand } from './fleet.js';
 import { routesCommand } from './routes.js';
 import { statusCommand } from './status.js';
@@ -19,6 +20,8 @@ const COMMANDS: Record<string, string> = {
   agent: "Watch this host's Docker and report to a server (--server, --key)",
   keys: 'Agent keys: create --name N [--domains …] [--auto-approve] | list | revoke ID | rotate ID',
   agents: 'Agents: list | approve ID | remove ID',
+  exec: 'Run an allowed command in a container on any host: exec [--agent A] <container|service> -- <argv…>',
+  audit: 'List exec requests, allowed or denied (--json)',
   routes: 'List every route with its owner and status (--json)',
   status: 'Show server, agent and Caddy status (--json)',
   reconcile: 'Ask the server to reconcile now (--force re-sends everything)',
@@ -71,6 +74,10 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
         return await keysCommand(config, apiClient(config, env), rest, out);
       case 'agents':
         return await agentsCommand(config, apiClient(config, env), rest, out);
+      case 'exec':
+        return await execCommand(config, apiClient(config, env), rest);
+      case 'audit':
+        return await auditCommand(config, apiClient(config, env), out);
       case 'routes':
         return await routesCommand(config, apiClient(config, env), out);
       case 'status':

@@ -21,12 +21,42 @@ export interface Heartbeat {
   intervalMs?: number;
 }
 
-export type AgentMessage = { type: 'snapshot'; snapshot: Snapshot } | Heartbeat;
+/** Server → agent: run argv in a container, if the agent's policy allows it. */
+export interface ExecRequest {
+  type: 'exec';
+  id: string;
+  /** Container id or name on the agent's host. */
+  container: string;
+  argv: string[];
+  timeoutMs: number;
+  /** The requesting key's narrowing; the agent applies it on top of its own rules. */
+  serverRules?: string[];
+}
+
+export interface ExecResult {
+  exitCode: number | null;
+  durationMs: number;
+  stdoutBytes: number;
+  stderrBytes: number;
+  truncated: boolean;
+  timedOut: boolean;
+}
+
+/** Agent → server, about one exec request. */
+export type ExecEvent =
+  | { type: 'exec.started'; id: string; rule: string; container: string }
+  | { type: 'exec.denied'; id: string; reason: string; considered: string[] }
+  | { type: 'exec.output'; id: string; stream: 'stdout' | 'stderr'; data: string /* base64 */ }
+  | ({ type: 'exec.exit'; id: string } & ExecResult)
+  | { type: 'exec.error'; id: string; code: 'NOT_FOUND' | 'BUSY' | 'FAILED'; message: string };
+
+export type AgentMessage = { type: 'snapshot'; snapshot: Snapshot } | Heartbeat | ExecEvent;
 
 export type ServerMessage =
   | { type: 'welcome'; agentId: string; status: string; heartbeatMs: number }
   | { type: 'resync' }
-  | { type: 'error'; message: string };
+  | { type: 'error'; message: string }
+  | ExecRequest;
 
 const str = { type: 'string', maxLength: 1024 };
 const port = { type: 'integer', minimum: 1, maximum: 65535 };
@@ -45,7 +75,14 @@ const snapshotSchema = {
       items: {
         type: 'object',
         required: ['id', 'name', 'state', 'health', 'labelled'],
-        properties: { id: str, name: str, state: str, health: str, labelled: { type: 'boolean' } },
+        properties: {
+          id: str,
+          name: str,
+          service: str,
+          state: str,
+          health: str,
+          labelled: { type: 'boolean' },
+        },
       },
     },
     routes: {
@@ -102,8 +139,69 @@ const snapshotSchema = {
   },
 };
 
+const execId = { type: 'string', minLength: 1, maxLength: 64 };
+const count = { type: 'integer', minimum: 0 };
+
 const messageSchema = {
   oneOf: [
+    {
+      type: 'object',
+      required: ['type', 'id', 'rule', 'container'],
+      properties: { type: { const: 'exec.started' }, id: execId, rule: str, container: str },
+    },
+    {
+      type: 'object',
+      required: ['type', 'id', 'reason', 'considered'],
+      properties: {
+        type: { const: 'exec.denied' },
+        id: execId,
+        reason: { type: 'string', maxLength: 8192 },
+        considered: { type: 'array', maxItems: 1000, items: str },
+      },
+    },
+    {
+      type: 'object',
+      required: ['type', 'id', 'stream', 'data'],
+      properties: {
+        type: { const: 'exec.output' },
+        id: execId,
+        stream: { enum: ['stdout', 'stderr'] },
+        data: { type: 'string', maxLength: 1 << 22 },
+      },
+    },
+    {
+      type: 'object',
+      required: [
+        'type',
+        'id',
+        'exitCode',
+        'durationMs',
+        'stdoutBytes',
+        'stderrBytes',
+        'truncated',
+        'timedOut',
+      ],
+      properties: {
+        type: { const: 'exec.exit' },
+        id: execId,
+        exitCode: { type: ['integer', 'null'] },
+        durationMs: count,
+        stdoutBytes: count,
+        stderrBytes: count,
+        truncated: { type: 'boolean' },
+        timedOut: { type: 'boolean' },
+      },
+    },
+    {
+      type: 'object',
+      required: ['type', 'id', 'code', 'message'],
+      properties: {
+        type: { const: 'exec.error' },
+        id: execId,
+        code: { enum: ['NOT_FOUND', 'BUSY', 'FAILED'] },
+        message: { type: 'string', maxLength: 8192 },
+      },
+    },
     {
       type: 'object',
       required: ['type', 'snapshot'],

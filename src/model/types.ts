@@ -80,6 +80,8 @@ export interface Snapshot {
 export interface ContainerSummary {
   id: string;
   name: string;
+  /** Swarm service (or compose service) the container is a task of: exec can target it by name. */
+  service?: string;
   state: string;
   health: ContainerInfo['health'];
   labelled: boolean;

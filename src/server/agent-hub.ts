@@ -6,7 +6,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { type WebSocket, WebSocketServer } from 'ws';
 import { errorMessage } from '../errors.js';
-import { AGENT_PATH, parseAgentMessage, type ServerMessage } from '../model/protocol.js';
+import { AGENT_PATH, type ExecEvent, parseAgentMessage, type ServerMessage } from '../model/protocol.js';
 import type { Registry } from './registry.js';
 
 export interface HubOptions {
@@ -23,6 +23,8 @@ export class AgentHub {
   private readonly sockets = new Map<string, WebSocket>();
   private readonly failures = new Map<string, { count: number; since: number }>();
   counters = { connects: 0, rejected: 0, rateLimited: 0, messages: 0, invalidMessages: 0 };
+  /** Where exec events and lost connections go (the exec broker). */
+  exec?: { onAgentEvent(agentId: string, e: ExecEvent): void; onAgentGone(agentId: string): void };
 
   constructor(private readonly o: HubOptions) {
     o.registry.onDrop((ids, reason) => {
@@ -124,7 +126,9 @@ export class AgentHub {
         this.o.registry
           .replaceAgentState(snapshot)
           .catch((err) => log.error({ err: errorMessage(err) }, 'cannot store snapshot'));
-      } else {
+      } else if (msg.type.startsWith('exec.')) {
+        this.exec?.onAgentEvent(agentId, msg as ExecEvent);
+      } else if (msg.type === 'heartbeat') {
         const { type: _t, ...info } = msg;
         this.o.registry
           .heartbeat(agentId, info)
@@ -135,6 +139,7 @@ export class AgentHub {
       if (this.sockets.get(agentId) !== ws) return;
       this.sockets.delete(agentId);
       this.o.registry.disconnected(agentId);
+      this.exec?.onAgentGone(agentId);
       log.info({ code, reason: reason.toString() }, 'agent disconnected');
     });
     ws.on('error', (err) => log.warn({ err: err.message }, 'agent socket error'));

@@ -3,8 +3,11 @@ import Fastify, { type FastifyBaseLogger, type FastifyError } from 'fastify';
 import type { Logger } from 'pino';
 import { UserError } from '../errors.js';
 import type { RouteView } from '../model/types.js';
+import type { Store } from '../store/store.js';
 import { tokenMatches } from './auth.js';
+import type { ExecBroker } from './exec.js';
 import type { Registry } from './registry.js';
+import { execRoutes } from './routes/exec.js';
 import { fleetRoutes } from './routes/fleet.js';
 
 export interface StatusReport {
@@ -21,8 +24,9 @@ export interface StatusReport {
 export interface AppDeps {
   logger: Logger;
   tokenHash: string;
-  /** Keys and agents; absent in tests that exercise only the core routes. */
+  /** Keys, agents and exec; absent in tests that exercise only the core routes. */
   registry?: Registry;
+  exec?: { broker: ExecBroker; store: Store };
   routes: () => RouteView[];
   status: () => StatusReport;
   reconcile: (force: boolean) => Promise<{ passes: number }>;
@@ -39,7 +43,8 @@ export function buildApp(deps: AppDeps) {
 
   app.setErrorHandler((err: FastifyError | UserError, req, reply) => {
     if (err instanceof UserError) {
-      return reply.status(err.status).send({ error: { code: err.code, message: err.message } });
+      const details = err.details === undefined ? {} : { details: err.details };
+      return reply.status(err.status).send({ error: { code: err.code, message: err.message, ...details } });
     }
     const validation = (err as FastifyError).validation;
     if (validation) {
@@ -104,6 +109,7 @@ export function buildApp(deps: AppDeps) {
   );
 
   if (deps.registry) fleetRoutes(app, deps.registry);
+  if (deps.registry && deps.exec) execRoutes(app, deps.exec.broker, deps.registry, deps.exec.store);
 
   return app;
 }

@@ -49,6 +49,7 @@ export interface KeySummary {
   createdAt: string;
   revoked: boolean;
   previousValidUntil?: string;
+  execAllow?: string[];
   agents: number;
 }
 
@@ -100,6 +101,7 @@ export class Registry {
     name: string;
     domains: string[];
     autoApprove: boolean;
+    execAllow?: string[];
   }): Promise<{ key: KeySummary; secret: string }> {
     if ([...this.keys.values()].some((k) => k.name === o.name && k.revokedAt === undefined)) {
       throw new UserError('CONFLICT', `a key named "${o.name}" already exists`);
@@ -113,6 +115,7 @@ export class Registry {
       autoApprove: o.autoApprove,
       createdAt: this.clock(),
     };
+    if (o.execAllow) key.execAllow = o.execAllow;
     await this.store.saveKey(key);
     this.keys.set(key.id, key);
     return { key: this.keySummary(key), secret };
@@ -120,6 +123,12 @@ export class Registry {
 
   listKeys(): KeySummary[] {
     return [...this.keys.values()].map((k) => this.keySummary(k));
+  }
+
+  /** The exec rules the server allows for an agent's key; undefined means no narrowing. */
+  execRulesFor(agentId: string): string[] | undefined {
+    const keyId = this.agents.get(agentId)?.keyId;
+    return keyId ? this.keys.get(keyId)?.execAllow : undefined;
   }
 
   private keySummary(k: KeyRecord): KeySummary {
@@ -132,6 +141,7 @@ export class Registry {
       revoked: k.revokedAt !== undefined,
       agents: [...this.agents.values()].filter((a) => a.keyId === k.id).length,
     };
+    if (k.execAllow) s.execAllow = k.execAllow;
     if (k.previousExpiresAt && k.previousExpiresAt > this.clock()) {
       s.previousValidUntil = new Date(k.previousExpiresAt).toISOString();
     }

@@ -5,7 +5,9 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
-import { createDockerSource } from '../agent/docker.js';
+import { createDockerSource, type DockerSource } from '../agent/docker.js';
+import { loadExecPolicy } from '../agent/exec-policy-file.js';
+import { ExecRunner } from '../agent/exec-runner.js';
 import { DockerWatcher } from '../agent/watcher.js';
 import { type Config, parseListen } from '../config.js';
 import { errorMessage } from '../errors.js';
@@ -19,6 +21,7 @@ import { VERSION } from '../version.js';
 import { AgentHub } from './agent-hub.js';
 import { buildApp, type StatusReport } from './app.js';
 import { ensureAdminToken } from './auth.js';
+import { ExecBroker } from './exec.js';
 import { Registry } from './registry.js';
 export const LOCAL_AGENT_ID = 'local';
 
@@ -84,6 +87,8 @@ export async function runServer(
   rec.wake();
 
   let watcher: DockerWatcher | undefined;
+  let localSource: DockerSource | undefined;
+  let localExec: ExecRunner | undefined;
   if (opts.localAgent) {
     const endpoint = String(config.docker ?? 'unix:///var/run/docker.sock');
     const hostIp = config['host-ip'] ? String(config['host-ip']) : defaultHostIp(endpoint);
@@ -97,9 +102,10 @@ export async function runServer(
       'host IP for published and host-network ports',
     );
     await registry.ensureLocalAgent(hostname());
+    localSource = createDockerSource(endpoint);
     watcher = new DockerWatcher({
       agentId: LOCAL_AGENT_ID,
-      source: createDockerSource(endpoint),
+      source: localSource,
       ctx: {
         hostIp,
         labelPrefix: String(config['label-prefix']),
@@ -114,6 +120,13 @@ export async function runServer(
       },
     });
     watcher.start();
+    localExec = new ExecRunner({
+      source: localSource,
+      policy: loadExecPolicy(config),
+      labelPrefix: String(config['label-prefix']),
+      logger: logger.child({ component: 'exec' }),
+      send: (e) => broker.onAgentEvent(LOCAL_AGENT_ID, e),
+    });
   }
 
   const drift = setInterval(async () => {
@@ -166,10 +179,30 @@ export async function runServer(
     };
   };
 
+  const hub = new AgentHub({
+    registry,
+    logger: logger.child({ component: 'hub' }),
+    heartbeatMs: Number(config['agent-heartbeat']),
+  });
+  const broker: ExecBroker = new ExecBroker({
+    registry,
+    store,
+    logger: logger.child({ component: 'exec' }),
+    channel: (agentId, req) => {
+      if (agentId !== LOCAL_AGENT_ID) return hub.send(agentId, req);
+      if (!localExec) return false;
+      void localExec.handle(req);
+      return true;
+    },
+    isConnected: (agentId) =>
+      agentId === LOCAL_AGENT_ID ? Boolean(watcher?.isConnected) : hub.connected(agentId),
+  });
+  hub.exec = broker;
   const app = buildApp({
     logger,
     tokenHash: token.hash,
     registry,
+    exec: { broker, store },
     routes: () => registry.routeViews(rec.state),
     status,
     reconcile: async (force) => {
@@ -177,11 +210,6 @@ export async function runServer(
       await rec.idle();
       return { passes: rec.counters.passes };
     },
-  });
-  const hub = new AgentHub({
-    registry,
-    logger: logger.child({ component: 'hub' }),
-    heartbeatMs: Number(config['agent-heartbeat']),
   });
   hub.attach(app.server);
   const api = parseListen('api-listen', String(config['api-listen']));

@@ -3,7 +3,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Snapshot } from '../model/types.js';
-import type { AgentRecord, KeyRecord, Store } from './store.js';
+import type { AgentRecord, AuditEntry, KeyRecord, Store } from './store.js';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -12,6 +12,7 @@ CREATE TABLE IF NOT EXISTS keys (
   id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, previous_hash TEXT, body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS keys_previous_hash ON keys (previous_hash);
+CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, at INTEGER NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS snapshots (agent_id TEXT PRIMARY KEY, generation INTEGER NOT NULL, body TEXT NOT NULL);
 `;
 
@@ -104,6 +105,16 @@ export class SqliteStore implements Store {
   async loadSnapshots(): Promise<Snapshot[]> {
     const rows = this.db.prepare('SELECT body FROM snapshots ORDER BY agent_id').all() as { body: string }[];
     return rows.map((r) => JSON.parse(r.body) as Snapshot);
+  }
+
+  async addAudit(e: AuditEntry): Promise<void> {
+    this.db.prepare('INSERT INTO audit (id, at, body) VALUES (?, ?, ?)').run(e.id, e.at, JSON.stringify(e));
+  }
+
+  async listAudit(limit: number): Promise<AuditEntry[]> {
+    return (
+      this.db.prepare('SELECT body FROM audit ORDER BY seq DESC LIMIT ?').all(limit) as { body: string }[]
+    ).map((r) => JSON.parse(r.body));
   }
 
   async close(): Promise<void> {

@@ -24,11 +24,32 @@ export interface KeyRecord {
   /** Hostnames the key's agents may claim (exact or `*.` wildcards); empty: any. */
   domains: string[];
   autoApprove: boolean;
+  /** Exec rules the server allows for this key's agents (narrowing only); undefined: no narrowing. */
+  execAllow?: string[];
   createdAt: number;
   revokedAt?: number;
   /** After a rotation the old secret stays valid until previousExpiresAt. */
   previousHash?: string;
   previousExpiresAt?: number;
+}
+
+/** One exec request, whatever became of it. */
+export interface AuditEntry {
+  id: string;
+  at: number;
+  requester: string;
+  agentId: string;
+  agentName: string;
+  container: string;
+  argv: string[];
+  decision: 'allowed' | 'denied' | 'error';
+  reason?: string;
+  exitCode?: number | null;
+  durationMs?: number;
+  stdoutBytes?: number;
+  stderrBytes?: number;
+  truncated?: boolean;
+  timedOut?: boolean;
 }
 
 export interface Store {
@@ -45,5 +66,8 @@ export interface Store {
   saveSnapshot(snapshot: Snapshot): Promise<void>;
   deleteSnapshot(agentId: string): Promise<void>;
   loadSnapshots(): Promise<Snapshot[]>;
+  addAudit(entry: AuditEntry): Promise<void>;
+  /** Newest first. */
+  listAudit(limit: number): Promise<AuditEntry[]>;
   close(): Promise<void>;
 }

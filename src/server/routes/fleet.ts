@@ -1,5 +1,6 @@
 // Keys and agents: enrolment and approval. Every body has a schema; inner code trusts it.
 import type { FastifyInstance } from 'fastify';
+import { parseRule } from '../../agent/exec-policy.js';
 import { parseDuration } from '../../config.js';
 import { UserError } from '../../errors.js';
 import { checkHostname } from '../../labels/validate.js';
@@ -30,12 +31,26 @@ export function fleetRoutes(app: FastifyInstance, registry: Registry): void {
               items: { type: 'string', minLength: 1, maxLength: 253 },
             },
             autoApprove: { type: 'boolean' },
+            execAllow: {
+              type: 'array',
+              maxItems: 1000,
+              items: { type: 'string', minLength: 1, maxLength: 1024 },
+            },
           },
         },
       },
     },
     async (req, reply) => {
-      const body = req.body as { name: string; domains?: string[]; autoApprove?: boolean };
+      const body = req.body as {
+        name: string;
+        domains?: string[];
+        autoApprove?: boolean;
+        execAllow?: string[];
+      };
+      for (const r of body.execAllow ?? []) {
+        if (!parseRule(r))
+          throw new UserError('BAD_REQUEST', `invalid request: body.execAllow: "${r}" is not a rule`);
+      }
       const domains: string[] = [];
       for (const d of body.domains ?? []) {
         const c = checkHostname(d);
@@ -47,6 +62,7 @@ export function fleetRoutes(app: FastifyInstance, registry: Registry): void {
         name: body.name,
         domains,
         autoApprove: body.autoApprove ?? false,
+        execAllow: body.execAllow,
       });
       return reply.status(201).send(created);
     },

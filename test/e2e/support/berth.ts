@@ -86,7 +86,8 @@ export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
     try {
       const r = await run(
         process.execPath,
-        [BERTH_BIN, ...cliArgs, '--server', apiUrl, '--data-dir', dataDir],
+        // Server and data dir right after the command: anything after `--` belongs to the command run.
+        [BERTH_BIN, cliArgs[0]!, '--server', apiUrl, '--data-dir', dataDir, ...cliArgs.slice(1)],
         {
           env: { ...process.env, ...o.env },
         },

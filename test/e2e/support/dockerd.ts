@@ -81,9 +81,19 @@ export function dockerCli(socket: string, args: string[], opts: DockerOptions = 
   });
 }
 
-export async function startDockerd(opts: { name?: string } = {}): Promise<TestDockerd> {
+/**
+ * `netns: true` runs the daemon in a network namespace of its own (created here, deleted on
+ * stop), for features that make Docker create networks, such as `swarm init`: their bridges then
+ * exist only inside that namespace, never on the machine's own network.
+ */
+export async function startDockerd(opts: { name?: string; netns?: boolean } = {}): Promise<TestDockerd> {
   const name = (opts.name ?? 'd').replace(/[^\w.-]/g, '').slice(0, 12);
   const dir = mkdtempSync(`${dockerdPrefix()}${name}-`);
+  const netns = opts.netns ? `berth-${dir.slice(-6).replace(/[^\w]/g, 'x')}` : undefined;
+  if (netns) {
+    execFileSync('ip', ['netns', 'add', netns]);
+    execFileSync('ip', ['netns', 'exec', netns, 'ip', 'link', 'set', 'lo', 'up']);
+  }
   const socket = join(dir, 'd.sock');
   const execRoot = join(dir, 'x');
   // No --containerd: dockerd starts its own containerd under the exec-root, so it is private too.
@@ -106,7 +116,13 @@ export async function startDockerd(opts: { name?: string } = {}): Promise<TestDo
   let stopped = false;
 
   const launch = async () => {
-    const p = spawnLogged('dockerd', args, { logFile: join(dir, `dockerd-${starts++}.log`) });
+    // nsenter switches only the network namespace (`ip netns exec` would also remount /sys and
+    // hide the cgroups dockerd needs).
+    const p = netns
+      ? spawnLogged('nsenter', [`--net=/var/run/netns/${netns}`, 'dockerd', ...args], {
+          logFile: join(dir, `dockerd-${starts++}.log`),
+        })
+      : spawnLogged('dockerd', args, { logFile: join(dir, `dockerd-${starts++}.log`) });
     proc = p;
     let exited = false;
     void p.exited.then(() => {
@@ -162,10 +178,28 @@ export async function startDockerd(opts: { name?: string } = {}): Promise<TestDo
       await stopDaemon();
       unmountUnder(dir);
       rmSync(dir, { recursive: true, force: true });
+      if (netns) execFileSync('ip', ['netns', 'del', netns]);
     },
   };
   registerCleanup(() => d.stop());
   await launch();
+  if (netns) {
+    // Swarm's gateway bridge would default to 172.17.0.0/16; give it an address of our choosing,
+    // inside the namespace, before anything creates it.
+    await d.run([
+      'network',
+      'create',
+      '--driver',
+      'bridge',
+      '--subnet',
+      '10.231.0.0/24',
+      '-o',
+      'com.docker.network.bridge.name=docker_gwbridge',
+      '-o',
+      'com.docker.network.bridge.enable_icc=false',
+      'docker_gwbridge',
+    ]);
+  }
   return d;
 }
 

@@ -1,0 +1,99 @@
+// berth exec [--agent A] <container|service> -- <argv…>: the command's own output, live, and
+// its exit code as ours. berth audit: every exec request the server has seen.
+import type { Config } from '../config.js';
+import { UserError } from '../errors.js';
+import type { AuditEntry } from '../store/store.js';
+import type { ApiClient } from './client.js';
+import { table } from './format.js';
+
+/** Exit code when the command was killed by its timeout, as timeout(1) does. */
+const TIMED_OUT = 124;
+
+export async function execCommand(config: Config, api: ApiClient, rest: string[]): Promise<number> {
+  const [target, ...argv] = rest;
+  if (!target || argv.length === 0) {
+    throw new UserError(
+      'CONFIG_INVALID',
+      'usage: berth exec [--agent ID] [--timeout 60s] [--json] <container|service> -- <command> [args…]',
+    );
+  }
+  const body: Record<string, unknown> = { target, argv, timeout: `${Number(config.timeout)}ms` };
+  if (config.agent) body.agent = String(config.agent);
+  const res = await api.stream('/api/exec', body);
+  const json = Boolean(config.json);
+  const out: { stdout: string[]; stderr: string[] } = { stdout: [], stderr: [] };
+  let exit: { exitCode: number | null; timedOut: boolean; truncated: boolean } | undefined;
+  let error: { code: string; message: string } | undefined;
+  let buf = '';
+  const decoder = new TextDecoder();
+  const handle = (line: string) => {
+    if (!line.trim()) return;
+    const m = JSON.parse(line);
+    if (m.stream) {
+      const data = Buffer.from(m.data, 'base64');
+      if (json) out[m.stream as 'stdout' | 'stderr'].push(data.toString('utf8'));
+      else (m.stream === 'stderr' ? process.stderr : process.stdout).write(data);
+    } else if (m.exit) exit = m.exit;
+    else if (m.error) error = m.error;
+  };
+  for await (const chunk of res) {
+    buf += decoder.decode(chunk, { stream: true });
+    let i = buf.indexOf('\n');
+    while (i >= 0) {
+      handle(buf.slice(0, i));
+      buf = buf.slice(i + 1);
+      i = buf.indexOf('\n');
+    }
+  }
+  handle(buf);
+  if (json) {
+    process.stdout.write(
+      `${JSON.stringify({ target, argv, ...(exit ?? {}), error, stdout: out.stdout.join(''), stderr: out.stderr.join('') }, null, 2)}\n`,
+    );
+  }
+  if (error) {
+    if (!json) process.stderr.write(`berth: ${error.message}\n`);
+    return 1;
+  }
+  if (!exit) {
+    if (!json) process.stderr.write('berth: the server ended the stream without an exit status\n');
+    return 1;
+  }
+  if (!json && exit.truncated) process.stderr.write('berth: output cap reached; the command was stopped\n');
+  if (exit.timedOut) {
+    if (!json) process.stderr.write('berth: timed out; the command was killed\n');
+    return TIMED_OUT;
+  }
+  return exit.exitCode ?? 1;
+}
+
+export async function auditCommand(
+  config: Config,
+  api: ApiClient,
+  out: (s: string) => void,
+): Promise<number> {
+  const { entries } = await api.get<{ entries: AuditEntry[] }>(`/api/audit?limit=${Number(config.limit)}`);
+  if (config.json) {
+    out(JSON.stringify(entries, null, 2));
+    return 0;
+  }
+  out(
+    table(
+      ['TIME', 'REQUESTER', 'AGENT', 'CONTAINER', 'COMMAND', 'DECISION', 'EXIT', 'MS', 'DETAIL'],
+      entries.map((e) => [
+        new Date(e.at).toISOString(),
+        e.requester,
+        e.agentName || '-',
+        e.container,
+        e.argv.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : JSON.stringify(a))).join(' '),
+        e.decision,
+        e.exitCode === undefined || e.exitCode === null ? '-' : String(e.exitCode),
+        e.durationMs === undefined ? '-' : String(e.durationMs),
+        [e.timedOut ? 'timed out' : '', e.truncated ? 'truncated' : '', e.reason ?? '']
+          .filter(Boolean)
+          .join('; '),
+      ]),
+    ),
+  );
+  return 0;
+}

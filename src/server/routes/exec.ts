@@ -1,0 +1,82 @@
+// POST /api/exec streams a command's output as NDJSON; GET /api/audit lists every request.
+import type { FastifyInstance } from 'fastify';
+import { parseDuration } from '../../config.js';
+import { UserError } from '../../errors.js';
+import type { ExecEvent } from '../../model/protocol.js';
+import type { Store } from '../../store/store.js';
+import type { ExecBroker } from '../exec.js';
+import type { Registry } from '../registry.js';
+
+export function execRoutes(app: FastifyInstance, broker: ExecBroker, registry: Registry, store: Store): void {
+  app.post(
+    '/api/exec',
+    {
+      schema: {
+        body: {
+          type: 'object',
+          required: ['target', 'argv'],
+          additionalProperties: false,
+          properties: {
+            target: { type: 'string', minLength: 1, maxLength: 256 },
+            agent: { type: 'string', minLength: 1, maxLength: 128 },
+            argv: { type: 'array', minItems: 1, maxItems: 256, items: { type: 'string', maxLength: 65536 } },
+            timeout: { type: 'string', maxLength: 32 },
+          },
+        },
+      },
+    },
+    async (req, reply) => {
+      const body = req.body as { target: string; agent?: string; argv: string[]; timeout?: string };
+      const timeoutMs = parseDuration(body.timeout ?? '60s');
+      if (timeoutMs === undefined || timeoutMs <= 0) {
+        throw new UserError(
+          'BAD_REQUEST',
+          `invalid request: body.timeout: "${body.timeout}" is not a duration such as 30s`,
+        );
+      }
+      // Headers go out only once the agent has started the command, so a denial or a missing
+      // container is an ordinary JSON error with its own status.
+      let streaming = false;
+      const write = (obj: unknown) => reply.raw.write(`${JSON.stringify(obj)}\n`);
+      const onEvent = (e: ExecEvent) => {
+        if (!streaming) {
+          streaming = true;
+          reply.hijack();
+          reply.raw.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
+        }
+        if (e.type === 'exec.started') write({ started: { container: e.container, rule: e.rule } });
+        else if (e.type === 'exec.output') write({ stream: e.stream, data: e.data });
+        else if (e.type === 'exec.exit') {
+          const { type: _t, id: _i, ...result } = e;
+          write({ exit: result });
+        } else if (e.type === 'exec.error') write({ error: { code: e.code, message: e.message } });
+      };
+      const target = broker.resolve(body.target, body.agent);
+      const rules = registry.execRulesFor(target.agentId);
+      await broker.run(
+        { target: body.target, agent: body.agent, argv: body.argv, timeoutMs, requester: `admin@${req.ip}` },
+        onEvent,
+        rules,
+      );
+      if (streaming) reply.raw.end();
+      return reply;
+    },
+  );
+
+  app.get(
+    '/api/audit',
+    {
+      schema: {
+        querystring: {
+          type: 'object',
+          additionalProperties: false,
+          properties: { limit: { type: 'string', pattern: '^[0-9]{1,5}$' } },
+        },
+      },
+    },
+    async (req) => {
+      const limit = Number((req.query as { limit?: string }).limit ?? 100);
+      return { entries: await store.listAudit(Math.min(limit, 10_000)) };
+    },
+  );
+}
