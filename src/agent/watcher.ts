@@ -146,7 +146,7 @@ export class DockerWatcher {
   }
 
   private publish(containers: ContainerInfo[]): void {
-    const { routes, diagnostics } = extractAll(containers, this.o.ctx);
+    const { routes, tcp, diagnostics } = extractAll(containers, this.o.ctx);
     const summaries: ContainerSummary[] = containers
       .map((c) => ({
         id: c.id,
@@ -155,10 +155,12 @@ export class DockerWatcher {
         state: c.state,
         health: c.health,
         labelled:
-          routes.some((r) => r.containerId === c.id) || diagnostics.some((d) => d.containerId === c.id),
+          routes.some((r) => r.containerId === c.id) ||
+          tcp.some((r) => r.containerId === c.id) ||
+          diagnostics.some((d) => d.containerId === c.id),
       }))
       .sort((a, b) => a.id.localeCompare(b.id));
-    const body = JSON.stringify({ summaries, routes, diagnostics, hostIp: this.o.ctx.hostIp });
+    const body = JSON.stringify({ summaries, routes, tcp, diagnostics, hostIp: this.o.ctx.hostIp });
     const hash = createHash('sha256').update(body).digest('hex');
     if (hash === this.lastHash) return;
     this.lastHash = hash;
@@ -171,6 +173,7 @@ export class DockerWatcher {
       takenAt: Date.now(),
       containers: summaries,
       routes,
+      tcp,
       diagnostics,
     };
     this.o.onSnapshot(this.last);

@@ -21,8 +21,8 @@ export async function routesCommand(
     table(
       ['HOST', 'PATH', 'UPSTREAM', 'OWNER', 'STATUS', 'DETAIL'],
       routes.map((r) => [
-        r.hosts.join(',') || '-',
-        r.path || '-',
+        r.kind === 'tcp' ? `tcp :${r.listen}` : r.hosts.join(',') || '-',
+        r.kind === 'tcp' ? (r.allow?.length ? `allow ${r.allow.join(',')}` : '-') : r.path || '-',
         r.upstreams.join(',') || '-',
         `${r.agentName}/${r.container.name} (${r.container.id.slice(0, 12)})`,
         r.status,

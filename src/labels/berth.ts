@@ -1,10 +1,11 @@
 // The native dialect: `berth.host`, `berth.port`, … and named groups `berth.<group>.host`, ….
 import type { ContainerInfo } from '../model/types.js';
-import type { DialectResult, RouteDraft } from './draft.js';
+import type { DialectResult, RouteDraft, TcpDraft } from './draft.js';
 import { DiagnosticSink } from './draft.js';
 import {
   type Check,
   checkBool,
+  checkCidrList,
   checkHostList,
   checkName,
   checkPath,
@@ -12,10 +13,12 @@ import {
   checkScheme,
 } from './validate.js';
 
-const ROUTE_KEYS = ['host', 'port', 'path', 'strip_path', 'scheme', 'network', 'group'] as const;
+const ROUTE_KEYS = ['host', 'port', 'path', 'strip_path', 'scheme', 'network', 'group', 'allow'] as const;
+const TCP_KEYS = ['listen', 'port', 'allow', 'network', 'group'] as const;
+type TcpKey = (typeof TCP_KEYS)[number];
 type RouteKey = (typeof ROUTE_KEYS)[number];
-/** Namespaces owned by other features (exec policy, TCP routes); never route groups. */
-const NAMESPACES = new Set(['exec', 'tcp']);
+/** Namespaces owned by other features (exec policy); never route groups. */
+const NAMESPACES = new Set(['exec']);
 const TOP_ONLY = new Set(['enable']);
 const GROUP_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
@@ -29,6 +32,7 @@ export function parseBerthLabels(c: ContainerInfo, prefix: string): DialectResul
   const sink = new DiagnosticSink(c);
   const base: Partial<Record<RouteKey, string>> = {};
   const groups = new Map<string, Partial<Record<RouteKey, string>>>();
+  const tcpGroups = new Map<string, Partial<Record<TcpKey, string>>>();
   let enabled = true;
   const p = `${prefix}.`;
 
@@ -38,6 +42,28 @@ export function parseBerthLabels(c: ContainerInfo, prefix: string): DialectResul
     const parts = rest.split('.');
     const head = parts[0] ?? '';
     if (NAMESPACES.has(head)) continue;
+    if (head === 'tcp') {
+      const name = parts[1] ?? '';
+      const k = parts[2] ?? '';
+      if (parts.length !== 3 || !(TCP_KEYS as readonly string[]).includes(k)) {
+        sink.error(
+          key,
+          value,
+          `unknown label; expected ${prefix}.tcp.<name>.<key> with <key> one of ${TCP_KEYS.join(', ')}`,
+        );
+      } else if (!GROUP_RE.test(name)) {
+        sink.error(
+          key,
+          value,
+          `"${name}" is not a valid TCP route name (lower-case letters, digits, "_" or "-")`,
+        );
+      } else {
+        const g = tcpGroups.get(name) ?? {};
+        g[k as TcpKey] = value;
+        tcpGroups.set(name, g);
+      }
+      continue;
+    }
     if (parts.length === 1 && TOP_ONLY.has(head)) {
       const b = checkBool(value);
       if (!b.ok) sink.error(key, value, `expected ${b.expected}`);
@@ -104,6 +130,7 @@ export function parseBerthLabels(c: ContainerInfo, prefix: string): DialectResul
     const scheme = get('scheme', checkScheme);
     const network = get('network', checkName);
     const lbGroup = get('group', checkName);
+    const allow = get('allow', checkCidrList);
     if (!pick('host')) {
       if (group !== 'default' || Object.keys(own).length > 0) {
         sink.error(label('host'), undefined, `no ${label('host')} label: the route has nowhere to be served`);
@@ -125,13 +152,58 @@ export function parseBerthLabels(c: ContainerInfo, prefix: string): DialectResul
       portLabel: label('port'),
       network,
       lbGroup: lbGroup ?? compose,
+      ...(allow ? { allow } : {}),
     });
   };
 
   const hasBase = Object.keys(base).length > 0;
   if (base.host !== undefined || (hasBase && groups.size === 0)) build('default', base, {});
   for (const [name, g] of [...groups].sort(([a], [b]) => a.localeCompare(b))) build(name, g, base);
-  return { drafts, diagnostics: sink.list, disabled: false };
+  const tcp = [...tcpGroups]
+    .sort(([a], [b]) => a.localeCompare(b))
+    .flatMap(([name, g]) => tcpDraft(name, g, prefix, sink, compose) ?? []);
+  return { drafts, tcp, diagnostics: sink.list, disabled: false };
+}
+
+/** `berth.tcp.<name>.listen` and `.port` are required; `.allow`, `.network` and `.group` are optional. */
+function tcpDraft(
+  name: string,
+  g: Partial<Record<TcpKey, string>>,
+  prefix: string,
+  sink: DiagnosticSink,
+  compose: string | undefined,
+): TcpDraft | undefined {
+  const label = (k: TcpKey) => `${prefix}.tcp.${name}.${k}`;
+  const errorsBefore = sink.list.length;
+  const get = <T>(k: TcpKey, check: (s: string) => Check<T>): T | undefined => {
+    const v = g[k];
+    if (v === undefined) return undefined;
+    const r = check(v);
+    if (!r.ok) sink.error(label(k), v, `expected ${r.expected}`);
+    return r.ok ? r.value : undefined;
+  };
+  const listen = get('listen', checkPort);
+  const port = get('port', checkPort);
+  const allow = get('allow', checkCidrList);
+  const network = get('network', checkName);
+  const lbGroup = get('group', checkName);
+  for (const k of ['listen', 'port'] as const) {
+    if (g[k] === undefined) {
+      sink.error(
+        label(k),
+        undefined,
+        k === 'listen'
+          ? `no ${label('listen')} label: the TCP route needs a front-door port`
+          : `no ${label('port')} label: the TCP route needs the container port to forward to`,
+      );
+    }
+  }
+  if (sink.list.length > errorsBefore || listen === undefined || port === undefined) return undefined;
+  const d: TcpDraft = { name, listen, port, portLabel: label('port'), allow: allow ?? [] };
+  if (network) d.network = network;
+  const group = lbGroup ?? compose;
+  if (group) d.lbGroup = group;
+  return d;
 }
 
 function isRouteKey(k: string): k is RouteKey {

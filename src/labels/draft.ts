@@ -1,4 +1,4 @@
-import type { ContainerInfo, Diagnostic, RouteSpec } from '../model/types.js';
+import type { ContainerInfo, Diagnostic, RouteSpec, TcpRouteSpec } from '../model/types.js';
 import { type AddressContext, onlyExposedPort, resolveAddress } from './upstream.js';
 
 /** A route as a dialect read it, before the container port is turned into an address. */
@@ -13,10 +13,23 @@ export interface RouteDraft {
   portLabel: string;
   network?: string;
   lbGroup?: string;
+  allow?: string[];
+}
+
+/** A TCP route as a dialect read it. */
+export interface TcpDraft {
+  name: string;
+  listen: number;
+  port: number;
+  portLabel: string;
+  allow: string[];
+  network?: string;
+  lbGroup?: string;
 }
 
 export interface DialectResult {
   drafts: RouteDraft[];
+  tcp?: TcpDraft[];
   diagnostics: Diagnostic[];
   /** The container opted out (`enable=false`). */
   disabled: boolean;
@@ -49,7 +62,7 @@ export function finishDrafts(
   c: ContainerInfo,
   result: DialectResult,
   ctx: AddressContext,
-): { routes: RouteSpec[]; diagnostics: Diagnostic[] } {
+): { routes: RouteSpec[]; tcp: TcpRouteSpec[]; diagnostics: Diagnostic[] } {
   const sink = new DiagnosticSink(c);
   sink.list.push(...result.diagnostics);
   const routes: RouteSpec[] = [];
@@ -83,10 +96,34 @@ export function finishDrafts(
       containerCreated: c.created,
     };
     if (d.lbGroup) route.lbGroup = d.lbGroup;
+    if (d.allow) route.allow = d.allow;
     if (notReady) route.notReady = notReady;
     routes.push(route);
   }
-  return { routes: sink.hasErrors ? [] : routes, diagnostics: sink.list };
+  const tcp: TcpRouteSpec[] = [];
+  for (const d of result.tcp ?? []) {
+    const addr = resolveAddress(c, d.port, ctx, d.network);
+    if (!addr.ok) {
+      sink.error(d.portLabel, String(d.port), addr.message);
+      continue;
+    }
+    const route: TcpRouteSpec = {
+      id: `${c.id}/tcp/${d.name}`,
+      name: d.name,
+      listen: d.listen,
+      upstream: { host: addr.host, port: addr.port },
+      allow: d.allow,
+      containerId: c.id,
+      containerName: c.name,
+      containerCreated: c.created,
+    };
+    if (d.lbGroup) route.lbGroup = d.lbGroup;
+    if (notReady) route.notReady = notReady;
+    tcp.push(route);
+  }
+  return sink.hasErrors
+    ? { routes: [], tcp: [], diagnostics: sink.list }
+    : { routes, tcp, diagnostics: sink.list };
 }
 
 function readiness(c: ContainerInfo): string | undefined {

@@ -1,5 +1,6 @@
 // Value checks shared by every label dialect. Each returns either the parsed value or an
 // `expected` phrase that ends up in the diagnostic, so messages read the same everywhere.
+import { parseCidrList } from '../model/cidr.js';
 
 export type Check<T> = { ok: true; value: T } | { ok: false; expected: string };
 
@@ -70,4 +71,19 @@ export function checkName(raw: string): Check<string> {
   const s = raw.trim();
   if (/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(s)) return { ok: true, value: s };
   return { ok: false, expected: 'a name of letters, digits, "_", "." or "-"' };
+}
+
+export function checkCidrList(raw: string): Check<string[]> {
+  const { cidrs, bad } = parseCidrList(raw);
+  if (bad.length > 0 || cidrs.length === 0) {
+    const which =
+      bad.length > 0
+        ? ` (${bad.map((b) => `"${b}"`).join(', ')} ${bad.length === 1 ? 'is' : 'are'} not)`
+        : '';
+    return {
+      ok: false,
+      expected: `a comma-separated list of networks such as 10.0.0.0/8, 100.64.0.0/10 or 127.0.0.1${which}`,
+    };
+  }
+  return { ok: true, value: [...new Set(cidrs.map((c) => c.text))] };
 }

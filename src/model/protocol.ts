@@ -60,6 +60,20 @@ export type ServerMessage =
 
 const str = { type: 'string', maxLength: 1024 };
 const port = { type: 'integer', minimum: 1, maximum: 65535 };
+/** Which container a route comes from, and whether it may serve yet. */
+const owner = {
+  lbGroup: str,
+  containerId: str,
+  containerName: str,
+  containerCreated: { type: 'integer' },
+  notReady: str,
+};
+/** Canonical CIDRs only: these reach Caddy's config and the TCP forwarder. */
+const cidrList = {
+  type: 'array',
+  maxItems: 256,
+  items: { type: 'string', maxLength: 64, pattern: '^[0-9a-f:.]+/[0-9]{1,3}$' },
+};
 
 const snapshotSchema = {
   type: 'object',
@@ -112,11 +126,33 @@ const snapshotSchema = {
             required: ['host', 'port', 'scheme'],
             properties: { host: str, port, scheme: { enum: ['http', 'https'] } },
           },
-          lbGroup: str,
-          containerId: str,
-          containerName: str,
-          containerCreated: { type: 'integer' },
-          notReady: str,
+          allow: cidrList,
+          ...owner,
+        },
+      },
+    },
+    tcp: {
+      type: 'array',
+      maxItems: 10_000,
+      items: {
+        type: 'object',
+        required: [
+          'id',
+          'name',
+          'listen',
+          'upstream',
+          'allow',
+          'containerId',
+          'containerName',
+          'containerCreated',
+        ],
+        properties: {
+          id: str,
+          name: str,
+          listen: port,
+          upstream: { type: 'object', required: ['host', 'port'], properties: { host: str, port } },
+          allow: cidrList,
+          ...owner,
         },
       },
     },

@@ -57,12 +57,32 @@ export interface RouteSpec {
   path: string;
   stripPath: boolean;
   upstream: Upstream;
+  /** Client networks (CIDR) allowed to reach the route; absent means everyone. */
+  allow?: string[];
   /** Load-balancing group: routes with the same host+path and the same lbGroup share traffic. */
   lbGroup?: string;
   containerId: string;
   containerName: string;
   containerCreated: number;
   /** Why this route is present but must not serve yet (e.g. health: starting). */
+  notReady?: string;
+}
+
+/** One TCP route: a front-door port forwarded to one container port. */
+export interface TcpRouteSpec {
+  /** Stable id: `<containerId>/tcp/<name>`. */
+  id: string;
+  /** The `<name>` in `berth.tcp.<name>.listen`. */
+  name: string;
+  /** Front-door port. */
+  listen: number;
+  upstream: { host: string; port: number };
+  /** Client networks (CIDR) allowed to connect; empty means everyone. */
+  allow: string[];
+  lbGroup?: string;
+  containerId: string;
+  containerName: string;
+  containerCreated: number;
   notReady?: string;
 }
 
@@ -74,6 +94,8 @@ export interface Snapshot {
   takenAt: number; // ms since epoch
   containers: ContainerSummary[];
   routes: RouteSpec[];
+  /** TCP routes (absent from agents older than TCP support). */
+  tcp?: TcpRouteSpec[];
   diagnostics: Diagnostic[];
 }
 
@@ -94,9 +116,13 @@ export interface RouteView {
   id: string;
   agentId: string;
   agentName: string;
+  /** 'tcp' for TCP routes, which have `listen` and no hosts or path. */
+  kind: 'http' | 'tcp';
   hosts: string[];
   path: string;
   stripPath: boolean;
+  listen?: number;
+  allow?: string[];
   upstreams: string[];
   container: { id: string; name: string };
   status: RouteStatus;

@@ -1,10 +1,11 @@
 // Desired state: every agent's routes merged into what the front door should serve. Pure.
-import type { RouteSpec, Upstream } from '../model/types.js';
+import type { RouteSpec, TcpRouteSpec, Upstream } from '../model/types.js';
 
 export interface AgentRoutes {
   agentId: string;
   agentName: string;
   routes: RouteSpec[];
+  tcp?: TcpRouteSpec[];
 }
 
 /** One (host, path) the front door serves, and the routes that put it there. */
@@ -13,7 +14,17 @@ export interface Site {
   path: string;
   stripPath: boolean;
   upstreams: Upstream[];
+  /** Client networks allowed (the winning route's); absent means everyone. */
+  allow?: string[];
   /** Global route keys (`agentId:routeId`) whose upstreams are in this unit. */
+  routeKeys: string[];
+}
+
+/** One front-door TCP port and the containers behind it. */
+export interface TcpListenerSite {
+  listen: number;
+  upstreams: { host: string; port: number }[];
+  allow: string[];
   routeKeys: string[];
 }
 
@@ -28,15 +39,51 @@ export interface RouteOutcome {
 
 export interface Desired {
   sites: Site[];
+  tcp: TcpListenerSite[];
   outcomes: Map<string, RouteOutcome>;
 }
 
 export const routeKey = (agentId: string, routeId: string) => `${agentId}:${routeId}`;
 
-interface Claim {
+/** What every kind of route has for deciding between competing claims. */
+interface Claimant {
+  containerId: string;
+  containerName: string;
+  containerCreated: number;
+  lbGroup?: string;
+  notReady?: string;
+}
+
+interface Claim<R extends Claimant = Claimant> {
   key: string;
   agentName: string;
-  route: RouteSpec;
+  route: R;
+}
+
+/**
+ * Settles the claims on one unit (a host and path, or a TCP port): the oldest container wins,
+ * deterministically; claims in its load-balancing group join it; every other claim gets an
+ * error naming the winner. Returns the winner first, then its group.
+ */
+function settle<R extends Claimant>(
+  claims: Claim<R>[],
+  what: string,
+  outcomes: Map<string, RouteOutcome>,
+): Claim<R>[] {
+  claims.sort(olderFirst);
+  const winner = claims[0]!;
+  const team = (c: Claim<R>) => c.route.lbGroup !== undefined && c.route.lbGroup === winner.route.lbGroup;
+  const members = claims.filter((c) => c === winner || team(c));
+  for (const c of claims) {
+    if (members.includes(c)) continue;
+    outcomes
+      .get(c.key)!
+      .errors.push(
+        `${what} is already claimed by ${describe(winner)}; ` +
+          `set the same ${winner.route.lbGroup ? `group (${winner.route.lbGroup})` : 'group label on both'} to share traffic`,
+      );
+  }
+  return members;
 }
 
 /**
@@ -45,7 +92,7 @@ interface Claim {
  */
 export function computeDesired(agents: AgentRoutes[]): Desired {
   const outcomes = new Map<string, RouteOutcome>();
-  const byUnit = new Map<string, Claim[]>();
+  const byUnit = new Map<string, Claim<RouteSpec>[]>();
   for (const a of agents) {
     for (const r of a.routes) {
       const key = routeKey(a.agentId, r.id);
@@ -64,19 +111,8 @@ export function computeDesired(agents: AgentRoutes[]): Desired {
   const sites: Site[] = [];
   for (const [unit, claims] of byUnit) {
     const [host, path] = unit.split('\u0000') as [string, string];
-    claims.sort(olderFirst);
-    const winner = claims[0]!;
-    const team = (c: Claim) => c.route.lbGroup !== undefined && c.route.lbGroup === winner.route.lbGroup;
-    const members = claims.filter((c) => c === winner || team(c));
-    for (const c of claims) {
-      if (members.includes(c)) continue;
-      outcomes
-        .get(c.key)!
-        .errors.push(
-          `${host}${path === '/' ? '' : path} is already claimed by ${describe(winner)}; ` +
-            `set the same ${winner.route.lbGroup ? `group (${winner.route.lbGroup})` : 'group label on both'} to share traffic`,
-        );
-    }
+    const members = settle(claims, `${host}${path === '/' ? '' : path}`, outcomes);
+    const winner = members[0]!;
     const upstreams: Upstream[] = [];
     const keys: string[] = [];
     for (const m of members) {
@@ -94,10 +130,43 @@ export function computeDesired(agents: AgentRoutes[]): Desired {
     }
     if (upstreams.length === 0) continue;
     upstreams.sort((a, b) => a.host.localeCompare(b.host) || a.port - b.port);
-    sites.push({ host, path, stripPath: winner.route.stripPath, upstreams, routeKeys: keys.sort() });
+    const site: Site = { host, path, stripPath: winner.route.stripPath, upstreams, routeKeys: keys.sort() };
+    if (winner.route.allow) site.allow = winner.route.allow;
+    sites.push(site);
   }
   sites.sort((a, b) => a.host.localeCompare(b.host) || a.path.localeCompare(b.path));
-  return { sites, outcomes };
+  return { sites, tcp: computeTcp(agents, outcomes), outcomes };
+}
+
+/** TCP routes by front-door port, with the same conflict and load-balancing rules as HTTP. */
+function computeTcp(agents: AgentRoutes[], outcomes: Map<string, RouteOutcome>): TcpListenerSite[] {
+  const byPort = new Map<number, Claim<TcpRouteSpec>[]>();
+  for (const a of agents) {
+    for (const r of a.tcp ?? []) {
+      const key = routeKey(a.agentId, r.id);
+      const outcome: RouteOutcome = { errors: [], units: 0 };
+      if (r.notReady) outcome.pending = r.notReady;
+      outcomes.set(key, outcome);
+      byPort.set(r.listen, [...(byPort.get(r.listen) ?? []), { key, agentName: a.agentName, route: r }]);
+    }
+  }
+  const out: TcpListenerSite[] = [];
+  for (const [listen, claims] of byPort) {
+    const members = settle(claims, `TCP port ${listen}`, outcomes);
+    const upstreams: TcpListenerSite['upstreams'] = [];
+    const keys: string[] = [];
+    for (const m of members) {
+      if (m.route.notReady) continue;
+      const u = m.route.upstream;
+      if (!upstreams.some((x) => x.host === u.host && x.port === u.port)) upstreams.push({ ...u });
+      keys.push(m.key);
+      outcomes.get(m.key)!.units++;
+    }
+    if (upstreams.length === 0) continue;
+    upstreams.sort((a, b) => a.host.localeCompare(b.host) || a.port - b.port);
+    out.push({ listen, upstreams, allow: members[0]!.route.allow, routeKeys: keys.sort() });
+  }
+  return out.sort((a, b) => a.listen - b.listen);
 }
 
 function olderFirst(a: Claim, b: Claim): number {

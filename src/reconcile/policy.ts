@@ -91,7 +91,15 @@ export function admitRoutes(agents: AgentView[], now: number, o: LivenessOptions
       ]);
       return false;
     });
-    agentRoutes.push({ agentId: a.record.id, agentName: a.record.name, routes });
+    // A key limited to domains names what its hosts may claim; front-door ports are not in it.
+    const tcp = (a.snapshot.tcp ?? []).filter((r) => {
+      if (domains.length === 0) return true;
+      errors.set(routeKey(a.record.id, r.id), [
+        `TCP port ${r.listen}: key ${a.key?.name} is limited to domains (${domains.join(', ')}), so its agents may not claim TCP ports; use a key without --domains`,
+      ]);
+      return false;
+    });
+    agentRoutes.push({ agentId: a.record.id, agentName: a.record.name, routes, tcp });
   }
   return { agentRoutes, errors, withheld };
 }

@@ -3,6 +3,7 @@
 import type { Logger } from 'pino';
 import { errorMessage } from '../errors.js';
 import type { CaddyTarget } from '../ingress/caddy/target.js';
+import type { ListenerStatus, TcpListenerSpec } from '../ingress/tcp/forwarder.js';
 import type { AgentRoutes, Desired } from './desired.js';
 import { computeDesired } from './desired.js';
 
@@ -10,6 +11,8 @@ export interface ReconcileState {
   desired: Desired;
   /** Per target: signatures it serves, and those it rejected with Caddy's message. */
   targets: { served: Set<string>; quarantined: Map<string, string>; error?: string }[];
+  /** TCP listeners by port, as the forwarder reported them after the pass. */
+  tcp: Map<number, ListenerStatus>;
   passes: number;
   completedAt: number;
 }
@@ -17,6 +20,8 @@ export interface ReconcileState {
 export interface ReconcilerOptions {
   source: () => AgentRoutes[];
   targets: CaddyTarget[];
+  /** Berth's TCP forwarder; synced first in every pass (it is cheap and independent of Caddy). */
+  tcp?: { sync(listeners: TcpListenerSpec[]): Promise<void>; status(): ListenerStatus[] };
   logger: Logger;
   /** Quiet time that gathers a burst into one pass, and the most a wake may wait. */
   debounceMs?: number;
@@ -95,6 +100,11 @@ export class Reconciler {
     let failed = false;
     try {
       const desired = computeDesired(this.o.source());
+      let tcp = new Map<number, ListenerStatus>();
+      if (this.o.tcp) {
+        await this.o.tcp.sync(desired.tcp);
+        tcp = new Map(this.o.tcp.status().map((l) => [l.listen, l]));
+      }
       const results: ReconcileState['targets'] = [];
       for (const t of this.o.targets) {
         if (force) {
@@ -132,7 +142,7 @@ export class Reconciler {
         }
       }
       this.counters.passes++;
-      this.state = { desired, targets: results, passes: this.counters.passes, completedAt: Date.now() };
+      this.state = { desired, targets: results, tcp, passes: this.counters.passes, completedAt: Date.now() };
       this.o.onPass?.(this.state);
     } catch (err) {
       failed = true;

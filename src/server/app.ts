@@ -6,6 +6,7 @@ import type { RouteView } from '../model/types.js';
 import type { Store } from '../store/store.js';
 import { tokenMatches } from './auth.js';
 import type { ExecBroker } from './exec.js';
+import { type MetricFamily, renderMetrics } from './metrics.js';
 import type { Registry } from './registry.js';
 import { execRoutes } from './routes/exec.js';
 import { fleetRoutes } from './routes/fleet.js';
@@ -29,6 +30,10 @@ export interface AppDeps {
   exec?: { broker: ExecBroker; store: Store };
   routes: () => RouteView[];
   status: () => StatusReport;
+  /** Extra detail for /healthz (TCP listeners). */
+  health?: () => Record<string, unknown>;
+  /** Metric families for /metrics. */
+  metrics?: () => MetricFamily[];
   reconcile: (force: boolean) => Promise<{ passes: number }>;
 }
 
@@ -80,7 +85,15 @@ export function buildApp(deps: AppDeps) {
     }
   });
 
-  app.get('/healthz', async () => ({ status: 'ok' }));
+  // Liveness plus each TCP listener's state; unauthenticated, so it names no upstream or client.
+  app.get('/healthz', async () => {
+    const extra = deps.health?.() ?? {};
+    return { status: 'ok', ...extra };
+  });
+
+  app.get('/metrics', async (_req, reply) =>
+    reply.type('text/plain; version=0.0.4').send(renderMetrics(deps.metrics?.() ?? [])),
+  );
 
   app.get('/readyz', async (_req, reply) => {
     const s = deps.status();

@@ -345,7 +345,7 @@ export class Registry {
       kind: a.kind,
       status: agentStatus(v, now, this.liveness),
       approved: a.approved,
-      routes: s?.routes.length ?? 0,
+      routes: (s?.routes.length ?? 0) + (s?.tcp?.length ?? 0),
       containers: s?.containers.length ?? 0,
     };
     if (a.keyId) {
@@ -397,12 +397,45 @@ export class Registry {
         else status = sigs.every((sig) => Reconciler.servedEverywhere(state, sig)) ? 'applied' : 'pending';
         const view: RouteView = {
           id: r.id,
+          kind: 'http',
           agentId,
           agentName,
           hosts: r.hosts,
           path: r.path,
           stripPath: r.stripPath,
           upstreams: [`${r.upstream.scheme}://${r.upstream.host}:${r.upstream.port}`],
+          container: { id: r.containerId, name: r.containerName },
+          status,
+          errors,
+        };
+        if (r.allow) view.allow = r.allow;
+        const note = withheld ? `not served: ${withheld}` : r.notReady;
+        if (note) view.note = note;
+        views.push(view);
+      }
+      for (const r of s.tcp ?? []) {
+        const key = routeKey(agentId, r.id);
+        const outcome = state?.desired.outcomes.get(key);
+        const errors = [...(admitted.errors.get(key) ?? []), ...(outcome?.errors ?? [])];
+        const listener = state?.tcp.get(r.listen);
+        const serving = listener?.routeKeys.includes(key) === true;
+        if (serving && listener?.state === 'error') errors.push(listener.error ?? 'the listener failed');
+        let status: RouteView['status'];
+        if (errors.length > 0) status = 'error';
+        else
+          status =
+            !withheld && !r.notReady && serving && listener?.state === 'listening' ? 'applied' : 'pending';
+        const view: RouteView = {
+          id: r.id,
+          kind: 'tcp',
+          agentId,
+          agentName,
+          hosts: [],
+          path: '',
+          stripPath: false,
+          listen: r.listen,
+          allow: r.allow,
+          upstreams: [`tcp://${r.upstream.host}:${r.upstream.port}`],
           container: { id: r.containerId, name: r.containerName },
           status,
           errors,
@@ -422,6 +455,7 @@ export class Registry {
       for (const [cid, e] of rejected) {
         views.push({
           id: `${cid}/labels`,
+          kind: 'http',
           agentId,
           agentName,
           hosts: [],
@@ -436,7 +470,9 @@ export class Registry {
     }
     return views.sort(
       (a, b) =>
-        (a.hosts[0] ?? '~').localeCompare(b.hosts[0] ?? '~') ||
+        (a.hosts[0] ?? (a.listen ? `~${String(a.listen).padStart(5, '0')}` : '~~')).localeCompare(
+          b.hosts[0] ?? (b.listen ? `~${String(b.listen).padStart(5, '0')}` : '~~'),
+        ) ||
         a.path.localeCompare(b.path) ||
         a.id.localeCompare(b.id),
     );

@@ -1,7 +1,8 @@
 // Wires the server together: store → registry → reconciler → Caddy targets, plus the API and,
 // for `berth standalone`, the in-process local agent (the same snapshot path a remote agent uses).
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
@@ -10,11 +11,12 @@ import { loadExecPolicy } from '../agent/exec-policy-file.js';
 import { ExecRunner } from '../agent/exec-runner.js';
 import { DockerWatcher } from '../agent/watcher.js';
 import { type Config, parseListen } from '../config.js';
-import { errorMessage } from '../errors.js';
+import { errorMessage, UserError } from '../errors.js';
 import { CaddyAdmin } from '../ingress/caddy/admin.js';
 import type { TlsMode } from '../ingress/caddy/config.js';
 import { CaddySupervisor } from '../ingress/caddy/supervisor.js';
 import { CaddyTarget } from '../ingress/caddy/target.js';
+import { TcpForwarder } from '../ingress/tcp/forwarder.js';
 import { Reconciler } from '../reconcile/reconciler.js';
 import { SqliteStore } from '../store/sqlite.js';
 import { VERSION } from '../version.js';
@@ -22,6 +24,7 @@ import { AgentHub } from './agent-hub.js';
 import { buildApp, type StatusReport } from './app.js';
 import { ensureAdminToken } from './auth.js';
 import { ExecBroker } from './exec.js';
+import { tcpMetrics } from './metrics.js';
 import { Registry } from './registry.js';
 export const LOCAL_AGENT_ID = 'local';
 
@@ -52,10 +55,9 @@ export async function runServer(
   });
   await registry.load();
 
-  const httpListen = String(config['http-listen']);
-  const httpsListen = String(config['https-listen']);
-  parseListen('http-listen', httpListen);
-  parseListen('https-listen', httpsListen);
+  const httpBind = config['http-bind'] === undefined ? undefined : String(config['http-bind']);
+  const httpListen = bindListen('http-listen', String(config['http-listen']), httpBind);
+  const httpsListen = bindListen('https-listen', String(config['https-listen']), httpBind);
   const buildOpts = { tls: config.tls as TlsMode, httpListen, httpsListen };
 
   let supervisor: CaddySupervisor | undefined;
@@ -78,7 +80,19 @@ export async function runServer(
     for (const url of adminUrls) targets.push(new CaddyTarget(new CaddyAdmin(url), buildOpts, logger));
   }
 
-  reconciler = new Reconciler({ source: () => registry.admitted().agentRoutes, targets, logger });
+  const tcpLogFile = config['tcp-access-log'] ? String(config['tcp-access-log']) : undefined;
+  const tcpLog = tcpLogFile ? createWriteStream(tcpLogFile, { flags: 'a', mode: 0o640 }) : undefined;
+  const tcp = new TcpForwarder({
+    bind: String(config['tcp-bind']),
+    logger: logger.child({ component: 'tcp' }),
+    accessLog: (line) => (tcpLog ?? process.stdout).write(`${line}\n`),
+    idleTimeoutMs: Number(config['tcp-idle-timeout']),
+    maxConnections: Number(config['tcp-max-connections']),
+  });
+  const tcpBind = tcp.bindStatus();
+  if (tcpBind.error) logger.warn(tcpBind, 'TCP listeners wait for their bind address');
+
+  reconciler = new Reconciler({ source: () => registry.admitted().agentRoutes, targets, tcp, logger });
   const rec = reconciler;
   registry.onChange(() => rec.wake());
 
@@ -205,6 +219,19 @@ export async function runServer(
     exec: { broker, store },
     routes: () => registry.routeViews(rec.state),
     status,
+    health: () => ({
+      tcp: {
+        ...tcp.bindStatus(),
+        listeners: tcp.status().map(({ listen, address, state, error, active }) => ({
+          listen,
+          address,
+          state,
+          error,
+          active,
+        })),
+      },
+    }),
+    metrics: () => tcpMetrics(tcp),
     reconcile: async (force) => {
       rec.wake({ force });
       await rec.idle();
@@ -225,11 +252,29 @@ export async function runServer(
       watcher?.stop();
       hub.close();
       rec.stop();
+      await tcp.close();
+      tcpLog?.end();
       await app.close();
       await supervisor?.stop();
       await store.close();
     },
   };
+}
+
+/** `:80` with `--http-bind 100.64.0.7` → `100.64.0.7:80`; a listen flag with its own, other host is an error. */
+function bindListen(flag: string, listen: string, bind: string | undefined): string {
+  const { host, port } = parseListen(flag, listen);
+  if (bind === undefined) return listen;
+  if (isIP(bind) === 0) {
+    throw new UserError('CONFIG_INVALID', `--http-bind ${bind}: expected an IP address such as 100.64.0.7`);
+  }
+  if (host && host !== bind) {
+    throw new UserError(
+      'CONFIG_INVALID',
+      `--${flag} ${listen} names another address than --http-bind ${bind}`,
+    );
+  }
+  return bind.includes(':') ? `[${bind}]:${port}` : `${bind}:${port}`;
 }
 
 /** Unix socket paths are limited to 107 bytes; a deep data dir falls back to /tmp. */

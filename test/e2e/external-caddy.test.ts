@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type BerthProcess, startBerth } from './support/berth.js';
 import { registerCleanup, useCleanup } from './support/cleanup.js';
-import { importBusybox, startDockerd, type TestDockerd } from './support/dockerd.js';
+import { importBusybox, runHostContainer, startDockerd, type TestDockerd } from './support/dockerd.js';
 import { freePort } from './support/ports.js';
 import { httpGet, spawnLogged, waitUntil } from './support/proc.js';
 
@@ -106,18 +106,7 @@ afterAll(async () => {
 
 async function web(name: string, host: string) {
   const p = await freePort();
-  await d.run([
-    'run',
-    '-d',
-    '--network',
-    'host',
-    '--name',
-    name,
-    '-l',
-    `berth.host=${host}`,
-    '-l',
-    `berth.port=${p}`,
-    IMAGE,
+  await runHostContainer(d, name, { 'berth.host': host, 'berth.port': String(p) }, [
     'sh',
     '-c',
     `mkdir -p /w && echo "body of ${name}" > /w/index.html && exec httpd -f -p 127.0.0.1:${p} -h /w`,

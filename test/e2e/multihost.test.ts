@@ -4,7 +4,7 @@ import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AgentProcess, type BerthProcess, startAgent, startBerth } from './support/berth.js';
 import { useCleanup } from './support/cleanup.js';
-import { importBusybox, startDockerd, type TestDockerd } from './support/dockerd.js';
+import { importBusybox, runHostContainer, startDockerd, type TestDockerd } from './support/dockerd.js';
 import { freePort } from './support/ports.js';
 import { httpGet, waitUntil } from './support/proc.js';
 import { type SocketProxy, startReadOnlyProxy } from './support/socket-proxy.js';
@@ -20,18 +20,7 @@ let proxy: SocketProxy;
 
 async function web(d: TestDockerd, ip: string, name: string, labels: Record<string, string>) {
   const p = await freePort(ip);
-  const l = Object.entries(labels).flatMap(([k, v]) => ['-l', `${k}=${v}`]);
-  await d.run([
-    'run',
-    '-d',
-    '--network',
-    'host',
-    '--name',
-    name,
-    '-l',
-    `berth.port=${p}`,
-    ...l,
-    IMAGE,
+  await runHostContainer(d, name, { 'berth.port': String(p), ...labels }, [
     'sh',
     '-c',
     `mkdir -p /w && echo "${name}@${ip}" > /w/index.html && exec httpd -f -p ${ip}:${p} -h /w`,

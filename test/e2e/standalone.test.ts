@@ -2,7 +2,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type BerthProcess, startBerth } from './support/berth.js';
 import { useCleanup } from './support/cleanup.js';
-import { importBusybox, startDockerd, type TestDockerd } from './support/dockerd.js';
+import { importBusybox, runHostContainer, startDockerd, type TestDockerd } from './support/dockerd.js';
 import { freePort } from './support/ports.js';
 import { httpGet, waitUntil } from './support/proc.js';
 
@@ -15,25 +15,11 @@ const IMAGE = 'berth-test/busybox:latest';
 /** A host-network busybox httpd answering with its own body on 127.0.0.1:<port>. */
 async function web(name: string, labels: Record<string, string>, port?: number, extra: string[] = []) {
   const p = port ?? (await freePort());
-  const labelArgs = Object.entries(labels).flatMap(([k, v]) => [
-    '-l',
-    `${k}=${v.replace('$PORT', String(p))}`,
-  ]);
+  const resolved = Object.fromEntries(
+    Object.entries(labels).map(([k, v]) => [k, v.replace('$PORT', String(p))]),
+  );
   const script = `mkdir -p /srv/www/sub && echo "body of ${name}" > /srv/www/index.html && echo "sub of ${name}" > /srv/www/sub/index.html && echo "root-sub of ${name}" > /srv/www/index2.html && exec httpd -f -p 127.0.0.1:${p} -h /srv/www`;
-  await d.run([
-    'run',
-    '-d',
-    '--network',
-    'host',
-    '--name',
-    name,
-    ...labelArgs,
-    ...extra,
-    IMAGE,
-    'sh',
-    '-c',
-    script,
-  ]);
+  await runHostContainer(d, name, resolved, ['sh', '-c', script], { extra });
   return p;
 }
 

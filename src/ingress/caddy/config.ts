@@ -7,6 +7,7 @@ export type TlsMode = 'auto' | 'internal' | 'off';
 
 export interface CaddyBuildOptions {
   tls: TlsMode;
+  /** Listen addresses already include `--http-bind` when one is given. */
   httpListen: string;
   httpsListen: string;
 }
@@ -88,11 +89,11 @@ function hostRoute(host: string, sites: Site[]): Json {
   const match = [{ host: [host] }];
   // The common case, one upstream set for the whole host, needs no subroute.
   if (sites.length === 1 && sites[0]!.path === '/')
-    return { match, handle: [proxyHandler(sites[0]!)], terminal: true };
+    return { match, handle: [...guard(sites[0]!), proxyHandler(sites[0]!)], terminal: true };
   // Longest prefix first, so /api/v2 is tried before /api and / comes last.
   const ordered = [...sites].sort((a, b) => b.path.length - a.path.length || a.path.localeCompare(b.path));
   const sub: Json[] = ordered.map((s) => {
-    const handle: Json[] = [];
+    const handle: Json[] = guard(s);
     if (s.stripPath && s.path !== '/') handle.push({ handler: 'rewrite', strip_path_prefix: s.path });
     handle.push(proxyHandler(s));
     const r: Json = { handle };
@@ -101,6 +102,24 @@ function hostRoute(host: string, sites: Site[]): Json {
   });
   if (!ordered.some((s) => s.path === '/')) sub.push({ handle: [NOT_FOUND] });
   return { match, handle: [{ handler: 'subroute', routes: sub }], terminal: true };
+}
+
+const FORBIDDEN = {
+  handler: 'static_response',
+  status_code: 403,
+  headers: { 'Content-Type': ['text/plain; charset=utf-8'] },
+  body: 'berth: your address may not use this route\n',
+};
+
+/** For a site with an allow-list: a 403 for every client outside it, before anything else. */
+function guard(s: Site): Json[] {
+  if (!s.allow || s.allow.length === 0) return [];
+  return [
+    {
+      handler: 'subroute',
+      routes: [{ match: [{ not: [{ remote_ip: { ranges: s.allow } }] }], handle: [FORBIDDEN] }],
+    },
+  ];
 }
 
 function proxyHandler(s: Site): Json {

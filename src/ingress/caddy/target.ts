@@ -27,7 +27,7 @@ export interface ApplyResult {
 
 /** A site's identity by content: equal sites give equal strings, without hashing. */
 export const siteSignature = (s: Site): string =>
-  `${s.host} ${s.path} ${s.stripPath ? 's' : '-'} ${s.upstreams.map((u) => `${u.scheme}://${u.host}:${u.port}`).join(',')}`;
+  `${s.host} ${s.path} ${s.stripPath ? 's' : '-'} ${s.upstreams.map((u) => `${u.scheme}://${u.host}:${u.port}`).join(',')}${s.allow ? ` allow=${s.allow.join(',')}` : ''}`;
 
 export class CaddyTarget {
   /** What Caddy was last given: a key of the inputs, the version @id, and the parts themselves. */

@@ -37,6 +37,27 @@ export interface BerthOptions {
   dataDir?: string;
   args?: string[];
   env?: NodeJS.ProcessEnv;
+  /** Run Berth (and its CLI calls) inside this network namespace; its API is reached from there too. */
+  netns?: string;
+}
+
+/** argv that runs `cmd args` in a network namespace (only the network one: see startDockerd). */
+export function inNetns(netns: string | undefined, cmd: string, args: string[]): [string, string[]] {
+  return netns ? ['nsenter', [`--net=/var/run/netns/${netns}`, cmd, ...args]] : [cmd, args];
+}
+
+/** Whether GET url answers 2xx, asked from inside a namespace by a one-off node process. */
+async function okFrom(netns: string, url: string): Promise<boolean> {
+  const [cmd, args] = inNetns(netns, process.execPath, [
+    '-e',
+    `fetch(${JSON.stringify(url)}).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))`,
+  ]);
+  try {
+    await run(cmd, args, { timeout: 10_000 });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
@@ -64,12 +85,14 @@ export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
   let logIndex = 0;
 
   const launch = async () => {
-    proc = spawnLogged(process.execPath, args, {
+    const [cmd, argv] = inNetns(o.netns, process.execPath, args);
+    proc = spawnLogged(cmd, argv, {
       env: { ...process.env, ...o.env },
       logFile: join(dataDir, `berth-${logIndex++}.log`),
     });
     await waitUntil(
       async () => {
+        if (o.netns) return okFrom(o.netns, `${apiUrl}/healthz`);
         try {
           return (await fetch(`${apiUrl}/healthz`)).ok;
         } catch {
@@ -85,9 +108,16 @@ export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
   const cli = async (cliArgs: string[]) => {
     try {
       const r = await run(
-        process.execPath,
         // Server and data dir right after the command: anything after `--` belongs to the command run.
-        [BERTH_BIN, cliArgs[0]!, '--server', apiUrl, '--data-dir', dataDir, ...cliArgs.slice(1)],
+        ...inNetns(o.netns, process.execPath, [
+          BERTH_BIN,
+          cliArgs[0]!,
+          '--server',
+          apiUrl,
+          '--data-dir',
+          dataDir,
+          ...cliArgs.slice(1),
+        ]),
         {
           env: { ...process.env, ...o.env },
         },

@@ -31,6 +31,8 @@ export interface DockerOptions {
 
 export interface TestDockerd {
   dir: string;
+  /** The network namespace the daemon (and its host-network containers) live in, if any. */
+  netns?: string;
   socket: string;
   dockerHost: string;
   /** The current dockerd's PID (changes on restart). */
@@ -155,6 +157,7 @@ export async function startDockerd(opts: { name?: string; netns?: boolean } = {}
 
   const d: TestDockerd = {
     dir,
+    ...(netns ? { netns } : {}),
     socket,
     dockerHost: `unix://${socket}`,
     get pid() {
@@ -395,4 +398,27 @@ export async function importBusybox(d: TestDockerd, tag = 'berth-test/busybox:la
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
+}
+
+/** `docker run -d --network host --name <name> -l k=v … <image> <argv…>`: how tests run containers. */
+export async function runHostContainer(
+  d: TestDockerd,
+  name: string,
+  labels: Record<string, string>,
+  argv: string[],
+  o: { extra?: string[]; image?: string } = {},
+): Promise<DockerResult> {
+  const l = Object.entries(labels).flatMap(([k, v]) => ['-l', `${k}=${v}`]);
+  return d.run([
+    'run',
+    '-d',
+    '--network',
+    'host',
+    '--name',
+    name,
+    ...l,
+    ...(o.extra ?? []),
+    o.image ?? 'berth-test/busybox:latest',
+    ...argv,
+  ]);
 }

@@ -140,11 +140,12 @@ export interface HttpResult {
  */
 export function httpGet(
   url: string,
-  o: { host?: string; headers?: Record<string, string>; timeoutMs?: number } = {},
+  o: { host?: string; headers?: Record<string, string>; timeoutMs?: number; localAddress?: string } = {},
 ): Promise<HttpResult> {
   return new Promise((resolve) => {
     const headers = { ...o.headers, ...(o.host ? { host: o.host } : {}) };
-    const req = request(url, { headers, timeout: o.timeoutMs ?? 5_000, agent: false }, (res) => {
+    const opts = { headers, timeout: o.timeoutMs ?? 5_000, agent: false, localAddress: o.localAddress };
+    const req = request(url, opts, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (c) => {

@@ -114,6 +114,21 @@ describe('mergeIntoConfig', () => {
     expect(operator.apps.http.servers.berth_old).toEqual({});
   });
 
+  it('answers 403 before proxying when a client is outside the allow-list', () => {
+    const parts = buildCaddyParts([site('a.example.com', '/', { allow: ['10.0.0.0/8'] })], opts);
+    const route = parts.servers.berth_http.routes[0];
+    expect(route.handle[0]).toEqual({
+      handler: 'subroute',
+      routes: [
+        {
+          match: [{ not: [{ remote_ip: { ranges: ['10.0.0.0/8'] } }] }],
+          handle: [expect.objectContaining({ handler: 'static_response', status_code: 403 })],
+        },
+      ],
+    });
+    expect(route.handle[1].handler).toBe('reverse_proxy');
+  });
+
   it('canonicalJson ignores key order', () => {
     expect(canonicalJson({ b: 1, a: [{ y: 2, x: 1 }] })).toBe(canonicalJson({ a: [{ x: 1, y: 2 }], b: 1 }));
   });

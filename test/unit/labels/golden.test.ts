@@ -35,7 +35,7 @@ describe('label golden files', () => {
       const input = JSON.parse(stripComments(inputPart!));
       const { ctx = {}, ...c } = input;
       const got = extractRoutes(container(c), { hostIp: '127.0.0.2', labelPrefix: 'berth', ...ctx });
-      const rendered = `${JSON.stringify({ routes: got.routes, diagnostics: got.diagnostics }, null, 2)}\n`;
+      const rendered = `${JSON.stringify({ routes: got.routes, ...(got.tcp.length > 0 ? { tcp: got.tcp } : {}), diagnostics: got.diagnostics }, null, 2)}\n`;
       if (process.env.UPDATE_GOLDEN === '1' || expectedPart === undefined) {
         writeFileSync(join(dir, file), `${inputPart}${SEP}${rendered}`);
         return;

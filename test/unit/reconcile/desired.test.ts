@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { RouteSpec } from '../../../src/model/types.js';
+import type { RouteSpec, TcpRouteSpec } from '../../../src/model/types.js';
 import { computeDesired } from '../../../src/reconcile/desired.js';
 
 function route(id: string, over: Partial<RouteSpec> = {}): RouteSpec {
@@ -83,5 +83,72 @@ describe('computeDesired', () => {
     const d = computeDesired([{ agentId: 'h', agentName: 'h', routes: [sick, other] }]);
     expect(d.sites).toEqual([]);
     expect(d.outcomes.get('h:c1/default')!.pending).toBe('container is unhealthy');
+  });
+});
+
+function tcp(id: string, listen: number, over: Partial<TcpRouteSpec> = {}): TcpRouteSpec {
+  return {
+    id: `${id}/tcp/t`,
+    name: 't',
+    listen,
+    upstream: { host: '127.0.0.2', port: 4001 },
+    allow: [],
+    containerId: id,
+    containerName: `name-${id}`,
+    containerCreated: 100,
+    ...over,
+  };
+}
+
+describe('computeDesired for TCP routes', () => {
+  it('gives each listen port to the oldest claim, across agents, and names it to the others', () => {
+    const d = computeDesired([
+      { agentId: 'h2', agentName: 'host2', routes: [], tcp: [tcp('c2', 4003, { containerCreated: 60 })] },
+      {
+        agentId: 'h1',
+        agentName: 'host1',
+        routes: [],
+        tcp: [tcp('c1', 4003, { containerCreated: 50 }), tcp('c3', 4004, { allow: ['10.0.0.0/8'] })],
+      },
+    ]);
+    expect(d.tcp).toEqual([
+      { listen: 4003, upstreams: [{ host: '127.0.0.2', port: 4001 }], allow: [], routeKeys: ['h1:c1/tcp/t'] },
+      {
+        listen: 4004,
+        upstreams: [{ host: '127.0.0.2', port: 4001 }],
+        allow: ['10.0.0.0/8'],
+        routeKeys: ['h1:c3/tcp/t'],
+      },
+    ]);
+    expect(d.outcomes.get('h2:c2/tcp/t')?.errors).toEqual([
+      'TCP port 4003 is already claimed by container name-c1 (c1) on host1; set the same group label on both to share traffic',
+    ]);
+  });
+
+  it('shares a port within a group and leaves out claims that are not ready', () => {
+    const d = computeDesired([
+      {
+        agentId: 'h1',
+        agentName: 'host1',
+        routes: [],
+        tcp: [
+          tcp('c1', 5000, { lbGroup: 'db', upstream: { host: '127.0.0.2', port: 1 } }),
+          tcp('c2', 5000, { lbGroup: 'db', upstream: { host: '127.0.0.3', port: 1 } }),
+          tcp('c3', 5000, { lbGroup: 'db', upstream: { host: '127.0.0.4', port: 1 }, notReady: 'unhealthy' }),
+        ],
+      },
+    ]);
+    expect(d.tcp[0]?.upstreams).toEqual([
+      { host: '127.0.0.2', port: 1 },
+      { host: '127.0.0.3', port: 1 },
+    ]);
+    expect(d.outcomes.get('h1:c3/tcp/t')).toEqual({ errors: [], units: 0, pending: 'unhealthy' });
+  });
+
+  it('carries an HTTP allow-list onto the site', () => {
+    const d = computeDesired([
+      { agentId: 'h1', agentName: 'host1', routes: [route('c1', { allow: ['127.0.0.9/32'] })] },
+    ]);
+    expect(d.sites[0]?.allow).toEqual(['127.0.0.9/32']);
   });
 });

@@ -1,0 +1,349 @@
+// Berth's TCP front door: one listener per TCP route, bound to one address (an IP, or an
+// interface's current address). Each connection is checked against the route's allow-list,
+// then piped to an upstream with backpressure and half-close, an idle timeout, a per-listener
+// connection limit, and one access-log line when it ends. A sync touches only the listeners
+// whose port appears or disappears: every other listener, and its connections, carries on.
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { networkInterfaces } from 'node:os';
+import type { Logger } from 'pino';
+import { errorMessage } from '../../errors.js';
+import { type Cidr, cidrsContain, parseCidr } from '../../model/cidr.js';
+
+export interface TcpListenerSpec {
+  listen: number;
+  upstreams: { host: string; port: number }[];
+  /** Networks whose clients may connect; empty means everyone. */
+  allow: string[];
+  /** Route keys that put this listener here, for status reporting. */
+  routeKeys: string[];
+}
+
+export interface TcpForwarderOptions {
+  /** An IP address, or an interface name (resolved to its address, and re-resolved). */
+  bind: string;
+  logger: Logger;
+  /** One JSON line per connection. */
+  accessLog: (line: string) => void;
+  idleTimeoutMs: number;
+  maxConnections: number;
+  connectTimeoutMs?: number;
+  /** How often an interface name is re-resolved. */
+  resolveIntervalMs?: number;
+}
+
+export type CloseReason =
+  | 'done'
+  | 'denied'
+  | 'limit'
+  | 'upstream-refused'
+  | 'upstream-error'
+  | 'client-error'
+  | 'idle'
+  | 'listener-removed'
+  | 'shutdown';
+
+export interface ListenerStatus {
+  listen: number;
+  address?: string;
+  state: 'listening' | 'starting' | 'error';
+  error?: string;
+  upstreams: string[];
+  allow: string[];
+  active: number;
+  routeKeys: string[];
+}
+
+export interface ListenerCounters {
+  accepted: number;
+  denied: number;
+  refused: number;
+  bytesIn: number;
+  bytesOut: number;
+  closed: Partial<Record<CloseReason, number>>;
+}
+
+interface Listener {
+  spec: TcpListenerSpec;
+  allow: Cidr[];
+  server?: Server;
+  address?: string;
+  state: ListenerStatus['state'];
+  error?: string;
+  conns: Set<() => void>;
+  next: number;
+  counters: ListenerCounters;
+}
+
+export class TcpForwarder {
+  private readonly listeners = new Map<number, Listener>();
+  private address?: string;
+  private bindError?: string;
+  private timer?: NodeJS.Timeout;
+  private stopped = false;
+
+  constructor(private readonly o: TcpForwarderOptions) {
+    this.address = this.resolve();
+    if (!isAddress(o.bind)) {
+      this.timer = setInterval(() => this.rebindIfMoved(), o.resolveIntervalMs ?? 2_000);
+      this.timer.unref();
+    }
+  }
+
+  /** Makes the listener set match `specs`. Resolves once new listeners are bound (or failed). */
+  async sync(specs: TcpListenerSpec[]): Promise<void> {
+    if (this.stopped) return;
+    const wanted = new Map(specs.map((s) => [s.listen, s]));
+    for (const [port, l] of this.listeners) {
+      if (!wanted.has(port)) this.remove(port, l, 'listener-removed');
+    }
+    const starting: Promise<void>[] = [];
+    for (const spec of specs) {
+      const l = this.listeners.get(spec.listen);
+      if (l) {
+        // Same port: new upstreams and allow-list apply to new connections; open ones carry on.
+        l.spec = spec;
+        l.allow = spec.allow.map((a) => parseCidr(a)).filter((c): c is Cidr => c !== undefined);
+        if (l.state === 'error') starting.push(this.start(l));
+        continue;
+      }
+      const fresh: Listener = {
+        spec,
+        allow: spec.allow.map((a) => parseCidr(a)).filter((c): c is Cidr => c !== undefined),
+        state: 'starting',
+        conns: new Set(),
+        next: 0,
+        counters: { accepted: 0, denied: 0, refused: 0, bytesIn: 0, bytesOut: 0, closed: {} },
+      };
+      this.listeners.set(spec.listen, fresh);
+      starting.push(this.start(fresh));
+    }
+    await Promise.all(starting);
+  }
+
+  status(): ListenerStatus[] {
+    return [...this.listeners.values()]
+      .map((l) => {
+        const s: ListenerStatus = {
+          listen: l.spec.listen,
+          state: l.state,
+          upstreams: l.spec.upstreams.map((u) => `${u.host}:${u.port}`),
+          allow: l.spec.allow,
+          active: l.conns.size,
+          routeKeys: l.spec.routeKeys,
+        };
+        if (l.address) s.address = l.address;
+        if (l.error) s.error = l.error;
+        return s;
+      })
+      .sort((a, b) => a.listen - b.listen);
+  }
+
+  counters(): Map<number, ListenerCounters> {
+    return new Map([...this.listeners].map(([port, l]) => [port, l.counters]));
+  }
+
+  /** The address listeners bind to now, or why there is none. */
+  bindStatus(): { bind: string; address?: string; error?: string } {
+    const out: { bind: string; address?: string; error?: string } = { bind: this.o.bind };
+    if (this.address) out.address = this.address;
+    if (this.bindError) out.error = this.bindError;
+    return out;
+  }
+
+  async close(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.timer);
+    await Promise.all([...this.listeners].map(([port, l]) => this.remove(port, l, 'shutdown')));
+  }
+
+  private resolve(): string | undefined {
+    if (isAddress(this.o.bind)) return this.o.bind;
+    const addrs = networkInterfaces()[this.o.bind];
+    if (!addrs) {
+      this.bindError = `no network interface named ${this.o.bind}`;
+      return undefined;
+    }
+    const pick =
+      addrs.find((a) => a.family === 'IPv4') ?? addrs.find((a) => a.family === 'IPv6' && !a.internal);
+    if (!pick) {
+      this.bindError = `interface ${this.o.bind} has no address`;
+      return undefined;
+    }
+    this.bindError = undefined;
+    return pick.address;
+  }
+
+  private rebindIfMoved(): void {
+    const now = this.resolve();
+    if (now === this.address) return;
+    this.o.logger.warn(
+      { bind: this.o.bind, from: this.address ?? null, to: now ?? null },
+      'tcp bind address changed; re-binding listeners',
+    );
+    this.address = now;
+    for (const l of this.listeners.values()) {
+      const server = l.server;
+      l.server = undefined;
+      server?.close();
+      void this.start(l);
+    }
+  }
+
+  private start(l: Listener): Promise<void> {
+    const address = this.address;
+    if (!address) {
+      l.state = 'error';
+      l.error = this.bindError ?? 'no bind address';
+      l.address = undefined;
+      return Promise.resolve();
+    }
+    l.state = 'starting';
+    const server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (c) => this.accept(l, c));
+    l.server = server;
+    return new Promise<void>((resolve) => {
+      const fail = (err: Error) => {
+        if (l.server !== server) return resolve();
+        l.state = 'error';
+        l.error = `cannot listen on ${hostPort(address, l.spec.listen)}: ${errorMessage(err)}`;
+        l.address = undefined;
+        l.server = undefined;
+        this.o.logger.error({ listen: l.spec.listen, err: l.error }, 'tcp listener failed');
+        resolve();
+      };
+      server.once('error', fail);
+      server.listen({ host: address, port: l.spec.listen, exclusive: true }, () => {
+        server.off('error', fail);
+        server.on('error', (err) => this.o.logger.warn({ listen: l.spec.listen, err: errorMessage(err) }));
+        if (l.server !== server || this.stopped) {
+          server.close();
+          return resolve();
+        }
+        l.state = 'listening';
+        l.error = undefined;
+        l.address = hostPort(address, l.spec.listen);
+        this.o.logger.info({ listen: l.address, upstreams: l.spec.upstreams.length }, 'tcp listener up');
+        resolve();
+      });
+    });
+  }
+
+  private remove(port: number, l: Listener, reason: CloseReason): Promise<void> {
+    this.listeners.delete(port);
+    const server = l.server;
+    l.server = undefined;
+    for (const end of [...l.conns]) end();
+    l.conns.clear();
+    if (reason !== 'shutdown') this.o.logger.info({ listen: port, reason }, 'tcp listener removed');
+    // Also closes connections that are still being accepted.
+    return new Promise((resolve) => (server ? server.close(() => resolve()) : resolve()));
+  }
+
+  private accept(l: Listener, client: Socket): void {
+    const started = Date.now();
+    const clientAddr = client.remoteAddress ?? '';
+    const clientText = `${hostPort(clientAddr, client.remotePort ?? 0)}`;
+    const c = l.counters;
+    let upstreamText = '';
+    let upstream: Socket | undefined;
+    let finished = false;
+    const finish = (reason: CloseReason, detail?: string) => {
+      if (finished) return;
+      finished = true;
+      l.conns.delete(end);
+      const bytesIn = client.bytesRead;
+      const bytesOut = upstream?.bytesRead ?? 0;
+      c.bytesIn += bytesIn;
+      c.bytesOut += bytesOut;
+      c.closed[reason] = (c.closed[reason] ?? 0) + 1;
+      client.destroy();
+      upstream?.destroy();
+      const line: Record<string, unknown> = {
+        time: new Date(started).toISOString(),
+        client: clientText,
+        listener: l.address ?? `:${l.spec.listen}`,
+        upstream: upstreamText || null,
+        bytesIn,
+        bytesOut,
+        durationMs: Date.now() - started,
+        reason,
+      };
+      if (detail) line.detail = detail;
+      this.o.accessLog(JSON.stringify(line));
+    };
+    const end = () => finish('listener-removed');
+
+    if (l.allow.length > 0 && !cidrsContain(l.allow, clientAddr)) {
+      c.denied++;
+      finish('denied', `client ${clientAddr} is not in the allow-list (${l.spec.allow.join(', ')})`);
+      return;
+    }
+    if (l.conns.size >= this.o.maxConnections) {
+      c.denied++;
+      finish('limit', `listener has ${l.conns.size} connections (limit ${this.o.maxConnections})`);
+      return;
+    }
+    const ups = l.spec.upstreams;
+    if (ups.length === 0) {
+      c.refused++;
+      finish('upstream-refused', 'no upstream');
+      return;
+    }
+    c.accepted++;
+    l.conns.add(end);
+    const u = ups[l.next++ % ups.length]!;
+    upstreamText = hostPort(u.host, u.port);
+    const up = connect({ host: u.host, port: u.port, allowHalfOpen: true });
+    upstream = up;
+    up.setNoDelay(true);
+    client.setNoDelay(true);
+    const connectTimer = setTimeout(
+      () => finish('upstream-refused', `no answer from ${upstreamText} within the connect timeout`),
+      this.o.connectTimeoutMs ?? 5_000,
+    );
+    let connected = false;
+    up.once('connect', () => {
+      connected = true;
+      clearTimeout(connectTimer);
+      // Backpressure both ways (pipe pauses the reader while the writer is full); an end from one
+      // side becomes a half-close towards the other, and each socket closes once both of its
+      // directions are done, so the connection is finished when both sockets have closed.
+      client.pipe(up);
+      up.pipe(client);
+      client.resume();
+      // The client socket sees traffic both ways (it reads one and writes the other), so its
+      // inactivity timer is the connection's.
+      if (this.o.idleTimeoutMs > 0) client.setTimeout(this.o.idleTimeoutMs, () => finish('idle'));
+    });
+    let closes = 0;
+    const closed = () => {
+      if (++closes === 2) finish('done');
+    };
+    up.once('close', closed);
+    client.once('close', () => {
+      if (connected) closed();
+      else finish('client-error', 'the client left before the upstream answered');
+    });
+    up.once('error', (err) => {
+      clearTimeout(connectTimer);
+      if (!connected) {
+        c.refused++;
+        this.o.logger.warn(
+          { listen: l.spec.listen, upstream: upstreamText, err: errorMessage(err) },
+          'tcp upstream refused',
+        );
+        finish('upstream-refused', errorMessage(err));
+        return;
+      }
+      finish('upstream-error', errorMessage(err));
+    });
+    client.once('error', (err) => finish('client-error', errorMessage(err)));
+  }
+}
+
+function isAddress(s: string): boolean {
+  return parseCidr(s) !== undefined && !s.includes('/');
+}
+
+function hostPort(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}

@@ -1,0 +1,78 @@
+// Client allow-lists: CIDR parsing and matching, IPv4 and IPv6. Pure.
+import { isIP } from 'node:net';
+
+export interface Cidr {
+  /** The network as written back canonically, e.g. "10.0.0.0/8". */
+  text: string;
+  family: 4 | 6;
+  bits: bigint;
+  prefix: number;
+}
+
+/** "10.0.0.0/8", "127.0.0.5" (a single address), "fd00::/8"; undefined when it is none of these. */
+export function parseCidr(raw: string): Cidr | undefined {
+  const s = raw.trim();
+  const slash = s.indexOf('/');
+  const addr = slash < 0 ? s : s.slice(0, slash);
+  const family = isIP(addr);
+  if (family !== 4 && family !== 6) return undefined;
+  const width = family === 4 ? 32 : 128;
+  let prefix = width;
+  if (slash >= 0) {
+    const p = s.slice(slash + 1);
+    if (!/^\d{1,3}$/.test(p) || Number(p) > width) return undefined;
+    prefix = Number(p);
+  }
+  const bits = toBits(addr, family) & mask(prefix, width);
+  return { text: `${fromBits(bits, family)}/${prefix}`, family, bits, prefix };
+}
+
+/** A comma-separated list; the entries that are not CIDRs are returned as `bad`. */
+export function parseCidrList(raw: string): { cidrs: Cidr[]; bad: string[] } {
+  const cidrs: Cidr[] = [];
+  const bad: string[] = [];
+  for (const part of raw.split(',')) {
+    const c = parseCidr(part);
+    if (c) cidrs.push(c);
+    else bad.push(part.trim());
+  }
+  return { cidrs, bad };
+}
+
+/** Whether a client address (IPv4, IPv6 or IPv4-mapped IPv6) is inside any of the networks. */
+export function cidrsContain(cidrs: readonly Cidr[], address: string): boolean {
+  let addr = address;
+  if (addr.startsWith('::ffff:') && isIP(addr.slice(7)) === 4) addr = addr.slice(7);
+  const family = isIP(addr);
+  if (family !== 4 && family !== 6) return false;
+  const bits = toBits(addr, family);
+  const width = family === 4 ? 32 : 128;
+  return cidrs.some((c) => c.family === family && (bits & mask(c.prefix, width)) === c.bits);
+}
+
+function mask(prefix: number, width: number): bigint {
+  return prefix === 0 ? 0n : ((1n << BigInt(prefix)) - 1n) << BigInt(width - prefix);
+}
+
+function toBits(addr: string, family: 4 | 6): bigint {
+  if (family === 4) return addr.split('.').reduce((acc, o) => (acc << 8n) | BigInt(Number(o)), 0n);
+  let s = addr.split('%')[0]!;
+  // An embedded IPv4 tail (::ffff:1.2.3.4) becomes two hextets.
+  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(s);
+  if (v4) {
+    const n = toBits(v4[1]!, 4);
+    s = `${s.slice(0, -v4[1]!.length)}${(n >> 16n).toString(16)}:${(n & 0xffffn).toString(16)}`;
+  }
+  const [head, tail] = s.includes('::') ? s.split('::') : [s, undefined];
+  const h = head ? head.split(':') : [];
+  const t = tail ? tail.split(':') : [];
+  const groups = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill('0'), ...t];
+  return groups.reduce((acc, g) => (acc << 16n) | BigInt(Number.parseInt(g || '0', 16)), 0n);
+}
+
+function fromBits(bits: bigint, family: 4 | 6): string {
+  if (family === 4) return [24n, 16n, 8n, 0n].map((s) => String((bits >> s) & 255n)).join('.');
+  const groups: string[] = [];
+  for (let i = 7; i >= 0; i--) groups.push(((bits >> BigInt(i * 16)) & 0xffffn).toString(16));
+  return groups.join(':');
+}
