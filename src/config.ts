@@ -17,7 +17,7 @@ export interface FlagDef {
 }
 
 const SERVE = ['standalone', 'server'];
-const CLIENT = ['routes', 'status', 'reconcile', 'keys', 'agents', 'exec', 'audit'];
+const CLIENT = ['routes', 'status', 'reconcile', 'keys', 'agents', 'exec', 'audit', 'password'];
 /** Commands that watch a Docker engine. */
 const WATCH = ['standalone', 'agent'];
 
@@ -201,6 +201,12 @@ export const FLAGS: FlagDef[] = [
     default: [],
     help: "Exec rules the server allows for this key's agents (narrows the agents' own rules); repeatable",
     for: ['keys'],
+  },
+  {
+    name: 'metrics-listen',
+    kind: 'string',
+    help: 'Serve Prometheus /metrics for this agent on host:port (off by default: agents open no port)',
+    for: ['agent'],
   },
   {
     name: 'exec-policy',

@@ -79,6 +79,20 @@ export type Decision =
   | { allowed: true; rule: string }
   | { allowed: false; reason: string; considered: string[] };
 
+/** Every rule that applies to a container on this host, labels first; none when exec is off. */
+export function rulesFor(
+  container: { name: string; labels: Record<string, string> },
+  policy: ExecPolicy,
+  prefix: string,
+): string[] {
+  if (!policy.enabled) return [];
+  return [
+    ...(policy.ignoreLabels ? [] : rulesFromLabels(container.labels, prefix)),
+    ...(policy.allow[container.name] ?? []),
+    ...(policy.allow['*'] ?? []),
+  ];
+}
+
 export function decide(
   argv: string[],
   container: { name: string; labels: Record<string, string> },
@@ -91,11 +105,7 @@ export function decide(
     return { allowed: false, reason: 'exec is disabled on this host by its policy file', considered: [] };
   const problems = checkArgv(argv);
   if (problems.length > 0) return { allowed: false, reason: problems.join('; '), considered: [] };
-  const considered = [
-    ...(policy.ignoreLabels ? [] : rulesFromLabels(container.labels, prefix)),
-    ...(policy.allow[container.name] ?? []),
-    ...(policy.allow['*'] ?? []),
-  ];
+  const considered = rulesFor(container, policy, prefix);
   const match = considered.find((r) => {
     const rule = parseRule(r);
     return rule !== undefined && matchRule(rule, argv);

@@ -17,6 +17,8 @@ export interface ExecRunnerOptions {
 
 export class ExecRunner {
   private running = 0;
+  /** Requests by what happened to them, for the agent's metrics. */
+  readonly counters = { allowed: 0, denied: 0, busy: 0 };
 
   constructor(private readonly o: ExecRunnerOptions) {}
 
@@ -24,6 +26,7 @@ export class ExecRunner {
     const { logger, policy, send } = this.o;
     const log = logger.child({ execId: req.id, container: req.container, argv: req.argv });
     if (this.running >= policy.maxConcurrent) {
+      this.counters.busy++;
       log.warn({ decision: 'busy' }, 'exec refused: too many running');
       return send({
         type: 'exec.error',
@@ -54,9 +57,11 @@ export class ExecRunner {
     }
     const d = decide(req.argv, container, policy, this.o.labelPrefix, req.serverRules);
     if (!d.allowed) {
+      this.counters.denied++;
       log.info({ decision: 'denied', reason: d.reason }, 'exec denied');
       return send({ type: 'exec.denied', id: req.id, reason: d.reason, considered: d.considered });
     }
+    this.counters.allowed++;
     log.info({ decision: 'allowed', rule: d.rule }, 'exec allowed');
     this.running++;
     try {

@@ -38,6 +38,10 @@ export class ServerLink {
   agentId?: string;
   status = 'disconnected';
   connects = 0;
+  get connected(): boolean {
+    return this.ws?.readyState === WebSocket.OPEN;
+  }
+  snapshotsSent = 0;
 
   constructor(private readonly o: LinkOptions) {
     mkdirSync(o.dataDir, { recursive: true, mode: 0o700 });
@@ -154,6 +158,7 @@ export class ServerLink {
   private sendSnapshot(): void {
     if (!this.snapshot || !this.agentId || this.ws?.readyState !== WebSocket.OPEN) return;
     this.ws.send(JSON.stringify({ type: 'snapshot', snapshot: { ...this.snapshot, agentId: this.agentId } }));
+    this.snapshotsSent++;
   }
 
   private sendHeartbeat(): void {

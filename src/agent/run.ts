@@ -1,12 +1,15 @@
 // `berth agent`: the Docker watcher of `berth standalone`, reporting over one outbound WebSocket.
 import { readFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import type { Logger } from 'pino';
-import type { Config } from '../config.js';
+import { type Config, parseListen } from '../config.js';
 import { UserError } from '../errors.js';
+import { type MetricFamily, renderMetrics, simple } from '../metrics.js';
 import { VERSION } from '../version.js';
 import { createDockerSource } from './docker.js';
+import { rulesFor } from './exec-policy.js';
 import { loadExecPolicy } from './exec-policy-file.js';
 import { ExecRunner } from './exec-runner.js';
 import { ServerLink } from './link.js';
@@ -85,6 +88,7 @@ export async function runAgent(config: Config, logger: Logger): Promise<RunningA
       },
       logger: logger.child({ component: 'watcher' }),
       resyncIntervalMs: Number(config['resync-interval']),
+      execRules: (c) => rulesFor(c, policy, String(config['label-prefix'])),
       onSnapshot: (s) => link.publish(s),
     });
     w.start();
@@ -96,11 +100,50 @@ export async function runAgent(config: Config, logger: Logger): Promise<RunningA
     watcher = startWatcher(fixedIp);
   }
   link.start();
-  logger.info({ server, name, docker: endpoint }, 'berth agent running');
+  const metrics = config['metrics-listen']
+    ? await serveMetrics(String(config['metrics-listen']), () => {
+        const s = watcher?.current;
+        return [
+          simple(
+            'berth_agent_connected',
+            'Whether the agent is connected to its server',
+            'gauge',
+            link.connected ? 1 : 0,
+          ),
+          simple('berth_agent_connects_total', 'Connections made to the server', 'counter', link.connects),
+          simple(
+            'berth_agent_snapshots_sent_total',
+            'Snapshots sent to the server',
+            'counter',
+            link.snapshotsSent,
+          ),
+          simple(
+            'berth_agent_docker_connected',
+            'Whether Docker answers',
+            'gauge',
+            watcher?.isConnected ? 1 : 0,
+          ),
+          simple('berth_agent_containers', 'Containers on this host', 'gauge', s?.containers.length ?? 0),
+          simple(
+            'berth_agent_routes',
+            'Routes from this host (HTTP and TCP)',
+            'gauge',
+            (s?.routes.length ?? 0) + (s?.tcp?.length ?? 0),
+          ),
+          simple('berth_agent_exec_requests_total', 'Exec requests by outcome', 'counter', [
+            [{ outcome: 'allowed' }, runner.counters.allowed],
+            [{ outcome: 'denied' }, runner.counters.denied],
+            [{ outcome: 'busy' }, runner.counters.busy],
+          ]),
+        ];
+      })
+    : undefined;
+  logger.info({ server, name, docker: endpoint, metrics: config['metrics-listen'] }, 'berth agent running');
   return {
     async stop() {
       watcher?.stop();
       link.stop();
+      metrics?.close();
     },
   };
 }
@@ -119,4 +162,25 @@ function agentKey(config: Config): string {
     'CONFIG_INVALID',
     'an agent key is required: --key, --key-file or BERTH_AGENT_KEY (berth keys create prints one)',
   );
+}
+
+/** GET /metrics on its own small listener; the agent opens no other port. */
+async function serveMetrics(listen: string, families: () => MetricFamily[]): Promise<Server> {
+  const { host, port } = parseListen('metrics-listen', listen);
+  const server = createServer((req, res) => {
+    if (req.method === 'GET' && req.url === '/metrics') {
+      res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
+      res.end(renderMetrics(families()));
+    } else {
+      res.writeHead(404, { 'content-type': 'text/plain' });
+      res.end('not found; try /metrics\n');
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err) =>
+      reject(new UserError('CONFIG_INVALID', `--metrics-listen ${listen}: ${err.message}`)),
+    );
+    server.listen({ host: host || '127.0.0.1', port }, resolve);
+  });
+  return server;
 }

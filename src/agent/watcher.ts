@@ -27,6 +27,8 @@ export interface WatcherOptions {
   logger: Logger;
   onSnapshot: (s: Snapshot) => void;
   resyncIntervalMs?: number;
+  /** The exec rules that apply to a container here, reported so people can pick a command. */
+  execRules?: (c: ContainerInfo) => string[];
   /** Quiet period that gathers a burst of events into one re-list. */
   debounceMs?: number;
 }
@@ -152,6 +154,7 @@ export class DockerWatcher {
         id: c.id,
         name: c.name,
         ...serviceOf(c.labels),
+        ...execRulesOf(c, this.o.execRules),
         state: c.state,
         health: c.health,
         labelled:
@@ -184,4 +187,9 @@ export class DockerWatcher {
 function serviceOf(labels: Record<string, string>): { service?: string } {
   const service = labels['com.docker.swarm.service.name'] ?? labels['com.docker.compose.service'];
   return service ? { service } : {};
+}
+
+function execRulesOf(c: ContainerInfo, fn?: (c: ContainerInfo) => string[]): { execRules?: string[] } {
+  const rules = fn?.(c) ?? [];
+  return rules.length > 0 ? { execRules: rules.slice(0, 64) } : {};
 }

@@ -22,6 +22,7 @@ const COMMANDS: Record<string, string> = {
   agents: 'Agents: list | approve ID | remove ID',
   exec: 'Run an allowed command in a container on any host: exec [--agent A] <container|service> -- <argv…>',
   audit: 'List exec requests, allowed or denied (--json)',
+  password: 'Set the web UI password: password set (reads it from stdin, at least 12 characters)',
   routes: 'List every route with its owner and status (--json)',
   status: 'Show server, agent and Caddy status (--json)',
   reconcile: 'Ask the server to reconcile now (--force re-sends everything)',
@@ -78,6 +79,14 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
         return await execCommand(config, apiClient(config, env), rest);
       case 'audit':
         return await auditCommand(config, apiClient(config, env), out);
+      case 'password': {
+        if (rest[0] !== 'set')
+          throw new UserError('CONFIG_INVALID', 'usage: echo "$PASSWORD" | berth password set');
+        const password = (await readStdin()).replace(/\r?\n$/, '');
+        await apiClient(config, env).post('/api/ui-password', { password });
+        out('web UI password set; sign in at <server>/ui/');
+        return 0;
+      }
       case 'routes':
         return await routesCommand(config, apiClient(config, env), out);
       case 'status':
@@ -147,4 +156,15 @@ if (isMain) {
       process.exit(70);
     },
   );
+}
+
+async function readStdin(): Promise<string> {
+  if (process.stdin.isTTY)
+    throw new UserError(
+      'CONFIG_INVALID',
+      'pipe the password on stdin: echo "$PASSWORD" | berth password set',
+    );
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
 }

@@ -93,6 +93,7 @@ const snapshotSchema = {
           id: str,
           name: str,
           service: str,
+          execRules: { type: 'array', maxItems: 64, items: str },
           state: str,
           health: str,
           labelled: { type: 'boolean' },

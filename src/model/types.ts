@@ -104,6 +104,8 @@ export interface ContainerSummary {
   name: string;
   /** Swarm service (or compose service) the container is a task of: exec can target it by name. */
   service?: string;
+  /** Exec rules that apply to this container on its host (labels and the agent's policy file). */
+  execRules?: string[];
   state: string;
   health: ContainerInfo['health'];
   labelled: boolean;

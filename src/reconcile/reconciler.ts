@@ -31,7 +31,8 @@ export interface ReconcilerOptions {
    * wait for it; a long burst of changes costs at most ~`perSecond` applies a second.
    */
   budget?: { burst: number; perSecond: number };
-  onPass?: (s: ReconcileState) => void;
+  /** After every completed pass: when it started, and how long each Caddy apply took. */
+  onPass?: (s: ReconcileState, info: { startedAt: number; applyMs: number[] }) => void;
 }
 
 export class Reconciler {
@@ -98,6 +99,8 @@ export class Reconciler {
     const force = this.force;
     this.force = false;
     let failed = false;
+    const startedAt = Date.now();
+    const applyMs: number[] = [];
     try {
       const desired = computeDesired(this.o.source());
       let tcp = new Map<number, ListenerStatus>();
@@ -114,6 +117,7 @@ export class Reconciler {
         try {
           const r = await t.apply(desired.sites);
           if (r.changed) {
+            applyMs.push(t.stats.lastApplyMs ?? 0);
             this.counters.applies++;
             this.counters.loads += r.loads;
             this.o.logger.info(
@@ -143,7 +147,7 @@ export class Reconciler {
       }
       this.counters.passes++;
       this.state = { desired, targets: results, tcp, passes: this.counters.passes, completedAt: Date.now() };
-      this.o.onPass?.(this.state);
+      this.o.onPass?.(this.state, { startedAt, applyMs });
     } catch (err) {
       failed = true;
       this.o.logger.error({ err: errorMessage(err) }, 'reconcile pass failed');

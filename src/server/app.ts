@@ -2,14 +2,18 @@
 import Fastify, { type FastifyBaseLogger, type FastifyError } from 'fastify';
 import type { Logger } from 'pino';
 import { UserError } from '../errors.js';
+import { type MetricFamily, renderMetrics } from '../metrics.js';
 import type { RouteView } from '../model/types.js';
 import type { Store } from '../store/store.js';
 import { tokenMatches } from './auth.js';
+import type { EventBus } from './events.js';
 import type { ExecBroker } from './exec.js';
-import { type MetricFamily, renderMetrics } from './metrics.js';
+import { openapi } from './openapi.js';
 import type { Registry } from './registry.js';
 import { execRoutes } from './routes/exec.js';
 import { fleetRoutes } from './routes/fleet.js';
+import { uiRoutes } from './routes/ui.js';
+import { CSRF_HEADER, csrfMatches, readCookie, SESSION_COOKIE, type UiAuth } from './ui-auth.js';
 
 export interface StatusReport {
   version: string;
@@ -35,6 +39,8 @@ export interface AppDeps {
   /** Metric families for /metrics. */
   metrics?: () => MetricFamily[];
   reconcile: (force: boolean) => Promise<{ passes: number }>;
+  /** The web UI: sign-in and live events. */
+  ui?: { auth: UiAuth; events: EventBus };
 }
 
 export function buildApp(deps: AppDeps) {
@@ -77,13 +83,20 @@ export function buildApp(deps: AppDeps) {
     if (!req.url.startsWith('/api/')) return;
     const h = req.headers.authorization ?? '';
     const m = /^Bearer (.+)$/.exec(h);
-    if (!m || !tokenMatches(m[1]!.trim(), deps.tokenHash)) {
-      throw new UserError(
-        'UNAUTHORIZED',
-        m ? 'invalid token' : 'missing bearer token (Authorization: Bearer <admin token>)',
-      );
+    if (m) {
+      if (!tokenMatches(m[1]!.trim(), deps.tokenHash)) throw new UserError('UNAUTHORIZED', 'invalid token');
+      return;
+    }
+    // A UI session: reads need the cookie; changes also need the page's CSRF token.
+    const session = deps.ui?.auth.lookup(readCookie(req.headers.cookie, SESSION_COOKIE));
+    if (!session) {
+      throw new UserError('UNAUTHORIZED', 'missing bearer token (Authorization: Bearer <admin token>)');
+    }
+    if (req.method !== 'GET' && req.method !== 'HEAD' && !csrfMatches(session, req.headers[CSRF_HEADER])) {
+      throw new UserError('FORBIDDEN', `missing or wrong ${CSRF_HEADER} header for a signed-in change`);
     }
   });
+  openapi(app);
 
   // Liveness plus each TCP listener's state; unauthenticated, so it names no upstream or client.
   app.get('/healthz', async () => {
@@ -121,6 +134,7 @@ export function buildApp(deps: AppDeps) {
     },
   );
 
+  if (deps.ui) uiRoutes(app, { ...deps.ui, registry: deps.registry });
   if (deps.registry) fleetRoutes(app, deps.registry);
   if (deps.registry && deps.exec) execRoutes(app, deps.exec.broker, deps.registry, deps.exec.store);
 

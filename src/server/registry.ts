@@ -16,6 +16,7 @@ import {
 import { Reconciler, type ReconcileState } from '../reconcile/reconciler.js';
 import type { AgentRecord, KeyRecord, Store } from '../store/store.js';
 import { hashToken } from './auth.js';
+import type { EventBus } from './events.js';
 
 interface Live {
   connected: boolean;
@@ -61,6 +62,8 @@ export class Registry {
   private readonly snapshots = new Map<string, Snapshot>();
   private readonly live = new Map<string, Live>();
   private changeListeners: (() => void)[] = [];
+  /** Where fleet events go (agents enrolling, connecting, approved, removed; keys). */
+  events?: EventBus;
   private dropListeners: ((agentIds: string[], reason: string) => void)[] = [];
 
   constructor(
@@ -118,6 +121,7 @@ export class Registry {
     if (o.execAllow) key.execAllow = o.execAllow;
     await this.store.saveKey(key);
     this.keys.set(key.id, key);
+    this.events?.emit('key.created', `key ${key.name} created`, { keyId: key.id, key: key.name });
     return { key: this.keySummary(key), secret };
   }
 
@@ -162,6 +166,11 @@ export class Registry {
       await this.store.saveKey(k);
       const ids = [...this.agents.values()].filter((a) => a.keyId === k.id).map((a) => a.id);
       for (const fn of this.dropListeners) fn(ids, `key ${k.name} was revoked`);
+      this.events?.emit('key.revoked', `key ${k.name} revoked`, {
+        keyId: k.id,
+        key: k.name,
+        agents: ids.length,
+      });
       this.changed();
     }
     return this.keySummary(k);
@@ -217,6 +226,11 @@ export class Registry {
     this.agents.set(a.id, a);
     await this.store.upsertAgent(a);
     this.live.set(a.id, { connected: true, lastHeartbeatAt: now });
+    this.events?.emit(
+      'agent.connected',
+      a.approved ? `agent ${a.name} connected` : `agent ${a.name} connected and waits for approval`,
+      { agentId: a.id, agent: a.name, approved: a.approved },
+    );
     this.changed();
     return a;
   }
@@ -248,6 +262,7 @@ export class Registry {
     if (!a.approved) {
       a.approved = true;
       await this.store.upsertAgent(a);
+      this.events?.emit('agent.approved', `agent ${a.name} approved`, { agentId: a.id, agent: a.name });
       this.changed();
     }
     return this.agentSummary(a);
@@ -264,6 +279,7 @@ export class Registry {
     await this.store.deleteAgent(a.id);
     await this.store.deleteSnapshot(a.id);
     for (const fn of this.dropListeners) fn([a.id], 'the agent was removed');
+    this.events?.emit('agent.removed', `agent ${a.name} removed`, { agentId: a.id, agent: a.name });
     this.changed();
     return summary;
   }
@@ -291,6 +307,8 @@ export class Registry {
     if (!l) return;
     l.connected = false;
     l.disconnectedAt = this.clock();
+    const name = this.agents.get(agentId)?.name ?? agentId;
+    this.events?.emit('agent.disconnected', `agent ${name} disconnected`, { agentId, agent: name });
     this.changed();
   }
 

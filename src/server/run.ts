@@ -7,6 +7,7 @@ import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { createDockerSource, type DockerSource } from '../agent/docker.js';
+import { rulesFor } from '../agent/exec-policy.js';
 import { loadExecPolicy } from '../agent/exec-policy-file.js';
 import { ExecRunner } from '../agent/exec-runner.js';
 import { DockerWatcher } from '../agent/watcher.js';
@@ -17,15 +18,17 @@ import type { TlsMode } from '../ingress/caddy/config.js';
 import { CaddySupervisor } from '../ingress/caddy/supervisor.js';
 import { CaddyTarget } from '../ingress/caddy/target.js';
 import { TcpForwarder } from '../ingress/tcp/forwarder.js';
+import { Histogram, simple, tcpMetrics } from '../metrics.js';
 import { Reconciler } from '../reconcile/reconciler.js';
 import { SqliteStore } from '../store/sqlite.js';
 import { VERSION } from '../version.js';
 import { AgentHub } from './agent-hub.js';
 import { buildApp, type StatusReport } from './app.js';
 import { ensureAdminToken } from './auth.js';
+import { EventBus } from './events.js';
 import { ExecBroker } from './exec.js';
-import { tcpMetrics } from './metrics.js';
 import { Registry } from './registry.js';
+import { UiAuth } from './ui-auth.js';
 export const LOCAL_AGENT_ID = 'local';
 
 export interface RunningServer {
@@ -54,6 +57,9 @@ export async function runServer(
     offlineGraceMs: Number(config['offline-grace']),
   });
   await registry.load();
+  const events = new EventBus();
+  registry.events = events;
+  const uiAuth = new UiAuth(store, token.hash);
 
   const httpBind = config['http-bind'] === undefined ? undefined : String(config['http-bind']);
   const httpListen = bindListen('http-listen', String(config['http-listen']), httpBind);
@@ -92,9 +98,64 @@ export async function runServer(
   const tcpBind = tcp.bindStatus();
   if (tcpBind.error) logger.warn(tcpBind, 'TCP listeners wait for their bind address');
 
-  reconciler = new Reconciler({ source: () => registry.admitted().agentRoutes, targets, tcp, logger });
+  // Convergence: from the first change a pass has not yet seen to the end of the pass that applied it.
+  const convergence = new Histogram(
+    'berth_convergence_seconds',
+    'Time from a change reaching the server (snapshot, approval, revocation) to the end of the reconcile pass that applied it',
+  );
+  const applyDuration = new Histogram('berth_caddy_apply_seconds', 'Duration of Caddy config applies');
+  let changedSince: number | undefined;
+  let lastErrors = new Set<string>();
+  reconciler = new Reconciler({
+    source: () => registry.admitted().agentRoutes,
+    targets,
+    tcp,
+    logger,
+    onPass: (state, info) => {
+      if (changedSince !== undefined && info.startedAt >= changedSince) {
+        convergence.observe((Date.now() - changedSince) / 1000);
+        changedSince = undefined;
+      }
+      for (const ms of info.applyMs) applyDuration.observe(ms / 1000);
+      if (info.applyMs.length > 0) {
+        events.emit(
+          'caddy.applied',
+          `applied ${state.desired.sites.length} site${state.desired.sites.length === 1 ? '' : 's'} to Caddy`,
+          {
+            sites: state.desired.sites.length,
+            ms: Math.max(...info.applyMs),
+          },
+        );
+      }
+      for (const t of state.targets)
+        if (t.error) events.emit('caddy.failed', `Caddy apply failed: ${t.error}`, { error: t.error });
+      // Routes that newly have an error, once each.
+      const now = new Set<string>();
+      for (const r of registry.routeViews(state)) {
+        if (r.status !== 'error') continue;
+        const key = `${r.agentId}:${r.id}:${r.errors.join('|')}`;
+        now.add(key);
+        if (!lastErrors.has(key)) {
+          const what =
+            r.kind === 'tcp' ? `tcp :${r.listen}` : r.hosts.join(', ') || `container ${r.container.name}`;
+          events.emit(
+            'route.rejected',
+            `${what} (${r.agentName}/${r.container.name}): ${r.errors.join('; ')}`,
+            {
+              agentId: r.agentId,
+              routeId: r.id,
+            },
+          );
+        }
+      }
+      lastErrors = now;
+    },
+  });
   const rec = reconciler;
-  registry.onChange(() => rec.wake());
+  registry.onChange(() => {
+    changedSince ??= Date.now();
+    rec.wake();
+  });
 
   if (supervisor) await supervisor.start();
   // Serve what the store remembers before any agent reports: a restart must not empty the front door.
@@ -116,6 +177,7 @@ export async function runServer(
       'host IP for published and host-network ports',
     );
     await registry.ensureLocalAgent(hostname());
+    const execPolicy = loadExecPolicy(config);
     localSource = createDockerSource(endpoint);
     watcher = new DockerWatcher({
       agentId: LOCAL_AGENT_ID,
@@ -127,6 +189,7 @@ export async function runServer(
       },
       logger: logger.child({ component: 'agent' }),
       resyncIntervalMs: Number(config['resync-interval']),
+      execRules: (c) => rulesFor(c, execPolicy, String(config['label-prefix'])),
       onSnapshot: (s) => {
         registry
           .replaceAgentState(s)
@@ -136,7 +199,7 @@ export async function runServer(
     watcher.start();
     localExec = new ExecRunner({
       source: localSource,
-      policy: loadExecPolicy(config),
+      policy: execPolicy,
       labelPrefix: String(config['label-prefix']),
       logger: logger.child({ component: 'exec' }),
       send: (e) => broker.onAgentEvent(LOCAL_AGENT_ID, e),
@@ -212,6 +275,12 @@ export async function runServer(
       agentId === LOCAL_AGENT_ID ? Boolean(watcher?.isConnected) : hub.connected(agentId),
   });
   hub.exec = broker;
+  broker.onAudit = (a) =>
+    events.emit(
+      'exec',
+      `exec ${a.decision} on ${a.agentName || '?'}/${a.container}: ${a.argv.join(' ')}${a.exitCode === undefined ? '' : ` (exit ${a.exitCode})`}`,
+      { agent: a.agentName, container: a.container, decision: a.decision, exitCode: a.exitCode },
+    );
   const app = buildApp({
     logger,
     tokenHash: token.hash,
@@ -231,7 +300,40 @@ export async function runServer(
         })),
       },
     }),
-    metrics: () => tcpMetrics(tcp),
+    metrics: () => {
+      const agents = registry.listAgents();
+      const routes = registry.routeViews(rec.state);
+      const count = <T>(list: T[], key: (x: T) => string, all: string[]) =>
+        all.map(
+          (v) => [{ status: v }, list.filter((x) => key(x) === v).length] as [Record<string, string>, number],
+        );
+      return [
+        convergence.family(),
+        applyDuration.family(),
+        simple('berth_reconcile_passes_total', 'Reconcile passes', 'counter', rec.counters.passes),
+        simple('berth_caddy_applies_total', 'Config applies sent to Caddy', 'counter', rec.counters.applies),
+        simple('berth_caddy_apply_failures_total', 'Failed Caddy applies', 'counter', rec.counters.failures),
+        simple(
+          'berth_agents',
+          'Agents by status',
+          'gauge',
+          count(agents, (a) => a.status, ['online', 'stale', 'offline', 'pending', 'revoked']),
+        ),
+        simple(
+          'berth_routes',
+          'Routes by status',
+          'gauge',
+          count(routes, (r) => r.status, ['applied', 'pending', 'error']),
+        ),
+        simple('berth_exec_requests_total', 'Exec requests by outcome', 'counter', [
+          [{ outcome: 'allowed' }, broker.counters.allowed],
+          [{ outcome: 'denied' }, broker.counters.denied],
+          [{ outcome: 'error' }, broker.counters.errors],
+        ]),
+        ...tcpMetrics(tcp),
+      ];
+    },
+    ui: { auth: uiAuth, events },
     reconcile: async (force) => {
       rec.wake({ force });
       await rec.idle();

@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AgentProcess, type BerthProcess, startAgent, startBerth } from './support/berth.js';
 import { useCleanup } from './support/cleanup.js';
 import { importBusybox, startDockerd, type TestDockerd } from './support/dockerd.js';
+import { freePort } from './support/ports.js';
 import { waitUntil } from './support/proc.js';
 
 useCleanup();
@@ -14,6 +15,7 @@ const IMAGE = 'berth-test/busybox:latest';
 let server: BerthProcess;
 let h: TestDockerd;
 let agent: AgentProcess;
+let metricsPort: number;
 
 const RULES = {
   'berth.exec.allow': 'echo hello *',
@@ -45,6 +47,7 @@ beforeAll(async () => {
     (await server.cli(['keys', 'create', '--name', 'exec-host', '--auto-approve', '--json'])).stdout,
   );
   const policy = join(server.dataDir, 'exec-policy.json');
+  metricsPort = await freePort();
   writeFileSync(
     policy,
     JSON.stringify({ maxOutputBytes: 10_000, maxConcurrent: 2, allow: { plain: ['id'] } }),
@@ -55,7 +58,7 @@ beforeAll(async () => {
     docker: h.dockerHost,
     hostIp: '127.0.0.2',
     name: 'exechost',
-    args: ['--exec-policy', policy],
+    args: ['--exec-policy', policy, '--metrics-listen', `127.0.0.1:${metricsPort}`],
   });
   await waitUntil(async () => (await server.cli(['exec', 'app', '--', 'echo', 'hello', 'x'])).code === 0, {
     timeoutMs: 20_000,
@@ -274,6 +277,20 @@ describe('berth exec', () => {
       /names containers on several agents \(.*\); pick one with --agent/,
     );
     await narrow.stop();
+  });
+
+  it('counts requests, convergence and agents in the server and agent metrics', async () => {
+    const agentMetrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    expect(agentMetrics).toMatch(/^berth_agent_connected 1$/m);
+    expect(agentMetrics).toMatch(/^berth_agent_exec_requests_total\{outcome="allowed"\} [1-9]/m);
+    expect(agentMetrics).toMatch(/^berth_agent_exec_requests_total\{outcome="denied"\} [1-9]/m);
+    expect(agentMetrics).toMatch(/^berth_agent_snapshots_sent_total [1-9]/m);
+    const m = await (await fetch(`${server.apiUrl}/metrics`)).text();
+    expect(m).toMatch(/^berth_agents\{status="online"\} [1-9]/m);
+    expect(m).toMatch(/^berth_exec_requests_total\{outcome="allowed"\} [1-9]/m);
+    expect(m).toMatch(/^berth_convergence_seconds_count [1-9]/m);
+    expect(m).toMatch(/^berth_convergence_seconds_bucket\{le="\+Inf"\} [1-9]/m);
+    expect(m).toMatch(/^# TYPE berth_caddy_apply_seconds histogram$/m);
   });
 
   it('reports a gone container and an offline agent clearly', async () => {

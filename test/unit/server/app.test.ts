@@ -1,7 +1,13 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import pino from 'pino';
 import { describe, expect, it } from 'vitest';
 import { buildApp } from '../../../src/server/app.js';
 import { hashToken } from '../../../src/server/auth.js';
+import { EventBus } from '../../../src/server/events.js';
+import { UiAuth } from '../../../src/server/ui-auth.js';
+import { SqliteStore } from '../../../src/store/sqlite.js';
 
 const TOKEN = 'berth_admin_test_token';
 
@@ -80,5 +86,117 @@ describe('API', () => {
     });
     expect(ok.statusCode).toBe(200);
     expect(calls).toEqual([true]);
+  });
+});
+
+describe('UI sessions', () => {
+  async function uiApp() {
+    const dir = mkdtempSync(join(tmpdir(), 'bui-'));
+    const store = SqliteStore.openDataDir(dir);
+    const auth = new UiAuth(store, hashToken(TOKEN));
+    const a = buildApp({
+      logger: pino({ level: 'silent' }),
+      tokenHash: hashToken(TOKEN),
+      routes: () => [],
+      status: () => ({}) as never,
+      reconcile: async () => ({ passes: 1 }),
+      ui: { auth, events: new EventBus() },
+    });
+    return { a, auth, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+  }
+  const cookieOf = (r: { headers: Record<string, unknown> }) =>
+    String(r.headers['set-cookie']).split(';')[0]!;
+
+  it('signs in with the token into an HttpOnly, SameSite=Strict cookie, and changes need the CSRF header', async () => {
+    const { a, cleanup } = await uiApp();
+    const login = await a.inject({ method: 'POST', url: '/ui/login', payload: { token: TOKEN } });
+    expect(login.statusCode).toBe(200);
+    const setCookie = String(login.headers['set-cookie']);
+    expect(setCookie).toMatch(
+      /^berth_session=[\w-]{40,}; Path=\/; HttpOnly; SameSite=Strict; Max-Age=43200$/,
+    );
+    const behindTls = await a.inject({
+      method: 'POST',
+      url: '/ui/login',
+      payload: { token: TOKEN },
+      headers: { 'x-forwarded-proto': 'https' },
+    });
+    expect(String(behindTls.headers['set-cookie'])).toMatch(/; Secure$/);
+    const cookie = cookieOf(login);
+    const { csrf } = login.json();
+    expect((await a.inject({ url: '/api/routes', headers: { cookie } })).statusCode).toBe(200);
+    const forged = await a.inject({
+      method: 'POST',
+      url: '/api/reconcile',
+      headers: { cookie },
+      payload: {},
+    });
+    expect(forged.statusCode).toBe(403);
+    expect(forged.json().error.message).toMatch(/x-berth-csrf/);
+    const wrong = await a.inject({
+      method: 'POST',
+      url: '/api/reconcile',
+      headers: { cookie, 'x-berth-csrf': 'guess' },
+      payload: {},
+    });
+    expect(wrong.statusCode).toBe(403);
+    const ok = await a.inject({
+      method: 'POST',
+      url: '/api/reconcile',
+      headers: { cookie, 'x-berth-csrf': csrf },
+      payload: {},
+    });
+    expect(ok.statusCode).toBe(200);
+    await a.inject({ method: 'POST', url: '/ui/logout', headers: { cookie, 'x-berth-csrf': csrf } });
+    expect((await a.inject({ url: '/api/routes', headers: { cookie } })).statusCode).toBe(401);
+    cleanup();
+  });
+
+  it('takes a password set through the API, refuses short ones, and rate-limits failures', async () => {
+    const { a, cleanup } = await uiApp();
+    const short = await a.inject({
+      method: 'POST',
+      url: '/api/ui-password',
+      headers: auth,
+      payload: { password: 'short' },
+    });
+    expect(short.json().error.message).toBe('the password must have at least 12 characters');
+    const set = await a.inject({
+      method: 'POST',
+      url: '/api/ui-password',
+      headers: auth,
+      payload: { password: 'correct horse battery' },
+    });
+    expect(set.statusCode).toBe(200);
+    const good = await a.inject({
+      method: 'POST',
+      url: '/ui/login',
+      payload: { password: 'correct horse battery' },
+    });
+    expect(good.statusCode).toBe(200);
+    const both = await a.inject({ method: 'POST', url: '/ui/login', payload: { password: 'x', token: 'y' } });
+    expect(both.statusCode).toBe(400);
+    for (let i = 0; i < 10; i++) {
+      const bad = await a.inject({ method: 'POST', url: '/ui/login', payload: { password: `wrong ${i}` } });
+      expect(bad.json().error.message).toBe('wrong token or password');
+    }
+    const limited = await a.inject({ method: 'POST', url: '/ui/login', payload: { token: TOKEN } });
+    expect(limited.statusCode).toBe(429);
+    cleanup();
+  });
+
+  it('describes its API in OpenAPI, with the schemas the routes enforce', async () => {
+    const { a, cleanup } = await uiApp();
+    const doc = (await a.inject({ url: '/openapi.json' })).json();
+    expect(doc.openapi).toBe('3.0.3');
+    expect(
+      doc.paths['/api/reconcile'].post.requestBody.content['application/json'].schema.properties.force,
+    ).toEqual({
+      type: 'boolean',
+    });
+    expect(doc.paths['/api/reconcile'].post.security).toEqual([{ bearer: [] }, { session: [] }]);
+    expect(doc.paths['/healthz'].get.security).toBeUndefined();
+    expect(doc.paths['/ui/login'].post).toBeDefined();
+    cleanup();
   });
 });

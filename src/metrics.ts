@@ -1,7 +1,9 @@
 // Prometheus text exposition for what the server counts. Pure rendering: callers pass numbers.
-import type { TcpForwarder } from '../ingress/tcp/forwarder.js';
+import type { TcpForwarder } from './ingress/tcp/forwarder.js';
 
 interface Sample {
+  /** Appended to the family name (histograms: _bucket, _sum, _count). */
+  suffix?: string;
   labels: Record<string, string | number>;
   value: number;
 }
@@ -9,7 +11,7 @@ interface Sample {
 interface Family {
   name: string;
   help: string;
-  type: 'counter' | 'gauge';
+  type: 'counter' | 'gauge' | 'histogram';
   samples: Sample[];
 }
 
@@ -23,10 +25,65 @@ export function renderMetrics(families: Family[]): string {
           ([k, v]) => `${k}="${String(v).replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`,
         )
         .join(',');
-      out.push(`${f.name}${labels ? `{${labels}}` : ''} ${s.value}`);
+      out.push(`${f.name}${s.suffix ?? ''}${labels ? `{${labels}}` : ''} ${s.value}`);
     }
   }
   return `${out.join('\n')}\n`;
+}
+
+/** A Prometheus histogram with fixed buckets (seconds). */
+export class Histogram {
+  private readonly counts: number[];
+  private sum = 0;
+  private count = 0;
+
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    private readonly buckets = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+  ) {
+    this.counts = buckets.map(() => 0);
+  }
+
+  observe(seconds: number): void {
+    this.sum += seconds;
+    this.count++;
+    this.buckets.forEach((b, i) => {
+      if (seconds <= b) this.counts[i]!++;
+    });
+  }
+
+  family(): Family {
+    return {
+      name: this.name,
+      help: this.help,
+      type: 'histogram',
+      samples: [
+        ...this.buckets.map((b, i) => ({
+          suffix: '_bucket',
+          labels: { le: String(b) },
+          value: this.counts[i]!,
+        })),
+        { suffix: '_bucket', labels: { le: '+Inf' }, value: this.count },
+        { suffix: '_sum', labels: {}, value: Math.round(this.sum * 1e6) / 1e6 },
+        { suffix: '_count', labels: {}, value: this.count },
+      ],
+    };
+  }
+}
+
+/** A family of one unlabelled value, or one value per label set. */
+export function simple(
+  name: string,
+  help: string,
+  type: 'counter' | 'gauge',
+  values: number | [Record<string, string | number>, number][],
+): Family {
+  const samples =
+    typeof values === 'number'
+      ? [{ labels: {}, value: values }]
+      : values.map(([labels, value]) => ({ labels, value }));
+  return { name, help, type, samples };
 }
 
 /** TCP listeners: connections by outcome, bytes each way, and open connections. */

@@ -1,0 +1,714 @@
+// Berth's web UI: plain DOM, no framework, built by tsc into dist/ui and served by the server.
+// Everything shown comes from the same API as the CLI. Text from agents (names, hostnames,
+// label errors, command output) is attacker-controllable, so it only ever goes in via
+// textContent, never as HTML.
+
+type Json = Record<string, unknown>;
+interface Agent {
+  id: string;
+  name: string;
+  kind: string;
+  status: string;
+  approved: boolean;
+  routes: number;
+  containers: number;
+  keyId?: string;
+  keyName?: string;
+  hostIp?: string;
+  version?: string;
+  heartbeatAgeSeconds?: number;
+  withheld?: string;
+}
+interface Route {
+  id: string;
+  kind: 'http' | 'tcp';
+  agentId: string;
+  agentName: string;
+  hosts: string[];
+  path: string;
+  listen?: number;
+  allow?: string[];
+  upstreams: string[];
+  container: { id: string; name: string };
+  status: string;
+  errors: string[];
+  note?: string;
+}
+interface Container {
+  agentId: string;
+  agentName: string;
+  agentStatus: string;
+  id: string;
+  name: string;
+  state: string;
+  service?: string;
+  execRules?: string[];
+}
+interface BerthEvent {
+  id: number;
+  at: number;
+  type: string;
+  message: string;
+}
+
+const PAGE_SIZE = 100;
+let csrf = '';
+let events: BerthEvent[] = [];
+let source: EventSource | undefined;
+let refreshTimer: number | undefined;
+const ui = { routeFilter: '', routeStatus: '', routePage: 0, execAgent: '', execContainer: '' };
+
+// ---- DOM helpers
+
+type Child = Node | string | number | null | undefined | false;
+function h<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attrs: Record<string, string | boolean | ((e: Event) => void)> = {},
+  ...children: Child[]
+): HTMLElementTagNameMap[K] {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (typeof v === 'function') el.addEventListener(k.replace(/^on/, ''), v);
+    else if (v === true) el.setAttribute(k, '');
+    else if (v !== false) el.setAttribute(k, v);
+  }
+  for (const c of children)
+    if (c !== null && c !== undefined && c !== false) el.append(typeof c === 'number' ? String(c) : c);
+  return el;
+}
+
+const main = () => document.getElementById('main') as HTMLElement;
+function show(...nodes: Child[]) {
+  main().replaceChildren(
+    ...(nodes.filter((n) => n !== null && n !== undefined && n !== false) as (Node | string)[]),
+  );
+}
+const statusCell = (s: string) => h('td', {}, h('span', { class: `status ${s}`, 'data-status': s }, s));
+const ago = (sec?: number) =>
+  sec === undefined ? '—' : sec < 90 ? `${Math.round(sec)} s ago` : `${Math.round(sec / 60)} min ago`;
+
+// ---- API
+
+class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+async function api<T = Json>(path: string, init: { method?: string; body?: unknown } = {}): Promise<T> {
+  const method = init.method ?? 'GET';
+  const headers: Record<string, string> = {};
+  if (method !== 'GET') headers['x-berth-csrf'] = csrf;
+  if (init.body !== undefined) headers['content-type'] = 'application/json';
+  const res = await fetch(path, {
+    method,
+    headers,
+    credentials: 'same-origin',
+    body: init.body === undefined ? undefined : JSON.stringify(init.body),
+  });
+  const text = await res.text();
+  const data = text ? JSON.parse(text) : {};
+  if (res.status === 401 && !path.startsWith('/ui/')) {
+    signedOut();
+    throw new ApiError(401, 'signed out');
+  }
+  if (!res.ok) throw new ApiError(res.status, data?.error?.message ?? `HTTP ${res.status}`);
+  return data as T;
+}
+
+function errorBox(err: unknown) {
+  return h('p', { class: 'error-box', role: 'alert' }, err instanceof Error ? err.message : String(err));
+}
+
+// ---- sign-in
+
+function signedOut() {
+  csrf = '';
+  source?.close();
+  source = undefined;
+  (document.getElementById('nav') as HTMLElement).hidden = true;
+  document.getElementById('live')?.classList.remove('on');
+  const token = h('input', {
+    type: 'password',
+    name: 'token',
+    placeholder: 'admin token',
+    autocomplete: 'off',
+  });
+  const password = h('input', {
+    type: 'password',
+    name: 'password',
+    placeholder: 'or password',
+    autocomplete: 'current-password',
+  });
+  const msg = h('div');
+  const form = h(
+    'form',
+    {
+      id: 'login',
+      onsubmit: async (e: Event) => {
+        e.preventDefault();
+        const body = token.value ? { token: token.value } : { password: password.value };
+        try {
+          const r = await api<{ csrf: string }>('/ui/login', { method: 'POST', body });
+          csrf = r.csrf;
+          signedIn();
+        } catch (err) {
+          msg.replaceChildren(errorBox(err));
+        }
+      },
+    },
+    h('label', {}, 'Admin token', token),
+    h('label', {}, 'Password (set with ', h('code', {}, 'berth password set'), ')', password),
+    h('button', { type: 'submit', class: 'primary' }, 'Sign in'),
+    msg,
+  );
+  show(h('div', { class: 'login' }, h('h2', {}, 'Sign in to Berth'), form));
+}
+
+function signedIn() {
+  (document.getElementById('nav') as HTMLElement).hidden = false;
+  connectEvents();
+  if (!location.hash || location.hash === '#/') location.hash = '#/agents';
+  else render();
+}
+
+function connectEvents() {
+  source?.close();
+  events = [];
+  source = new EventSource('/api/events');
+  source.onopen = () => document.getElementById('live')?.classList.add('on');
+  source.onerror = () => document.getElementById('live')?.classList.remove('on');
+  source.onmessage = (m) => {
+    const e = JSON.parse(m.data) as BerthEvent;
+    events.push(e);
+    if (events.length > 500) events.shift();
+    scheduleRefresh();
+  };
+}
+
+/** Live updates: a burst of events costs one re-render of the current page. */
+function scheduleRefresh() {
+  if (refreshTimer !== undefined) return;
+  refreshTimer = window.setTimeout(() => {
+    refreshTimer = undefined;
+    const page = currentPage();
+    // The exec page keeps its output; it refreshes only on demand.
+    if (page !== 'exec') void render();
+  }, 300);
+}
+
+// ---- pages
+
+function currentPage(): string {
+  return location.hash.replace(/^#\//, '').split('?')[0] || 'agents';
+}
+
+async function render() {
+  if (!csrf) return;
+  const page = currentPage();
+  for (const a of document.querySelectorAll<HTMLAnchorElement>('nav a'))
+    a.classList.toggle('active', a.dataset.page === page);
+  try {
+    if (page === 'agents') await agentsPage();
+    else if (page === 'routes') await routesPage();
+    else if (page === 'exec') await execPage();
+    else if (page === 'audit') await auditPage();
+    else if (page === 'events') eventsPage();
+    else show(h('p', {}, 'No such page.'));
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 401)) show(errorBox(err));
+  }
+}
+
+async function agentsPage() {
+  const { agents } = await api<{ agents: Agent[] }>('/api/agents');
+  const act = (label: string, cls: string, fn: () => Promise<unknown>) =>
+    h(
+      'button',
+      {
+        type: 'button',
+        class: cls,
+        onclick: async () => {
+          try {
+            await fn();
+            await render();
+          } catch (err) {
+            alert(err instanceof Error ? err.message : String(err));
+          }
+        },
+      },
+      label,
+    );
+  const rows = agents.map((a) =>
+    h(
+      'tr',
+      { 'data-agent': a.name },
+      h('td', {}, a.name, a.kind === 'local' ? h('span', { class: 'muted' }, ' (local)') : null),
+      statusCell(a.status),
+      h('td', {}, ago(a.heartbeatAgeSeconds)),
+      h('td', {}, a.version ?? '—'),
+      h('td', {}, a.hostIp ?? '—'),
+      h('td', {}, a.routes),
+      h('td', {}, a.keyName ?? '—'),
+      h(
+        'td',
+        {},
+        a.status === 'pending'
+          ? act('Approve', 'primary', () => api(`/api/agents/${a.id}/approve`, { method: 'POST', body: {} }))
+          : null,
+        a.keyId && a.status !== 'revoked'
+          ? act('Revoke key', 'danger', async () => {
+              if (confirm(`Revoke key ${a.keyName}? Every agent using it is disconnected.`))
+                await api(`/api/keys/${a.keyId}/revoke`, { method: 'POST', body: {} });
+            })
+          : null,
+        a.kind !== 'local'
+          ? act('Remove', 'danger', async () => {
+              if (confirm(`Remove agent ${a.name}?`)) await api(`/api/agents/${a.id}`, { method: 'DELETE' });
+            })
+          : null,
+      ),
+    ),
+  );
+  const name = h('input', {
+    type: 'text',
+    name: 'name',
+    placeholder: 'key name, e.g. web-hosts',
+    required: true,
+  });
+  const domains = h('input', {
+    type: 'text',
+    name: 'domains',
+    placeholder: 'domains (optional): *.example.com',
+  });
+  const auto = h('input', { type: 'checkbox', name: 'autoApprove' });
+  const created = h('div');
+  const form = h(
+    'form',
+    {
+      id: 'create-key',
+      onsubmit: async (e: Event) => {
+        e.preventDefault();
+        try {
+          const body: Json = { name: name.value, autoApprove: auto.checked };
+          const d = domains.value
+            .split(',')
+            .map((x) => x.trim())
+            .filter(Boolean);
+          if (d.length) body.domains = d;
+          const r = await api<{ key: { name: string }; secret: string }>('/api/keys', {
+            method: 'POST',
+            body,
+          });
+          created.replaceChildren(keyPanel(r.key.name, r.secret));
+        } catch (err) {
+          created.replaceChildren(errorBox(err));
+        }
+      },
+    },
+    h('strong', {}, 'New agent key'),
+    name,
+    domains,
+    h('label', {}, auto, ' approve its agents at once'),
+    h('button', { type: 'submit', class: 'primary' }, 'Create key'),
+  );
+  // Keep a key that was just shown: it is shown only once.
+  const prev = document.getElementById('key-panel');
+  show(
+    h('h2', {}, `Agents (${agents.length})`),
+    h(
+      'table',
+      { id: 'agents' },
+      h(
+        'thead',
+        {},
+        h(
+          'tr',
+          {},
+          ...['Name', 'Status', 'Heartbeat', 'Version', 'Host IP', 'Routes', 'Key', ''].map((t) =>
+            h('th', {}, t),
+          ),
+        ),
+      ),
+      h('tbody', {}, ...rows),
+    ),
+    form,
+    prev ?? created,
+  );
+}
+
+function keyPanel(name: string, secret: string): HTMLElement {
+  const server = location.origin;
+  const run = `docker run -d --name berth-agent --restart unless-stopped -v /var/run/docker.sock:/var/run/docker.sock:ro -v berth-agent:/data -e BERTH_AGENT_KEY=${secret} berth agent --server ${server} --data-dir /data`;
+  const compose = `services:\n  berth-agent:\n    image: berth\n    command: agent --server ${server} --data-dir /data\n    restart: unless-stopped\n    environment:\n      BERTH_AGENT_KEY: ${secret}\n    volumes:\n      - /var/run/docker.sock:/var/run/docker.sock:ro\n      - berth-agent:/data\nvolumes:\n  berth-agent: {}\n`;
+  const copy = (label: string, text: string) =>
+    h(
+      'button',
+      {
+        type: 'button',
+        onclick: async (e: Event) => {
+          const b = e.target as HTMLButtonElement;
+          try {
+            await navigator.clipboard.writeText(text);
+            b.textContent = 'Copied';
+          } catch {
+            b.textContent = 'Select and copy by hand';
+          }
+        },
+      },
+      label,
+    );
+  return h(
+    'div',
+    { class: 'panel', id: 'key-panel' },
+    h('p', {}, 'Key ', h('strong', {}, name), ' — shown once, store it now:'),
+    h('pre', { id: 'key-secret' }, secret),
+    copy('Copy key', secret),
+    h('p', {}, 'Run the agent on the Docker host:'),
+    h('pre', {}, run),
+    copy('Copy docker run', run),
+    h('p', {}, 'Or with compose (see deploy/compose.agent.yml for the read-only socket proxy):'),
+    h('pre', {}, compose),
+    copy('Copy compose file', compose),
+  );
+}
+
+async function routesPage() {
+  const { routes } = await api<{ routes: Route[] }>('/api/routes');
+  const q = ui.routeFilter.toLowerCase();
+  const shown = routes.filter((r) => {
+    if (ui.routeStatus && r.status !== ui.routeStatus) return false;
+    if (!q) return true;
+    const text = [
+      ...r.hosts,
+      r.path,
+      r.listen ? `tcp :${r.listen}` : '',
+      ...r.upstreams,
+      r.agentName,
+      r.container.name,
+      ...r.errors,
+    ]
+      .join(' ')
+      .toLowerCase();
+    return text.includes(q);
+  });
+  const pages = Math.max(1, Math.ceil(shown.length / PAGE_SIZE));
+  ui.routePage = Math.min(ui.routePage, pages - 1);
+  const slice = shown.slice(ui.routePage * PAGE_SIZE, (ui.routePage + 1) * PAGE_SIZE);
+  const filter = h('input', {
+    type: 'search',
+    id: 'route-filter',
+    placeholder: 'filter: host, upstream, container, error…',
+    value: ui.routeFilter,
+  });
+  filter.addEventListener('input', () => {
+    ui.routeFilter = filter.value;
+    ui.routePage = 0;
+    void render().then(() => {
+      const f = document.getElementById('route-filter') as HTMLInputElement | null;
+      f?.focus();
+      f?.setSelectionRange(f.value.length, f.value.length);
+    });
+  });
+  const status = h(
+    'select',
+    { id: 'route-status' },
+    ...['', 'applied', 'pending', 'error'].map((s) => {
+      const o = h('option', { value: s }, s || 'any status');
+      if (s === ui.routeStatus) o.selected = true;
+      return o;
+    }),
+  );
+  status.addEventListener('change', () => {
+    ui.routeStatus = status.value;
+    ui.routePage = 0;
+    void render();
+  });
+  const go = (p: number) => () => {
+    ui.routePage = p;
+    void render();
+  };
+  const rows = slice.map((r) =>
+    h(
+      'tr',
+      { 'data-route': r.kind === 'tcp' ? `tcp:${r.listen}` : r.hosts.join(',') },
+      h('td', {}, r.kind === 'tcp' ? `tcp :${r.listen}` : r.hosts.join(', ') || '—'),
+      h('td', {}, r.kind === 'tcp' ? (r.allow?.length ? `allow ${r.allow.join(', ')}` : '—') : r.path || '—'),
+      h('td', {}, r.upstreams.join(', ') || '—'),
+      h('td', {}, `${r.agentName} / ${r.container.name}`),
+      statusCell(r.status),
+      h(
+        'td',
+        { class: r.errors.length ? 'err' : 'muted' },
+        [...r.errors, r.note ?? ''].filter(Boolean).join('; '),
+      ),
+    ),
+  );
+  show(
+    h('h2', {}, `Routes (${shown.length} of ${routes.length})`),
+    h('form', { onsubmit: (e: Event) => e.preventDefault() }, filter, status),
+    h(
+      'table',
+      { id: 'routes' },
+      h(
+        'thead',
+        {},
+        h('tr', {}, ...['Host', 'Path', 'Upstreams', 'Owner', 'Status', 'Detail'].map((t) => h('th', {}, t))),
+      ),
+      h('tbody', {}, ...rows),
+    ),
+    h(
+      'div',
+      { class: 'pager' },
+      h(
+        'button',
+        { type: 'button', disabled: ui.routePage === 0, onclick: go(ui.routePage - 1) },
+        '‹ Previous',
+      ),
+      h('span', { id: 'route-page' }, `page ${ui.routePage + 1} of ${pages}`),
+      h(
+        'button',
+        { type: 'button', disabled: ui.routePage >= pages - 1, onclick: go(ui.routePage + 1) },
+        'Next ›',
+      ),
+    ),
+  );
+}
+
+async function execPage() {
+  const { containers } = await api<{ containers: Container[] }>('/api/containers');
+  const runnable = containers.filter((c) => c.state === 'running' && (c.execRules?.length ?? 0) > 0);
+  const agents = [...new Map(runnable.map((c) => [c.agentId, c.agentName])).entries()];
+  if (!agents.some(([id]) => id === ui.execAgent)) ui.execAgent = agents[0]?.[0] ?? '';
+  const mine = runnable.filter((c) => c.agentId === ui.execAgent);
+  if (!mine.some((c) => c.id === ui.execContainer)) ui.execContainer = mine[0]?.id ?? '';
+  const container = mine.find((c) => c.id === ui.execContainer);
+
+  const agentSel = h(
+    'select',
+    { id: 'exec-agent' },
+    ...agents.map(([id, name]) => {
+      const o = h('option', { value: id }, name);
+      o.selected = id === ui.execAgent;
+      return o;
+    }),
+  );
+  agentSel.addEventListener('change', () => {
+    ui.execAgent = agentSel.value;
+    void render();
+  });
+  const containerSel = h(
+    'select',
+    { id: 'exec-container' },
+    ...mine.map((c) => {
+      const o = h('option', { value: c.id }, c.service ? `${c.name} (${c.service})` : c.name);
+      o.selected = c.id === ui.execContainer;
+      return o;
+    }),
+  );
+  containerSel.addEventListener('change', () => {
+    ui.execContainer = containerSel.value;
+    void render();
+  });
+  const argv = h('input', {
+    type: 'text',
+    id: 'exec-argv',
+    size: '60',
+    placeholder: 'command and arguments',
+  });
+  const timeout = h('input', { type: 'text', id: 'exec-timeout', size: '5', value: '60s' });
+  const out = h('pre', { id: 'exec-output' });
+  const result = h('p', { id: 'exec-result', class: 'muted' });
+  const rules = (container?.execRules ?? []).map((r) =>
+    h(
+      'button',
+      {
+        type: 'button',
+        title: '* is one argument; ... any further ones',
+        onclick: () => {
+          argv.value = r.replace(/\s*\.\.\.$/, '');
+          argv.focus();
+        },
+      },
+      r,
+    ),
+  );
+  const run = h('button', { type: 'submit', class: 'primary', id: 'exec-run' }, 'Run');
+  const form = h(
+    'form',
+    {
+      id: 'exec-form',
+      onsubmit: async (e: Event) => {
+        e.preventDefault();
+        out.replaceChildren();
+        result.textContent = 'running…';
+        run.disabled = true;
+        try {
+          await runExec(
+            container!,
+            argv.value.trim().split(/\s+/).filter(Boolean),
+            timeout.value,
+            out,
+            result,
+          );
+        } catch (err) {
+          result.textContent = err instanceof Error ? err.message : String(err);
+        } finally {
+          run.disabled = false;
+        }
+      },
+    },
+    h('label', {}, 'Agent ', agentSel),
+    h('label', {}, 'Container ', containerSel),
+    h('label', {}, 'Timeout ', timeout),
+    argv,
+    run,
+  );
+  show(
+    h('h2', {}, 'Run an allowed command'),
+    agents.length === 0
+      ? h(
+          'p',
+          { class: 'muted' },
+          'No running container allows any command. Label one with berth.exec.allow=… (see the README).',
+        )
+      : h(
+          'div',
+          {},
+          form,
+          h('div', { class: 'rules' }, h('span', { class: 'muted' }, 'Allowed here: '), ...rules),
+          out,
+          result,
+        ),
+  );
+}
+
+async function runExec(c: Container, argv: string[], timeout: string, out: HTMLElement, result: HTMLElement) {
+  if (argv.length === 0) throw new Error('type a command first');
+  const res = await fetch('/api/exec', {
+    method: 'POST',
+    credentials: 'same-origin',
+    headers: { 'content-type': 'application/json', 'x-berth-csrf': csrf },
+    body: JSON.stringify({ target: c.id, agent: c.agentId, argv, timeout }),
+  });
+  if (!res.ok || !res.body) {
+    const data = await res.json().catch(() => ({}));
+    throw new Error(data?.error?.message ?? `HTTP ${res.status}`);
+  }
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  const bytes = new TextDecoder();
+  let buf = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += decoder.decode(value, { stream: true });
+    let i = buf.indexOf('\n');
+    while (i >= 0) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      i = buf.indexOf('\n');
+      if (!line) continue;
+      const m = JSON.parse(line);
+      if (m.stream) {
+        const raw = Uint8Array.from(atob(m.data), (ch) => ch.charCodeAt(0));
+        out.append(h('span', { class: m.stream }, bytes.decode(raw, { stream: true })));
+      } else if (m.exit) {
+        const x = m.exit;
+        result.textContent = `exit ${x.exitCode ?? '—'} in ${x.durationMs} ms${x.timedOut ? ' (timed out; killed)' : ''}${x.truncated ? ' (output cap reached)' : ''}`;
+        result.dataset.exitCode = String(x.exitCode);
+      } else if (m.error) {
+        result.textContent = m.error.message;
+      }
+    }
+  }
+}
+
+async function auditPage() {
+  const { entries } = await api<{ entries: Json[] }>('/api/audit?limit=200');
+  show(
+    h('h2', {}, 'Exec audit'),
+    h(
+      'table',
+      { id: 'audit' },
+      h(
+        'thead',
+        {},
+        h(
+          'tr',
+          {},
+          ...['When', 'Requester', 'Agent', 'Container', 'Command', 'Decision', 'Exit', 'Duration'].map((t) =>
+            h('th', {}, t),
+          ),
+        ),
+      ),
+      h(
+        'tbody',
+        {},
+        ...entries.map((e) =>
+          h(
+            'tr',
+            {},
+            h('td', {}, new Date(Number(e.at)).toLocaleString()),
+            h('td', {}, String(e.requester ?? '')),
+            h('td', {}, String(e.agentName ?? '')),
+            h('td', {}, String(e.container ?? '')),
+            h('td', {}, h('code', {}, ((e.argv as string[]) ?? []).join(' '))),
+            statusCell(String(e.decision)),
+            h('td', {}, e.exitCode === undefined ? '—' : String(e.exitCode)),
+            h('td', {}, e.durationMs === undefined ? '—' : `${e.durationMs} ms`),
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
+function eventsPage() {
+  show(
+    h('h2', {}, 'Events (live)'),
+    h(
+      'table',
+      { id: 'events' },
+      h('thead', {}, h('tr', {}, ...['When', 'Type', 'What'].map((t) => h('th', {}, t)))),
+      h(
+        'tbody',
+        {},
+        ...[...events]
+          .reverse()
+          .map((e) =>
+            h(
+              'tr',
+              { 'data-type': e.type },
+              h('td', {}, new Date(e.at).toLocaleTimeString()),
+              h('td', {}, e.type),
+              h('td', {}, e.message),
+            ),
+          ),
+      ),
+    ),
+  );
+}
+
+// ---- start
+
+document.getElementById('signout')?.addEventListener('click', async () => {
+  await api('/ui/logout', { method: 'POST', body: {} }).catch(() => undefined);
+  signedOut();
+});
+window.addEventListener('hashchange', () => void render());
+// Heartbeat ages move on their own: refresh the agents page now and then.
+window.setInterval(() => {
+  if (csrf && currentPage() === 'agents') void render();
+}, 5_000);
+
+void (async () => {
+  const s = await api<{ signedIn: boolean; csrf?: string }>('/ui/session');
+  if (s.signedIn && s.csrf) {
+    csrf = s.csrf;
+    signedIn();
+  } else signedOut();
+})();
