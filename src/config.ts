@@ -72,6 +72,21 @@ export const FLAGS: FlagDef[] = [
   { name: 'http-listen', kind: 'string', default: ':80', help: 'Front-door HTTP address', for: SERVE },
   { name: 'https-listen', kind: 'string', default: ':443', help: 'Front-door HTTPS address', for: SERVE },
   {
+    name: 'caddy-layout',
+    kind: 'string',
+    default: 'dynamic',
+    choices: ['dynamic', 'static'],
+    help: 'dynamic: simple hosts are served through DNS lookups (route changes need no Caddy reload); static: every host written into the config',
+    for: SERVE,
+  },
+  {
+    name: 'dns-listen',
+    kind: 'string',
+    default: '127.0.0.1:0',
+    help: 'Address of the DNS responder Caddy asks in the dynamic layout (port 0: pick one once, keep it)',
+    for: SERVE,
+  },
+  {
     name: 'http-bind',
     kind: 'string',
     help: 'Serve the HTTP(S) front door on this IP address only (e.g. a Tailscale address)',

@@ -1,11 +1,13 @@
 #!/usr/bin/env node
 // `berth <command> [flags]`. main() is testable in-process: it returns the exit code.
 import { realpathSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import { runAgent } from '../agent/run.js';
 import { type Config, helpFor, loadConfig } from '../config.js';
 import { UserError } from '../errors.js';
+import { runDnsServer } from '../ingress/dns/sidecar.js';
 import { runServer } from '../server/run.js';
 import { VERSION } from '../version.js';
 import { apiClient } from './client.js';
@@ -53,6 +55,15 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   }
   if (command === 'version' || command === '--version') {
     out(VERSION);
+    return 0;
+  }
+  if (command === 'dns-server') {
+    // Internal: the DNS responder the server runs beside Caddy (not listed in the help).
+    const dataDir = argv[argv.indexOf('--data-dir') + 1];
+    if (!dataDir) throw new UserError('CONFIG_INVALID', 'dns-server needs --data-dir');
+    const logger = pino({ level: 'info', base: { cmd: 'dns-server' } }, pino.destination(2));
+    const running = await runDnsServer(resolve(dataDir), logger);
+    await untilSignal(logger, () => running.stop());
     return 0;
   }
   if (!COMMANDS[command]) {

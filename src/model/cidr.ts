@@ -54,7 +54,8 @@ function mask(prefix: number, width: number): bigint {
   return prefix === 0 ? 0n : ((1n << BigInt(prefix)) - 1n) << BigInt(width - prefix);
 }
 
-function toBits(addr: string, family: 4 | 6): bigint {
+/** An address as a number (32 bits for IPv4, 128 for IPv6). */
+export function toBits(addr: string, family: 4 | 6): bigint {
   if (family === 4) return addr.split('.').reduce((acc, o) => (acc << 8n) | BigInt(Number(o)), 0n);
   let s = addr.split('%')[0]!;
   // An embedded IPv4 tail (::ffff:1.2.3.4) becomes two hextets.

@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import { errorMessage } from '../errors.js';
 import type { CaddyTarget } from '../ingress/caddy/target.js';
 import type { ListenerStatus, TcpListenerSpec } from '../ingress/tcp/forwarder.js';
-import type { AgentRoutes, Desired } from './desired.js';
+import type { AgentRoutes, Desired, Site } from './desired.js';
 import { computeDesired } from './desired.js';
 
 export interface ReconcileState {
@@ -22,6 +22,8 @@ export interface ReconcilerOptions {
   targets: CaddyTarget[];
   /** Berth's TCP forwarder; synced first in every pass (it is cheap and independent of Caddy). */
   tcp?: { sync(listeners: TcpListenerSpec[]): Promise<void>; status(): ListenerStatus[] };
+  /** The dynamic layout's DNS table: hosts served without a Caddy config change. */
+  dns?: { publish(sites: Site[]): void };
   logger: Logger;
   /** Quiet time that gathers a burst into one pass, and the most a wake may wait. */
   debounceMs?: number;
@@ -103,6 +105,7 @@ export class Reconciler {
     const applyMs: number[] = [];
     try {
       const desired = computeDesired(this.o.source());
+      this.o.dns?.publish(desired.sites);
       let tcp = new Map<number, ListenerStatus>();
       if (this.o.tcp) {
         await this.o.tcp.sync(desired.tcp);

@@ -41,6 +41,8 @@ export interface AppDeps {
   reconcile: (force: boolean) => Promise<{ passes: number }>;
   /** The web UI: sign-in and live events. */
   ui?: { auth: UiAuth; events: EventBus };
+  /** Caddy's on-demand TLS "ask": may this hostname get a certificate? */
+  askDomain?: (domain: string) => boolean;
 }
 
 export function buildApp(deps: AppDeps) {
@@ -106,6 +108,24 @@ export function buildApp(deps: AppDeps) {
 
   app.get('/metrics', async (_req, reply) =>
     reply.type('text/plain; version=0.0.4').send(renderMetrics(deps.metrics?.() ?? [])),
+  );
+
+  app.get(
+    '/caddy/ask',
+    {
+      schema: {
+        querystring: {
+          type: 'object',
+          required: ['domain'],
+          properties: { domain: { type: 'string', minLength: 1, maxLength: 253 } },
+        },
+      },
+    },
+    async (req, reply) => {
+      const domain = (req.query as { domain: string }).domain.toLowerCase();
+      const ok = deps.askDomain?.(domain) ?? false;
+      return reply.status(ok ? 200 : 404).send(ok ? 'ok\n' : 'no route for this hostname\n');
+    },
   );
 
   app.get('/readyz', async (_req, reply) => {

@@ -14,11 +14,13 @@ import { DockerWatcher } from '../agent/watcher.js';
 import { type Config, parseListen } from '../config.js';
 import { errorMessage, UserError } from '../errors.js';
 import { CaddyAdmin } from '../ingress/caddy/admin.js';
-import type { TlsMode } from '../ingress/caddy/config.js';
+import type { CaddyBuildOptions, TlsMode } from '../ingress/caddy/config.js';
 import { CaddySupervisor } from '../ingress/caddy/supervisor.js';
 import { CaddyTarget } from '../ingress/caddy/target.js';
+import { DnsSidecar, ZONE } from '../ingress/dns/sidecar.js';
 import { TcpForwarder } from '../ingress/tcp/forwarder.js';
 import { Histogram, simple, tcpMetrics } from '../metrics.js';
+import { domainAllowed } from '../reconcile/policy.js';
 import { Reconciler } from '../reconcile/reconciler.js';
 import { SqliteStore } from '../store/sqlite.js';
 import { VERSION } from '../version.js';
@@ -64,7 +66,20 @@ export async function runServer(
   const httpBind = config['http-bind'] === undefined ? undefined : String(config['http-bind']);
   const httpListen = bindListen('http-listen', String(config['http-listen']), httpBind);
   const httpsListen = bindListen('https-listen', String(config['https-listen']), httpBind);
-  const buildOpts = { tls: config.tls as TlsMode, httpListen, httpsListen };
+  const api = parseListen('api-listen', String(config['api-listen']));
+  const apiUrl = `http://${api.host || '127.0.0.1'}:${api.port}`;
+  const buildOpts: CaddyBuildOptions = { tls: config.tls as TlsMode, httpListen, httpsListen };
+  let dns: DnsSidecar | undefined;
+  if (config['caddy-layout'] === 'dynamic') {
+    dns = new DnsSidecar({
+      dataDir,
+      listen: String(config['dns-listen']),
+      command: [process.execPath, process.argv[1] ?? 'berth'],
+      logger: logger.child({ component: 'dns' }),
+    });
+    await dns.start();
+    buildOpts.dynamic = { ...dns.addresses, zone: ZONE, refresh: '1s', ask: `${apiUrl}/caddy/ask` };
+  }
 
   let supervisor: CaddySupervisor | undefined;
   const targets: CaddyTarget[] = [];
@@ -110,6 +125,7 @@ export async function runServer(
     source: () => registry.admitted().agentRoutes,
     targets,
     tcp,
+    dns,
     logger,
     onPass: (state, info) => {
       if (changedSince !== undefined && info.startedAt >= changedSince) {
@@ -334,6 +350,11 @@ export async function runServer(
       ];
     },
     ui: { auth: uiAuth, events },
+    // Certificates on demand only for hostnames some route serves.
+    askDomain: (domain) =>
+      registry
+        .routeViews(rec.state)
+        .some((r) => r.status === 'applied' && r.hosts.some((h) => domainAllowed(domain, [h]))),
     reconcile: async (force) => {
       rec.wake({ force });
       await rec.idle();
@@ -341,9 +362,7 @@ export async function runServer(
     },
   });
   hub.attach(app.server);
-  const api = parseListen('api-listen', String(config['api-listen']));
   await app.listen({ host: api.host || '0.0.0.0', port: api.port });
-  const apiUrl = `http://${api.host || '127.0.0.1'}:${api.port}`;
   logger.info({ api: apiUrl, dataDir, caddy: targets.map((t) => t.admin.display) }, 'berth is running');
 
   return {
@@ -358,6 +377,7 @@ export async function runServer(
       tcpLog?.end();
       await app.close();
       await supervisor?.stop();
+      await dns?.stop();
       await store.close();
     },
   };

@@ -96,6 +96,10 @@ beforeAll(async () => {
       'internal',
       '--https-listen',
       `127.0.0.1:${httpsPort}`,
+      // Every host written into the config, so that a route can collide with the operator's own
+      // TLS policy and be quarantined (the dynamic layout is covered in dynamic-layout.test.ts).
+      '--caddy-layout',
+      'static',
     ],
   });
 });

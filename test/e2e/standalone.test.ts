@@ -185,7 +185,7 @@ describe('berth standalone', () => {
     expect((await berth.routes()).find((r) => r.container.name === 'doc')?.note).toMatch(/unhealthy/);
   });
 
-  it('serves 100 containers started at once with few Caddy applies', async () => {
+  it('serves 100 containers started at once without a single Caddy apply', async () => {
     const before = (await berth.status()).reconcile.applies as number;
     const started = Date.now();
     const ports: number[] = [];
@@ -205,9 +205,9 @@ describe('berth standalone', () => {
     console.log(
       `[figure] 100 containers: all serving after ${Date.now() - started} ms with ${applies} Caddy applies`,
     );
-    expect(applies).toBeGreaterThan(0);
-    // One apply per container would be 100; the reconciler holds bursts to about two a second.
-    expect(applies).toBeLessThanOrEqual(40);
+    // Simple hosts are served through the DNS responder in the (default) dynamic layout: a
+    // burst of 100 new hosts costs Caddy no config change at all.
+    expect(applies).toBe(0);
     await d.run(['rm', '-f', ...ports.map((_, i) => `bulk${i}`)]);
     await gone('bulk99.test');
   });

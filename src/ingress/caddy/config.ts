@@ -5,8 +5,26 @@ import type { Site } from '../../reconcile/desired.js';
 
 export type TlsMode = 'auto' | 'internal' | 'off';
 
+/**
+ * The zero-reload layout: hosts whose whole config is "this host → these upstreams" are not
+ * written into Caddy at all. One catch-all route asks Berth's DNS responder, per request, for
+ * the SRV records of `<host>.<zone>`, so such hosts come, go and move without a config change.
+ */
+export interface DynamicLayout {
+  /** The DNS responder, e.g. "127.0.0.1:5353" (asked over UDP, TCP when truncated). */
+  resolver: string;
+  zone: string;
+  /** host:port answering 404 for unknown hosts: Caddy's fallback when a lookup fails. */
+  notFound: string;
+  /** How long Caddy keeps an answer (Caddy duration), e.g. "1s". */
+  refresh: string;
+  /** URL Caddy asks before getting a certificate on demand (TLS modes). */
+  ask?: string;
+}
+
 export interface CaddyBuildOptions {
   tls: TlsMode;
+  dynamic?: DynamicLayout;
   /** Listen addresses already include `--http-bind` when one is given. */
   httpListen: string;
   httpsListen: string;
@@ -18,6 +36,29 @@ export type Json = any;
 export interface BerthCaddyParts {
   servers: Record<string, Json>;
   tlsPolicy?: Json;
+  /** apps.tls.automation.on_demand, for certificates of hosts Caddy's config does not name. */
+  onDemand?: Json;
+}
+
+/**
+ * Which sites the dynamic layout serves through DNS: a host with a single root site, plain
+ * http upstreams, no path handling and no allow-list. Everything else needs per-route config.
+ */
+export function splitSites(sites: Site[]): { explicit: Site[]; dynamic: Site[] } {
+  const perHost = new Map<string, number>();
+  for (const s of sites) perHost.set(s.host, (perHost.get(s.host) ?? 0) + 1);
+  const explicit: Site[] = [];
+  const dynamic: Site[] = [];
+  for (const s of sites) {
+    const simple =
+      perHost.get(s.host) === 1 &&
+      s.path === '/' &&
+      !s.stripPath &&
+      !s.allow?.length &&
+      s.upstreams.every((u) => u.scheme === 'http');
+    (simple ? dynamic : explicit).push(s);
+  }
+  return { explicit, dynamic };
 }
 
 export const SERVER_PREFIX = 'berth_';
@@ -36,10 +77,12 @@ const NOT_FOUND = {
  */
 export function buildCaddyParts(sites: Site[], opts: CaddyBuildOptions, versionId?: string): BerthCaddyParts {
   const byHost = new Map<string, Site[]>();
-  for (const s of sites) byHost.set(s.host, [...(byHost.get(s.host) ?? []), s]);
+  const own = opts.dynamic ? splitSites(sites).explicit : sites;
+  for (const s of own) byHost.set(s.host, [...(byHost.get(s.host) ?? []), s]);
   const hosts = [...byHost.keys()].sort(hostOrder);
   const routes: Json[] = hosts.map((h) => hostRoute(h, byHost.get(h)!));
-  routes.push(versionId ? { '@id': versionId, handle: [NOT_FOUND] } : { handle: [NOT_FOUND] });
+  const last = opts.dynamic ? { handle: [dynamicProxy(opts.dynamic)] } : { handle: [NOT_FOUND] };
+  routes.push(versionId ? { '@id': versionId, ...last } : last);
 
   if (opts.tls === 'off') {
     return {
@@ -55,7 +98,13 @@ export function buildCaddyParts(sites: Site[], opts: CaddyBuildOptions, versionI
   }
   const parts: BerthCaddyParts = {
     servers: {
-      berth_https: { '@id': 'berth_https', listen: [opts.httpsListen], routes },
+      berth_https: {
+        '@id': 'berth_https',
+        listen: [opts.httpsListen],
+        routes,
+        // The dynamic layout names no hosts, so TLS must be switched on explicitly.
+        ...(opts.dynamic ? { tls_connection_policies: [{}] } : {}),
+      },
       // Plain HTTP only redirects; Caddy answers ACME HTTP challenges on it before any route.
       berth_http: {
         '@id': 'berth_http',
@@ -79,10 +128,33 @@ export function buildCaddyParts(sites: Site[], opts: CaddyBuildOptions, versionI
       },
     },
   };
-  if (opts.tls === 'internal' && hosts.length > 0) {
+  if (opts.dynamic) {
+    // Hosts Caddy's config never names get certificates on demand, if Berth says they are routed.
+    parts.tlsPolicy = { '@id': TLS_POLICY_ID, on_demand: true };
+    if (opts.tls === 'internal') parts.tlsPolicy.issuers = [{ module: 'internal' }];
+    if (opts.dynamic.ask) parts.onDemand = { ask: opts.dynamic.ask };
+  } else if (opts.tls === 'internal' && hosts.length > 0) {
     parts.tlsPolicy = { '@id': TLS_POLICY_ID, subjects: hosts, issuers: [{ module: 'internal' }] };
   }
   return parts;
+}
+
+function dynamicProxy(d: DynamicLayout): Json {
+  const resolver = { addresses: [`udp/${d.resolver}`] };
+  return {
+    handler: 'reverse_proxy',
+    dynamic_upstreams: {
+      source: 'srv',
+      name: `{http.request.host}.${d.zone}`,
+      refresh: d.refresh,
+      resolver,
+      dial_timeout: '3s',
+    },
+    // Used only when a lookup fails (a name DNS cannot carry, or the responder is gone): a clean 404.
+    upstreams: [{ dial: d.notFound }],
+    // SRV targets are names the same responder answers.
+    transport: { protocol: 'http', resolver },
+  };
 }
 
 function hostRoute(host: string, sites: Site[]): Json {
@@ -170,6 +242,7 @@ export function mergeIntoConfig(current: Json, parts: BerthCaddyParts): Json {
   if (parts.tlsPolicy) policies.unshift(parts.tlsPolicy);
   if (policies.length > 0 || tls?.automation) {
     cfg.apps.tls = { ...(tls ?? {}), automation: { ...(tls?.automation ?? {}), policies } };
+    if (parts.onDemand) cfg.apps.tls.automation.on_demand = parts.onDemand;
   }
   return cfg;
 }
@@ -183,7 +256,10 @@ export function extractParts(current: Json): BerthCaddyParts {
   const policy = (current?.apps?.tls?.automation?.policies ?? []).find(
     (p: Json) => p?.['@id'] === TLS_POLICY_ID,
   );
-  return policy ? { servers, tlsPolicy: policy } : { servers };
+  const parts: BerthCaddyParts = policy ? { servers, tlsPolicy: policy } : { servers };
+  const onDemand = current?.apps?.tls?.automation?.on_demand;
+  if (policy?.on_demand && onDemand) parts.onDemand = onDemand;
+  return parts;
 }
 
 /** Stable JSON (sorted keys) so equal configs hash equally whatever order Caddy returns. */

@@ -13,6 +13,7 @@ import {
   canonicalJson,
   extractParts,
   mergeIntoConfig,
+  splitSites,
 } from './config.js';
 
 export interface ApplyResult {
@@ -62,7 +63,16 @@ export class CaddyTarget {
     this.rejected.clear();
   }
 
-  async apply(sites: Site[]): Promise<ApplyResult> {
+  async apply(all: Site[]): Promise<ApplyResult> {
+    // In the dynamic layout, hosts served through DNS are not part of Caddy's config: changing
+    // them costs no apply at all. They are served once the catch-all route is in place.
+    const { explicit: sites, dynamic } = this.opts.dynamic ? splitSites(all) : { explicit: all, dynamic: [] };
+    const result = await this.applyExplicit(sites);
+    if (dynamic.length > 0 && this.sent) for (const s of dynamic) result.served.add(siteSignature(s));
+    return result;
+  }
+
+  private async applyExplicit(sites: Site[]): Promise<ApplyResult> {
     const sigs = new Map(sites.map((s) => [siteSignature(s), s] as const));
     const quarantined = new Map<string, string>();
     const candidate: Site[] = [];

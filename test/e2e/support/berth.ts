@@ -160,12 +160,14 @@ export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
   };
   registerCleanup(async () => {
     await proc.stop('SIGTERM', 10_000);
-    // A crashed Berth leaves its Caddy running on purpose; tests must not.
-    try {
-      const pid = Number(readFileSync(join(dataDir, 'caddy.pid'), 'utf8'));
-      if (pid > 0) process.kill(pid, 'SIGKILL');
-    } catch {
-      // no Caddy left
+    // A crashed Berth leaves its Caddy and DNS responder running on purpose; tests must not.
+    for (const file of ['caddy.pid', join('dns', 'dns.pid')]) {
+      try {
+        const pid = Number(readFileSync(join(dataDir, file), 'utf8'));
+        if (pid > 0) process.kill(pid, 'SIGKILL');
+      } catch {
+        // nothing left
+      }
     }
   });
   return b;

@@ -1,0 +1,248 @@
+// The DNS responder runs as its own small process (`berth dns-server`), like Caddy: if the
+// Berth server dies, Caddy keeps asking it and it keeps answering from the last table, so the
+// front door keeps serving. The server writes the table to a file (atomically); the sidecar
+// re-reads it within milliseconds of a change. A restarted server adopts the running sidecar.
+import { type ChildProcess, spawn } from 'node:child_process';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  watch,
+  writeFileSync,
+} from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { connect, createServer as netServer } from 'node:net';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { Site } from '../../reconcile/desired.js';
+import { splitSites } from '../caddy/config.js';
+import { DnsResponder, type HostTable } from './responder.js';
+
+export const ZONE = 'berth.internal';
+const NOT_FOUND_BODY = 'berth: no route for this host or path\n';
+
+interface SidecarConfig {
+  host: string;
+  dnsPort: number;
+  notFoundPort: number;
+}
+
+/** The table file: host → [[ip, port], …]. */
+type TableFile = Record<string, [string, number][]>;
+
+export function tableFromSites(sites: Site[]): TableFile {
+  const out: TableFile = {};
+  for (const s of splitSites(sites).dynamic) out[s.host] = s.upstreams.map((u) => [u.host, u.port]);
+  return out;
+}
+
+function toHostTable(t: TableFile): HostTable {
+  return new Map(Object.entries(t).map(([h, ups]) => [h, ups.map(([host, port]) => ({ host, port }))]));
+}
+
+const paths = (dataDir: string) => {
+  const dir = join(dataDir, 'dns');
+  return { dir, config: join(dir, 'config.json'), table: join(dir, 'table.json'), pid: join(dir, 'dns.pid') };
+};
+
+/** `berth dns-server --data-dir D`: serve until SIGTERM. */
+export async function runDnsServer(dataDir: string, logger: Logger): Promise<{ stop(): Promise<void> }> {
+  const p = paths(dataDir);
+  const cfg = JSON.parse(readFileSync(p.config, 'utf8')) as SidecarConfig;
+  const notFound: Server = createServer((_req, res) => {
+    res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' });
+    res.end(NOT_FOUND_BODY);
+  });
+  await new Promise<void>((resolve) => notFound.listen(cfg.notFoundPort, cfg.host, resolve));
+  const dns = new DnsResponder({ zone: ZONE, notFound: { host: cfg.host, port: cfg.notFoundPort } });
+  let last = '';
+  const reload = () => {
+    try {
+      const text = readFileSync(p.table, 'utf8');
+      if (text === last) return;
+      dns.setTable(toHostTable(JSON.parse(text)));
+      last = text;
+      logger.debug({ bytes: text.length }, 'dns table reloaded');
+    } catch (err) {
+      // A missing or half-written file: keep answering from the previous table.
+      logger.debug({ err: (err as Error).message }, 'dns table not read');
+    }
+  };
+  reload();
+  await dns.listen(cfg.host, cfg.dnsPort);
+  const watcher = watch(p.dir, () => reload());
+  const poll = setInterval(reload, 1_000);
+  writeFileSync(p.pid, String(process.pid));
+  logger.info(
+    { dns: `${cfg.host}:${cfg.dnsPort}`, notFound: `${cfg.host}:${cfg.notFoundPort}` },
+    'dns responder up',
+  );
+  return {
+    async stop() {
+      clearInterval(poll);
+      watcher.close();
+      await dns.close();
+      await new Promise<void>((r) => notFound.close(() => r()));
+    },
+  };
+}
+
+export interface SidecarOptions {
+  dataDir: string;
+  /** "host:port"; port 0 picks a free one once, then keeps it across restarts. */
+  listen: string;
+  /** argv that runs `berth dns-server` (node + this CLI). */
+  command: string[];
+  logger: Logger;
+}
+
+/** The server's side: keeps the sidecar running, hands it tables, stops it on a clean exit. */
+export class DnsSidecar {
+  private child?: ChildProcess;
+  private adopted?: number;
+  private timer?: NodeJS.Timeout;
+  private stopping = false;
+  private cfg?: SidecarConfig;
+  private lastTable = '';
+  restarts = 0;
+
+  constructor(private readonly o: SidecarOptions) {}
+
+  /** The resolver and not-found addresses for Caddy's config. */
+  get addresses(): { resolver: string; notFound: string } {
+    const c = this.cfg!;
+    return { resolver: `${c.host}:${c.dnsPort}`, notFound: `${c.host}:${c.notFoundPort}` };
+  }
+
+  async start(): Promise<void> {
+    const p = paths(this.o.dataDir);
+    mkdirSync(p.dir, { recursive: true, mode: 0o700 });
+    this.cfg = await this.config(p.config);
+    const pid = readPid(p.pid);
+    if (pid && alive(pid) && (await answering(this.cfg))) {
+      this.adopted = pid;
+      this.o.logger.info({ pid }, 'adopted the DNS responder left running by a previous Berth');
+    } else {
+      await this.spawn();
+    }
+    // Restart it if it dies (checked, not awaited: the table file carries the state).
+    this.timer = setInterval(() => {
+      const live = this.child?.pid ?? this.adopted;
+      if (!this.stopping && live && !alive(live)) {
+        this.adopted = undefined;
+        this.child = undefined;
+        this.restarts++;
+        this.o.logger.warn('DNS responder died; starting a new one');
+        void this.spawn();
+      }
+    }, 500);
+  }
+
+  /** Writes the table for the sidecar (atomically); unchanged tables are not rewritten. */
+  publish(sites: Site[]): void {
+    const text = JSON.stringify(tableFromSites(sites));
+    if (text === this.lastTable) return;
+    const p = paths(this.o.dataDir);
+    writeFileSync(`${p.table}.tmp`, text);
+    renameSync(`${p.table}.tmp`, p.table);
+    this.lastTable = text;
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    clearInterval(this.timer);
+    const pid = this.child?.pid ?? this.adopted;
+    if (!pid) return;
+    try {
+      process.kill(pid, 'SIGTERM');
+    } catch {
+      return;
+    }
+    for (let i = 0; i < 50 && alive(pid); i++) await new Promise((r) => setTimeout(r, 100));
+    if (alive(pid)) process.kill(pid, 'SIGKILL');
+  }
+
+  private async config(file: string): Promise<SidecarConfig> {
+    const [host, portText] = splitHostPort(this.o.listen);
+    if (existsSync(file)) {
+      const c = JSON.parse(readFileSync(file, 'utf8')) as SidecarConfig;
+      const port = Number(portText);
+      if (c.host === host && (port === 0 || port === c.dnsPort)) return c;
+    }
+    const dnsPort = Number(portText) || (await freeUdpTcpPort(host));
+    const c: SidecarConfig = { host, dnsPort, notFoundPort: await freeUdpTcpPort(host) };
+    writeFileSync(file, JSON.stringify(c));
+    return c;
+  }
+
+  private async spawn(): Promise<void> {
+    const [cmd, ...args] = this.o.command;
+    const log = openSync(join(paths(this.o.dataDir).dir, 'dns.log'), 'a');
+    // Detached, with its output in a file: it must outlive a Berth that crashed.
+    const child = spawn(cmd!, [...args, 'dns-server', '--data-dir', this.o.dataDir], {
+      detached: true,
+      stdio: ['ignore', log, log],
+    });
+    closeSync(log);
+    child.unref();
+    this.child = child;
+    for (let i = 0; i < 100; i++) {
+      if (await answering(this.cfg!)) return;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    this.o.logger.error('the DNS responder did not start; see dns/dns.log in the data dir');
+  }
+}
+
+function splitHostPort(listen: string): [string, string] {
+  const i = listen.lastIndexOf(':');
+  return [listen.slice(0, i).replace(/^\[|\]$/g, '') || '127.0.0.1', listen.slice(i + 1)];
+}
+
+function readPid(file: string): number | undefined {
+  try {
+    const n = Number(readFileSync(file, 'utf8'));
+    return n > 0 ? n : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether the responder's TCP port accepts a connection. */
+function answering(c: SidecarConfig): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = connect({ host: c.host, port: c.dnsPort }, () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.on('error', () => resolve(false));
+    sock.setTimeout(500, () => {
+      sock.destroy();
+      resolve(false);
+    });
+  });
+}
+
+/** A port free for TCP (UDP on the same number is almost always free too; the listen checks). */
+function freeUdpTcpPort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = netServer();
+    s.once('error', reject);
+    s.listen(0, host, () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}

@@ -1,0 +1,104 @@
+import { describe, expect, it } from 'vitest';
+import { buildCaddyParts, splitSites } from '../../src/ingress/caddy/config.js';
+import { DnsResponder, labelFor } from '../../src/ingress/dns/responder.js';
+import type { Site } from '../../src/reconcile/desired.js';
+
+/** A DNS query for one name and type, as Go's resolver sends it. */
+function query(name: string, type: number, id = 0x1234): Buffer {
+  const labels = name.split('.').map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l)]));
+  const header = Buffer.from([id >> 8, id & 255, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+  return Buffer.concat([header, ...labels, Buffer.from([0, type >> 8, type & 255, 0, 1])]);
+}
+
+const rcode = (b: Buffer) => b[3]! & 0x0f;
+const answers = (b: Buffer) => b.readUInt16BE(6);
+
+describe('DNS responder', () => {
+  const dns = new DnsResponder({ zone: 'berth.internal', notFound: { host: '127.0.0.1', port: 9 } });
+  dns.setTable(
+    new Map([
+      [
+        'a.test',
+        [
+          { host: '127.0.0.2', port: 8080 },
+          { host: '127.0.0.3', port: 8081 },
+        ],
+      ],
+      ['*.wild.test', [{ host: 'fd00::1', port: 80 }]],
+    ]),
+  );
+
+  it('answers SRV for known hosts, wildcards, and sends unknown hosts to the not-found target', () => {
+    const a = dns.answer(query('a.test.berth.internal', 33), 512)!;
+    expect(rcode(a)).toBe(0);
+    expect(answers(a)).toBe(2);
+    expect(a.readUInt16BE(0)).toBe(0x1234);
+    expect(a.includes(Buffer.from(labelFor('127.0.0.3')))).toBe(true);
+    expect(answers(dns.answer(query('x.y.wild.test.berth.internal', 33), 512)!)).toBe(1);
+    const unknown = dns.answer(query('nobody.test.berth.internal', 33), 512)!;
+    expect(answers(unknown)).toBe(1);
+    expect(unknown.includes(Buffer.from(labelFor('127.0.0.1')))).toBe(true);
+  });
+
+  it('answers A and AAAA for the target names it hands out, and refuses other zones', () => {
+    const a = dns.answer(query(`${labelFor('127.0.0.2')}.berth.internal`, 1), 512)!;
+    expect([...a.subarray(a.length - 4)]).toEqual([127, 0, 0, 2]);
+    const aaaa = dns.answer(query(`${labelFor('fd00::1')}.berth.internal`, 28), 512)!;
+    expect(aaaa.subarray(aaaa.length - 16).toString('hex')).toBe('fd000000000000000000000000000001');
+    expect(rcode(dns.answer(query('example.com', 1), 512)!)).toBe(5);
+  });
+
+  it('survives garbage and truncates what does not fit in UDP', () => {
+    expect(dns.answer(Buffer.from([1, 2, 3]), 512)).toBeUndefined();
+    expect(rcode(dns.answer(Buffer.alloc(20, 0xff), 512)!)).toBe(1);
+    const big = new DnsResponder({ zone: 'z', notFound: { host: '127.0.0.1', port: 9 } });
+    big.setTable(
+      new Map([['h', Array.from({ length: 40 }, (_, i) => ({ host: `127.0.1.${i}`, port: 80 }))]]),
+    );
+    const udp = big.answer(query('h.z', 33), 512)!;
+    expect(udp[2]! & 0x02).toBe(0x02);
+    expect(answers(big.answer(query('h.z', 33), 65_535)!)).toBe(40);
+  });
+});
+
+describe('dynamic Caddy layout', () => {
+  const site = (host: string, over: Partial<Site> = {}): Site => ({
+    host,
+    path: '/',
+    stripPath: false,
+    upstreams: [{ host: '127.0.0.1', port: 80, scheme: 'http' }],
+    routeKeys: ['a:r'],
+    ...over,
+  });
+
+  it('serves simple hosts through DNS and writes only the others into the config', () => {
+    const sites = [
+      site('simple.test'),
+      site('paths.test'),
+      site('paths.test', { path: '/api' }),
+      site('private.test', { allow: ['10.0.0.0/8'] }),
+      site('tls.test', { upstreams: [{ host: '127.0.0.1', port: 443, scheme: 'https' }] }),
+    ];
+    const { dynamic, explicit } = splitSites(sites);
+    expect(dynamic.map((s) => s.host)).toEqual(['simple.test']);
+    expect(explicit.map((s) => s.host)).toEqual(['paths.test', 'paths.test', 'private.test', 'tls.test']);
+    const opts = {
+      tls: 'off' as const,
+      httpListen: ':80',
+      httpsListen: ':443',
+      dynamic: { resolver: '127.0.0.1:5353', zone: 'berth.internal', notFound: '127.0.0.1:9', refresh: '1s' },
+    };
+    const routes = buildCaddyParts(sites, opts, 'v1').servers.berth_http.routes;
+    expect(JSON.stringify(routes)).not.toContain('simple.test');
+    const last = routes[routes.length - 1];
+    expect(last['@id']).toBe('v1');
+    expect(last.handle[0].dynamic_upstreams).toMatchObject({
+      source: 'srv',
+      name: '{http.request.host}.berth.internal',
+    });
+    expect(last.handle[0].upstreams).toEqual([{ dial: '127.0.0.1:9' }]);
+    // The same config whatever the simple hosts are: their changes need no apply.
+    const other = buildCaddyParts([...sites.slice(1), site('new.test')], opts, 'v1');
+    expect(JSON.stringify(other)).toBe(JSON.stringify(buildCaddyParts(sites, opts, 'v1')));
+  });
+});
