@@ -1,7 +1,6 @@
 // The zero-reload layout: simple hosts are served through Berth's DNS responder (Caddy's SRV
 // dynamic upstreams), so route changes never re-provision Caddy and never close WebSockets.
 import { readFileSync } from 'node:fs';
-import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
@@ -9,7 +8,7 @@ import { type BerthProcess, startBerth } from './support/berth.js';
 import { registerCleanup, useCleanup } from './support/cleanup.js';
 import { importBusybox, runHostContainer, startDockerd, type TestDockerd } from './support/dockerd.js';
 import { freePort } from './support/ports.js';
-import { httpGet, waitUntil } from './support/proc.js';
+import { httpGet, httpsGet as httpsGetAt, waitUntil } from './support/proc.js';
 
 useCleanup();
 
@@ -68,7 +67,11 @@ describe('dynamic layout', () => {
     const wsPort = await freePort();
     const wss = new WebSocketServer({ host: '127.0.0.1', port: wsPort });
     registerCleanup(() => new Promise((r) => wss.close(() => r(undefined))));
-    wss.on('connection', (sock) => sock.on('message', (m) => sock.send(`echo:${m}`)));
+    wss.on('connection', (sock) => {
+      sock.on('message', (m) => sock.send(`echo:${m}`));
+      // Caddy closing a proxied WebSocket on a reload sends an unmasked frame; not this test's failure.
+      sock.on('error', () => undefined);
+    });
     // The container only carries the labels; the test's own server is the upstream.
     await runHostContainer(d, 'wsapp', { 'berth.host': 'ws.test', 'berth.port': String(wsPort) }, [
       'sleep',
@@ -120,28 +123,7 @@ describe('dynamic layout', () => {
 describe('dynamic layout with TLS', () => {
   let tlsBerth: BerthProcess;
   let httpsPort: number;
-  const httpsGet = (servername: string) =>
-    new Promise<{ status: number; body: string }>((resolve) => {
-      const req = httpsRequest(
-        {
-          host: '127.0.0.1',
-          port: httpsPort,
-          path: '/',
-          servername,
-          headers: { host: servername },
-          rejectUnauthorized: false,
-          agent: false,
-          timeout: 5_000,
-        },
-        (res) => {
-          let body = '';
-          res.on('data', (c) => (body += c));
-          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-        },
-      );
-      req.on('error', (e) => resolve({ status: 0, body: e.message }));
-      req.end();
-    });
+  const httpsGet = (host: string) => httpsGetAt(httpsPort, host);
 
   beforeAll(async () => {
     httpsPort = await freePort();

@@ -2,7 +2,6 @@
 // route Caddy refuses is quarantined while the rest is applied.
 
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -10,7 +9,7 @@ import { type BerthProcess, startBerth } from './support/berth.js';
 import { registerCleanup, useCleanup } from './support/cleanup.js';
 import { importBusybox, runHostContainer, startDockerd, type TestDockerd } from './support/dockerd.js';
 import { freePort } from './support/ports.js';
-import { httpGet, spawnLogged, waitUntil } from './support/proc.js';
+import { httpGet, httpsGet as httpsGetAt, spawnLogged, waitUntil } from './support/proc.js';
 
 useCleanup();
 
@@ -21,29 +20,7 @@ let adminPort: number;
 let operatorPort: number;
 let httpsPort: number;
 
-function httpsGet(host: string, path = '/'): Promise<{ status: number; body: string }> {
-  return new Promise((resolve) => {
-    const req = request(
-      {
-        host: '127.0.0.1',
-        port: httpsPort,
-        path,
-        servername: host,
-        headers: { host },
-        rejectUnauthorized: false,
-        timeout: 5000,
-      },
-      (res) => {
-        let body = '';
-        res.on('data', (c) => (body += c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-      },
-    );
-    req.on('error', (e) => resolve({ status: 0, body: e.message }));
-    req.on('timeout', () => req.destroy(new Error('timeout')));
-    req.end();
-  });
-}
+const httpsGet = (host: string, path = '/') => httpsGetAt(httpsPort, host, path);
 
 beforeAll(async () => {
   d = await startDockerd({ name: 'extcaddy' });

@@ -2,6 +2,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { request } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 
 const KEEP_LINES = 200;
 
@@ -156,6 +157,32 @@ export function httpGet(
     });
     req.on('timeout', () => req.destroy(new Error('timeout')));
     req.on('error', (e) => resolve({ status: 0, body: e.message, headers: {} }));
+    req.end();
+  });
+}
+
+/** GET over TLS to 127.0.0.1:port with SNI and Host set to `host`; any certificate accepted. */
+export function httpsGet(port: number, host: string, path = '/'): Promise<{ status: number; body: string }> {
+  return new Promise((resolve) => {
+    const req = httpsRequest(
+      {
+        host: '127.0.0.1',
+        port,
+        path,
+        servername: host,
+        headers: { host },
+        rejectUnauthorized: false,
+        agent: false,
+        timeout: 5000,
+      },
+      (res) => {
+        let body = '';
+        res.on('data', (c) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      },
+    );
+    req.on('error', (e) => resolve({ status: 0, body: e.message }));
+    req.on('timeout', () => req.destroy(new Error('timeout')));
     req.end();
   });
 }
