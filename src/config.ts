@@ -30,6 +30,12 @@ export const FLAGS: FlagDef[] = [
     for: '*',
   },
   {
+    name: 'store',
+    kind: 'string',
+    help: 'Shared store for several server replicas: redis://[:password@]host:port[/db][?prefix=berth:]. Default: SQLite in --data-dir',
+    for: SERVE,
+  },
+  {
     name: 'api-listen',
     kind: 'string',
     default: '127.0.0.1:7080',

@@ -34,9 +34,13 @@ export async function statusCommand(
     loads: number;
     lastApplyMs: number;
     lastError: string;
+    lease?: { holder?: string; mine: boolean; replica: string };
   }[]) {
+    const lease = c.lease
+      ? `, applied by ${c.lease.mine ? `this replica (${c.lease.replica})` : (c.lease.holder ?? 'nobody yet')}`
+      : '';
     lines.push(
-      `caddy ${c.admin}: ${c.reachable ? 'reachable' : 'UNREACHABLE'}, ${c.loads} loads, last apply ${c.lastApplyMs} ms${c.lastError ? `, last error: ${c.lastError}` : ''}`,
+      `caddy ${c.admin}: ${c.reachable ? 'reachable' : 'UNREACHABLE'}${lease}, ${c.loads} loads, last apply ${c.lastApplyMs} ms${c.lastError ? `, last error: ${c.lastError}` : ''}`,
     );
   }
   out(lines.join('\n'));

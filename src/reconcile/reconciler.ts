@@ -33,6 +33,13 @@ export interface ReconcilerOptions {
    * wait for it; a long burst of changes costs at most ~`perSecond` applies a second.
    */
   budget?: { burst: number; perSecond: number };
+  /**
+   * Replicas sharing Caddy instances: only the replica this allows applies to a target now (it
+   * holds the target's lease). The others still compute the desired state, and report for the
+   * target what `standby` says the applying replica serves.
+   */
+  canApply?: (t: CaddyTarget) => boolean;
+  standby?: (t: CaddyTarget, desired: Desired) => ReconcileState['targets'][number];
   /** After every completed pass: when it started, and how long each Caddy apply took. */
   onPass?: (s: ReconcileState, info: { startedAt: number; applyMs: number[] }) => void;
 }
@@ -113,6 +120,10 @@ export class Reconciler {
       }
       const results: ReconcileState['targets'] = [];
       for (const t of this.o.targets) {
+        if (this.o.canApply && !this.o.canApply(t)) {
+          results.push(this.o.standby?.(t, desired) ?? { served: new Set(), quarantined: new Map() });
+          continue;
+        }
         if (force) {
           t.invalidate();
           t.forgetRejections();

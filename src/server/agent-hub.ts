@@ -22,6 +22,7 @@ export class AgentHub {
   private readonly wss = new WebSocketServer({ noServer: true, maxPayload: 64 << 20 });
   private readonly sockets = new Map<string, WebSocket>();
   private readonly failures = new Map<string, { count: number; since: number }>();
+  private closing = false;
   counters = { connects: 0, rejected: 0, rateLimited: 0, messages: 0, invalidMessages: 0 };
   /** Where exec events and lost connections go (the exec broker). */
   exec?: { onAgentEvent(agentId: string, e: ExecEvent): void; onAgentGone(agentId: string): void };
@@ -34,7 +35,11 @@ export class AgentHub {
 
   attach(server: Server): void {
     server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-      void this.upgrade(req, socket, head);
+      this.upgrade(req, socket, head).catch((err) => {
+        // The store is away (a shared store lost): the agent retries with backoff.
+        this.o.logger.warn({ err: errorMessage(err) }, 'cannot accept an agent now');
+        refuse(socket, 503, 'UNAVAILABLE', 'the server cannot reach its store; try again later');
+      });
     });
   }
 
@@ -50,6 +55,8 @@ export class AgentHub {
   }
 
   close(): void {
+    // Agents reconnect at once: to another replica, never back to this one while it stops.
+    this.closing = true;
     for (const ws of this.sockets.values()) ws.close(1001, 'server shutting down');
     this.wss.close();
   }
@@ -58,6 +65,7 @@ export class AgentHub {
     const url = new URL(req.url ?? '/', 'http://x');
     if (url.pathname !== AGENT_PATH)
       return refuse(socket, 404, 'NOT_FOUND', `no WebSocket endpoint at ${url.pathname}`);
+    if (this.closing) return refuse(socket, 503, 'UNAVAILABLE', 'the server is shutting down');
     const ip = req.socket.remoteAddress ?? '?';
     const now = Date.now();
     const window = this.o.failureWindowMs ?? 60_000;
@@ -148,7 +156,9 @@ export class AgentHub {
 
 function refuse(socket: Duplex, status: number, code: string, message: string): void {
   const body = JSON.stringify({ error: { code, message } });
-  const text = { 401: 'Unauthorized', 404: 'Not Found', 429: 'Too Many Requests' }[status] ?? 'Error';
+  const text =
+    { 401: 'Unauthorized', 404: 'Not Found', 429: 'Too Many Requests', 503: 'Service Unavailable' }[status] ??
+    'Error';
   socket.end(
     `HTTP/1.1 ${status} ${text}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
   );

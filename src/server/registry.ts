@@ -1,7 +1,11 @@
 // What the server knows: keys, agents, their connections and latest snapshots. Everything
-// durable goes through the store; connection state lives here, in memory.
+// durable goes through the store; connection state lives here, in memory. With a store shared by
+// several replicas (Redis), changes the others make arrive as messages and are reloaded record by
+// record (with a periodic full reload as a safety net), and each agent's connection, held by one
+// replica, is published as a presence record so that every replica counts it as connected.
 import { randomBytes } from 'node:crypto';
-import { UserError } from '../errors.js';
+import type { Logger } from 'pino';
+import { errorMessage, UserError } from '../errors.js';
 import { siteSignature } from '../ingress/caddy/target.js';
 import type { RouteView, Snapshot } from '../model/types.js';
 import { routeKey } from '../reconcile/desired.js';
@@ -14,16 +18,28 @@ import {
   type LivenessOptions,
 } from '../reconcile/policy.js';
 import { Reconciler, type ReconcileState } from '../reconcile/reconciler.js';
-import type { AgentRecord, KeyRecord, Store } from '../store/store.js';
+import type { AgentRecord, KeyRecord, Presence, Store, StoreChange } from '../store/store.js';
 import { hashToken } from './auth.js';
 import type { EventBus } from './events.js';
 
 interface Live {
+  /** A socket to this replica. */
   connected: boolean;
   lastHeartbeatAt?: number;
   disconnectedAt?: number;
   heartbeat?: Record<string, unknown>;
+  /** When the agent connected to this replica. */
+  connectedAt?: number;
+  /** When this replica's presence record for the connection was last written. */
+  presenceAt?: number;
+  /** Another replica holds the agent's connection (shared store only). */
+  remote?: Presence;
 }
+
+/** How often presence is re-read (a killed replica's agents go offline within this plus its TTL). */
+const PRESENCE_POLL_MS = 1_000;
+/** The safety net under change messages: everything is re-read this often. */
+const FULL_RELOAD_MS = 30_000;
 
 export interface AgentSummary {
   id: string;
@@ -37,6 +53,8 @@ export interface AgentSummary {
   version?: string;
   dockerVersion?: string;
   heartbeatAgeSeconds?: number;
+  /** With several replicas: the one holding the agent's connection. */
+  replica?: string;
   routes: number;
   containers: number;
   withheld?: string;
@@ -65,6 +83,18 @@ export class Registry {
   /** Where fleet events go (agents enrolling, connecting, approved, removed; keys). */
   events?: EventBus;
   private dropListeners: ((agentIds: string[], reason: string) => void)[] = [];
+  /** Where problems following a shared store go. */
+  logger?: Logger;
+  private timers: NodeJS.Timeout[] = [];
+  private unwatch?: () => void;
+  /** Remote changes are applied one at a time, in the order they were published. */
+  private remoteQueue: Promise<void> = Promise.resolve();
+  private presenceSync?: Promise<void>;
+  private reloading?: Promise<void>;
+  private readonly pending = new Set<Promise<unknown>>();
+  /** When each record was last written here: a full reload must not undo what it did not see. */
+  private readonly touched = new Map<string, number>();
+  private closed = false;
 
   constructor(
     private readonly store: Store,
@@ -85,6 +115,46 @@ export class Registry {
       if (this.agents.has(s.agentId)) this.snapshots.set(s.agentId, s);
   }
 
+  /**
+   * With a shared store: applies what other replicas change, keeps this replica's presence
+   * records true, and reloads everything now and then. Nothing happens for an embedded store.
+   */
+  follow(): void {
+    const shared = this.store.shared;
+    if (!shared) return;
+    this.unwatch = this.store.watch((c) => {
+      this.remoteQueue = this.remoteQueue
+        .then(() => this.applyRemote(c))
+        .catch((err) =>
+          this.logger?.warn({ err: errorMessage(err), change: c.kind }, 'cannot apply a remote change'),
+        );
+    });
+    this.timers.push(
+      setInterval(() => void this.syncPresence(), PRESENCE_POLL_MS),
+      setInterval(() => void this.reloadAll(), FULL_RELOAD_MS),
+    );
+    void this.syncPresence();
+  }
+
+  /** Stops following and forgets this replica's presence records (its agents move elsewhere). */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const t of this.timers) clearInterval(t);
+    this.unwatch?.();
+    await Promise.allSettled([...this.pending]);
+    const shared = this.store.shared;
+    if (!shared) return;
+    const mine = [...this.live].filter(([, l]) => l.connected || l.presenceAt !== undefined);
+    await Promise.allSettled(mine.map(([id]) => shared.clearPresence(id)));
+  }
+
+  /** Runs a store write in the background, logged if it fails, awaited by close(). */
+  private background(what: string, p: Promise<unknown>): void {
+    const tracked = p.catch((err) => this.logger?.warn({ err: errorMessage(err) }, `cannot ${what}`));
+    this.pending.add(tracked);
+    void tracked.finally(() => this.pending.delete(tracked));
+  }
+
   onChange(fn: () => void): void {
     this.changeListeners.push(fn);
   }
@@ -96,6 +166,243 @@ export class Registry {
 
   private changed(): void {
     for (const fn of this.changeListeners) fn();
+  }
+
+  private touch(...records: string[]): void {
+    if (!this.store.shared) return;
+    const now = this.clock();
+    for (const r of records) this.touched.set(r, now);
+  }
+
+  private async saveKey(k: KeyRecord): Promise<void> {
+    try {
+      await this.store.saveKey(k);
+    } finally {
+      this.touch(`key:${k.id}`);
+    }
+  }
+
+  private async saveAgent(a: AgentRecord): Promise<void> {
+    try {
+      await this.store.upsertAgent(a);
+    } finally {
+      this.touch(`agent:${a.id}`);
+    }
+  }
+
+  private async saveSnapshot(s: Snapshot): Promise<void> {
+    try {
+      await this.store.saveSnapshot(s);
+    } finally {
+      this.touch(`snapshot:${s.agentId}`);
+    }
+  }
+
+  // ---- what other replicas change (shared store only)
+
+  private async applyRemote(c: StoreChange): Promise<void> {
+    switch (c.kind) {
+      case 'agent': {
+        if (this.remoteAgent(c.id, await this.store.shared?.getAgent(c.id))) this.changed();
+        return;
+      }
+      case 'key': {
+        if (this.remoteKey(c.id, await this.store.shared?.getKey(c.id))) this.changed();
+        return;
+      }
+      case 'snapshot': {
+        const s = await this.store.shared?.getSnapshot(c.agentId);
+        if (s && !this.agents.has(s.agentId)) await this.fetchAgent(s.agentId);
+        if (this.remoteSnapshot(c.agentId, s)) this.changed();
+        return;
+      }
+      case 'presence': {
+        const l = this.live.get(c.agentId);
+        if (!l) return;
+        // Another replica says it holds a connection this replica also has: the presence
+        // record decides which is newer.
+        if (l.connected && c.presence) return this.syncPresence();
+        if (this.setRemote(c.agentId, l, c.presence)) this.changed();
+        return;
+      }
+      case 'reload':
+        return this.reloadAll();
+      default:
+        return;
+    }
+  }
+
+  /** An agent record another replica wrote (or deleted): true when routing may change. */
+  private remoteAgent(id: string, rec: AgentRecord | undefined): boolean {
+    const prev = this.agents.get(id);
+    if (!rec) {
+      if (!prev || prev.kind === 'local') return false;
+      this.agents.delete(id);
+      this.snapshots.delete(id);
+      this.live.delete(id);
+      this.drop([id], 'the agent was removed');
+      this.events?.emit('agent.removed', `agent ${prev.name} removed`, { agentId: id, agent: prev.name });
+      return true;
+    }
+    // This replica's own copy stays authoritative for what the connection reports.
+    if (this.live.get(id)?.connected && prev) {
+      rec = { ...rec, lastSeenAt: prev.lastSeenAt };
+      if (prev.version) rec.version = prev.version;
+      if (prev.dockerVersion) rec.dockerVersion = prev.dockerVersion;
+    }
+    this.agents.set(id, rec);
+    if (!this.live.has(id)) this.live.set(id, { connected: false, disconnectedAt: this.clock() });
+    if (prev && !prev.approved && rec.approved) {
+      this.events?.emit('agent.approved', `agent ${rec.name} approved`, { agentId: id, agent: rec.name });
+    }
+    return !prev || prev.approved !== rec.approved || prev.keyId !== rec.keyId || prev.name !== rec.name;
+  }
+
+  /** A key another replica wrote: a revocation closes this replica's connections of that key. */
+  private remoteKey(id: string, rec: KeyRecord | undefined): boolean {
+    const prev = this.keys.get(id);
+    if (!rec) return this.keys.delete(id);
+    this.keys.set(id, rec);
+    if (!prev) this.events?.emit('key.created', `key ${rec.name} created`, { keyId: id, key: rec.name });
+    if (rec.revokedAt !== undefined && prev?.revokedAt === undefined) {
+      const ids = this.agentsOfKey(id);
+      this.drop(ids, `key ${rec.name} was revoked`);
+      this.events?.emit('key.revoked', `key ${rec.name} revoked`, {
+        keyId: id,
+        key: rec.name,
+        agents: ids.length,
+      });
+    }
+    return (
+      !prev ||
+      prev.revokedAt !== rec.revokedAt ||
+      prev.domains.join() !== rec.domains.join() ||
+      prev.autoApprove !== rec.autoApprove
+    );
+  }
+
+  private remoteSnapshot(agentId: string, s: Snapshot | undefined): boolean {
+    const prev = this.snapshots.get(agentId);
+    if (!s) return this.snapshots.delete(agentId);
+    if (!this.agents.has(agentId) || (prev && prev.generation >= s.generation)) return false;
+    this.snapshots.set(agentId, s);
+    return true;
+  }
+
+  /** An agent this replica has not heard of yet (another replica just enrolled it). */
+  private async fetchAgent(id: string): Promise<AgentRecord | undefined> {
+    const rec = await this.store.shared?.getAgent(id);
+    if (rec && !this.agents.has(id)) this.remoteAgent(id, rec);
+    return this.agents.get(id);
+  }
+
+  /** Records that another replica holds (or no longer holds) the connection; true on a change. */
+  private setRemote(agentId: string, l: Live, p: Presence | undefined): boolean {
+    const mine = p?.replica === this.store.shared?.replicaId;
+    const before = l.connected || l.remote !== undefined;
+    const was = l.remote?.replica;
+    l.remote = p && !mine ? p : undefined;
+    const after = l.connected || l.remote !== undefined;
+    const name = this.agents.get(agentId)?.name ?? agentId;
+    if (before && !after) {
+      l.disconnectedAt = this.clock();
+      this.events?.emit('agent.disconnected', `agent ${name} disconnected`, { agentId, agent: name });
+    } else if (l.remote && l.remote.replica !== was && !l.connected) {
+      this.events?.emit('agent.connected', `agent ${name} connected to replica ${l.remote.replica}`, {
+        agentId,
+        agent: name,
+        replica: l.remote.replica,
+      });
+    }
+    return before !== after;
+  }
+
+  /**
+   * Makes presence true both ways: which agents other replicas hold (a killed replica's records
+   * stop counting when its own liveness record expires), this replica's records match its
+   * sockets, and a connection another replica took over more recently is closed here.
+   */
+  private syncPresence(): Promise<void> {
+    this.presenceSync ??= this.doSyncPresence().finally(() => {
+      this.presenceSync = undefined;
+    });
+    return this.presenceSync;
+  }
+
+  private async doSyncPresence(): Promise<void> {
+    const shared = this.store.shared;
+    if (!shared) return;
+    const startedAt = this.clock();
+    let all: Map<string, Presence>;
+    try {
+      all = await shared.listPresence();
+    } catch (err) {
+      this.logger?.debug({ err: errorMessage(err) }, 'cannot read presence');
+      return;
+    }
+    let changed = false;
+    const elsewhere: string[] = [];
+    for (const [id, l] of this.live) {
+      if (this.agents.get(id)?.kind !== 'remote') continue;
+      const p = all.get(id);
+      // Only records read after this replica's own last write say anything about its sockets.
+      const settled = l.presenceAt !== undefined && l.presenceAt < startedAt;
+      if (l.connected && !p && (settled || l.presenceAt === undefined)) {
+        // Lost (written while Redis was away, or cleared by mistake): write it again.
+        const since = l.connectedAt ?? startedAt;
+        const restore = this.writePresence(id, l, { since, lastHeartbeatAt: l.lastHeartbeatAt });
+        this.background('restore a presence record', restore);
+      } else if (l.connected && settled && p && p.replica !== shared.replicaId) elsewhere.push(id);
+      if (p?.replica === shared.replicaId && !l.connected) {
+        this.background('clear a stale presence record', shared.clearPresence(id));
+      }
+      if (this.setRemote(id, l, p)) changed = true;
+    }
+    this.drop(elsewhere, 'the agent connected to another replica');
+    if (changed) this.changed();
+  }
+
+  /** Re-reads everything (after a reconnect, and periodically): messages may have been missed. */
+  private reloadAll(): Promise<void> {
+    this.reloading ??= this.doReloadAll()
+      .catch((err) => this.logger?.debug({ err: errorMessage(err) }, 'cannot reload from the store'))
+      .finally(() => {
+        this.reloading = undefined;
+      });
+    return this.reloading;
+  }
+
+  private async doReloadAll(): Promise<void> {
+    const shared = this.store.shared;
+    if (!shared) return;
+    const startedAt = this.clock();
+    // Written here since this reload began: what was read may predate it.
+    const fresh = (record: string) => (this.touched.get(record) ?? -1) >= startedAt;
+    let changed = false;
+    const keys = new Map((await this.store.listKeys()).map((k) => [k.id, k]));
+    for (const id of new Set([...keys.keys(), ...this.keys.keys()])) {
+      if (!fresh(`key:${id}`) && this.remoteKey(id, keys.get(id))) changed = true;
+    }
+    const agents = new Map((await this.store.listAgents()).map((a) => [a.id, a]));
+    for (const id of new Set([...agents.keys(), ...this.agents.keys()])) {
+      if (!fresh(`agent:${id}`) && this.remoteAgent(id, agents.get(id))) changed = true;
+    }
+    const generations = await shared.snapshotGenerations();
+    for (const [id, gen] of generations) {
+      if ((this.snapshots.get(id)?.generation ?? -1) >= gen) continue;
+      const s = await shared.getSnapshot(id);
+      if (!fresh(`snapshot:${id}`) && this.remoteSnapshot(id, s)) changed = true;
+    }
+    for (const id of [...this.snapshots.keys()]) {
+      if (!generations.has(id) && !fresh(`snapshot:${id}`) && this.remoteSnapshot(id, undefined))
+        changed = true;
+    }
+    if (changed) this.changed();
+    await this.syncPresence();
+  }
+
+  private drop(ids: string[], reason: string): void {
+    if (ids.length > 0) for (const fn of this.dropListeners) fn(ids, reason);
   }
 
   // ---- keys
@@ -119,7 +426,7 @@ export class Registry {
       createdAt: this.clock(),
     };
     if (o.execAllow) key.execAllow = o.execAllow;
-    await this.store.saveKey(key);
+    await this.saveKey(key);
     this.keys.set(key.id, key);
     this.events?.emit('key.created', `key ${key.name} created`, { keyId: key.id, key: key.name });
     return { key: this.keySummary(key), secret };
@@ -163,9 +470,9 @@ export class Registry {
     const k = this.findKey(ref);
     if (k.revokedAt === undefined) {
       k.revokedAt = this.clock();
-      await this.store.saveKey(k);
-      const ids = [...this.agents.values()].filter((a) => a.keyId === k.id).map((a) => a.id);
-      for (const fn of this.dropListeners) fn(ids, `key ${k.name} was revoked`);
+      await this.saveKey(k);
+      const ids = this.agentsOfKey(k.id);
+      this.drop(ids, `key ${k.name} was revoked`);
       this.events?.emit('key.revoked', `key ${k.name} revoked`, {
         keyId: k.id,
         key: k.name,
@@ -176,6 +483,10 @@ export class Registry {
     return this.keySummary(k);
   }
 
+  private agentsOfKey(keyId: string): string[] {
+    return [...this.agents.values()].filter((a) => a.keyId === keyId).map((a) => a.id);
+  }
+
   async rotateKey(ref: string, overlapMs: number): Promise<{ key: KeySummary; secret: string }> {
     const k = this.findKey(ref);
     if (k.revokedAt !== undefined)
@@ -184,7 +495,7 @@ export class Registry {
     k.previousHash = k.hash;
     k.previousExpiresAt = this.clock() + overlapMs;
     k.hash = hashToken(secret);
-    await this.store.saveKey(k);
+    await this.saveKey(k);
     return { key: this.keySummary(k), secret };
   }
 
@@ -207,7 +518,7 @@ export class Registry {
     o: { agentId?: string; name: string; version?: string },
   ): Promise<AgentRecord> {
     const now = this.clock();
-    let a = o.agentId ? this.agents.get(o.agentId) : undefined;
+    let a = o.agentId ? (this.agents.get(o.agentId) ?? (await this.fetchAgent(o.agentId))) : undefined;
     if (a && a.keyId !== key.id) a = undefined;
     if (!a) {
       a = {
@@ -224,8 +535,13 @@ export class Registry {
     a.lastSeenAt = now;
     if (o.version) a.version = o.version;
     this.agents.set(a.id, a);
-    await this.store.upsertAgent(a);
-    this.live.set(a.id, { connected: true, lastHeartbeatAt: now });
+    await this.saveAgent(a);
+    const live: Live = { connected: true, lastHeartbeatAt: now, connectedAt: now };
+    this.live.set(a.id, live);
+    this.background(
+      'write a presence record',
+      this.writePresence(a.id, live, { since: now, lastHeartbeatAt: now, version: a.version }),
+    );
     this.events?.emit(
       'agent.connected',
       a.approved ? `agent ${a.name} connected` : `agent ${a.name} connected and waits for approval`,
@@ -248,7 +564,7 @@ export class Registry {
     };
     this.agents.set(a.id, a);
     this.live.set(a.id, { connected: true, lastHeartbeatAt: now });
-    await this.store.upsertAgent(a);
+    await this.saveAgent(a);
   }
 
   private findAgent(ref: string): AgentRecord {
@@ -261,7 +577,7 @@ export class Registry {
     const a = this.findAgent(ref);
     if (!a.approved) {
       a.approved = true;
-      await this.store.upsertAgent(a);
+      await this.saveAgent(a);
       this.events?.emit('agent.approved', `agent ${a.name} approved`, { agentId: a.id, agent: a.name });
       this.changed();
     }
@@ -276,9 +592,13 @@ export class Registry {
     this.agents.delete(a.id);
     this.snapshots.delete(a.id);
     this.live.delete(a.id);
-    await this.store.deleteAgent(a.id);
-    await this.store.deleteSnapshot(a.id);
-    for (const fn of this.dropListeners) fn([a.id], 'the agent was removed');
+    try {
+      await this.store.deleteAgent(a.id);
+      await this.store.deleteSnapshot(a.id);
+    } finally {
+      this.touch(`agent:${a.id}`, `snapshot:${a.id}`);
+    }
+    this.drop([a.id], 'the agent was removed');
     this.events?.emit('agent.removed', `agent ${a.name} removed`, { agentId: a.id, agent: a.name });
     this.changed();
     return summary;
@@ -296,10 +616,33 @@ export class Registry {
     l.heartbeat = info;
     this.live.set(agentId, l);
     a.lastSeenAt = now;
+    const before = `${a.version} ${a.dockerVersion} ${a.hostIp}`;
     if (info.version) a.version = info.version;
     if (info.dockerVersion) a.dockerVersion = info.dockerVersion;
     if (info.hostIp) a.hostIp = info.hostIp;
-    await this.store.upsertAgent(a);
+    if (!this.store.shared) {
+      await this.saveAgent(a);
+      return;
+    }
+    // Shared: heartbeats refresh the presence record; the agent record is rewritten only when
+    // something in it changed, so a heartbeat cannot undo an approval made on another replica.
+    const interval = info.intervalMs;
+    await this.writePresence(agentId, l, {
+      since: l.connectedAt ?? now,
+      lastHeartbeatAt: now,
+      heartbeatMs: typeof interval === 'number' ? interval : undefined,
+      version: a.version,
+      dockerVersion: a.dockerVersion,
+    });
+    if (before !== `${a.version} ${a.dockerVersion} ${a.hostIp}`) await this.saveAgent(a);
+  }
+
+  private async writePresence(agentId: string, l: Live, p: Omit<Presence, 'replica'>): Promise<void> {
+    const shared = this.store.shared;
+    if (!shared) return;
+    const clean = Object.fromEntries(Object.entries(p).filter(([, v]) => v !== undefined)) as typeof p;
+    await shared.setPresence(agentId, clean);
+    l.presenceAt = this.clock();
   }
 
   disconnected(agentId: string): void {
@@ -307,13 +650,19 @@ export class Registry {
     if (!l) return;
     l.connected = false;
     l.disconnectedAt = this.clock();
+    if (l.presenceAt !== undefined && this.store.shared && !this.closed) {
+      l.presenceAt = undefined;
+      this.background('clear the presence record', this.store.shared.clearPresence(agentId));
+    }
     const name = this.agents.get(agentId)?.name ?? agentId;
     this.events?.emit('agent.disconnected', `agent ${name} disconnected`, { agentId, agent: name });
     this.changed();
   }
 
+  /** Whether the agent is connected to this replica or, with a shared store, to another one. */
   isConnected(agentId: string): boolean {
-    return this.live.get(agentId)?.connected ?? false;
+    const l = this.live.get(agentId);
+    return l !== undefined && (l.connected || l.remote !== undefined);
   }
 
   /** Replaces the agent's whole state. An older generation (a late message) is ignored. */
@@ -323,12 +672,16 @@ export class Registry {
     const a = this.agents.get(s.agentId);
     if (!a) throw new Error(`unknown agent ${s.agentId}`);
     this.snapshots.set(s.agentId, s);
-    if (s.hostIp && a.hostIp !== s.hostIp) {
-      a.hostIp = s.hostIp;
-      await this.store.upsertAgent(a);
+    try {
+      if (s.hostIp && a.hostIp !== s.hostIp) {
+        a.hostIp = s.hostIp;
+        await this.saveAgent(a);
+      }
+      await this.saveSnapshot(s);
+    } finally {
+      // Served from memory even when the store is away (the caller logs the failure).
+      this.changed();
     }
-    await this.store.saveSnapshot(s);
-    this.changed();
     return true;
   }
 
@@ -339,10 +692,16 @@ export class Registry {
   views(): AgentView[] {
     return [...this.agents.values()].map((record) => {
       const l = this.live.get(record.id) ?? { connected: false };
-      const v: AgentView = { record, connected: l.connected, snapshot: this.snapshots.get(record.id) };
+      const connected = l.connected || l.remote !== undefined;
+      const v: AgentView = { record, connected, snapshot: this.snapshots.get(record.id) };
       if (record.keyId) v.key = this.keys.get(record.keyId);
-      if (l.lastHeartbeatAt !== undefined) v.lastHeartbeatAt = l.lastHeartbeatAt;
-      const interval = l.heartbeat?.intervalMs;
+      const lastHeartbeatAt = l.connected
+        ? l.lastHeartbeatAt
+        : (l.remote?.lastHeartbeatAt ?? l.lastHeartbeatAt);
+      if (lastHeartbeatAt !== undefined) v.lastHeartbeatAt = lastHeartbeatAt;
+      const interval = l.connected
+        ? l.heartbeat?.intervalMs
+        : (l.remote?.heartbeatMs ?? l.heartbeat?.intervalMs);
       if (typeof interval === 'number') v.heartbeatMs = interval;
       if (l.disconnectedAt !== undefined) v.disconnectedAt = l.disconnectedAt;
       return v;
@@ -372,8 +731,16 @@ export class Registry {
     }
     const hostIp = s?.hostIp ?? a.hostIp;
     if (hostIp) out.hostIp = hostIp;
-    if (a.version) out.version = a.version;
-    if (a.dockerVersion) out.dockerVersion = a.dockerVersion;
+    const remote = this.live.get(a.id)?.remote;
+    const version = a.version ?? remote?.version;
+    const dockerVersion = a.dockerVersion ?? remote?.dockerVersion;
+    if (version) out.version = version;
+    if (dockerVersion) out.dockerVersion = dockerVersion;
+    const shared = this.store.shared;
+    if (shared && a.kind === 'remote') {
+      const replica = this.live.get(a.id)?.connected ? shared.replicaId : remote?.replica;
+      if (replica) out.replica = replica;
+    }
     if (v.lastHeartbeatAt) out.heartbeatAgeSeconds = Math.round((now - v.lastHeartbeatAt) / 100) / 10;
     const withheld = this.admitted().withheld.get(a.id);
     if (withheld) out.withheld = withheld;

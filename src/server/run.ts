@@ -22,11 +22,12 @@ import { TcpForwarder } from '../ingress/tcp/forwarder.js';
 import { Histogram, simple, tcpMetrics } from '../metrics.js';
 import { domainAllowed } from '../reconcile/policy.js';
 import { Reconciler } from '../reconcile/reconciler.js';
-import { SqliteStore } from '../store/sqlite.js';
+import { openStore } from '../store/open.js';
 import { VERSION } from '../version.js';
 import { AgentHub } from './agent-hub.js';
 import { buildApp, type StatusReport } from './app.js';
 import { ensureAdminToken } from './auth.js';
+import { CaddyLeases } from './caddy-lease.js';
 import { EventBus } from './events.js';
 import { ExecBroker } from './exec.js';
 import { Registry } from './registry.js';
@@ -46,7 +47,13 @@ export async function runServer(
   const dataDir = resolve(String(config['data-dir']));
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const startedAt = Date.now();
-  const store = SqliteStore.openDataDir(dataDir);
+  if (opts.localAgent && config.store) {
+    throw new UserError(
+      'CONFIG_INVALID',
+      '--store is for berth server replicas (berth standalone keeps its agent in-process); run berth agent on each host',
+    );
+  }
+  const store = await openStore(config.store as string | undefined, dataDir, logger);
   const token = await ensureAdminToken(store, dataDir, process.env.BERTH_ADMIN_TOKEN);
   if (token.generated) {
     // Printed once, on stdout rather than in the logs, and kept only in a 0600 file.
@@ -61,6 +68,8 @@ export async function runServer(
   await registry.load();
   const events = new EventBus();
   registry.events = events;
+  registry.logger = logger.child({ component: 'registry' });
+  registry.follow();
   const uiAuth = new UiAuth(store, token.hash);
 
   const httpBind = config['http-bind'] === undefined ? undefined : String(config['http-bind']);
@@ -100,6 +109,21 @@ export async function runServer(
   } else {
     for (const url of adminUrls) targets.push(new CaddyTarget(new CaddyAdmin(url), buildOpts, logger));
   }
+  // Replicas sharing a store and the same Caddy instances: one applies to each at a time.
+  const leases =
+    store.shared && adminUrls.length > 0
+      ? new CaddyLeases({
+          store,
+          shared: store.shared,
+          targets,
+          logger: logger.child({ component: 'lease' }),
+          onAcquired: (t) => {
+            t.invalidate();
+            reconciler?.wake();
+          },
+          onApplied: () => reconciler?.wake(),
+        })
+      : undefined;
 
   const tcpLogFile = config['tcp-access-log'] ? String(config['tcp-access-log']) : undefined;
   const tcpLog = tcpLogFile ? createWriteStream(tcpLogFile, { flags: 'a', mode: 0o640 }) : undefined;
@@ -127,7 +151,9 @@ export async function runServer(
     tcp,
     dns,
     logger,
+    ...leases?.gate(),
     onPass: (state, info) => {
+      leases?.report(state);
       if (changedSince !== undefined && info.startedAt >= changedSince) {
         convergence.observe((Date.now() - changedSince) / 1000);
         changedSince = undefined;
@@ -174,6 +200,13 @@ export async function runServer(
   });
 
   if (supervisor) await supervisor.start();
+  await leases?.start();
+  if (store.shared) {
+    logger.info(
+      { store: store.shared.display, replica: store.shared.replicaId },
+      'sharing the store with other replicas',
+    );
+  }
   // Serve what the store remembers before any agent reports: a restart must not empty the front door.
   rec.wake();
 
@@ -223,7 +256,10 @@ export async function runServer(
   }
 
   const drift = setInterval(async () => {
-    for (const t of targets) if (await t.drifted()) rec.wake();
+    for (const t of targets) {
+      if (leases && !leases.canApply(t)) await leases.probe(t);
+      else if (await t.drifted()) rec.wake();
+    }
   }, Number(config['drift-interval']));
   // Time alone changes what serves (an offline grace ends): re-check once a second.
   let admittedKey = '';
@@ -261,6 +297,7 @@ export async function runServer(
         pid: supervisor?.pid,
         restarts: supervisor?.restarts,
         ...t.stats,
+        lease: leases?.view(t),
       })),
       routes: {
         total: routes.length,
@@ -373,6 +410,8 @@ export async function runServer(
       watcher?.stop();
       hub.close();
       rec.stop();
+      await leases?.stop();
+      await registry.close();
       await tcp.close();
       tcpLog?.end();
       await app.close();

@@ -3,7 +3,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Snapshot } from '../model/types.js';
-import type { AgentRecord, AuditEntry, KeyRecord, Store } from './store.js';
+import type { AgentRecord, AuditEntry, KeyRecord, Store, StoreChange } from './store.js';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -115,6 +115,11 @@ export class SqliteStore implements Store {
     return (
       this.db.prepare('SELECT body FROM audit ORDER BY seq DESC LIMIT ?').all(limit) as { body: string }[]
     ).map((r) => JSON.parse(r.body));
+  }
+
+  /** One process owns the file: no other writer to hear from. */
+  watch(_fn: (change: StoreChange) => void): () => void {
+    return () => {};
   }
 
   async close(): Promise<void> {

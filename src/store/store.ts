@@ -52,6 +52,63 @@ export interface AuditEntry {
   timedOut?: boolean;
 }
 
+/** A change another server process made to a store it shares with this one. */
+export type StoreChange =
+  | { kind: 'agent'; id: string }
+  | { kind: 'key'; id: string }
+  | { kind: 'snapshot'; agentId: string }
+  /** The agent's connection moved: `presence` is the new holder, undefined when it ended. */
+  | { kind: 'presence'; agentId: string; presence?: Presence }
+  | { kind: 'meta'; key: string }
+  | { kind: 'lease'; name: string }
+  /** Changes may have been missed (the connection to the store was lost): reload everything. */
+  | { kind: 'reload' };
+
+/** An agent's connection, as the replica holding it reports it. */
+export interface Presence {
+  replica: string;
+  since: number;
+  lastHeartbeatAt?: number;
+  heartbeatMs?: number;
+  version?: string;
+  dockerVersion?: string;
+}
+
+export interface LeaseState {
+  /** Whether this replica holds the lease now. */
+  held: boolean;
+  /** The holder's replica id; undefined when nobody holds it. */
+  holder?: string;
+  /** How long the lease runs without renewal, as the store saw it. */
+  ttlMs: number;
+}
+
+/**
+ * What several `berth server` replicas sharing one store coordinate through (Redis): targeted
+ * reads for remote changes, which replica holds each agent's connection, and leases.
+ */
+export interface SharedStore {
+  /** This process among the replicas, unique per run. */
+  readonly replicaId: string;
+  /** Where the store is, for logs and status; never carries a password. */
+  readonly display: string;
+  getAgent(id: string): Promise<AgentRecord | undefined>;
+  getKey(id: string): Promise<KeyRecord | undefined>;
+  getSnapshot(agentId: string): Promise<Snapshot | undefined>;
+  /** Agent id → generation of its stored snapshot: cheap to compare before loading any. */
+  snapshotGenerations(): Promise<Map<string, number>>;
+  /** This replica holds the agent's connection (set on connect, refreshed on heartbeats). */
+  setPresence(agentId: string, p: Omit<Presence, 'replica'>): Promise<void>;
+  /** The connection ended: forgets the presence if this replica still holds it. */
+  clearPresence(agentId: string): Promise<void>;
+  /** Presence records of replicas that are alive now (a killed replica's expire with it). */
+  listPresence(): Promise<Map<string, Presence>>;
+  /** Takes the lease if free, renews it if ours (atomically); tells who holds it otherwise. */
+  acquireLease(name: string, ttlMs: number): Promise<LeaseState>;
+  /** Gives the lease up if this replica holds it, and tells the others at once. */
+  releaseLease(name: string): Promise<void>;
+}
+
 export interface Store {
   getMeta(key: string): Promise<string | undefined>;
   setMeta(key: string, value: string): Promise<void>;
@@ -69,5 +126,12 @@ export interface Store {
   addAudit(entry: AuditEntry): Promise<void>;
   /** Newest first. */
   listAudit(limit: number): Promise<AuditEntry[]>;
+  /**
+   * Calls fn with every change other server processes make to this store; returns a function
+   * that stops. The embedded store is never shared: nothing is ever reported.
+   */
+  watch(fn: (change: StoreChange) => void): () => void;
+  /** Present when several server replicas may share this store. */
+  readonly shared?: SharedStore;
   close(): Promise<void>;
 }
