@@ -15,7 +15,8 @@ import {
 import type { Snapshot } from '../model/types.js';
 
 export interface LinkOptions {
-  serverUrl: string;
+  /** One URL, or several replicas' URLs: each (re)connect after a failure tries the next. */
+  serverUrls: string[];
   key: string;
   name: string;
   version: string;
@@ -32,6 +33,8 @@ export class ServerLink {
   private ws?: WebSocket;
   private snapshot?: Snapshot;
   private backoffMs = 500;
+  /** Index into serverUrls of the replica this link uses now. */
+  private current = 0;
   private stopped = false;
   private beat?: NodeJS.Timeout;
   private retry?: NodeJS.Timeout;
@@ -60,6 +63,11 @@ export class ServerLink {
     this.ws?.close(1000, 'agent stopping');
   }
 
+  /** The server URL this link connects to now. */
+  get server(): string {
+    return this.o.serverUrls[this.current] ?? '';
+  }
+
   /** The latest snapshot; sent now if connected, else on the next connect. */
   publish(s: Snapshot): void {
     this.snapshot = s;
@@ -68,7 +76,8 @@ export class ServerLink {
 
   private connect(): void {
     if (this.stopped) return;
-    const url = `${this.o.serverUrl.replace(/^http/, 'ws').replace(/\/$/, '')}${AGENT_PATH}`;
+    const server = this.server;
+    const url = `${server.replace(/^http/, 'ws').replace(/\/$/, '')}${AGENT_PATH}`;
     const headers: Record<string, string> = {
       authorization: `Bearer ${this.o.key}`,
       'x-berth-agent-name': this.o.name,
@@ -91,10 +100,7 @@ export class ServerLink {
         } catch {
           // not JSON: keep the text
         }
-        this.o.logger.error(
-          { status: res.statusCode, server: this.o.serverUrl },
-          `server refused the agent: ${message}`,
-        );
+        this.o.logger.error({ status: res.statusCode, server }, `server refused the agent: ${message}`);
       });
       ws.terminate();
     });
@@ -108,10 +114,12 @@ export class ServerLink {
       this.ws = undefined;
       this.status = 'disconnected';
       if (this.stopped) return;
+      // Another replica may be up where this one is not (or is shutting down).
+      this.current = (this.current + 1) % this.o.serverUrls.length;
       const delay = Math.round(this.backoffMs * (0.5 + Math.random()));
       this.backoffMs = Math.min(this.backoffMs * 2, 30_000);
       this.o.logger.warn(
-        { code, reason: reason.toString(), retryInMs: delay },
+        { code, reason: reason.toString(), retryInMs: delay, next: this.server },
         'disconnected from server; reconnecting',
       );
       this.retry = setTimeout(() => this.connect(), delay);

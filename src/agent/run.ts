@@ -20,12 +20,19 @@ export interface RunningAgent {
 }
 
 export async function runAgent(config: Config, logger: Logger): Promise<RunningAgent> {
-  const server = config.server ? String(config.server) : undefined;
-  if (!server || !/^https?:\/\//.test(server)) {
+  const servers = String(config.server ?? '')
+    .split(',')
+    .map((u) => u.trim())
+    .filter(Boolean);
+  if (servers.length === 0) {
     throw new UserError(
       'CONFIG_INVALID',
-      '--server is required: the Berth server URL, e.g. https://berth.example.com',
+      '--server is required: the Berth server URL, e.g. https://berth.example.com (several replicas: comma-separated)',
     );
+  }
+  const bad = servers.find((u) => !/^https?:\/\/[^/\s]+/.test(u));
+  if (bad !== undefined) {
+    throw new UserError('CONFIG_INVALID', `--server ${bad}: expected an http:// or https:// URL`);
   }
   const key = agentKey(config);
   const endpoint = String(config.docker ?? 'unix:///var/run/docker.sock');
@@ -37,7 +44,7 @@ export async function runAgent(config: Config, logger: Logger): Promise<RunningA
   const source = createDockerSource(endpoint);
   const policy = loadExecPolicy(config);
   const link: ServerLink = new ServerLink({
-    serverUrl: server,
+    serverUrls: servers,
     key,
     name,
     version: VERSION,
@@ -138,7 +145,7 @@ export async function runAgent(config: Config, logger: Logger): Promise<RunningA
         ];
       })
     : undefined;
-  logger.info({ server, name, docker: endpoint, metrics: config['metrics-listen'] }, 'berth agent running');
+  logger.info({ servers, name, docker: endpoint, metrics: config['metrics-listen'] }, 'berth agent running');
   return {
     async stop() {
       watcher?.stop();

@@ -23,7 +23,7 @@ export interface ReconcilerOptions {
   /** Berth's TCP forwarder; synced first in every pass (it is cheap and independent of Caddy). */
   tcp?: { sync(listeners: TcpListenerSpec[]): Promise<void>; status(): ListenerStatus[] };
   /** The dynamic layout's DNS table: hosts served without a Caddy config change. */
-  dns?: { publish(sites: Site[]): void };
+  dns?: { publish(sites: Site[], o?: { transition?: boolean }): void };
   logger: Logger;
   /** Quiet time that gathers a burst into one pass, and the most a wake may wait. */
   debounceMs?: number;
@@ -112,7 +112,8 @@ export class Reconciler {
     const applyMs: number[] = [];
     try {
       const desired = computeDesired(this.o.source());
-      this.o.dns?.publish(desired.sites);
+      // Hosts moving into Caddy's config stay in DNS until every apply below has landed.
+      this.o.dns?.publish(desired.sites, { transition: true });
       let tcp = new Map<number, ListenerStatus>();
       if (this.o.tcp) {
         await this.o.tcp.sync(desired.tcp);
@@ -159,6 +160,7 @@ export class Reconciler {
           });
         }
       }
+      if (!failed) this.o.dns?.publish(desired.sites);
       this.counters.passes++;
       this.state = { desired, targets: results, tcp, passes: this.counters.passes, completedAt: Date.now() };
       this.o.onPass?.(this.state, { startedAt, applyMs });

@@ -6,7 +6,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
 import { type BerthProcess, startBerth } from './support/berth.js';
 import { registerCleanup, useCleanup } from './support/cleanup.js';
-import { importBusybox, runHostContainer, startDockerd, type TestDockerd } from './support/dockerd.js';
+import {
+  importBusybox,
+  runHostContainer,
+  runWebContainer,
+  startDockerd,
+  type TestDockerd,
+} from './support/dockerd.js';
 import { freePort } from './support/ports.js';
 import { httpGet, httpsGet as httpsGetAt, waitUntil } from './support/proc.js';
 
@@ -17,14 +23,7 @@ let berth: BerthProcess;
 
 const get = (host: string) => httpGet(`http://127.0.0.1:${berth.httpPort}/`, { host });
 
-async function web(name: string, host: string) {
-  const p = await freePort();
-  await runHostContainer(d, name, { 'berth.host': host, 'berth.port': String(p) }, [
-    'sh',
-    '-c',
-    `mkdir -p /w && echo "body of ${name}" > /w/index.html && exec httpd -f -p 127.0.0.1:${p} -h /w`,
-  ]);
-}
+const web = (name: string, host: string) => runWebContainer(d, name, { 'berth.host': host });
 
 async function serves(host: string, body: string) {
   await waitUntil(async () => (await get(host)).body.includes(body), {

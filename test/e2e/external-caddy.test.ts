@@ -1,22 +1,20 @@
 // Berth driving an operator's own Caddy (--caddy-admin): the operator's config survives, and a
 // route Caddy refuses is quarantined while the rest is applied.
 
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type BerthProcess, startBerth } from './support/berth.js';
-import { registerCleanup, useCleanup } from './support/cleanup.js';
-import { importBusybox, runHostContainer, startDockerd, type TestDockerd } from './support/dockerd.js';
+import { startOperatorCaddy } from './support/caddy.js';
+import { useCleanup } from './support/cleanup.js';
+import { importBusybox, runWebContainer, startDockerd, type TestDockerd } from './support/dockerd.js';
 import { freePort } from './support/ports.js';
-import { httpGet, httpsGet as httpsGetAt, spawnLogged, waitUntil } from './support/proc.js';
+import { httpGet, httpsGet as httpsGetAt, waitUntil } from './support/proc.js';
 
 useCleanup();
 
 const IMAGE = 'berth-test/busybox:latest';
 let d: TestDockerd;
 let berth: BerthProcess;
-let adminPort: number;
+let adminUrl: string;
 let operatorPort: number;
 let httpsPort: number;
 
@@ -25,50 +23,28 @@ const httpsGet = (host: string, path = '/') => httpsGetAt(httpsPort, host, path)
 beforeAll(async () => {
   d = await startDockerd({ name: 'extcaddy' });
   await importBusybox(d, IMAGE);
-  adminPort = await freePort();
   operatorPort = await freePort();
   httpsPort = await freePort();
-  const dir = mkdtempSync(join(tmpdir(), 'opcaddy-'));
-  const config = {
-    admin: { listen: `127.0.0.1:${adminPort}`, config: { persist: false } },
-    apps: {
-      http: {
-        servers: {
-          operator: {
-            listen: [`127.0.0.1:${operatorPort}`],
-            automatic_https: { disable: true },
-            routes: [{ handle: [{ handler: 'static_response', body: 'operator base route' }] }],
-          },
+  const caddy = await startOperatorCaddy({
+    http: {
+      servers: {
+        operator: {
+          listen: [`127.0.0.1:${operatorPort}`],
+          automatic_https: { disable: true },
+          routes: [{ handle: [{ handler: 'static_response', body: 'operator base route' }] }],
         },
       },
-      // The operator already has a TLS policy for taken.test: Caddy refuses a second one.
-      tls: { automation: { policies: [{ subjects: ['taken.test'], issuers: [{ module: 'internal' }] }] } },
-      pki: { certificate_authorities: { local: { install_trust: false } } },
     },
-  };
-  writeFileSync(join(dir, 'caddy.json'), JSON.stringify(config));
-  const caddy = spawnLogged('caddy', ['run', '--config', join(dir, 'caddy.json')], {
-    env: {
-      ...process.env,
-      XDG_DATA_HOME: join(dir, 'data'),
-      XDG_CONFIG_HOME: join(dir, 'config'),
-      HOME: dir,
-    },
-    logFile: join(dir, 'caddy.log'),
+    // The operator already has a TLS policy for taken.test: Caddy refuses a second one.
+    tls: { automation: { policies: [{ subjects: ['taken.test'], issuers: [{ module: 'internal' }] }] } },
+    pki: { certificate_authorities: { local: { install_trust: false } } },
   });
-  registerCleanup(async () => {
-    await caddy.stop();
-    rmSync(dir, { recursive: true, force: true });
-  });
-  await waitUntil(async () => (await httpGet(`http://127.0.0.1:${adminPort}/config/`)).status === 200, {
-    timeoutMs: 15_000,
-    message: () => `operator caddy did not start\n${caddy.output()}`,
-  });
+  adminUrl = caddy.adminUrl;
   berth = await startBerth({
     docker: d.dockerHost,
     args: [
       '--caddy-admin',
-      `http://127.0.0.1:${adminPort}`,
+      adminUrl,
       '--tls',
       'internal',
       '--https-listen',
@@ -85,14 +61,7 @@ afterAll(async () => {
   await berth?.stop();
 });
 
-async function web(name: string, host: string) {
-  const p = await freePort();
-  await runHostContainer(d, name, { 'berth.host': host, 'berth.port': String(p) }, [
-    'sh',
-    '-c',
-    `mkdir -p /w && echo "body of ${name}" > /w/index.html && exec httpd -f -p 127.0.0.1:${p} -h /w`,
-  ]);
-}
+const web = (name: string, host: string) => runWebContainer(d, name, { 'berth.host': host });
 
 describe('berth with an existing Caddy', () => {
   it("keeps the operator's servers and routes through its own applies", async () => {
@@ -101,7 +70,7 @@ describe('berth with an existing Caddy', () => {
       timeoutMs: 10_000,
       message: 'no apply',
     });
-    const add = await fetch(`http://127.0.0.1:${adminPort}/config/apps/http/servers/operator/routes/0`, {
+    const add = await fetch(`${adminUrl}/config/apps/http/servers/operator/routes/0`, {
       method: 'PUT',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({

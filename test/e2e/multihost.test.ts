@@ -4,7 +4,7 @@ import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AgentProcess, type BerthProcess, startAgent, startBerth } from './support/berth.js';
 import { useCleanup } from './support/cleanup.js';
-import { importBusybox, runHostContainer, startDockerd, type TestDockerd } from './support/dockerd.js';
+import { importBusybox, runWebContainer, startDockerd, type TestDockerd } from './support/dockerd.js';
 import { freePort } from './support/ports.js';
 import { httpGet, waitUntil } from './support/proc.js';
 import { type SocketProxy, startReadOnlyProxy } from './support/socket-proxy.js';
@@ -18,14 +18,8 @@ let h3: TestDockerd;
 const agents: Record<string, AgentProcess> = {};
 let proxy: SocketProxy;
 
-async function web(d: TestDockerd, ip: string, name: string, labels: Record<string, string>) {
-  const p = await freePort(ip);
-  await runHostContainer(d, name, { 'berth.port': String(p), ...labels }, [
-    'sh',
-    '-c',
-    `mkdir -p /w && echo "${name}@${ip}" > /w/index.html && exec httpd -f -p ${ip}:${p} -h /w`,
-  ]);
-}
+const web = (d: TestDockerd, ip: string, name: string, labels: Record<string, string>) =>
+  runWebContainer(d, name, labels, { ip, body: `${name}@${ip}` });
 
 const get = (host: string) => httpGet(`http://127.0.0.1:${server.httpPort}/`, { host });
 const serves = (host: string, body: string, timeoutMs = 20_000) =>

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { buildCaddyParts, splitSites } from '../../src/ingress/caddy/config.js';
 import { DnsResponder, labelFor } from '../../src/ingress/dns/responder.js';
+import { tableFromSites } from '../../src/ingress/dns/sidecar.js';
 import type { Site } from '../../src/reconcile/desired.js';
 
 /** A DNS query for one name and type, as Go's resolver sends it. */
@@ -100,5 +101,18 @@ describe('dynamic Caddy layout', () => {
     // The same config whatever the simple hosts are: their changes need no apply.
     const other = buildCaddyParts([...sites.slice(1), site('new.test')], opts, 'v1');
     expect(JSON.stringify(other)).toBe(JSON.stringify(buildCaddyParts(sites, opts, 'v1')));
+  });
+
+  it('keeps a host in DNS while it moves into the config, but not once it is gone', () => {
+    const before = tableFromSites([site('moving.test'), site('gone.test'), site('stays.test')]);
+    expect(Object.keys(before).sort()).toEqual(['gone.test', 'moving.test', 'stays.test']);
+    const after = [site('moving.test'), site('moving.test', { path: '/api' }), site('stays.test')];
+    // Before the apply: moving.test is still reached through DNS; gone.test leaves at once.
+    expect(tableFromSites(after, before)).toEqual({
+      'moving.test': [['127.0.0.1', 80]],
+      'stays.test': [['127.0.0.1', 80]],
+    });
+    // Once applied: only what the catch-all serves.
+    expect(tableFromSites(after)).toEqual({ 'stays.test': [['127.0.0.1', 80]] });
   });
 });

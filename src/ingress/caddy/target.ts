@@ -161,6 +161,7 @@ export class CaddyTarget {
     const key = this.inputKey(sites);
     const versionId = `berth_version_${key.slice(0, 16)}`;
     const parts = buildCaddyParts(sites, this.opts, versionId);
+    this.logger.debug({ admin: this.admin.display, sites: sites.length }, 'applying routes to caddy');
     // Merge into the live config so the operator's own servers and edits are kept.
     const current = await this.admin.getConfig('/config/');
     this.stats.reachable = true;

@@ -33,9 +33,18 @@ interface SidecarConfig {
 /** The table file: host → [[ip, port], …]. */
 type TableFile = Record<string, [string, number][]>;
 
-export function tableFromSites(sites: Site[]): TableFile {
+/**
+ * The hosts Caddy reaches through DNS. With `keep` (the table Caddy may be using now), a host that
+ * moves into Caddy's own config (it gained a path, say) keeps its old entry until that config has
+ * landed: until then the catch-all still serves it, instead of a 404.
+ */
+export function tableFromSites(sites: Site[], keep?: TableFile): TableFile {
   const out: TableFile = {};
   for (const s of splitSites(sites).dynamic) out[s.host] = s.upstreams.map((u) => [u.host, u.port]);
+  if (keep) {
+    const hosts = new Set(sites.map((s) => s.host));
+    for (const [host, ups] of Object.entries(keep)) if (!(host in out) && hosts.has(host)) out[host] = ups;
+  }
   return out;
 }
 
@@ -107,6 +116,7 @@ export class DnsSidecar {
   private stopping = false;
   private cfg?: SidecarConfig;
   private lastTable = '';
+  private lastObject: TableFile = {};
   restarts = 0;
 
   constructor(private readonly o: SidecarOptions) {}
@@ -141,14 +151,19 @@ export class DnsSidecar {
     }, 500);
   }
 
-  /** Writes the table for the sidecar (atomically); unchanged tables are not rewritten. */
-  publish(sites: Site[]): void {
-    const text = JSON.stringify(tableFromSites(sites));
+  /**
+   * Writes the table for the sidecar (atomically); unchanged tables are not rewritten. Before an
+   * apply (`transition`), hosts leaving the table for Caddy's config keep their entries.
+   */
+  publish(sites: Site[], o: { transition?: boolean } = {}): void {
+    const table = tableFromSites(sites, o.transition ? this.lastObject : undefined);
+    const text = JSON.stringify(table);
     if (text === this.lastTable) return;
     const p = paths(this.o.dataDir);
     writeFileSync(`${p.table}.tmp`, text);
     renameSync(`${p.table}.tmp`, p.table);
     this.lastTable = text;
+    this.lastObject = table;
   }
 
   async stop(): Promise<void> {

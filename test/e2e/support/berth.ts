@@ -39,6 +39,8 @@ export interface BerthOptions {
   env?: NodeJS.ProcessEnv;
   /** Run Berth (and its CLI calls) inside this network namespace; its API is reached from there too. */
   netns?: string;
+  /** The front door's HTTP port (replicas sharing one Caddy share it); default a free one. */
+  httpPort?: number;
 }
 
 /** argv that runs `cmd args` in a network namespace (only the network one: see startDockerd). */
@@ -63,7 +65,7 @@ async function okFrom(netns: string, url: string): Promise<boolean> {
 export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
   const dataDir = o.dataDir ?? mkdtempSync(join(tmpdir(), 'bd-'));
   const apiPort = await freePort();
-  const httpPort = await freePort();
+  const httpPort = o.httpPort ?? (await freePort());
   const args = [
     BERTH_BIN,
     o.command ?? 'standalone',

@@ -16,6 +16,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { registerCleanup } from './cleanup.js';
+import { freePort } from './ports.js';
 import { type Logged, spawnLogged, waitUntil } from './proc.js';
 
 export interface DockerResult {
@@ -421,4 +422,25 @@ export async function runHostContainer(
     o.image ?? 'berth-test/busybox:latest',
     ...argv,
   ]);
+}
+
+/**
+ * A web container: busybox httpd on `ip`:<a free port> answering `body` (default "body of
+ * <name>") at /, labelled `berth.port=<port>` plus `labels`. Resolves with the port.
+ */
+export async function runWebContainer(
+  d: TestDockerd,
+  name: string,
+  labels: Record<string, string>,
+  o: { ip?: string; body?: string } = {},
+): Promise<number> {
+  const ip = o.ip ?? '127.0.0.1';
+  const p = await freePort(ip);
+  const body = o.body ?? `body of ${name}`;
+  await runHostContainer(d, name, { 'berth.port': String(p), ...labels }, [
+    'sh',
+    '-c',
+    `mkdir -p /w && echo "${body}" > /w/index.html && exec httpd -f -p ${ip}:${p} -h /w`,
+  ]);
+  return p;
 }
