@@ -9,7 +9,7 @@ import { useCleanup } from './support/cleanup.js';
 import { importBusybox, runWebContainer, startDockerd, type TestDockerd } from './support/dockerd.js';
 import { freePort } from './support/ports.js';
 import { httpGet, waitUntil } from './support/proc.js';
-import { startRedis } from './support/redis.js';
+import { startRedis, type TestRedis } from './support/redis.js';
 
 useCleanup();
 
@@ -20,6 +20,9 @@ let h3: TestDockerd;
 let a: BerthProcess;
 let b: BerthProcess;
 let httpPort: number;
+let redis: TestRedis;
+/** The replica still running after the failover test. */
+let survivor: BerthProcess;
 const agents: Record<string, AgentProcess> = {};
 
 const get = (host: string, path = '/') => httpGet(`http://127.0.0.1:${httpPort}${path}`, { host });
@@ -49,7 +52,8 @@ async function holders(): Promise<{ a?: string; b?: string; mineA: boolean; mine
 }
 
 beforeAll(async () => {
-  const [redis, caddy] = await Promise.all([startRedis(), startOperatorCaddy()]);
+  let caddy: Awaited<ReturnType<typeof startOperatorCaddy>>;
+  [redis, caddy] = await Promise.all([startRedis(), startOperatorCaddy()]);
   [h2, h3] = await Promise.all([startDockerd({ name: 'rep2' }), startDockerd({ name: 'rep3' })]);
   await Promise.all([importBusybox(h2, IMAGE), importBusybox(h3, IMAGE)]);
   httpPort = await freePort();
@@ -144,6 +148,7 @@ describe('server replicas on one Redis store', () => {
   it('keeps serving when the applying replica dies mid-apply; the other takes over', async () => {
     const h = await holders();
     const [holder, other] = h.mineA ? [a, b] : [b, a];
+    survivor = other;
     // Traffic all along, through the shared Caddy.
     let ok = 0;
     const failures: string[] = [];
@@ -192,5 +197,26 @@ describe('server replicas on one Redis store', () => {
     expect(ok).toBeGreaterThan(20);
     const agent = (await json(other, ['agents', 'list'])).find((x: { name: string }) => x.name === 'rep2');
     expect(agent).toMatchObject({ status: 'online' });
+  });
+
+  it('keeps serving while Redis is away, and catches up when it returns', async () => {
+    redis.pause();
+    try {
+      const seen: number[] = [];
+      for (let i = 0; i < 20; i++) {
+        seen.push((await get('app.rep.test')).status);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(seen.every((st) => st === 200)).toBe(true);
+      // A change made meanwhile reaches the front door once Redis is back.
+      await runWebContainer(h2, 'away2', { 'berth.host': 'away.rep.test' }, { ip: '127.0.0.2' });
+    } finally {
+      redis.resume();
+    }
+    await serves('away.rep.test', 'body of away2');
+    await waitUntil(async () => Boolean((await survivor.status()).caddy[0]?.lease?.mine), {
+      timeoutMs: 15_000,
+      message: 'the surviving replica did not hold its lease again',
+    });
   });
 });
