@@ -1,0 +1,247 @@
+// Berth's two Caddy layouts side by side, on Debian's Caddy, at several route counts:
+//   static  — every host written into Caddy's config (what caddy-docker-proxy generates);
+//   dynamic — simple hosts served through Berth's DNS responder (SRV dynamic upstreams).
+// For each: the first full apply, the time until one added route answers (time to live),
+// request latency p50/p99 for the first and the last host, Caddy's RSS, and whether a proxied
+// WebSocket survives the change. Everything on 127.0.0.0/8; every process stopped at the end.
+//
+//   npx tsx bench/caddy-layouts.ts [--sizes 1000,10000,50000] [--requests 300]
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { Agent, createServer, request } from 'node:http';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { WebSocket, WebSocketServer } from 'ws';
+import type { CaddyBuildOptions } from '../src/ingress/caddy/config.js';
+import { CaddySupervisor } from '../src/ingress/caddy/supervisor.js';
+import { CaddyTarget } from '../src/ingress/caddy/target.js';
+import { DnsResponder, type HostTable } from '../src/ingress/dns/responder.js';
+import type { Site } from '../src/reconcile/desired.js';
+
+const arg = (name: string, dflt: string) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1]! : dflt;
+};
+const SIZES = arg('sizes', '1000,10000,50000').split(',').map(Number);
+const REQUESTS = Number(arg('requests', '300'));
+const JSON_OUT = process.argv.includes('--json');
+const logger = pino({ level: 'silent' });
+
+function freePort(host = '127.0.0.1'): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.listen(0, host, () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+const pct = (xs: number[], p: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
+};
+
+const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+function fetchBody(port: number, host: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve) => {
+    const req = request({ host: '127.0.0.1', port, path: '/', headers: { host }, agent }, (res) => {
+      let body = '';
+      res.on('data', (c) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', () => resolve({ status: 0, body: '' }));
+    req.end();
+  });
+}
+const get = async (port: number, host: string) => (await fetchBody(port, host)).status;
+
+/** Polls until `ok` holds; the time it took in ms (0 if never, within 30 s). */
+async function until(ok: () => Promise<boolean>): Promise<number> {
+  const t = performance.now();
+  while (performance.now() - t < 30_000) {
+    if (await ok()) return performance.now() - t;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  return 0;
+}
+
+async function latency(port: number, host: string): Promise<{ p50: number; p99: number }> {
+  for (let i = 0; i < 20; i++) await get(port, host); // warm-up
+  const ms: number[] = [];
+  for (let i = 0; i < REQUESTS; i++) {
+    const t = performance.now();
+    await get(port, host);
+    ms.push(performance.now() - t);
+  }
+  return { p50: pct(ms, 50), p99: pct(ms, 99) };
+}
+
+function rssMb(pid: number | undefined): number {
+  if (!pid) return 0;
+  const m = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return Math.round(Number(m?.[1] ?? 0) / 1024);
+}
+
+interface Row {
+  layout: string;
+  routes: number;
+  firstApplyMs: number;
+  changeToLiveMs: number;
+  moveToLiveMs: number;
+  firstP50: number;
+  firstP99: number;
+  lastP50: number;
+  lastP99: number;
+  caddyRssMb: number;
+  wsClosedByChange: number;
+}
+
+async function measure(
+  layout: 'static' | 'dynamic',
+  n: number,
+  upstreamPort: number,
+  wsPort: number,
+  movedPort: number,
+): Promise<Row> {
+  const dir = mkdtempSync(join(tmpdir(), 'bench-layout-'));
+  const httpPort = await freePort();
+  const sup = new CaddySupervisor({
+    bin: 'caddy',
+    dataDir: dir,
+    socketPath: join(dir, 'admin.sock'),
+    logger,
+    onRestart: () => undefined,
+  });
+  active.add(sup);
+  let dns: DnsResponder | undefined;
+  let notFound: ReturnType<typeof createServer> | undefined;
+  try {
+    await sup.start();
+    const opts: CaddyBuildOptions = { tls: 'off', httpListen: `127.0.0.1:${httpPort}`, httpsListen: ':443' };
+    if (layout === 'dynamic') {
+      const nfPort = await freePort();
+      notFound = createServer((_q, s) => {
+        s.statusCode = 404;
+        s.end('no route\n');
+      });
+      await new Promise<void>((r) => notFound!.listen(nfPort, '127.0.0.1', r));
+      dns = new DnsResponder({ zone: 'berth.internal', notFound: { host: '127.0.0.1', port: nfPort } });
+      const a = await dns.listen('127.0.0.1', 0);
+      opts.dynamic = {
+        resolver: `127.0.0.1:${a.port}`,
+        zone: 'berth.internal',
+        notFound: `127.0.0.1:${nfPort}`,
+        refresh: '1s',
+      };
+    }
+    const site = (host: string, port = upstreamPort): Site => ({
+      host,
+      path: '/',
+      stripPath: false,
+      upstreams: [{ host: '127.0.0.2', port, scheme: 'http' }],
+      routeKeys: [host],
+    });
+    const sites = Array.from({ length: n }, (_, i) => site(`h${i}.bench.test`));
+    sites.push(site('ws.bench.test', wsPort));
+    const table = (list: Site[]): HostTable =>
+      new Map(list.map((s) => [s.host, s.upstreams.map((u) => ({ host: u.host, port: u.port }))]));
+    const target = new CaddyTarget(sup.admin, opts, logger);
+
+    const t = performance.now();
+    dns?.setTable(table(sites));
+    await target.apply(sites);
+    const firstApplyMs = performance.now() - t;
+    for (let i = 0; i < 200 && (await get(httpPort, `h${n - 1}.bench.test`)) !== 200; i++)
+      await new Promise((r) => setTimeout(r, 50));
+
+    const first = await latency(httpPort, 'h0.bench.test');
+    const last = await latency(httpPort, `h${n - 1}.bench.test`);
+
+    const ws = new WebSocket(`ws://127.0.0.1:${httpPort}/`, { headers: { host: 'ws.bench.test' } });
+    await new Promise((resolve, reject) => {
+      ws.once('open', resolve);
+      ws.once('error', reject);
+    });
+    let wsClosed = 0;
+    ws.on('close', () => wsClosed++);
+
+    // One route change: a new host. Time until it answers through Caddy.
+    const changed = [...sites, site('new.bench.test')];
+    dns?.setTable(table(changed));
+    let applying = target.apply(changed);
+    const live = await until(async () => (await get(httpPort, 'new.bench.test')) === 200);
+    await applying;
+    // Another change: an existing host moves to another upstream (a container restarted elsewhere).
+    const moved = changed.map((s) => (s.host === 'h0.bench.test' ? site(s.host, movedPort) : s));
+    dns?.setTable(table(moved));
+    applying = target.apply(moved);
+    const move = await until(async () => (await fetchBody(httpPort, 'h0.bench.test')).body === 'moved\n');
+    await applying;
+    await new Promise((r) => setTimeout(r, 500));
+    ws.close();
+    return {
+      layout,
+      routes: n,
+      firstApplyMs: Math.round(firstApplyMs),
+      changeToLiveMs: Math.round(live),
+      moveToLiveMs: Math.round(move),
+      firstP50: round(first.p50),
+      firstP99: round(first.p99),
+      lastP50: round(last.p50),
+      lastP99: round(last.p99),
+      caddyRssMb: rssMb(sup.pid),
+      wsClosedByChange: wsClosed,
+    };
+  } finally {
+    active.delete(sup);
+    await sup.stop();
+    await dns?.close();
+    notFound?.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const round = (x: number) => Math.round(x * 100) / 100;
+
+// Interrupted: stop the Caddy in flight before leaving.
+const active = new Set<CaddySupervisor>();
+process.on('uncaughtException', (err) => {
+  console.error(err);
+  void Promise.all([...active].map((s) => s.stop())).then(() => process.exit(1));
+});
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(sig, () => {
+    void Promise.all([...active].map((s) => s.stop())).then(() => process.exit(130));
+  });
+}
+
+const upstreamPort = await freePort('127.0.0.2');
+const upstream = createServer((_q, s) => s.end('ok\n'));
+await new Promise<void>((r) => upstream.listen(upstreamPort, '127.0.0.2', r));
+const movedPort = await freePort('127.0.0.2');
+const movedUpstream = createServer((_q, s) => s.end('moved\n'));
+await new Promise<void>((r) => movedUpstream.listen(movedPort, '127.0.0.2', r));
+const wsPort = await freePort('127.0.0.2');
+const wss = new WebSocketServer({ host: '127.0.0.2', port: wsPort });
+// Caddy 2.6.2, closing proxied WebSockets on a reload, sends the upstream an unmasked close frame.
+wss.on('connection', (sock) => sock.on('error', () => undefined));
+const rows: Row[] = [];
+try {
+  for (const n of SIZES)
+    for (const layout of ['static', 'dynamic'] as const)
+      rows.push(await measure(layout, n, upstreamPort, wsPort, movedPort));
+} finally {
+  upstream.close();
+  movedUpstream.close();
+  wss.close();
+  agent.destroy();
+}
+if (JSON_OUT) {
+  console.log(JSON.stringify({ cpus: cpus().length, rows }, null, 2));
+} else {
+  console.log(
+    `caddy layouts — ${cpus().length} CPUs, ${REQUESTS} requests per latency figure, loadavg ${readFileSync('/proc/loadavg', 'utf8').trim()}`,
+  );
+  console.table(rows);
+}
