@@ -1,6 +1,7 @@
 // Every flag and BERTH_* variable in one place. loadConfig is the only reader of process.env;
 // it reports every problem at once and returns a frozen object.
 import { UserError } from './errors.js';
+import { DIALECTS } from './labels/index.js';
 
 type Kind = 'string' | 'bool' | 'list' | 'int' | 'duration';
 
@@ -17,7 +18,7 @@ export interface FlagDef {
 }
 
 const SERVE = ['standalone', 'server'];
-const CLIENT = ['routes', 'status', 'reconcile', 'keys', 'agents', 'exec', 'audit', 'password'];
+const CLIENT = ['routes', 'status', 'reconcile', 'keys', 'agents', 'exec', 'audit', 'password', 'explain'];
 /** Commands that watch a Docker engine. */
 const WATCH = ['standalone', 'agent'];
 
@@ -141,6 +142,14 @@ export const FLAGS: FlagDef[] = [
     for: WATCH,
   },
   {
+    name: 'dialects',
+    kind: 'list',
+    default: [...DIALECTS],
+    choices: [...DIALECTS],
+    help: 'Label dialects read, comma-separated, in precedence order: a container labelled in two is read by the first',
+    for: WATCH,
+  },
+  {
     name: 'resync-interval',
     kind: 'duration',
     default: 30_000,
@@ -235,7 +244,12 @@ export const FLAGS: FlagDef[] = [
     help: 'Exec policy file (JSON) for this host: rules per container, limits, or exec disabled',
     for: WATCH,
   },
-  { name: 'agent', kind: 'string', help: 'Agent id or name that holds the container', for: ['exec'] },
+  {
+    name: 'agent',
+    kind: 'string',
+    help: 'Agent id or name that holds the container',
+    for: ['exec', 'explain'],
+  },
   {
     name: 'timeout',
     kind: 'duration',
@@ -354,8 +368,19 @@ function parseValue(
 ): string | boolean | number | string[] | { problem: string } {
   const last = values[values.length - 1]!;
   switch (def.kind) {
-    case 'list':
-      return values;
+    case 'list': {
+      if (!def.choices) return values;
+      // A choice list is also written comma-separated: --dialects caddy,traefik.
+      const items = [...new Set(values.flatMap((v) => v.split(',')).map((v) => v.trim()))].filter(Boolean);
+      const bad = items.filter((v) => !def.choices!.includes(v));
+      if (bad.length > 0 || items.length === 0) {
+        const what = bad.length > 0 ? `got ${bad.map((b) => `"${b}"`).join(', ')}` : 'got none';
+        return {
+          problem: `${source}: expected a comma-separated list of ${def.choices.join(', ')}, ${what}`,
+        };
+      }
+      return items;
+    }
     case 'bool':
       if (/^(true|1|yes)$/i.test(last)) return true;
       if (/^(false|0|no)$/i.test(last)) return false;

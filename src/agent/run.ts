@@ -92,6 +92,7 @@ export async function runAgent(config: Config, logger: Logger): Promise<RunningA
         hostIp,
         labelPrefix: String(config['label-prefix']),
         network: config.network as string | undefined,
+        dialects: config.dialects as string[] | undefined,
       },
       logger: logger.child({ component: 'watcher' }),
       resyncIntervalMs: Number(config['resync-interval']),

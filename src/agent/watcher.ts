@@ -148,7 +148,7 @@ export class DockerWatcher {
   }
 
   private publish(containers: ContainerInfo[]): void {
-    const { routes, tcp, diagnostics } = extractAll(containers, this.o.ctx);
+    const { routes, tcp, diagnostics, explanations } = extractAll(containers, this.o.ctx);
     const summaries: ContainerSummary[] = containers
       .map((c) => ({
         id: c.id,
@@ -161,6 +161,7 @@ export class DockerWatcher {
           routes.some((r) => r.containerId === c.id) ||
           tcp.some((r) => r.containerId === c.id) ||
           diagnostics.some((d) => d.containerId === c.id),
+        ...(explanations.has(c.id) ? { explain: explanations.get(c.id) } : {}),
       }))
       .sort((a, b) => a.id.localeCompare(b.id));
     const body = JSON.stringify({ summaries, routes, tcp, diagnostics, hostIp: this.o.ctx.hostIp });

@@ -12,6 +12,7 @@ import { runServer } from '../server/run.js';
 import { VERSION } from '../version.js';
 import { apiClient } from './client.js';
 import { auditCommand, execCommand } from './exec.js';
+import { explainCommand } from './explain.js';
 import { agentsCommand, keysCommand } from './fleet.js';
 import { routesCommand } from './routes.js';
 import { statusCommand } from './status.js';
@@ -26,6 +27,8 @@ const COMMANDS: Record<string, string> = {
   audit: 'List exec requests, allowed or denied (--json)',
   password: 'Set the web UI password: password set (reads it from stdin, at least 12 characters)',
   routes: 'List every route with its owner and status (--json)',
+  explain:
+    "Show how a container's labels were read: dialect, each label's use, routes: explain [--agent A] <container>",
   status: 'Show server, agent and Caddy status (--json)',
   reconcile: 'Ask the server to reconcile now (--force re-sends everything)',
   version: 'Print the version',
@@ -100,6 +103,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       }
       case 'routes':
         return await routesCommand(config, apiClient(config, env), out);
+      case 'explain':
+        return await explainCommand(config, apiClient(config, env), rest, out);
       case 'status':
         return await statusCommand(config, apiClient(config, env), out);
       case 'reconcile': {

@@ -1,7 +1,7 @@
 // The native dialect: `berth.host`, `berth.port`, … and named groups `berth.<group>.host`, ….
 import type { ContainerInfo } from '../model/types.js';
-import type { DialectResult, RouteDraft, TcpDraft } from './draft.js';
-import { DiagnosticSink } from './draft.js';
+import type { DialectResult, LabelNote, RouteDraft, TcpDraft } from './draft.js';
+import { composeGroup, DiagnosticSink } from './draft.js';
 import {
   type Check,
   checkBool,
@@ -22,10 +22,16 @@ const NAMESPACES = new Set(['exec']);
 const TOP_ONLY = new Set(['enable']);
 const GROUP_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
-/** True when the container carries any label of this dialect. */
+/** True when the container carries routing labels of this dialect (exec rules alone are not). */
 export function hasBerthLabels(labels: Record<string, string>, prefix: string): boolean {
   const p = `${prefix}.`;
-  return Object.keys(labels).some((k) => k.startsWith(p));
+  return Object.keys(labels).some((k) => k.startsWith(p) && !isBerthNamespace(k, prefix));
+}
+
+/** `berth.exec.*` and the like: read by other features, never by the route parser. */
+export function isBerthNamespace(key: string, prefix: string): boolean {
+  const p = `${prefix}.`;
+  return key.startsWith(p) && NAMESPACES.has(key.slice(p.length).split('.')[0] ?? '');
 }
 
 export function parseBerthLabels(c: ContainerInfo, prefix: string): DialectResult {
@@ -34,6 +40,8 @@ export function parseBerthLabels(c: ContainerInfo, prefix: string): DialectResul
   const groups = new Map<string, Partial<Record<RouteKey, string>>>();
   const tcpGroups = new Map<string, Partial<Record<TcpKey, string>>>();
   let enabled = true;
+  const used: LabelNote[] = [];
+  const quiet: LabelNote[] = [];
   const p = `${prefix}.`;
 
   for (const [key, value] of Object.entries(c.labels)) {
@@ -41,7 +49,10 @@ export function parseBerthLabels(c: ContainerInfo, prefix: string): DialectResul
     const rest = key.slice(p.length);
     const parts = rest.split('.');
     const head = parts[0] ?? '';
-    if (NAMESPACES.has(head)) continue;
+    if (NAMESPACES.has(head)) {
+      quiet.push({ label: key, note: `read by berth ${head}, not by routing` });
+      continue;
+    }
     if (head === 'tcp') {
       const name = parts[1] ?? '';
       const k = parts[2] ?? '';
@@ -67,7 +78,10 @@ export function parseBerthLabels(c: ContainerInfo, prefix: string): DialectResul
     if (parts.length === 1 && TOP_ONLY.has(head)) {
       const b = checkBool(value);
       if (!b.ok) sink.error(key, value, `expected ${b.expected}`);
-      else enabled = b.value;
+      else {
+        enabled = b.value;
+        used.push({ label: key, note: b.value ? undefined : 'the container opts out: no route' });
+      }
       continue;
     }
     if (parts.length === 1 && isRouteKey(head)) {
@@ -95,7 +109,7 @@ export function parseBerthLabels(c: ContainerInfo, prefix: string): DialectResul
     );
   }
 
-  if (!enabled) return { drafts: [], diagnostics: sink.list, disabled: true };
+  if (!enabled) return { drafts: [], diagnostics: sink.list, disabled: true, used, quiet };
 
   const drafts: RouteDraft[] = [];
   const compose = composeGroup(c.labels);
@@ -105,11 +119,17 @@ export function parseBerthLabels(c: ContainerInfo, prefix: string): DialectResul
     inherit: Partial<Record<RouteKey, string>>,
   ) => {
     const label = (k: RouteKey) => (group === 'default' ? `${prefix}.${k}` : `${prefix}.${group}.${k}`);
+    const read = new Set<string>();
     // A group inherits how to reach the container (port, scheme, network, lb group), not where it is served.
     const pick = (k: RouteKey): [string, string] | undefined => {
-      if (own[k] !== undefined) return [label(k), own[k]!];
-      if (k !== 'host' && k !== 'path' && k !== 'strip_path' && inherit[k] !== undefined)
+      if (own[k] !== undefined) {
+        read.add(label(k));
+        return [label(k), own[k]!];
+      }
+      if (k !== 'host' && k !== 'path' && k !== 'strip_path' && inherit[k] !== undefined) {
+        read.add(`${prefix}.${k}`);
         return [`${prefix}.${k}`, inherit[k]!];
+      }
       return undefined;
     };
     const get = <T>(k: RouteKey, check: (s: string) => Check<T>): T | undefined => {
@@ -153,6 +173,7 @@ export function parseBerthLabels(c: ContainerInfo, prefix: string): DialectResul
       network,
       lbGroup: lbGroup ?? compose,
       ...(allow ? { allow } : {}),
+      labels: [label('host'), ...[...read].filter((l) => l !== label('host')).sort()],
     });
   };
 
@@ -162,7 +183,7 @@ export function parseBerthLabels(c: ContainerInfo, prefix: string): DialectResul
   const tcp = [...tcpGroups]
     .sort(([a], [b]) => a.localeCompare(b))
     .flatMap(([name, g]) => tcpDraft(name, g, prefix, sink, compose) ?? []);
-  return { drafts, tcp, diagnostics: sink.list, disabled: false };
+  return { drafts, tcp, diagnostics: sink.list, disabled: false, used, quiet };
 }
 
 /** `berth.tcp.<name>.listen` and `.port` are required; `.allow`, `.network` and `.group` are optional. */
@@ -199,7 +220,14 @@ function tcpDraft(
     }
   }
   if (sink.list.length > errorsBefore || listen === undefined || port === undefined) return undefined;
-  const d: TcpDraft = { name, listen, port, portLabel: label('port'), allow: allow ?? [] };
+  const d: TcpDraft = {
+    name,
+    listen,
+    port,
+    portLabel: label('port'),
+    allow: allow ?? [],
+    labels: TCP_KEYS.filter((k) => g[k] !== undefined).map(label),
+  };
   if (network) d.network = network;
   const group = lbGroup ?? compose;
   if (group) d.lbGroup = group;
@@ -208,11 +236,4 @@ function tcpDraft(
 
 function isRouteKey(k: string): k is RouteKey {
   return (ROUTE_KEYS as readonly string[]).includes(k);
-}
-
-/** Replicas of one compose service share traffic without any extra label. */
-function composeGroup(labels: Record<string, string>): string | undefined {
-  const project = labels['com.docker.compose.project'];
-  const service = labels['com.docker.compose.service'];
-  return project && service ? `compose:${project}/${service}` : undefined;
 }

@@ -1,5 +1,5 @@
 import type { ContainerInfo, Diagnostic, RouteSpec, TcpRouteSpec } from '../model/types.js';
-import { type AddressContext, onlyExposedPort, resolveAddress } from './upstream.js';
+import { type AddressContext, exposedPorts, onlyExposedPort, resolveAddress } from './upstream.js';
 
 /** A route as a dialect read it, before the container port is turned into an address. */
 export interface RouteDraft {
@@ -14,6 +14,10 @@ export interface RouteDraft {
   network?: string;
   lbGroup?: string;
   allow?: string[];
+  /** The labels this route was read from (for `berth explain`), the defining one first. */
+  labels?: string[];
+  /** No port label: Traefik takes the lowest exposed port; everyone else needs exactly one. */
+  portDefault?: 'only' | 'lowest';
 }
 
 /** A TCP route as a dialect read it. */
@@ -25,6 +29,13 @@ export interface TcpDraft {
   allow: string[];
   network?: string;
   lbGroup?: string;
+  labels?: string[];
+}
+
+/** A label and what became of it, for `berth explain`. */
+export interface LabelNote {
+  label: string;
+  note?: string;
 }
 
 export interface DialectResult {
@@ -33,6 +44,10 @@ export interface DialectResult {
   diagnostics: Diagnostic[];
   /** The container opted out (`enable=false`). */
   disabled: boolean;
+  /** Labels read without producing a route of their own (e.g. `enable`, a network), for `berth explain`. */
+  used?: LabelNote[];
+  /** Labels left alone on purpose, needing no diagnostic (e.g. a Cloudflare DNS zone). */
+  quiet?: LabelNote[];
 }
 
 export class DiagnosticSink {
@@ -48,6 +63,10 @@ export class DiagnosticSink {
     const d: Diagnostic = { severity, containerId: this.c.id, containerName: this.c.name, label, message };
     if (value !== undefined) d.value = value;
     this.list.push(d);
+  }
+  /** The container's value of a label, for diagnostics raised away from where it was read. */
+  valueOf(label: string): string | undefined {
+    return this.c.labels[label];
   }
   get hasErrors(): boolean {
     return this.list.some((d) => d.severity === 'error');
@@ -69,7 +88,18 @@ export function finishDrafts(
   const notReady = readiness(c);
   for (const d of result.drafts) {
     let port = d.port;
-    if (port === undefined) {
+    if (port === undefined && d.portDefault === 'lowest') {
+      const ports = exposedPorts(c);
+      if (ports.length === 0) {
+        sink.error(
+          d.portLabel,
+          undefined,
+          `no port given and the container exposes no port; set ${d.portLabel}`,
+        );
+        continue;
+      }
+      port = ports[0]!;
+    } else if (port === undefined) {
       const only = onlyExposedPort(c);
       if (!only.ok) {
         const why =
@@ -124,6 +154,71 @@ export function finishDrafts(
   return sink.hasErrors
     ? { routes: [], tcp: [], diagnostics: sink.list }
     : { routes, tcp, diagnostics: sink.list };
+}
+
+/**
+ * One container claiming the same host and path twice would conflict with itself at the front
+ * door (Traefik users often repeat a rule per entrypoint): the first claim stays; a repeat with
+ * the same target merges into it quietly, one with another target is dropped with a warning.
+ */
+export function dropRepeatedClaims(drafts: RouteDraft[], sink: DiagnosticSink): RouteDraft[] {
+  const seen = new Map<string, RouteDraft>();
+  const out: RouteDraft[] = [];
+  for (const d of drafts) {
+    const hosts: string[] = [];
+    for (const h of d.hosts) {
+      const unit = `${h}\u0000${d.path}`;
+      const first = seen.get(unit);
+      if (!first) {
+        seen.set(unit, d);
+        hosts.push(h);
+      } else if (sameTarget(first, d)) {
+        first.labels = [...new Set([...(first.labels ?? []), ...(d.labels ?? [])])];
+      } else {
+        const where = `${h}${d.path === '/' ? '' : d.path}`;
+        const by = first.labels?.[0] ?? first.portLabel;
+        const label = d.labels?.[0] ?? d.portLabel;
+        sink.warning(
+          label,
+          sink.valueOf(label),
+          `${where} is already routed by ${by} to another target; this route is ignored there`,
+        );
+      }
+    }
+    if (hosts.length > 0) out.push(hosts.length === d.hosts.length ? d : { ...d, hosts });
+  }
+  return out;
+}
+
+function sameTarget(a: RouteDraft, b: RouteDraft): boolean {
+  return (
+    a.port === b.port &&
+    a.scheme === b.scheme &&
+    a.stripPath === b.stripPath &&
+    a.network === b.network &&
+    a.lbGroup === b.lbGroup &&
+    (a.allow ?? []).join(',') === (b.allow ?? []).join(',')
+  );
+}
+
+/** Replicas of one compose service share traffic without any extra label. */
+export function composeGroup(labels: Record<string, string>): string | undefined {
+  const project = labels['com.docker.compose.project'];
+  const service = labels['com.docker.compose.service'];
+  return project && service ? `compose:${project}/${service}` : undefined;
+}
+
+/**
+ * Whether an upstream host written in another tool's labels means this container itself: its
+ * name, its id, its compose service, or loopback. Berth routes to the labelled container only.
+ */
+export function isSelfHost(c: ContainerInfo, raw: string): boolean {
+  const h = raw.toLowerCase().replace(/^\[|\]$/g, '');
+  if (['localhost', '127.0.0.1', '::1'].includes(h)) return true;
+  if (h === c.name.toLowerCase().replace(/^\//, '')) return true;
+  if (h.length >= 12 && c.id.toLowerCase().startsWith(h)) return true;
+  const service = c.labels['com.docker.compose.service'];
+  return service !== undefined && h === service.toLowerCase();
 }
 
 function readiness(c: ContainerInfo): string | undefined {

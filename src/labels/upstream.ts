@@ -61,8 +61,13 @@ export function resolveAddress(
 export function onlyExposedPort(
   c: ContainerInfo,
 ): { ok: true; port: number } | { ok: false; ports: number[] } {
+  const list = exposedPorts(c);
+  return list.length === 1 ? { ok: true, port: list[0]! } : { ok: false, ports: list };
+}
+
+/** Every exposed or published TCP container port, lowest first. */
+export function exposedPorts(c: ContainerInfo): number[] {
   const ports = new Set<number>(c.exposed);
   for (const p of c.ports) if (p.type === 'tcp') ports.add(p.privatePort);
-  const list = [...ports].sort((a, b) => a - b);
-  return list.length === 1 ? { ok: true, port: list[0]! } : { ok: false, ports: list };
+  return [...ports].sort((a, b) => a - b);
 }

@@ -87,3 +87,30 @@ export function checkCidrList(raw: string): Check<string[]> {
   }
   return { ok: true, value: [...new Set(cidrs.map((c) => c.text))] };
 }
+
+/** `scheme://host:port/path`, each part optional but the host; parts are not checked here. */
+export interface AddressParts {
+  scheme?: string;
+  host: string;
+  port?: string;
+  path?: string;
+}
+
+/**
+ * Splits an address the way caddy-docker-proxy site addresses and DockFlare service URLs are
+ * written: an optional `scheme://`, a host (or `[v6]`), an optional `:port`, an optional `/path`.
+ */
+export function splitAddress(raw: string): AddressParts | undefined {
+  const m = /^(?:([A-Za-z][A-Za-z0-9+.-]*):\/\/)?(\[[^\]]*\]|[^:/]*)(?::([^/]*))?(\/.*)?$/.exec(raw.trim());
+  if (!m) return undefined;
+  const parts: AddressParts = { host: m[2]! };
+  if (m[1] !== undefined) parts.scheme = m[1].toLowerCase();
+  if (m[3] !== undefined) parts.port = m[3];
+  if (m[4] !== undefined) parts.path = m[4];
+  return parts;
+}
+
+/** The port an upstream URL means when it names none. */
+export function defaultPort(scheme: 'http' | 'https'): number {
+  return scheme === 'https' ? 443 : 80;
+}

@@ -97,6 +97,27 @@ const snapshotSchema = {
           state: str,
           health: str,
           labelled: { type: 'boolean' },
+          explain: {
+            type: 'object',
+            required: ['dialect', 'labels'],
+            properties: {
+              dialect: { type: 'string', maxLength: 32 },
+              labels: {
+                type: 'array',
+                maxItems: 1000,
+                items: {
+                  type: 'object',
+                  required: ['key', 'value', 'use'],
+                  properties: {
+                    key: str,
+                    value: { type: 'string', maxLength: 4096 },
+                    use: { enum: ['route', 'used', 'ignored', 'error'] },
+                    note: { type: 'string', maxLength: 4096 },
+                  },
+                },
+              },
+            },
+          },
         },
       },
     },

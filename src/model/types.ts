@@ -109,6 +109,25 @@ export interface ContainerSummary {
   state: string;
   health: ContainerInfo['health'];
   labelled: boolean;
+  /** How the container's routing labels were read (only for labelled containers), for `berth explain`. */
+  explain?: Explanation;
+}
+
+/** What became of a label: it shaped a route, was read for something else, was left alone, or is wrong. */
+export type LabelUse = 'route' | 'used' | 'ignored' | 'error';
+
+export interface LabelExplanation {
+  key: string;
+  value: string;
+  use: LabelUse;
+  note?: string;
+}
+
+/** The dialect a container was read in, and each of its routing labels. */
+export interface Explanation {
+  /** berth, caddy, traefik or dockflare. */
+  dialect: string;
+  labels: LabelExplanation[];
 }
 
 export type RouteStatus = 'applied' | 'pending' | 'error';

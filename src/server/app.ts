@@ -11,6 +11,7 @@ import type { ExecBroker } from './exec.js';
 import { openapi } from './openapi.js';
 import type { Registry } from './registry.js';
 import { execRoutes } from './routes/exec.js';
+import { explainRoutes } from './routes/explain.js';
 import { fleetRoutes } from './routes/fleet.js';
 import { uiRoutes } from './routes/ui.js';
 import { CSRF_HEADER, csrfMatches, readCookie, SESSION_COOKIE, type UiAuth } from './ui-auth.js';
@@ -157,6 +158,7 @@ export function buildApp(deps: AppDeps) {
   if (deps.ui) uiRoutes(app, { ...deps.ui, registry: deps.registry });
   if (deps.registry) fleetRoutes(app, deps.registry);
   if (deps.registry && deps.exec) execRoutes(app, deps.exec.broker, deps.registry, deps.exec.store);
+  if (deps.registry && deps.exec) explainRoutes(app, deps.exec.broker, deps.registry, deps.routes);
 
   return app;
 }

@@ -235,6 +235,7 @@ export async function runServer(
         hostIp,
         labelPrefix: String(config['label-prefix']),
         network: config.network as string | undefined,
+        dialects: config.dialects as string[] | undefined,
       },
       logger: logger.child({ component: 'agent' }),
       resyncIntervalMs: Number(config['resync-interval']),

@@ -55,3 +55,27 @@ describe('loadConfig', () => {
     expect(() => parseListen('http-listen', '80')).toThrowError(/--http-listen 80: expected host:port/);
   });
 });
+
+describe('--dialects', () => {
+  it('defaults to every dialect, takes a comma-separated flag or BERTH_DIALECTS, in order', () => {
+    expect(loadConfig('agent', [], {}).config.dialects).toEqual(['berth', 'caddy', 'traefik', 'dockflare']);
+    expect(loadConfig('standalone', ['--dialects', 'traefik,berth'], {}).config.dialects).toEqual([
+      'traefik',
+      'berth',
+    ]);
+    expect(loadConfig('agent', [], { BERTH_DIALECTS: 'caddy, dockflare' }).config.dialects).toEqual([
+      'caddy',
+      'dockflare',
+    ]);
+  });
+
+  it('refuses an unknown dialect with a clear error, and is not a server flag', () => {
+    expect(() => loadConfig('standalone', ['--dialects', 'berth,nginx'], {})).toThrowError(
+      /--dialects: expected a comma-separated list of berth, caddy, traefik, dockflare, got "nginx"/,
+    );
+    expect(() => loadConfig('agent', [], { BERTH_DIALECTS: 'Traefik' })).toThrowError(
+      /BERTH_DIALECTS: expected .* got "Traefik"/,
+    );
+    expect(() => loadConfig('server', ['--dialects', 'berth'], {})).toThrowError(/unknown flag --dialects/);
+  });
+});

@@ -1,0 +1,75 @@
+// berth explain [--agent A] [--json] <container>: which dialect the agent read a container's
+// labels in, what each label did, and the routes they made.
+import type { Config } from '../config.js';
+import { UserError } from '../errors.js';
+import type { Diagnostic, LabelExplanation } from '../model/types.js';
+import type { ExplainedRoute } from '../server/routes/explain.js';
+import type { ApiClient } from './client.js';
+import { table } from './format.js';
+
+export interface ExplainReply {
+  agent: { id: string; name: string };
+  container: { id: string; name: string; state?: string; health?: string };
+  dialect: string | null;
+  labels: LabelExplanation[];
+  routes: ExplainedRoute[];
+  diagnostics: Diagnostic[];
+}
+
+const clip = (s: string, n: number) => (s.length > n ? `${s.slice(0, n - 1)}…` : s);
+
+export async function explainCommand(
+  config: Config,
+  api: ApiClient,
+  rest: string[],
+  out: (s: string) => void,
+): Promise<number> {
+  const [target, ...extra] = rest;
+  if (!target || extra.length > 0) {
+    throw new UserError('CONFIG_INVALID', 'usage: berth explain [--agent ID|NAME] [--json] <container>');
+  }
+  const query = config.agent ? `?agent=${encodeURIComponent(String(config.agent))}` : '';
+  const r = await api.get<ExplainReply>(`/api/containers/${encodeURIComponent(target)}/explain${query}`);
+  if (config.json) {
+    out(JSON.stringify(r, null, 2));
+    return 0;
+  }
+  const head = `container ${r.container.name} (${r.container.id.slice(0, 12)}) on agent ${r.agent.name}${r.container.state ? `, ${r.container.state}` : ''}`;
+  if (!r.dialect) {
+    out(`${head}: no routing labels read (the agent's --dialects chooses which label dialects it reads)`);
+    return 0;
+  }
+  out(`${head}: labels read as ${r.dialect}\n`);
+  out(
+    table(
+      ['LABEL', 'VALUE', 'USE', 'NOTE'],
+      r.labels.map((l) => [l.key, clip(JSON.stringify(l.value), 50), l.use, l.note ?? '']),
+    ),
+  );
+  // Findings about labels the container does not have (e.g. a missing host label).
+  const present = new Set(r.labels.map((l) => l.key));
+  const loose = r.diagnostics.filter((d) => !present.has(d.label));
+  if (loose.length > 0) {
+    out('');
+    for (const d of loose) out(`${d.severity}: ${d.label ? `${d.label}: ` : ''}${d.message}`);
+  }
+  out('');
+  if (r.routes.length === 0) {
+    out('routes: none');
+    return 0;
+  }
+  out(
+    table(
+      ['ROUTE', 'UPSTREAM', 'STATUS', 'DETAIL'],
+      r.routes.map((x) => [
+        x.kind === 'tcp'
+          ? `tcp :${x.listen}`
+          : `${x.hosts.join(',')}${x.path === '/' ? '' : x.path}${x.stripPath ? ' (strip)' : ''}`,
+        x.upstream,
+        x.status ?? '-',
+        x.errors.join('; '),
+      ]),
+    ),
+  );
+  return 0;
+}

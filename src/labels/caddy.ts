@@ -1,0 +1,364 @@
+// caddy-docker-proxy labels: `caddy=<addresses>` opens a site block (`caddy_<n>` opens more), and
+// `reverse_proxy {{upstreams [http|https] [port]}}` in it, at the top or inside `handle`,
+// `handle_path` or `route`, becomes a route. Label keys nest with dots; a `<n>_` prefix orders a
+// directive and a `_<n>` suffix keeps same-named ones apart, so both are stripped to find its name.
+import type { ContainerInfo } from '../model/types.js';
+import {
+  composeGroup,
+  DiagnosticSink,
+  type DialectResult,
+  dropRepeatedClaims,
+  isSelfHost,
+  type LabelNote,
+  type RouteDraft,
+} from './draft.js';
+import { checkHostname, checkName, checkPath, checkPort, defaultPort, splitAddress } from './validate.js';
+
+const BLOCK_RE = /^caddy(?:_(\d+))?(?:\.(.+))?$/;
+export const CADDY_NETWORK_LABEL = 'caddy_ingress_network';
+/** Directives that hold nested directives for a path: `handle_path` also strips the path. */
+const SCOPES = new Set(['handle', 'handle_path', 'route']);
+/** Serving a site without these would open what the labels protect: such a scope is not routed. */
+const GUARDS = new Set(['basicauth', 'basic_auth', 'forward_auth']);
+const UPSTREAMS_RE = /\{\{\s*upstreams\b([^}]*)\}\}/g;
+const EXPECTED_PROXY = 'reverse_proxy [<path matcher>] {{upstreams [http|https] [port]}}';
+
+export function isCaddyLabel(key: string): boolean {
+  return key === CADDY_NETWORK_LABEL || BLOCK_RE.test(key);
+}
+
+/** One label-key segment of the directive tree. */
+interface Node {
+  raw: string;
+  name: string;
+  key?: string;
+  value?: string;
+  children: Map<string, Node>;
+}
+
+interface Block {
+  id: string;
+  key?: string;
+  value?: string;
+  root: Node;
+}
+
+interface Target {
+  scheme: 'http' | 'https';
+  port: number;
+}
+
+export function parseCaddyLabels(c: ContainerInfo): DialectResult {
+  const sink = new DiagnosticSink(c);
+  const used: LabelNote[] = [];
+  const blocks = new Map<string, Block>();
+  let network: string | undefined;
+
+  for (const [key, value] of Object.entries(c.labels).sort(([a], [b]) => a.localeCompare(b))) {
+    if (key === CADDY_NETWORK_LABEL) {
+      const n = checkName(value);
+      if (!n.ok) sink.error(key, value, `expected ${n.expected}`);
+      else {
+        network = n.value;
+        used.push({ label: key, note: `network "${n.value}" for unpublished ports` });
+      }
+      continue;
+    }
+    const m = BLOCK_RE.exec(key);
+    if (!m) continue;
+    const id = m[1] === undefined ? 'caddy' : `caddy_${m[1]}`;
+    const block: Block = blocks.get(id) ?? { id, root: { raw: id, name: id, children: new Map() } };
+    blocks.set(id, block);
+    if (m[2] === undefined) {
+      block.key = key;
+      block.value = value;
+      continue;
+    }
+    let node = block.root;
+    for (const raw of m[2].split('.')) {
+      let next: Node | undefined = node.children.get(raw);
+      if (!next) {
+        next = { raw, name: raw.replace(/^\d+_/, '').replace(/_\d+$/, ''), children: new Map() };
+        node.children.set(raw, next);
+      }
+      node = next;
+    }
+    node.key = key;
+    node.value = value;
+  }
+
+  const drafts: RouteDraft[] = [];
+  const compose = composeGroup(c.labels);
+  for (const block of blocks.values()) {
+    const address = (block.value ?? '').trim();
+    if (!block.key || address === '') {
+      for (const k of labelsOf(block.root)) {
+        sink.warning(
+          k,
+          c.labels[k],
+          'not translated: a Caddy global option (a caddy label without a site address); Berth runs its own front door settings',
+        );
+      }
+      continue;
+    }
+    if (address.startsWith('(')) {
+      for (const k of [block.key, ...labelsOf(block.root)]) {
+        sink.warning(
+          k,
+          c.labels[k],
+          `not translated: Caddy snippet ${address} (snippets and import are not read)`,
+        );
+      }
+      continue;
+    }
+    const hosts = siteHosts(block.key, address, sink);
+    if (hosts === undefined) continue;
+    const siteKey = block.key;
+
+    const proxy = (node: Node, scope: Node, basePath: string, strip: boolean): void => {
+      const to = node.children.get('to');
+      const spec = [node.value ?? '', to?.value ?? ''].join(' ');
+      for (const child of node.children.values()) {
+        if (child === to) continue;
+        for (const k of labelsOf(child)) {
+          sink.warning(
+            k,
+            c.labels[k],
+            `not translated: reverse_proxy option ${child.name}; the route is made without it`,
+          );
+        }
+      }
+      const label = node.key ?? to?.key ?? labelsOf(node)[0]!;
+      const parsed = parseProxy(c, spec, label, sink);
+      if (!parsed) return;
+      let path = basePath;
+      if (parsed.matcher !== undefined && parsed.matcher !== '*') {
+        const p = basePath === '/' ? toPrefix(parsed.matcher) : undefined;
+        if (!p) {
+          sink.warning(
+            label,
+            c.labels[label],
+            `not translated: the matcher ${parsed.matcher} ${basePath === '/' ? 'is not a path prefix such as /api/* (named @matchers are not read)' : 'narrows a path block further'}; no route is made from it`,
+          );
+          return;
+        }
+        path = p;
+      }
+      const labels = [label, ...(to?.key && to.key !== label ? [to.key] : []), siteKey];
+      if (scope.key && scope !== block.root) labels.push(scope.key);
+      if (network) labels.push(CADDY_NETWORK_LABEL);
+      if (hosts.length === 0) return;
+      drafts.push({
+        group: label,
+        hosts,
+        path,
+        stripPath: strip && path !== '/',
+        scheme: parsed.target.scheme,
+        port: parsed.target.port,
+        portLabel: label,
+        network,
+        lbGroup: compose,
+        labels,
+      });
+    };
+
+    /** Reads one scope: the site itself, or a handle / handle_path / route inside it. */
+    const readScope = (scope: Node, basePath: string, strip: boolean, top: boolean): void => {
+      const guard = [...scope.children.values()].find((n) => GUARDS.has(n.name));
+      if (guard) {
+        for (const k of top ? [siteKey, ...labelsOf(scope)] : labelsOf(scope)) {
+          sink.warning(
+            k,
+            c.labels[k],
+            `not routed: ${labelsOf(guard)[0]} (${guard.name}) protects ${top ? 'this site' : 'this path'} and Berth cannot apply it; serving it without would expose it`,
+          );
+        }
+        return;
+      }
+      for (const node of scope.children.values()) {
+        if (node.name === 'reverse_proxy') proxy(node, scope, basePath, strip);
+        else if (top && SCOPES.has(node.name)) {
+          const matcher = (node.value ?? '').trim();
+          const path = matcher === '' ? '/' : toPrefix(matcher);
+          if (path === undefined) {
+            for (const k of labelsOf(node)) {
+              sink.warning(
+                k,
+                c.labels[k],
+                `not translated: ${node.name} ${matcher} is not a path prefix (such as /api/*); routes inside it are not made`,
+              );
+            }
+            continue;
+          }
+          readScope(node, path, node.name === 'handle_path', false);
+        } else if (
+          top &&
+          node.name === 'tls' &&
+          node.children.size === 0 &&
+          node.value?.trim() === 'internal'
+        ) {
+          used.push({
+            label: node.key!,
+            note: 'certificates come from the front door: run Berth with --tls internal for Caddy’s local CA',
+          });
+        } else {
+          const what = node.name.startsWith('@')
+            ? `named matcher ${node.name} is not read (only path prefixes are)`
+            : `Caddy directive ${node.name} is not applied by Berth; ${top ? 'the site' : 'the path'} is routed without it`;
+          for (const k of labelsOf(node)) sink.warning(k, c.labels[k], `not translated: ${what}`);
+        }
+      }
+    };
+
+    const before = drafts.length;
+    const errorsBefore = sink.list.filter((d) => d.severity === 'error').length;
+    readScope(block.root, '/', false, true);
+    const failed = sink.list.filter((d) => d.severity === 'error').length > errorsBefore;
+    if (drafts.length === before && hosts.length > 0 && !guarded(block.root) && !failed) {
+      sink.warning(siteKey, address, `no route: the site has no ${EXPECTED_PROXY} that Berth can translate`);
+    }
+  }
+
+  return { drafts: dropRepeatedClaims(drafts, sink), diagnostics: sink.list, disabled: false, used };
+}
+
+/** The site address list: hostnames, each optionally with a scheme; anything else is reported. */
+function siteHosts(key: string, address: string, sink: DiagnosticSink): string[] | undefined {
+  const hosts: string[] = [];
+  for (const a of address.split(/[\s,]+/).filter(Boolean)) {
+    const parts = splitAddress(a);
+    if (!parts || parts.host === '') {
+      sink.warning(
+        key,
+        address,
+        `not translated: site address "${a}" names no hostname; Berth routes by hostname`,
+      );
+      continue;
+    }
+    if (parts.scheme !== undefined && parts.scheme !== 'http' && parts.scheme !== 'https') {
+      sink.warning(key, address, `not translated: site address "${a}" has scheme ${parts.scheme}`);
+      continue;
+    }
+    if (parts.path !== undefined && parts.path !== '/') {
+      sink.warning(
+        key,
+        address,
+        `not translated: site address "${a}" has a path; use handle_path or a reverse_proxy path matcher instead`,
+      );
+      continue;
+    }
+    const h = checkHostname(parts.host);
+    if (!h.ok) {
+      sink.error(key, address, `expected ${h.expected} ("${parts.host}" is not one)`);
+      return undefined;
+    }
+    if (parts.port !== undefined && parts.port !== '80' && parts.port !== '443') {
+      sink.warning(
+        key,
+        address,
+        `site address "${a}" names port ${parts.port}; Berth serves every hostname on the front door's own ports`,
+      );
+    }
+    if (!hosts.includes(h.value)) hosts.push(h.value);
+  }
+  return hosts;
+}
+
+/**
+ * `[matcher] {{upstreams [http|https] [port]}}`, or a literal upstream naming this container.
+ * Caddy proxies to port 80 (443 for https) when `upstreams` names none, and so does Berth.
+ */
+function parseProxy(
+  c: ContainerInfo,
+  spec: string,
+  label: string,
+  sink: DiagnosticSink,
+): { matcher?: string; target: Target } | undefined {
+  const value = c.labels[label];
+  const targets: Target[] = [];
+  let bad = false;
+  // A matcher comes first: `*`, a path, or a named `@matcher`.
+  const lead = /^\s*(\S+)/.exec(spec)?.[1];
+  const matcher = lead && /^(\*|\/|@)/.test(lead) ? lead : undefined;
+  const upstreams = matcher ? spec.trim().slice(matcher.length) : spec;
+  const rest = upstreams.replace(UPSTREAMS_RE, (_m, args: string) => {
+    let scheme: 'http' | 'https' = 'http';
+    let port: number | undefined;
+    for (const arg of args.trim().split(/\s+/).filter(Boolean)) {
+      if (arg === 'http' || arg === 'https') scheme = arg;
+      else {
+        const p = checkPort(arg);
+        if (!p.ok) {
+          sink.error(
+            label,
+            value,
+            `expected {{upstreams [http|https] [port]}} with ${p.expected} ("${arg}" is not one)`,
+          );
+          bad = true;
+        } else port = p.value;
+      }
+    }
+    targets.push({ scheme, port: port ?? defaultPort(scheme) });
+    return ' ';
+  });
+  if (bad) return undefined;
+  const others: string[] = [];
+  for (const token of rest.trim().split(/\s+/).filter(Boolean)) {
+    if (token.includes('{{')) {
+      others.push(token);
+    } else {
+      const parts = splitAddress(token);
+      const scheme = parts?.scheme ?? 'http';
+      if (parts && isSelfHost(c, parts.host) && (scheme === 'http' || scheme === 'https') && !parts.path) {
+        const p =
+          parts.port === undefined
+            ? { ok: true as const, value: defaultPort(scheme) }
+            : checkPort(parts.port);
+        if (!p.ok) {
+          sink.error(label, value, `expected an upstream port: ${p.expected} ("${parts.port}" is not one)`);
+          return undefined;
+        }
+        targets.push({ scheme, port: p.value });
+      } else others.push(token);
+    }
+  }
+  if (others.length > 0) {
+    sink.warning(
+      label,
+      value,
+      `not translated: upstream ${others.join(' ')} is not this container (Berth routes to the labelled container; use {{upstreams [http|https] [port]}})`,
+    );
+  }
+  if (targets.length === 0) {
+    if (others.length === 0) sink.error(label, value, `no upstream: expected ${EXPECTED_PROXY}`);
+    return undefined;
+  }
+  const [first, ...extra] = targets;
+  if (extra.some((t) => t.port !== first!.port || t.scheme !== first!.scheme)) {
+    sink.warning(
+      label,
+      value,
+      `several upstreams: Berth sends a route to one container port; using ${first!.scheme}://…:${first!.port}`,
+    );
+  }
+  return { ...(matcher === undefined ? {} : { matcher }), target: first! };
+}
+
+/** `/api/*` and `/api*` are the prefix `/api`; an exact path or a named matcher is not a prefix. */
+function toPrefix(matcher: string): string | undefined {
+  if (matcher === '*') return '/';
+  if (!matcher.startsWith('/') || !matcher.endsWith('*')) return undefined;
+  const p = checkPath(matcher.slice(0, matcher.endsWith('/*') ? -2 : -1) || '/');
+  return p.ok ? p.value : undefined;
+}
+
+function guarded(scope: Node): boolean {
+  return [...scope.children.values()].some((n) => GUARDS.has(n.name));
+}
+
+/** Every label key at or under a node. */
+function labelsOf(node: Node): string[] {
+  const out: string[] = node.key ? [node.key] : [];
+  for (const child of node.children.values()) out.push(...labelsOf(child));
+  return out;
+}

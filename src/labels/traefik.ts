@@ -1,0 +1,459 @@
+// Traefik's Docker provider labels: `traefik.http.routers.<r>.rule` (Host and PathPrefix, joined by
+// && and ||) sends to `traefik.http.services.<s>.loadbalancer.server.port` / `.scheme`. As in
+// Traefik: a router without `.service` uses the container's only service, a container without
+// services has one implicitly, and without a port label the lowest exposed port is used. Option
+// names are case-insensitive there, so they are compared in lower case here; names are not.
+import type { ContainerInfo } from '../model/types.js';
+import {
+  composeGroup,
+  DiagnosticSink,
+  type DialectResult,
+  dropRepeatedClaims,
+  type LabelNote,
+  type RouteDraft,
+} from './draft.js';
+import {
+  checkBool,
+  checkCidrList,
+  checkHostname,
+  checkName,
+  checkPath,
+  checkPort,
+  checkScheme,
+} from './validate.js';
+
+const P = 'traefik.';
+/** Middlewares that guard a route: serving it without them would expose what they protect. */
+const GUARDS = new Set(['basicauth', 'digestauth', 'forwardauth']);
+const ALLOW = new Set(['ipallowlist', 'ipwhitelist']);
+const EXPECTED_RULE = 'a rule such as Host(`app.example.com`) && PathPrefix(`/api`)';
+
+export function isTraefikLabel(key: string): boolean {
+  return key.startsWith(P);
+}
+
+type Options = Map<string, [key: string, value: string]>;
+
+interface Service {
+  port?: number;
+  scheme: 'http' | 'https';
+  /** Label keys read for the service. */
+  labels: string[];
+  /** A service label failed its check (already an error). */
+  bad: boolean;
+}
+
+export function parseTraefikLabels(c: ContainerInfo): DialectResult {
+  const sink = new DiagnosticSink(c);
+  const used: LabelNote[] = [];
+  const quiet: LabelNote[] = [];
+  const routers = new Map<string, Options>();
+  const services = new Map<string, Options>();
+  const middlewares = new Map<string, Options>();
+  let enabled = true;
+  let network: [string, string] | undefined;
+
+  for (const [key, value] of Object.entries(c.labels).sort(([a], [b]) => a.localeCompare(b))) {
+    if (!key.startsWith(P)) continue;
+    const parts = key.slice(P.length).split('.');
+    const lower = parts.map((s) => s.toLowerCase());
+    const rest = key.slice(P.length).toLowerCase();
+    if (rest === 'enable') {
+      const b = checkBool(value);
+      if (!b.ok) sink.error(key, value, `expected ${b.expected}`);
+      else {
+        enabled = b.value;
+        used.push({ label: key, note: b.value ? undefined : 'the container opts out: no route' });
+      }
+    } else if (rest === 'docker.network') {
+      const n = checkName(value);
+      if (!n.ok) sink.error(key, value, `expected ${n.expected}`);
+      else network = [key, n.value];
+    } else if (
+      lower[0] === 'http' &&
+      parts.length >= 4 &&
+      ['routers', 'services', 'middlewares'].includes(lower[1]!)
+    ) {
+      const into = lower[1] === 'routers' ? routers : lower[1] === 'services' ? services : middlewares;
+      const opts = into.get(parts[2]!) ?? new Map();
+      opts.set(lower.slice(3).join('.'), [key, value]);
+      into.set(parts[2]!, opts);
+    } else if (lower[0] === 'tcp' || lower[0] === 'udp') {
+      sink.warning(
+        key,
+        value,
+        `not translated: Traefik ${lower[0].toUpperCase()} routing${lower[0] === 'tcp' ? ' (Berth TCP routes use berth.tcp.<name>.listen and .port)' : ''}`,
+      );
+    } else {
+      sink.warning(
+        key,
+        value,
+        'not translated: Berth reads traefik.enable, traefik.docker.network and traefik.http.routers / services / middlewares',
+      );
+    }
+  }
+  if (!enabled) return { drafts: [], diagnostics: sink.list, disabled: true, used, quiet };
+
+  // Service options first: a bad port is an error on the container whichever router uses it.
+  const svc = new Map<string, Service>();
+  for (const [name, opts] of services) {
+    const s: Service = { scheme: 'http', labels: [], bad: false };
+    for (const [opt, [key, value]] of opts) {
+      if (opt === 'loadbalancer.server.port') {
+        const p = checkPort(value);
+        if (!p.ok) sink.error(key, value, `expected ${p.expected}`);
+        else s.port = p.value;
+        s.bad ||= !p.ok;
+        s.labels.push(key);
+      } else if (opt === 'loadbalancer.server.scheme') {
+        const sc = checkScheme(value);
+        if (!sc.ok) sink.error(key, value, `expected ${sc.expected}`);
+        else s.scheme = sc.value;
+        s.bad ||= !sc.ok;
+        s.labels.push(key);
+      } else if (opt === 'loadbalancer.passhostheader' && isTrue(value)) {
+        s.labels.push(key);
+      } else {
+        sink.warning(key, value, `not translated: service option ${opt}; the service is used without it`);
+      }
+    }
+    svc.set(name, s);
+  }
+
+  const drafts: RouteDraft[] = [];
+  const compose = composeGroup(c.labels);
+  const referenced = new Set<string>();
+  const defaultName = c.name.replace(/^\//, '').replace(/[^A-Za-z0-9-]/g, '-');
+
+  for (const [router, opts] of routers) {
+    const labels: string[] = [];
+    const ruleOpt = opts.get('rule');
+    let skip: string | undefined;
+    for (const [opt, [key, value]] of opts) {
+      if (opt === 'rule' || opt === 'service' || opt === 'middlewares') continue;
+      if (opt === 'tls') {
+        labels.push(key);
+        continue;
+      }
+      if (opt === 'rulesyntax') {
+        labels.push(key);
+        continue;
+      }
+      const why =
+        opt === 'entrypoints'
+          ? 'entrypoints are not translated; the route is served on the front door’s own ports'
+          : opt.startsWith('tls.')
+            ? `TLS option ${opt} is not translated; certificates come from the front door (--tls)`
+            : `router option ${opt} is not translated; the route is made without it`;
+      sink.warning(key, value, why);
+    }
+    if (!ruleOpt) {
+      const first = [...opts.values()][0]!;
+      sink.warning(
+        first[0],
+        first[1],
+        `not translated: router ${router} has no rule, and Traefik's default rule (Host from the container name) is not read; set traefik.http.routers.${router}.rule`,
+      );
+      continue;
+    }
+    const [ruleKey, rule] = ruleOpt;
+    const parsed = parseRule(rule);
+    if (!parsed.ok) {
+      if (parsed.untranslatable)
+        sink.warning(ruleKey, rule, `not translated: ${parsed.message}; router ${router} is not routed`);
+      else sink.error(ruleKey, rule, `expected ${EXPECTED_RULE}: ${parsed.message}`);
+      continue;
+    }
+    const byPath = new Map<string, string[]>();
+    let bad = false;
+    for (const t of parsed.terms) {
+      if (t.hosts.length === 0) {
+        sink.warning(
+          ruleKey,
+          rule,
+          `not translated: a rule part without Host(...) matches every hostname; router ${router} is not routed`,
+        );
+        skip = 'no host';
+        break;
+      }
+      const hs: string[] = [];
+      for (const h of t.hosts) {
+        const ch = checkHostname(h);
+        if (!ch.ok) {
+          sink.error(ruleKey, rule, `expected ${ch.expected} in Host(...) ("${h}" is not one)`);
+          bad = true;
+        } else hs.push(ch.value);
+      }
+      const cp = checkPath(t.path);
+      if (!cp.ok) {
+        sink.warning(
+          ruleKey,
+          rule,
+          `not translated: PathPrefix(\`${t.path}\`) is not ${cp.expected}; router ${router} is not routed`,
+        );
+        skip = 'bad path';
+        break;
+      }
+      byPath.set(cp.value, [...new Set([...(byPath.get(cp.value) ?? []), ...hs])]);
+    }
+    if (bad || skip) continue;
+
+    // The service: named, the only one defined here, or Traefik's implicit one.
+    let serviceName: string | undefined;
+    const svcOpt = opts.get('service');
+    if (svcOpt) {
+      labels.push(svcOpt[0]);
+      const [name, provider] = svcOpt[1].trim().split('@');
+      if (
+        (provider && provider !== 'docker') ||
+        (!svc.has(name!) && !(svc.size === 0 && name === defaultName))
+      ) {
+        sink.warning(
+          svcOpt[0],
+          svcOpt[1],
+          `not translated: service ${svcOpt[1]} is not defined on this container (Berth routes to the labelled container only); router ${router} is not routed`,
+        );
+        continue;
+      }
+      serviceName = svc.has(name!) ? name : undefined;
+    } else if (svc.size === 1) serviceName = [...svc.keys()][0];
+    else if (svc.size > 1) {
+      sink.warning(
+        ruleKey,
+        rule,
+        `router ${router} names no service and the container defines several (${[...svc.keys()].join(', ')}); set traefik.http.routers.${router}.service (Traefik refuses this too)`,
+      );
+      continue;
+    }
+    if (serviceName) referenced.add(serviceName);
+    const s: Service = serviceName ? svc.get(serviceName)! : { scheme: 'http', labels: [], bad: false };
+    // A service label that failed its check is already an error; never fall back to a default port.
+    if (s.bad) continue;
+    labels.push(...s.labels);
+
+    // Middlewares: an IP allow-list defined here becomes `allow`; a guard withholds the router.
+    let allow: string[] | undefined;
+    const mwOpt = opts.get('middlewares');
+    if (mwOpt) {
+      for (const ref of mwOpt[1]
+        .split(',')
+        .map((m) => m.trim())
+        .filter(Boolean)) {
+        const [name, provider] = ref.split('@');
+        const def = !provider || provider === 'docker' ? middlewares.get(name!) : undefined;
+        const kind = def ? [...def.keys()][0]!.split('.')[0]! : undefined;
+        if (def && kind && GUARDS.has(kind)) {
+          sink.warning(
+            mwOpt[0],
+            mwOpt[1],
+            `not routed: middleware ${ref} (${kind}) protects router ${router} and Berth cannot apply it; serving it without would expose it`,
+          );
+          skip = 'guarded';
+          break;
+        }
+        const range = def && kind && ALLOW.has(kind) ? def.get(`${kind}.sourcerange`) : undefined;
+        if (range && !allow) {
+          const cidrs = checkCidrList(range[1]);
+          if (!cidrs.ok) {
+            sink.error(range[0], range[1], `expected ${cidrs.expected}`);
+            bad = true;
+            break;
+          }
+          allow = cidrs.value;
+          labels.push(mwOpt[0], range[0]);
+        } else {
+          sink.warning(
+            mwOpt[0],
+            mwOpt[1],
+            def
+              ? `not translated: middleware ${ref} (${kind}); router ${router} is served without it`
+              : `not translated: middleware ${ref} is defined outside this container; router ${router} is served without it`,
+          );
+        }
+      }
+    }
+    if (bad || skip) continue;
+    if (network) labels.push(network[0]);
+
+    const svcLabel = `traefik.http.services.${serviceName ?? defaultName}.loadbalancer.server.port`;
+    let i = 0;
+    for (const [path, hosts] of byPath) {
+      drafts.push({
+        group: i === 0 ? router : `${router}#${i + 1}`,
+        hosts,
+        path,
+        stripPath: false,
+        scheme: s.scheme,
+        port: serviceName ? svc.get(serviceName)!.port : undefined,
+        portLabel: svcLabel,
+        portDefault: 'lowest',
+        network: network?.[1],
+        lbGroup: compose,
+        ...(allow ? { allow } : {}),
+        labels: [ruleKey, ...labels],
+      });
+      i++;
+    }
+  }
+
+  for (const [router, opts] of routers) {
+    const rule = opts.get('rule')?.[0];
+    if (rule && drafts.some((d) => d.labels?.includes(rule))) continue;
+    for (const [key] of opts.values())
+      quiet.push({ label: key, note: `router ${router} is not routed (see the notes on its other labels)` });
+  }
+  for (const [name, opts] of middlewares) {
+    for (const [opt, [key]] of opts) {
+      if (!drafts.some((d) => d.labels?.includes(key)))
+        quiet.push({
+          label: key,
+          note: `middleware ${name} (${opt.split('.')[0]}) definition; see the routers using it`,
+        });
+    }
+  }
+  for (const [name, s] of svc) {
+    if (!referenced.has(name))
+      for (const key of s.labels) quiet.push({ label: key, note: `no router uses service ${name}` });
+  }
+  if (routers.size === 0 && enabled) {
+    const first = Object.keys(c.labels)
+      .filter((k) => k.startsWith(P))
+      .sort()[0];
+    if (first && (services.size > 0 || first.toLowerCase() === 'traefik.enable')) {
+      sink.warning(
+        first,
+        c.labels[first],
+        'not translated: no traefik.http.routers.<name>.rule, and Traefik’s default rule (Host from the container name) is not read; no route',
+      );
+    }
+  }
+  if (network) used.push({ label: network[0], note: `network "${network[1]}" for unpublished ports` });
+  return { drafts: dropRepeatedClaims(drafts, sink), diagnostics: sink.list, disabled: false, used, quiet };
+}
+
+/** One way a rule matches: an OR of these, each needing one of `hosts` and the path prefix. */
+interface Term {
+  hosts: string[];
+  path: string;
+}
+
+type RuleResult = { ok: true; terms: Term[] } | { ok: false; untranslatable: boolean; message: string };
+
+/** An atom of a rule in disjunctive normal form: a Host, a PathPrefix, or something Berth has no equal for. */
+type Atom = { host: string } | { prefix: string } | { other: string };
+
+const MAX_TERMS = 64;
+
+/**
+ * Parses Traefik's rule language far enough to route: Host / HostHeader and PathPrefix, with &&,
+ * || and parentheses. Other matchers and negation are reported as untranslatable, never widened.
+ */
+export function parseRule(rule: string): RuleResult {
+  const tokens: string[] = [];
+  const re = /\s*(&&|\|\||[(),!]|`[^`]*`|"(?:[^"\\]|\\.)*"|[A-Za-z][A-Za-z0-9]*|\S)/y;
+  let m: RegExpExecArray | null;
+  re.lastIndex = 0;
+  for (;;) {
+    if (/^\s*$/.test(rule.slice(re.lastIndex))) break;
+    m = re.exec(rule);
+    if (!m) return { ok: false, untranslatable: false, message: 'cannot read the rule' };
+    tokens.push(m[1]!);
+  }
+  let i = 0;
+  const fail = (message: string): never => {
+    throw Object.assign(new Error(message), { untranslatable: false });
+  };
+  const untranslatable = (message: string): never => {
+    throw Object.assign(new Error(message), { untranslatable: true });
+  };
+  const and = (a: Atom[][], b: Atom[][]): Atom[][] => {
+    const out = a.flatMap((x) => b.map((y) => [...x, ...y]));
+    if (out.length > MAX_TERMS) untranslatable('the rule has too many combinations');
+    return out;
+  };
+  const expr = (): Atom[][] => {
+    let left = conj();
+    while (tokens[i] === '||') {
+      i++;
+      left = [...left, ...conj()];
+      if (left.length > MAX_TERMS) untranslatable('the rule has too many combinations');
+    }
+    return left;
+  };
+  const conj = (): Atom[][] => {
+    let left = unary();
+    while (tokens[i] === '&&') {
+      i++;
+      left = and(left, unary());
+    }
+    return left;
+  };
+  const unary = (): Atom[][] => {
+    const t = tokens[i];
+    if (t === '!') untranslatable('negation (!) has no Berth equivalent');
+    if (t === '(') {
+      i++;
+      const inner = expr();
+      if (tokens[i] !== ')') fail('a "(" is not closed');
+      i++;
+      return inner;
+    }
+    if (!t || !/^[A-Za-z]/.test(t)) fail(t ? `unexpected "${t}"` : 'the rule ends early');
+    i++;
+    if (tokens[i] !== '(') fail(`${t} needs (...)`);
+    i++;
+    const args: string[] = [];
+    while (tokens[i] !== ')') {
+      const a = tokens[i];
+      if (a === undefined) fail(`${t}( is not closed`);
+      if (!a || !/^[`"]/.test(a)) fail(`${t}(...) takes quoted arguments such as \`app.example.com\``);
+      args.push(a!.startsWith('"') ? JSON.parse(a!) : a!.slice(1, -1));
+      i++;
+      if (tokens[i] === ',') i++;
+      else if (tokens[i] === undefined) fail(`${t}( is not closed`);
+      else if (tokens[i] !== ')') fail(`${t}(...) arguments are separated by ","`);
+    }
+    i++;
+    if (args.length === 0) fail(`${t}() needs an argument`);
+    const name = t!.toLowerCase();
+    if (name === 'host' || name === 'hostheader') return args.map((h) => [{ host: h }]);
+    if (name === 'pathprefix') return args.map((p) => [{ prefix: p }]);
+    return [[{ other: t! }]];
+  };
+  let dnf: Atom[][];
+  try {
+    dnf = expr();
+    if (i < tokens.length) fail(`unexpected "${tokens[i]}"`);
+  } catch (err) {
+    return {
+      ok: false,
+      untranslatable: (err as { untranslatable?: boolean }).untranslatable === true,
+      message: (err as Error).message,
+    };
+  }
+  const terms: Term[] = [];
+  for (const conjunct of dnf) {
+    const other = conjunct.find((a) => 'other' in a);
+    if (other && 'other' in other) {
+      return {
+        ok: false,
+        untranslatable: true,
+        message: `the ${other.other} matcher has no Berth equivalent`,
+      };
+    }
+    const hosts = [...new Set(conjunct.flatMap((a) => ('host' in a ? [a.host.toLowerCase()] : [])))];
+    const prefixes = conjunct.flatMap((a) => ('prefix' in a ? [a.prefix] : []));
+    // Host(a) && Host(b) matches nothing unless a = b; so do prefixes that do not nest.
+    if (hosts.length > 1) continue;
+    const path = prefixes.sort((a, b) => b.length - a.length)[0] ?? '/';
+    if (prefixes.some((p) => !path.startsWith(p))) continue;
+    terms.push({ hosts, path });
+  }
+  if (terms.length === 0) return { ok: false, untranslatable: true, message: 'the rule can never match' };
+  return { ok: true, terms };
+}
+
+function isTrue(value: string): boolean {
+  const b = checkBool(value);
+  return b.ok && b.value;
+}

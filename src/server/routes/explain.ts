@@ -1,0 +1,95 @@
+// GET /api/containers/:container/explain: how the agent read one container's labels (dialect,
+// each label's use) with the routes they made and what became of them. The agent explains;
+// the server only finds the container, the same way `berth exec` does.
+import type { FastifyInstance } from 'fastify';
+import type { RouteView } from '../../model/types.js';
+import type { ExecBroker } from '../exec.js';
+import type { Registry } from '../registry.js';
+
+export interface ExplainedRoute {
+  id: string;
+  kind: 'http' | 'tcp';
+  hosts: string[];
+  path: string;
+  stripPath: boolean;
+  listen?: number;
+  upstream: string;
+  status?: RouteView['status'];
+  errors: string[];
+}
+
+export function explainRoutes(
+  app: FastifyInstance,
+  broker: ExecBroker,
+  registry: Registry,
+  routeViews: () => RouteView[],
+): void {
+  app.get(
+    '/api/containers/:container/explain',
+    {
+      schema: {
+        params: {
+          type: 'object',
+          required: ['container'],
+          properties: { container: { type: 'string', minLength: 1, maxLength: 256 } },
+        },
+        querystring: {
+          type: 'object',
+          additionalProperties: false,
+          properties: { agent: { type: 'string', minLength: 1, maxLength: 128 } },
+        },
+      },
+    },
+    async (req) => {
+      const { container } = req.params as { container: string };
+      const { agent } = req.query as { agent?: string };
+      const target = broker.resolve(container, agent);
+      const snapshot = registry.snapshotOf(target.agentId);
+      const summary = snapshot?.containers.find((c) => c.id === target.containerId);
+      const views = new Map(
+        routeViews()
+          .filter((v) => v.agentId === target.agentId && v.container.id === target.containerId)
+          .map((v) => [v.id, v]),
+      );
+      const routes: ExplainedRoute[] = [
+        ...(snapshot?.routes ?? [])
+          .filter((r) => r.containerId === target.containerId)
+          .map((r) => ({
+            id: r.id,
+            kind: 'http' as const,
+            hosts: r.hosts,
+            path: r.path,
+            stripPath: r.stripPath,
+            upstream: `${r.upstream.scheme}://${r.upstream.host}:${r.upstream.port}`,
+          })),
+        ...(snapshot?.tcp ?? [])
+          .filter((r) => r.containerId === target.containerId)
+          .map((r) => ({
+            id: r.id,
+            kind: 'tcp' as const,
+            hosts: [],
+            path: '',
+            stripPath: false,
+            listen: r.listen,
+            upstream: `${r.upstream.host}:${r.upstream.port}`,
+          })),
+      ].map((r) => {
+        const v = views.get(r.id);
+        return { ...r, ...(v ? { status: v.status } : {}), errors: v?.errors ?? [] };
+      });
+      return {
+        agent: { id: target.agentId, name: target.agentName },
+        container: {
+          id: target.containerId,
+          name: target.containerName,
+          state: summary?.state,
+          health: summary?.health,
+        },
+        dialect: summary?.explain?.dialect ?? null,
+        labels: summary?.explain?.labels ?? [],
+        routes,
+        diagnostics: (snapshot?.diagnostics ?? []).filter((d) => d.containerId === target.containerId),
+      };
+    },
+  );
+}

@@ -1,0 +1,148 @@
+// What the golden files cannot show: several containers at once, what crosses the wire, and
+// the Traefik rule reader on its own.
+import { describe, expect, it } from 'vitest';
+import { extractAll, extractRoutes } from '../../../src/labels/index.js';
+import { parseRule } from '../../../src/labels/traefik.js';
+import { parseAgentMessage } from '../../../src/model/protocol.js';
+import type { ContainerInfo } from '../../../src/model/types.js';
+
+const ctx = { hostIp: '127.0.0.2', labelPrefix: 'berth' };
+
+function container(id: string, name: string, labels: Record<string, string>): ContainerInfo {
+  return {
+    id,
+    name,
+    created: 1700000000,
+    labels,
+    state: 'running',
+    health: 'none',
+    networkMode: 'host',
+    networks: {},
+    ports: [],
+    exposed: [],
+  };
+}
+
+describe('label dialects', () => {
+  it('a bad label in one dialect never affects other containers', () => {
+    const { routes, diagnostics, explanations } = extractAll(
+      [
+        container('c1', 'bad-traefik', {
+          'traefik.http.routers.x.rule': 'Host(`x.example.com`',
+          'traefik.http.services.x.loadbalancer.server.port': '80',
+        }),
+        container('c2', 'caddy-app', { caddy: 'c.example.com', 'caddy.reverse_proxy': '{{upstreams 81}}' }),
+        container('c3', 'bad-caddy', { caddy: 'd.example.com', 'caddy.reverse_proxy': '{{upstreams 0}}' }),
+        container('c4', 'flare', {
+          'dockflare.enable': 'true',
+          'dockflare.hostname': 'f.example.com',
+          'dockflare.service': 'http://flare:82',
+        }),
+        container('c5', 'plain', { maintainer: 'me' }),
+      ],
+      ctx,
+    );
+    expect(routes.map((r) => `${r.containerName} ${r.hosts.join(',')} ${r.upstream.port}`)).toEqual([
+      'caddy-app c.example.com 81',
+      'flare f.example.com 82',
+    ]);
+    expect(diagnostics.filter((d) => d.severity === 'error').map((d) => d.containerName)).toEqual([
+      'bad-traefik',
+      'bad-caddy',
+    ]);
+    expect([...explanations.keys()]).toEqual(['c1', 'c2', 'c3', 'c4']);
+    expect(explanations.get('c1')?.dialect).toBe('traefik');
+  });
+
+  it('every diagnostic names container, label, value and what was expected', () => {
+    const r = extractRoutes(
+      container('c1', 'shop', { caddy: 'shop.example.com', 'caddy.reverse_proxy': '{{upstreams eighty}}' }),
+      ctx,
+    );
+    expect(r.routes).toEqual([]);
+    expect(r.diagnostics).toEqual([
+      {
+        severity: 'error',
+        containerId: 'c1',
+        containerName: 'shop',
+        label: 'caddy.reverse_proxy',
+        value: '{{upstreams eighty}}',
+        message:
+          'expected {{upstreams [http|https] [port]}} with a port number from 1 to 65535 ("eighty" is not one)',
+      },
+    ]);
+  });
+
+  it('sends the explanation in snapshots the server accepts, clipping long values', () => {
+    const long = 'x'.repeat(5000);
+    const c = container('c1', 'web', {
+      'traefik.http.routers.web.rule': 'Host(`w.example.com`)',
+      'traefik.http.services.web.loadbalancer.server.port': '80',
+      'traefik.http.middlewares.h.headers.customresponseheaders.X-Long': long,
+      caddy: 'w.example.com',
+    });
+    const r = extractRoutes(c, { ...ctx, dialects: ['traefik', 'caddy'] });
+    const explain = r.explain!;
+    expect(explain.dialect).toBe('traefik');
+    const longLabel = explain.labels.find((l) => l.key.endsWith('X-Long'))!;
+    expect(longLabel.value.length).toBeLessThanOrEqual(1000);
+    expect(explain.labels.find((l) => l.key === 'caddy')).toMatchObject({ use: 'ignored' });
+    const snapshot = {
+      agentId: 'a',
+      generation: 1,
+      hostIp: '127.0.0.2',
+      takenAt: 1,
+      containers: [{ id: c.id, name: c.name, state: 'running', health: 'none', labelled: true, explain }],
+      routes: r.routes,
+      diagnostics: r.diagnostics,
+    };
+    expect(parseAgentMessage(JSON.stringify({ type: 'snapshot', snapshot })).type).toBe('snapshot');
+    const wrong = structuredClone(snapshot);
+    wrong.containers[0]!.explain!.labels[0]!.use = 'maybe' as never;
+    expect(() => parseAgentMessage(JSON.stringify({ type: 'snapshot', snapshot: wrong }))).toThrowError(
+      /invalid message/,
+    );
+  });
+});
+
+describe('Traefik rules', () => {
+  it.each([
+    ['Host(`a.example.com`)', [{ hosts: ['a.example.com'], path: '/' }]],
+    [
+      'Host(`a.example.com`, `b.example.com`)',
+      [
+        { hosts: ['a.example.com'], path: '/' },
+        { hosts: ['b.example.com'], path: '/' },
+      ],
+    ],
+    [
+      'Host(`a.example.com`) && (PathPrefix(`/x`) || PathPrefix(`/y`))',
+      [
+        { hosts: ['a.example.com'], path: '/x' },
+        { hosts: ['a.example.com'], path: '/y' },
+      ],
+    ],
+    [
+      'Host(`a.example.com`) && PathPrefix(`/api`) && PathPrefix(`/api/v1`)',
+      [{ hosts: ['a.example.com'], path: '/api/v1' }],
+    ],
+    ['HostHeader("A.example.com")', [{ hosts: ['a.example.com'], path: '/' }]],
+  ])('reads %s', (rule, terms) => {
+    expect(parseRule(rule)).toEqual({ ok: true, terms });
+  });
+
+  it.each([
+    ['Host(`a.example.com`) && Host(`b.example.com`)', true, /never match/],
+    ['Host(`a.example.com`) && Headers(`X`, `y`)', true, /Headers matcher/],
+    ['!Host(`a.example.com`)', true, /negation/],
+    ['Host(`a.example.com`', false, /Host\( is not closed/],
+    ['Host(`a.example.com`) &&', false, /ends early/],
+    ['Host(`a`) Host(`b`)', false, /unexpected "Host"/],
+  ])('refuses %s', (rule, untranslatable, message) => {
+    const r = parseRule(rule);
+    expect(r.ok).toBe(false);
+    if (r.ok) return;
+    expect(r.untranslatable).toBe(untranslatable);
+    expect(r.message).toMatch(message);
+  });
+});
