@@ -292,9 +292,30 @@ export class TcpForwarder {
     l.conns.add(end);
     const u = ups[l.next++ % ups.length]!;
     upstreamText = hostPort(u.host, u.port);
-    const up = connect({ host: u.host, port: u.port, allowHalfOpen: true });
+    // Upstream → client: the upstream socket reads straight into `readBuf`, and each chunk is
+    // written to the client from there: no stream machinery and no allocation per chunk. Returning
+    // false (the client is full) stops reading until the client drains, and a drained client has
+    // sent everything, so the buffer is free again when reading resumes. A write that the kernel
+    // did not take whole while the client still has room is queued by reference, though, so the
+    // next read goes to a fresh buffer. Reads that fill the buffer move on to a bigger one (up to
+    // MAX_READ_BYTES): fewer system calls for bulk transfers, little memory for chatty ones.
+    let readBuf = Buffer.allocUnsafe(FIRST_READ_BYTES);
+    const up = connect({
+      host: u.host,
+      port: u.port,
+      allowHalfOpen: true,
+      noDelay: true,
+      onread: {
+        buffer: () => readBuf,
+        callback: (n, buf) => {
+          const more = client.write(buf.subarray(0, n));
+          if (n === buf.length && n < MAX_READ_BYTES) readBuf = Buffer.allocUnsafe(n * 4);
+          else if (more && client.writableLength > 0) readBuf = Buffer.allocUnsafe(buf.length);
+          return more;
+        },
+      },
+    });
     upstream = up;
-    up.setNoDelay(true);
     client.setNoDelay(true);
     const connectTimer = setTimeout(
       () => finish('upstream-refused', `no answer from ${upstreamText} within the connect timeout`),
@@ -304,11 +325,17 @@ export class TcpForwarder {
     up.once('connect', () => {
       connected = true;
       clearTimeout(connectTimer);
-      // Backpressure both ways (pipe pauses the reader while the writer is full); an end from one
-      // side becomes a half-close towards the other, and each socket closes once both of its
-      // directions are done, so the connection is finished when both sockets have closed.
-      client.pipe(up);
-      up.pipe(client);
+      // Client → upstream: each chunk is written on; a full upstream pauses the client until it
+      // drains. An end from one side becomes a half-close towards the other, and each socket
+      // closes once both of its directions are done, so the connection is finished when both
+      // sockets have closed.
+      client.on('data', (chunk: Buffer) => {
+        if (!up.write(chunk)) client.pause();
+      });
+      up.on('drain', () => client.resume());
+      client.on('drain', () => up.resume());
+      client.once('end', () => up.end());
+      up.once('end', () => client.end());
       client.resume();
       // The client socket sees traffic both ways (it reads one and writes the other), so its
       // inactivity timer is the connection's.
@@ -339,6 +366,10 @@ export class TcpForwarder {
     client.once('error', (err) => finish('client-error', errorMessage(err)));
   }
 }
+
+/** Bytes read from an upstream at a time: a connection starts with FIRST and grows to MAX. */
+const FIRST_READ_BYTES = 16 * 1024;
+const MAX_READ_BYTES = 256 * 1024;
 
 function isAddress(s: string): boolean {
   return parseCidr(s) !== undefined && !s.includes('/');
