@@ -171,11 +171,13 @@ export class ServerLink {
 
   private sendHeartbeat(): void {
     if (!this.agentId || this.ws?.readyState !== WebSocket.OPEN) return;
-    const hb: Heartbeat = {
+    // sentAt lets the server measure how late it reads heartbeats (berth_heartbeat_delay_seconds).
+    const hb: Heartbeat & { sentAt: number } = {
       type: 'heartbeat',
       version: this.o.version,
       intervalMs: this.o.reportIntervalMs,
       ...this.o.heartbeat(),
+      sentAt: Date.now(),
     };
     this.ws.send(JSON.stringify(hb));
   }

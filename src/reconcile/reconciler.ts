@@ -53,6 +53,8 @@ export class Reconciler {
   private dirty = false;
   private force = false;
   private retryMs = 250;
+  private lastPassMs = 0;
+  private lastPassEnd = 0;
   private stopped = false;
   private idleWaiters: (() => void)[] = [];
   state?: ReconcileState;
@@ -75,6 +77,9 @@ export class Reconciler {
       0,
       Math.min(debounce, this.firstWakeAt + (this.o.maxDelayMs ?? 1_000) - now),
       this.msUntilToken(now),
+      // A pass is CPU-bound (tens of ms at 1k routes, about a second at 50k): after one, wait
+      // as long as it took, so agents' messages and the API get at least half the time.
+      this.lastPassMs - (now - this.lastPassEnd),
     );
     this.timer = setTimeout(() => {
       this.timer = undefined;
@@ -114,6 +119,7 @@ export class Reconciler {
       const desired = computeDesired(this.o.source());
       // Hosts moving into Caddy's config stay in DNS until every apply below has landed.
       this.o.dns?.publish(desired.sites, { transition: true });
+      await yieldToIo();
       let tcp = new Map<number, ListenerStatus>();
       if (this.o.tcp) {
         await this.o.tcp.sync(desired.tcp);
@@ -130,6 +136,7 @@ export class Reconciler {
           t.forgetRejections();
         }
         try {
+          await yieldToIo();
           const r = await t.apply(desired.sites);
           if (r.changed) {
             applyMs.push(t.stats.lastApplyMs ?? 0);
@@ -163,12 +170,15 @@ export class Reconciler {
       if (!failed) this.o.dns?.publish(desired.sites);
       this.counters.passes++;
       this.state = { desired, targets: results, tcp, passes: this.counters.passes, completedAt: Date.now() };
+      await yieldToIo();
       this.o.onPass?.(this.state, { startedAt, applyMs });
     } catch (err) {
       failed = true;
       this.o.logger.error({ err: errorMessage(err) }, 'reconcile pass failed');
     } finally {
       this.running = false;
+      this.lastPassEnd = Date.now();
+      this.lastPassMs = this.lastPassEnd - startedAt;
     }
     if (failed && !this.stopped) {
       const delay = this.retryMs;
@@ -189,3 +199,6 @@ export class Reconciler {
     return state.targets.length > 0 && state.targets.every((t) => t.served.has(sig));
   }
 }
+
+/** Lets pending I/O (agents' messages, API requests) run between the CPU-bound steps of a pass. */
+const yieldToIo = () => new Promise<void>((resolve) => setImmediate(resolve));

@@ -6,7 +6,14 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { type WebSocket, WebSocketServer } from 'ws';
 import { errorMessage } from '../errors.js';
-import { AGENT_PATH, type ExecEvent, parseAgentMessage, type ServerMessage } from '../model/protocol.js';
+import { Histogram } from '../metrics.js';
+import {
+  AGENT_PATH,
+  type ExecEvent,
+  type Heartbeat,
+  parseAgentMessage,
+  type ServerMessage,
+} from '../model/protocol.js';
 import type { Registry } from './registry.js';
 
 export interface HubOptions {
@@ -24,6 +31,16 @@ export class AgentHub {
   private readonly failures = new Map<string, { count: number; since: number }>();
   private closing = false;
   counters = { connects: 0, rejected: 0, rateLimited: 0, messages: 0, invalidMessages: 0 };
+  /**
+   * Receive time minus the `sentAt` an agent puts in its heartbeat: how late this server's event
+   * loop reads agents' messages (plus the network). Clamped at 0; across machines it also carries
+   * their clock offset.
+   */
+  readonly heartbeatDelay = new Histogram(
+    'berth_heartbeat_delay_seconds',
+    "Heartbeat receive time minus the agent's sentAt (clamped at 0; includes clock offset between machines)",
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+  );
   /** Where exec events and lost connections go (the exec broker). */
   exec?: { onAgentEvent(agentId: string, e: ExecEvent): void; onAgentGone(agentId: string): void };
 
@@ -107,7 +124,7 @@ export class AgentHub {
     const previous = this.sockets.get(agentId);
     this.sockets.set(agentId, ws);
     previous?.close(4000, 'replaced by a newer connection of the same agent');
-    const summary = this.o.registry.listAgents().find((a) => a.id === agentId);
+    const summary = this.o.registry.statusOf(agentId);
     log.info({ name: summary?.name, status: summary?.status }, 'agent connected');
     ws.send(
       JSON.stringify({
@@ -137,7 +154,10 @@ export class AgentHub {
       } else if (msg.type.startsWith('exec.')) {
         this.exec?.onAgentEvent(agentId, msg as ExecEvent);
       } else if (msg.type === 'heartbeat') {
-        const { type: _t, ...info } = msg;
+        // sentAt (ms since epoch) is optional: older agents do not send it.
+        const { type: _t, sentAt, ...info } = msg as Heartbeat & { sentAt?: unknown };
+        if (typeof sentAt === 'number' && Number.isFinite(sentAt))
+          this.heartbeatDelay.observe(Math.max(0, Date.now() - sentAt) / 1000);
         this.o.registry
           .heartbeat(agentId, info)
           .catch((err) => log.error({ err: errorMessage(err) }, 'cannot store heartbeat'));

@@ -690,7 +690,11 @@ export class Registry {
   }
 
   views(): AgentView[] {
-    return [...this.agents.values()].map((record) => {
+    return [...this.agents.values()].map((record) => this.view(record));
+  }
+
+  private view(record: AgentRecord): AgentView {
+    {
       const l = this.live.get(record.id) ?? { connected: false };
       const connected = l.connected || l.remote !== undefined;
       const v: AgentView = { record, connected, snapshot: this.snapshots.get(record.id) };
@@ -705,15 +709,22 @@ export class Registry {
       if (typeof interval === 'number') v.heartbeatMs = interval;
       if (l.disconnectedAt !== undefined) v.disconnectedAt = l.disconnectedAt;
       return v;
-    });
+    }
   }
 
   admitted(): Admitted {
     return admitRoutes(this.views(), this.clock(), this.liveness);
   }
 
-  agentSummary(a: AgentRecord): AgentSummary {
-    const v = this.views().find((x) => x.record.id === a.id)!;
+  /** Name and status of one agent, without looking at any other (for logs). */
+  statusOf(agentId: string): { name: string; status: AgentSummary['status'] } | undefined {
+    const a = this.agents.get(agentId);
+    return a && { name: a.name, status: agentStatus(this.view(a), this.clock(), this.liveness) };
+  }
+
+  /** `admitted` is the same for every agent: a listing computes it once, not once per agent. */
+  agentSummary(a: AgentRecord, admitted: Admitted = this.admitted()): AgentSummary {
+    const v = this.view(a);
     const now = this.clock();
     const s = this.snapshots.get(a.id);
     const out: AgentSummary = {
@@ -742,13 +753,14 @@ export class Registry {
       if (replica) out.replica = replica;
     }
     if (v.lastHeartbeatAt) out.heartbeatAgeSeconds = Math.round((now - v.lastHeartbeatAt) / 100) / 10;
-    const withheld = this.admitted().withheld.get(a.id);
+    const withheld = admitted.withheld.get(a.id);
     if (withheld) out.withheld = withheld;
     return out;
   }
 
   listAgents(): AgentSummary[] {
-    return [...this.agents.values()].map((a) => this.agentSummary(a));
+    const admitted = this.admitted();
+    return [...this.agents.values()].map((a) => this.agentSummary(a, admitted));
   }
 
   /** Every route with its status, plus one entry per container whose labels were rejected. */

@@ -171,28 +171,39 @@ export async function runServer(
       }
       for (const t of state.targets)
         if (t.error) events.emit('caddy.failed', `Caddy apply failed: ${t.error}`, { error: t.error });
-      // Routes that newly have an error, once each.
-      const now = new Set<string>();
-      for (const r of registry.routeViews(state)) {
-        if (r.status !== 'error') continue;
-        const key = `${r.agentId}:${r.id}:${r.errors.join('|')}`;
-        now.add(key);
-        if (!lastErrors.has(key)) {
-          const what =
-            r.kind === 'tcp' ? `tcp :${r.listen}` : r.hosts.join(', ') || `container ${r.container.name}`;
-          events.emit(
-            'route.rejected',
-            `${what} (${r.agentName}/${r.container.name}): ${r.errors.join('; ')}`,
-            {
-              agentId: r.agentId,
-              routeId: r.id,
-            },
-          );
-        }
-      }
-      lastErrors = now;
+      // Routes that newly have an error, once each. Listing every route costs about half a
+      // second at 50k, so it runs at most once a second, after the latest pass.
+      const sinceScan = Date.now() - lastErrorScanAt;
+      clearTimeout(errorScan);
+      errorScan = setTimeout(() => scanErrors(), Math.max(0, 1_000 - sinceScan));
     },
   });
+  let lastErrorScanAt = 0;
+  let errorScan: NodeJS.Timeout | undefined;
+  const scanErrors = () => {
+    const state = reconciler?.state;
+    if (!state) return;
+    lastErrorScanAt = Date.now();
+    const now = new Set<string>();
+    for (const r of registry.routeViews(state)) {
+      if (r.status !== 'error') continue;
+      const key = `${r.agentId}:${r.id}:${r.errors.join('|')}`;
+      now.add(key);
+      if (!lastErrors.has(key)) {
+        const what =
+          r.kind === 'tcp' ? `tcp :${r.listen}` : r.hosts.join(', ') || `container ${r.container.name}`;
+        events.emit(
+          'route.rejected',
+          `${what} (${r.agentName}/${r.container.name}): ${r.errors.join('; ')}`,
+          {
+            agentId: r.agentId,
+            routeId: r.id,
+          },
+        );
+      }
+    }
+    lastErrors = now;
+  };
   const rec = reconciler;
   registry.onChange(() => {
     changedSince ??= Date.now();
@@ -364,6 +375,7 @@ export async function runServer(
       return [
         convergence.family(),
         applyDuration.family(),
+        hub.heartbeatDelay.family(),
         simple('berth_reconcile_passes_total', 'Reconcile passes', 'counter', rec.counters.passes),
         simple('berth_caddy_applies_total', 'Config applies sent to Caddy', 'counter', rec.counters.applies),
         simple('berth_caddy_apply_failures_total', 'Failed Caddy applies', 'counter', rec.counters.failures),
@@ -411,6 +423,7 @@ export async function runServer(
       watcher?.stop();
       hub.close();
       rec.stop();
+      clearTimeout(errorScan);
       await leases?.stop();
       await registry.close();
       await tcp.close();

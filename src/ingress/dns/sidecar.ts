@@ -39,13 +39,23 @@ type TableFile = Record<string, [string, number][]>;
  * landed: until then the catch-all still serves it, instead of a 404.
  */
 export function tableFromSites(sites: Site[], keep?: TableFile): TableFile {
-  const out: TableFile = {};
-  for (const s of splitSites(sites).dynamic) out[s.host] = s.upstreams.map((u) => [u.host, u.port]);
+  return buildTable(sites, keep).table;
+}
+
+function buildTable(sites: Site[], keep?: TableFile): { table: TableFile; kept: number } {
+  const table: TableFile = {};
+  let kept = 0;
+  for (const s of splitSites(sites).dynamic) table[s.host] = s.upstreams.map((u) => [u.host, u.port]);
   if (keep) {
     const hosts = new Set(sites.map((s) => s.host));
-    for (const [host, ups] of Object.entries(keep)) if (!(host in out) && hosts.has(host)) out[host] = ups;
+    for (const [host, ups] of Object.entries(keep)) {
+      if (!(host in table) && hosts.has(host)) {
+        table[host] = ups;
+        kept++;
+      }
+    }
   }
-  return out;
+  return { table, kept };
 }
 
 function toHostTable(t: TableFile): HostTable {
@@ -117,6 +127,8 @@ export class DnsSidecar {
   private cfg?: SidecarConfig;
   private lastTable = '';
   private lastObject: TableFile = {};
+  private lastSites?: Site[];
+  private keptAside = false;
   restarts = 0;
 
   constructor(private readonly o: SidecarOptions) {}
@@ -156,7 +168,12 @@ export class DnsSidecar {
    * apply (`transition`), hosts leaving the table for Caddy's config keep their entries.
    */
   publish(sites: Site[], o: { transition?: boolean } = {}): void {
-    const table = tableFromSites(sites, o.transition ? this.lastObject : undefined);
+    // The usual pass publishes the same sites twice (before and after applying); when the first
+    // kept no host aside, the second would write the same table: skip building it (50k hosts).
+    if (!o.transition && sites === this.lastSites && !this.keptAside) return;
+    const { table, kept } = buildTable(sites, o.transition ? this.lastObject : undefined);
+    this.lastSites = sites;
+    this.keptAside = kept > 0;
     const text = JSON.stringify(table);
     if (text === this.lastTable) return;
     const p = paths(this.o.dataDir);
