@@ -61,7 +61,7 @@ export class DiagnosticSink {
   }
   private add(severity: Diagnostic['severity'], label: string, value: string | undefined, message: string) {
     const d: Diagnostic = { severity, containerId: this.c.id, containerName: this.c.name, label, message };
-    if (value !== undefined) d.value = value;
+    if (value !== undefined) d.value = shownValue(label, value);
     this.list.push(d);
   }
   /** The container's value of a label, for diagnostics raised away from where it was read. */
@@ -226,4 +226,14 @@ function readiness(c: ContainerInfo): string | undefined {
   if (c.health === 'unhealthy') return 'container is unhealthy';
   if (c.health === 'starting') return 'container health check has not passed yet';
   return undefined;
+}
+
+/**
+ * Labels that carry credentials (caddy `basic_auth` users, Traefik `basicauth.users`, DockFlare
+ * access tokens, …): their values never leave the agent, in diagnostics or explanations.
+ */
+const SECRET_LABEL = /(auth|passw|secret|token|credential|api_?key|\.users?(file)?$)/i;
+
+export function shownValue(label: string, value: string): string {
+  return SECRET_LABEL.test(label) ? '(redacted: credentials)' : value;
 }

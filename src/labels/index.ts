@@ -11,7 +11,7 @@ import type {
 import { hasBerthLabels, isBerthNamespace, parseBerthLabels } from './berth.js';
 import { isCaddyLabel, parseCaddyLabels } from './caddy.js';
 import { isDockflareLabel, parseDockflareLabels } from './dockflare.js';
-import { type DialectResult, finishDrafts } from './draft.js';
+import { type DialectResult, finishDrafts, shownValue } from './draft.js';
 import { isTraefikLabel, parseTraefikLabels } from './traefik.js';
 import type { AddressContext } from './upstream.js';
 
@@ -154,7 +154,7 @@ function explainLabels(
   const labels: LabelExplanation[] = mine.map((key) => {
     const e = (use: LabelExplanation['use'], note?: string): LabelExplanation => ({
       key: clip(key, 1000),
-      value: clip(c.labels[key] ?? '', 1000),
+      value: clip(shownValue(key, c.labels[key] ?? ''), 1000),
       use,
       ...(note ? { note: clip(note, 2000) } : {}),
     });
@@ -173,7 +173,7 @@ function explainLabels(
     for (const key of o.keys) {
       labels.push({
         key: clip(key, 1000),
-        value: clip(c.labels[key] ?? '', 1000),
+        value: clip(shownValue(key, c.labels[key] ?? ''), 1000),
         use: 'ignored',
         note: `${o.name} label: the container is read as ${dialect}`,
       });
