@@ -7,6 +7,9 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { type BrowserContext, chromium, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
+import { AGENT_PATH } from '../../src/model/protocol.js';
+import type { Snapshot } from '../../src/model/types.js';
 import { type AgentProcess, type BerthProcess, startAgent, startBerth } from './support/berth.js';
 import { registerCleanup, useCleanup } from './support/cleanup.js';
 import { importBusybox, runHostContainer, startDockerd, type TestDockerd } from './support/dockerd.js';
@@ -197,6 +200,71 @@ describe('web UI', () => {
     for (const t of ['agent.connected', 'agent.approved', 'caddy.applied', 'exec', 'key.revoked'])
       expect(types).toContain(t);
     await shot('09-events');
+  });
+
+  it('stays usable at 5,000 routes: pages, filters, and renders a page quickly', async () => {
+    // A simulated agent speaking the real protocol reports 5,000 containers with a route each.
+    const r = await server.cli(['keys', 'create', '--name', 'bulk', '--auto-approve', '--json']);
+    const { secret } = JSON.parse(r.stdout);
+    const ws = new WebSocket(`${server.apiUrl.replace(/^http/, 'ws')}${AGENT_PATH}`, {
+      headers: { authorization: `Bearer ${secret}`, 'x-berth-agent-name': 'bulkhost' },
+    });
+    registerCleanup(() => ws.close());
+    const created = Math.floor(Date.now() / 1000);
+    const ids = Array.from({ length: 5000 }, (_, i) => `${i.toString(16).padStart(8, '0')}${'b'.repeat(56)}`);
+    await new Promise<void>((done, fail) => {
+      ws.once('error', fail);
+      ws.on('message', (raw) => {
+        const msg = JSON.parse(raw.toString());
+        if (msg.type !== 'welcome') return;
+        const snapshot: Snapshot = {
+          agentId: msg.agentId,
+          generation: 1,
+          takenAt: Date.now(),
+          hostIp: '127.0.0.9',
+          containers: ids.map((id, i) => ({
+            id,
+            name: `bulk${i}`,
+            state: 'running',
+            health: 'none',
+            labelled: true,
+          })),
+          routes: ids.map((id, i) => ({
+            id: `${id}/default`,
+            group: 'default',
+            hosts: [`r${i}.bulk.test`],
+            path: '/',
+            stripPath: false,
+            upstream: { host: '127.0.0.9', port: 10_000 + i, scheme: 'http' },
+            containerId: id,
+            containerName: `bulk${i}`,
+            containerCreated: created,
+          })),
+          diagnostics: [],
+        };
+        ws.send(JSON.stringify({ type: 'snapshot', snapshot }));
+        done();
+      });
+    });
+    await page.locator('nav a[data-page=routes]').click();
+    await page.locator('#route-filter').fill('');
+    await expect
+      .poll(() => page.locator('h2').textContent(), { timeout: 30_000 })
+      .toMatch(/^Routes \((500[0-9]) of \1\)$/);
+    // One page at a time: 100 rows of 5,000+, and a pager.
+    expect(await page.locator('#routes tbody tr').count()).toBe(100);
+    expect(await page.locator('#route-page').textContent()).toMatch(/^page 1 of 5[01]$/);
+    let t0 = Date.now();
+    await page.getByRole('button', { name: 'Next ›' }).click();
+    await expect.poll(() => page.locator('#route-page').textContent()).toMatch(/^page 2 of/);
+    console.log(`[figure] UI at 5,000 routes: next page rendered in ${Date.now() - t0} ms`);
+    t0 = Date.now();
+    await page.locator('#route-filter').fill('r4999.bulk.test');
+    await expect.poll(() => page.locator('#routes tbody tr').count()).toBe(1);
+    console.log(`[figure] UI at 5,000 routes: filter to one route in ${Date.now() - t0} ms`);
+    expect(await page.locator('#routes tbody tr').textContent()).toContain('127.0.0.9:14999');
+    await shot('10-routes-5000');
+    await page.locator('#route-filter').fill('');
   });
 
   it('signs out', async () => {
