@@ -2,10 +2,10 @@
 // 127.0.0.1 (the upstream itself, or a proxy in front of it) and is bounded by a deadline.
 // The protocol is upstream.mjs's: a 9-byte header (mode byte, 64-bit big-endian length).
 import { connect } from 'node:net';
+import { writeBytes } from './bytes.mjs';
 
 const HOST = '127.0.0.1';
 const MiB = 1024 * 1024;
-const CHUNK = Buffer.alloc(256 * 1024, 0x61);
 
 function header(mode, n) {
   const h = Buffer.alloc(9);
@@ -72,24 +72,6 @@ export async function download(port, bytes, timeoutMs) {
   } finally {
     sock.destroy();
   }
-}
-
-function writeBytes(sock, total) {
-  return new Promise((resolve) => {
-    let left = total;
-    const pump = () => {
-      while (left > 0) {
-        const len = Math.min(left, CHUNK.length);
-        left -= len;
-        if (!sock.write(len === CHUNK.length ? CHUNK : CHUNK.subarray(0, len))) {
-          sock.once('drain', pump);
-          return;
-        }
-      }
-      resolve();
-    };
-    pump();
-  });
 }
 
 /** Client → upstream: MiB/s until the upstream confirms it has read all `bytes`. */

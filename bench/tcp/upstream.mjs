@@ -6,25 +6,9 @@
 //   'E' 0  echo everything back until the client ends      (latency, connection setup)
 // Usage: node bench/tcp/upstream.mjs — prints {"port":N} on stdout, exits when stdin closes.
 import { createServer } from 'node:net';
+import { writeBytes } from './bytes.mjs';
 
 const HEADER_BYTES = 9;
-const CHUNK = Buffer.alloc(256 * 1024, 0x62);
-
-function sendBytes(sock, total) {
-  let left = total;
-  const pump = () => {
-    while (left > 0) {
-      const len = Math.min(left, CHUNK.length);
-      left -= len;
-      if (!sock.write(len === CHUNK.length ? CHUNK : CHUNK.subarray(0, len))) {
-        sock.once('drain', pump);
-        return;
-      }
-    }
-    sock.end();
-  };
-  pump();
-}
 
 function receiveBytes(sock, total, first) {
   let got = first.length;
@@ -57,7 +41,7 @@ function onConnection(sock) {
     const mode = String.fromCharCode(head[0]);
     const n = Number(head.readBigUInt64BE(1));
     const rest = head.subarray(HEADER_BYTES);
-    if (mode === 'S') sendBytes(sock, n);
+    if (mode === 'S') void writeBytes(sock, n).then(() => sock.end());
     else if (mode === 'R') receiveBytes(sock, n, rest);
     else if (mode === 'E') echo(sock, rest);
     else sock.destroy();

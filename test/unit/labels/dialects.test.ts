@@ -4,41 +4,28 @@ import { describe, expect, it } from 'vitest';
 import { extractAll, extractRoutes } from '../../../src/labels/index.js';
 import { parseRule } from '../../../src/labels/traefik.js';
 import { parseAgentMessage } from '../../../src/model/protocol.js';
-import type { ContainerInfo } from '../../../src/model/types.js';
+import { container } from './container.js';
 
 const ctx = { hostIp: '127.0.0.2', labelPrefix: 'berth' };
 
-function container(id: string, name: string, labels: Record<string, string>): ContainerInfo {
-  return {
-    id,
-    name,
-    created: 1700000000,
-    labels,
-    state: 'running',
-    health: 'none',
-    networkMode: 'host',
-    networks: {},
-    ports: [],
-    exposed: [],
-  };
-}
+const named = (id: string, name: string, labels: Record<string, string>) => container({ id, name, labels });
 
 describe('label dialects', () => {
   it('a bad label in one dialect never affects other containers', () => {
     const { routes, diagnostics, explanations } = extractAll(
       [
-        container('c1', 'bad-traefik', {
+        named('c1', 'bad-traefik', {
           'traefik.http.routers.x.rule': 'Host(`x.example.com`',
           'traefik.http.services.x.loadbalancer.server.port': '80',
         }),
-        container('c2', 'caddy-app', { caddy: 'c.example.com', 'caddy.reverse_proxy': '{{upstreams 81}}' }),
-        container('c3', 'bad-caddy', { caddy: 'd.example.com', 'caddy.reverse_proxy': '{{upstreams 0}}' }),
-        container('c4', 'flare', {
+        named('c2', 'caddy-app', { caddy: 'c.example.com', 'caddy.reverse_proxy': '{{upstreams 81}}' }),
+        named('c3', 'bad-caddy', { caddy: 'd.example.com', 'caddy.reverse_proxy': '{{upstreams 0}}' }),
+        named('c4', 'flare', {
           'dockflare.enable': 'true',
           'dockflare.hostname': 'f.example.com',
           'dockflare.service': 'http://flare:82',
         }),
-        container('c5', 'plain', { maintainer: 'me' }),
+        named('c5', 'plain', { maintainer: 'me' }),
       ],
       ctx,
     );
@@ -56,7 +43,7 @@ describe('label dialects', () => {
 
   it('every diagnostic names container, label, value and what was expected', () => {
     const r = extractRoutes(
-      container('c1', 'shop', { caddy: 'shop.example.com', 'caddy.reverse_proxy': '{{upstreams eighty}}' }),
+      named('c1', 'shop', { caddy: 'shop.example.com', 'caddy.reverse_proxy': '{{upstreams eighty}}' }),
       ctx,
     );
     expect(r.routes).toEqual([]);
@@ -75,7 +62,7 @@ describe('label dialects', () => {
 
   it('sends the explanation in snapshots the server accepts, clipping long values', () => {
     const long = 'x'.repeat(5000);
-    const c = container('c1', 'web', {
+    const c = named('c1', 'web', {
       'traefik.http.routers.web.rule': 'Host(`w.example.com`)',
       'traefik.http.services.web.loadbalancer.server.port': '80',
       'traefik.http.middlewares.h.headers.customresponseheaders.X-Long': long,

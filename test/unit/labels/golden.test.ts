@@ -6,26 +6,10 @@ import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { extractRoutes } from '../../../src/labels/index.js';
-import type { ContainerInfo } from '../../../src/model/types.js';
+import { container } from './container.js';
 
 const dir = join(import.meta.dirname, 'testdata');
 const SEP = '\n----------\n';
-
-function container(input: Partial<ContainerInfo>): ContainerInfo {
-  return {
-    id: 'c0ffee000001',
-    name: 'app',
-    created: 1700000000,
-    labels: {},
-    state: 'running',
-    health: 'none',
-    networkMode: 'host',
-    networks: {},
-    ports: [],
-    exposed: [],
-    ...input,
-  };
-}
 
 describe('label golden files', () => {
   for (const file of readdirSync(dir)
