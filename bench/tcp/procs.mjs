@@ -78,19 +78,34 @@ export async function startUpstream(registry) {
   return proc;
 }
 
-/** 'dist' when the built forwarder exists (run `npm run build`), else 'src' through tsx. */
-export function berthSource(wanted) {
-  if (wanted !== 'auto') return wanted;
-  return existsSync(join(REPO, 'dist/ingress/tcp/forwarder.js')) ? 'dist' : 'src';
-}
-
-export async function startBerth(registry, upstreamPort, accessLogFile, source) {
+/**
+ * Berth's forwarder exactly as `berth server` runs it: `berth tcp-server` from dist/, with the
+ * same Node flags, the default idle timeout and connection limit, and one access-log line per
+ * connection (as with --tcp-access-log). Its one listener comes from the listener file the
+ * forwarder restores at start, so no Berth server is involved.
+ */
+export async function startBerth(registry, upstreamPort, dir) {
+  const cli = join(REPO, 'dist/cli/main.js');
+  if (!existsSync(cli)) throw new Error('dist/ is missing: run `npm run build` first');
+  const { TCP_NODE_FLAGS, writeTcpServerFiles } = await import(join(REPO, 'dist/ingress/tcp/sidecar.js'));
   const port = await freePort();
-  const script = join(HERE, 'berth-forwarder.mjs');
-  const args = [String(port), String(upstreamPort), accessLogFile];
-  const nodeArgs = source === 'src' ? ['--import', 'tsx', script, ...args, '--src'] : [script, ...args];
-  const proc = startProcess(registry, 'berth', process.execPath, nodeArgs);
-  await waitFor(proc, 'ready line', () => proc.stdout.includes('ready'), 30_000);
+  const dataDir = join(dir, 'berth');
+  const config = {
+    bind: HOST,
+    idleTimeoutMs: 3_600_000, // --tcp-idle-timeout's default
+    maxConnections: 1024, // --tcp-max-connections's default
+    accessLog: join(dir, 'berth-access.log'),
+  };
+  const listener = {
+    listen: port,
+    upstreams: [{ host: HOST, port: upstreamPort }],
+    allow: [],
+    routeKeys: ['bench'],
+  };
+  writeTcpServerFiles(dataDir, config, [listener]);
+  const args = [...TCP_NODE_FLAGS, cli, 'tcp-server', '--data-dir', dataDir];
+  const proc = startProcess(registry, 'berth', process.execPath, args);
+  await waitFor(proc, 'listener', () => canConnect(port), 30_000);
   proc.port = port;
   return proc;
 }

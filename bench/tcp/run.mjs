@@ -9,7 +9,7 @@
 // interleaved within each run. Prints figures; asserts nothing.
 // Usage: npm run build && node bench/tcp/run.mjs [--runs 3] [--size-mb 1024] [--round-trips 20000]
 //        [--warmup 2000] [--concurrency 8] [--connections 2000] [--msg-bytes 64] [--timeout-s 60]
-//        [--targets direct,berth,socat,haproxy] [--berth-from auto|dist|src] [--json] [--help]
+//        [--targets direct,berth,socat,haproxy] [--json] [--help]
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, release, tmpdir } from 'node:os';
@@ -17,7 +17,6 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { connectionSetup, download, latency, quantile, upload } from './clients.mjs';
 import {
-  berthSource,
   killAllSync,
   memoryMiB,
   startBerth,
@@ -39,7 +38,6 @@ const OPTIONS = {
   'msg-bytes': { type: 'string', default: '64' },
   'timeout-s': { type: 'string', default: '60' },
   targets: { type: 'string', default: ALL_TARGETS.join(',') },
-  'berth-from': { type: 'string', default: 'auto' },
   json: { type: 'boolean', default: false },
   help: { type: 'boolean', default: false },
 };
@@ -67,9 +65,6 @@ function options() {
   const targets = values.targets.split(',').filter(Boolean);
   for (const t of targets) if (!ALL_TARGETS.includes(t)) throw new UsageError(`unknown target ${t}`);
   if (targets.length === 0) throw new UsageError('--targets names no target');
-  if (!['auto', 'dist', 'src'].includes(values['berth-from'])) {
-    throw new UsageError('--berth-from must be auto, dist or src');
-  }
   return {
     runs: Math.min(int('runs', 1), 20),
     bytes: int('size-mb', 1) * 1024 * 1024,
@@ -80,7 +75,6 @@ function options() {
     msgBytes: int('msg-bytes', 1),
     timeoutMs: int('timeout-s', 1) * 1000,
     targets,
-    berthFrom: berthSource(values['berth-from']),
     json: values.json,
   };
 }
@@ -100,7 +94,6 @@ the runs; asserts nothing. Needs socat and haproxy on PATH for those targets.
   --msg-bytes N       size of each round-trip message (default 64)
   --timeout-s S       gives up on a measurement after S seconds (default 60)
   --targets LIST      comma-separated subset of direct,berth,socat,haproxy (default all)
-  --berth-from FROM   auto (dist/ when built, else src/ through tsx), dist or src (default auto)
   --json              JSON instead of the table
   --help              this text`;
 
@@ -121,7 +114,7 @@ function machineFacts(o) {
     node: process.version,
     socat: versionOf('socat', ['-V'], /socat version (\S+)/),
     haproxy: versionOf('haproxy', ['-v'], /HAProxy version (\S+)/),
-    berth: o.berthFrom === 'src' ? 'src/ingress/tcp/forwarder.ts (tsx)' : 'dist/ingress/tcp/forwarder.js',
+    berth: '`berth tcp-server` (dist/), as `berth server` starts it',
     bareNodeRss: bareNodeRssMiB(),
     skipped: [],
   };
@@ -148,7 +141,7 @@ async function startTargets(o, facts, registry, dir) {
   const up = upstream.port;
   const starters = {
     direct: async () => ({ port: up }),
-    berth: () => startBerth(registry, up, join(dir, 'berth-access.log'), o.berthFrom),
+    berth: () => startBerth(registry, up, dir),
     socat: () => startSocat(registry, up),
     haproxy: () => startHaproxy(registry, up, dir),
   };

@@ -8,6 +8,7 @@ import { runAgent } from '../agent/run.js';
 import { type Config, helpFor, loadConfig } from '../config.js';
 import { UserError } from '../errors.js';
 import { runDnsServer } from '../ingress/dns/sidecar.js';
+import { runTcpServer } from '../ingress/tcp/sidecar.js';
 import { runServer } from '../server/run.js';
 import { VERSION } from '../version.js';
 import { apiClient } from './client.js';
@@ -16,6 +17,13 @@ import { explainCommand } from './explain.js';
 import { agentsCommand, keysCommand } from './fleet.js';
 import { routesCommand } from './routes.js';
 import { statusCommand } from './status.js';
+
+/** Processes the server starts beside itself: `berth <name> --data-dir D`. */
+const SIDECARS: Record<string, (dataDir: string, logger: pino.Logger) => Promise<{ stop(): Promise<void> }>> =
+  {
+    'dns-server': runDnsServer,
+    'tcp-server': runTcpServer,
+  };
 
 const COMMANDS: Record<string, string> = {
   standalone: 'Run the server with an in-process agent for the local Docker (single host)',
@@ -60,12 +68,14 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     out(VERSION);
     return 0;
   }
-  if (command === 'dns-server') {
-    // Internal: the DNS responder the server runs beside Caddy (not listed in the help).
-    const dataDir = argv[argv.indexOf('--data-dir') + 1];
-    if (!dataDir) throw new UserError('CONFIG_INVALID', 'dns-server needs --data-dir');
-    const logger = pino({ level: 'info', base: { cmd: 'dns-server' } }, pino.destination(2));
-    const running = await runDnsServer(resolve(dataDir), logger);
+  const sidecar = SIDECARS[command];
+  if (sidecar) {
+    // Internal: the DNS responder and the TCP forwarder the server runs (not listed in the help).
+    const at = argv.indexOf('--data-dir');
+    const dataDir = at >= 0 ? argv[at + 1] : undefined;
+    if (!dataDir) throw new UserError('CONFIG_INVALID', `${command} needs --data-dir`);
+    const logger = pino({ level: 'info', base: { cmd: command } }, pino.destination(2));
+    const running = await sidecar(resolve(dataDir), logger);
     await untilSignal(logger, () => running.stop());
     return 0;
   }

@@ -36,9 +36,9 @@ export interface AppDeps {
   routes: () => RouteView[];
   status: () => StatusReport;
   /** Extra detail for /healthz (TCP listeners). */
-  health?: () => Record<string, unknown>;
+  health?: () => Record<string, unknown> | Promise<Record<string, unknown>>;
   /** Metric families for /metrics. */
-  metrics?: () => MetricFamily[];
+  metrics?: () => MetricFamily[] | Promise<MetricFamily[]>;
   reconcile: (force: boolean) => Promise<{ passes: number }>;
   /** The web UI: sign-in and live events. */
   ui?: { auth: UiAuth; events: EventBus };
@@ -103,12 +103,12 @@ export function buildApp(deps: AppDeps) {
 
   // Liveness plus each TCP listener's state; unauthenticated, so it names no upstream or client.
   app.get('/healthz', async () => {
-    const extra = deps.health?.() ?? {};
+    const extra = (await deps.health?.()) ?? {};
     return { status: 'ok', ...extra };
   });
 
   app.get('/metrics', async (_req, reply) =>
-    reply.type('text/plain; version=0.0.4').send(renderMetrics(deps.metrics?.() ?? [])),
+    reply.type('text/plain; version=0.0.4').send(renderMetrics((await deps.metrics?.()) ?? [])),
   );
 
   app.get(

@@ -1,7 +1,7 @@
 // Wires the server together: store → registry → reconciler → Caddy targets, plus the API and,
 // for `berth standalone`, the in-process local agent (the same snapshot path a remote agent uses).
 import { createHash } from 'node:crypto';
-import { createWriteStream, existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -18,7 +18,7 @@ import type { CaddyBuildOptions, TlsMode } from '../ingress/caddy/config.js';
 import { CaddySupervisor } from '../ingress/caddy/supervisor.js';
 import { CaddyTarget } from '../ingress/caddy/target.js';
 import { DnsSidecar, ZONE } from '../ingress/dns/sidecar.js';
-import { TcpForwarder } from '../ingress/tcp/forwarder.js';
+import { TcpSidecar } from '../ingress/tcp/sidecar.js';
 import { Histogram, simple, tcpMetrics } from '../metrics.js';
 import { domainAllowed } from '../reconcile/policy.js';
 import { Reconciler } from '../reconcile/reconciler.js';
@@ -125,15 +125,20 @@ export async function runServer(
         })
       : undefined;
 
-  const tcpLogFile = config['tcp-access-log'] ? String(config['tcp-access-log']) : undefined;
-  const tcpLog = tcpLogFile ? createWriteStream(tcpLogFile, { flags: 'a', mode: 0o640 }) : undefined;
-  const tcp = new TcpForwarder({
-    bind: String(config['tcp-bind']),
+  const tcpLogFile = config['tcp-access-log'] ? resolve(String(config['tcp-access-log'])) : undefined;
+  const tcp = new TcpSidecar({
+    dataDir,
+    config: {
+      bind: String(config['tcp-bind']),
+      idleTimeoutMs: Number(config['tcp-idle-timeout']),
+      maxConnections: Number(config['tcp-max-connections']),
+      ...(tcpLogFile ? { accessLog: tcpLogFile } : {}),
+    },
+    command: [process.execPath, process.argv[1] ?? 'berth'],
     logger: logger.child({ component: 'tcp' }),
-    accessLog: (line) => (tcpLog ?? process.stdout).write(`${line}\n`),
-    idleTimeoutMs: Number(config['tcp-idle-timeout']),
-    maxConnections: Number(config['tcp-max-connections']),
+    onChange: () => reconciler?.wake(),
   });
+  await tcp.start();
   const tcpBind = tcp.bindStatus();
   if (tcpBind.error) logger.warn(tcpBind, 'TCP listeners wait for their bind address');
 
@@ -353,19 +358,23 @@ export async function runServer(
     exec: { broker, store },
     routes: () => registry.routeViews(rec.state),
     status,
-    health: () => ({
-      tcp: {
-        ...tcp.bindStatus(),
-        listeners: tcp.status().map(({ listen, address, state, error, active }) => ({
-          listen,
-          address,
-          state,
-          error,
-          active,
-        })),
-      },
-    }),
-    metrics: () => {
+    health: async () => {
+      await tcp.refresh();
+      return {
+        tcp: {
+          ...tcp.bindStatus(),
+          listeners: tcp.status().map(({ listen, address, state, error, active }) => ({
+            listen,
+            address,
+            state,
+            error,
+            active,
+          })),
+        },
+      };
+    },
+    metrics: async () => {
+      await tcp.refresh();
       const agents = registry.listAgents();
       const routes = registry.routeViews(rec.state);
       const count = <T>(list: T[], key: (x: T) => string, all: string[]) =>
@@ -427,7 +436,6 @@ export async function runServer(
       await leases?.stop();
       await registry.close();
       await tcp.close();
-      tcpLog?.end();
       await app.close();
       await supervisor?.stop();
       await dns?.stop();

@@ -1,6 +1,7 @@
 // TCP routes through Berth's own forwarder, and client allow-lists and bind addresses for TCP
 // and HTTP: a private dockerd, busybox nc upstreams, berth standalone with its own Caddy.
 import { mkdtempSync, readFileSync } from 'node:fs';
+import { request } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -350,5 +351,79 @@ describe('HTTP isolation', () => {
     const other = await httpGet(`http://127.0.0.1:${httpPort}/`, { host: 'private.test' });
     expect(other.status).toBe(0);
     expect(other.body).toMatch(/ECONNREFUSED/);
+  });
+});
+
+describe('the TCP forwarder process', () => {
+  const forwarderPid = () => Number(readFileSync(join(berth.dataDir, 'tcp', 'tcp.pid'), 'utf8'));
+
+  it('rejects a malformed listener set on its control socket and keeps its listeners', async () => {
+    const socketPath = join(berth.dataDir, 'tcp', 'control.sock');
+    const put = (body: string) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const req = request({ socketPath, method: 'PUT', path: '/listeners' }, (res) => {
+          let text = '';
+          res.on('data', (c) => (text += c));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+        });
+        req.on('error', reject);
+        req.end(body);
+      });
+    expect(await put('{"listen": 1}')).toEqual({
+      status: 400,
+      body: JSON.stringify({ error: 'listeners must be a JSON array' }),
+    });
+    const bad = await put('[{"listen": "x", "upstreams": []}]');
+    expect(bad.status).toBe(400);
+    expect(bad.body).toMatch(/listener 0 needs listen, upstreams/);
+    const c = await open(port.liveListen!);
+    await until(c, 'live');
+    c.sock.destroy();
+  });
+
+  it('keeps connections through a server crash, is adopted on restart, and comes back when killed', async () => {
+    const c = await open(port.liveListen!);
+    await until(c, 'live');
+    const before = forwarderPid();
+    await berth.kill();
+    // The server is gone: the open connection and the listener carry on.
+    c.sock.write('through the crash\n');
+    await until(c, 'through the crash');
+    const during = await open(port.liveListen!);
+    await until(during, 'live');
+    during.sock.destroy();
+
+    await berth.restart();
+    await applied(port.liveListen!, 'ib');
+    expect(forwarderPid()).toBe(before); // adopted, not replaced
+    c.sock.write('after the restart\n');
+    await until(c, 'after the restart');
+
+    // The forwarder dies: its connections go with it, and the server starts a new one that
+    // serves the same listeners.
+    process.kill(before, 'SIGKILL');
+    await c.ended;
+    await waitUntil(
+      async () => {
+        try {
+          const again = await open(port.liveListen!);
+          await until(again, 'live', 2_000);
+          again.sock.destroy();
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      {
+        timeoutMs: 10_000,
+        intervalMs: 100,
+        message: () => `no listener after the forwarder died\n${berth.output()}`,
+      },
+    );
+    expect(forwarderPid()).not.toBe(before);
+    const health = await (await fetch(`${berth.apiUrl}/healthz`)).json();
+    expect(health.tcp.listeners).toEqual(
+      expect.arrayContaining([expect.objectContaining({ listen: port.liveListen, state: 'listening' })]),
+    );
   });
 });

@@ -19,6 +19,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Site } from '../../reconcile/desired.js';
 import { splitSites } from '../caddy/config.js';
+import { alive, readPid, stopPid } from '../pid.js';
 import { DnsResponder, type HostTable } from './responder.js';
 
 export const ZONE = 'berth.internal';
@@ -187,14 +188,7 @@ export class DnsSidecar {
     this.stopping = true;
     clearInterval(this.timer);
     const pid = this.child?.pid ?? this.adopted;
-    if (!pid) return;
-    try {
-      process.kill(pid, 'SIGTERM');
-    } catch {
-      return;
-    }
-    for (let i = 0; i < 50 && alive(pid); i++) await new Promise((r) => setTimeout(r, 100));
-    if (alive(pid)) process.kill(pid, 'SIGKILL');
+    if (pid) await stopPid(pid);
   }
 
   private async config(file: string): Promise<SidecarConfig> {
@@ -232,24 +226,6 @@ export class DnsSidecar {
 function splitHostPort(listen: string): [string, string] {
   const i = listen.lastIndexOf(':');
   return [listen.slice(0, i).replace(/^\[|\]$/g, '') || '127.0.0.1', listen.slice(i + 1)];
-}
-
-function readPid(file: string): number | undefined {
-  try {
-    const n = Number(readFileSync(file, 'utf8'));
-    return n > 0 ? n : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Whether the responder's TCP port accepts a connection. */

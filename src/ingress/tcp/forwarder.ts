@@ -3,7 +3,14 @@
 // then piped to an upstream with backpressure and half-close, an idle timeout, a per-listener
 // connection limit, and one access-log line when it ends. A sync touches only the listeners
 // whose port appears or disappears: every other listener, and its connections, carries on.
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import {
+  connect,
+  createServer,
+  type OnReadOpts,
+  type Server,
+  Socket,
+  type SocketConstructorOpts,
+} from 'node:net';
 import { networkInterfaces } from 'node:os';
 import type { Logger } from 'pino';
 import { errorMessage } from '../../errors.js';
@@ -238,13 +245,15 @@ export class TcpForwarder {
     return new Promise((resolve) => (server ? server.close(() => resolve()) : resolve()));
   }
 
-  private accept(l: Listener, client: Socket): void {
+  private accept(l: Listener, accepted: Socket): void {
     const started = Date.now();
-    const clientAddr = client.remoteAddress ?? '';
-    const clientText = `${hostPort(clientAddr, client.remotePort ?? 0)}`;
+    const clientAddr = accepted.remoteAddress ?? '';
+    const clientText = `${hostPort(clientAddr, accepted.remotePort ?? 0)}`;
     const c = l.counters;
     let upstreamText = '';
     let upstream: Socket | undefined;
+    // The accepted socket, until withOnread() below hands its connection to a new one.
+    let client = accepted;
     let finished = false;
     const finish = (reason: CloseReason, detail?: string) => {
       if (finished) return;
@@ -292,31 +301,15 @@ export class TcpForwarder {
     l.conns.add(end);
     const u = ups[l.next++ % ups.length]!;
     upstreamText = hostPort(u.host, u.port);
-    // Upstream → client: the upstream socket reads straight into `readBuf`, and each chunk is
-    // written to the client from there: no stream machinery and no allocation per chunk. Returning
-    // false (the client is full) stops reading until the client drains, and a drained client has
-    // sent everything, so the buffer is free again when reading resumes. A write that the kernel
-    // did not take whole while the client still has room is queued by reference, though, so the
-    // next read goes to a fresh buffer. Reads that fill the buffer move on to a bigger one (up to
-    // MAX_READ_BYTES): fewer system calls for bulk transfers, little memory for chatty ones.
-    let readBuf = Buffer.allocUnsafe(FIRST_READ_BYTES);
+    // Both directions read straight into a reused buffer and write each chunk on (see relay()).
     const up = connect({
       host: u.host,
       port: u.port,
       allowHalfOpen: true,
       noDelay: true,
-      onread: {
-        buffer: () => readBuf,
-        callback: (n, buf) => {
-          const more = client.write(buf.subarray(0, n));
-          if (n === buf.length && n < MAX_READ_BYTES) readBuf = Buffer.allocUnsafe(n * 4);
-          else if (more && client.writableLength > 0) readBuf = Buffer.allocUnsafe(buf.length);
-          return more;
-        },
-      },
+      onread: relay(() => client),
     });
     upstream = up;
-    client.setNoDelay(true);
     const connectTimer = setTimeout(
       () => finish('upstream-refused', `no answer from ${upstreamText} within the connect timeout`),
       this.o.connectTimeoutMs ?? 5_000,
@@ -325,13 +318,23 @@ export class TcpForwarder {
     up.once('connect', () => {
       connected = true;
       clearTimeout(connectTimer);
-      // Client → upstream: each chunk is written on; a full upstream pauses the client until it
-      // drains. An end from one side becomes a half-close towards the other, and each socket
-      // closes once both of its directions are done, so the connection is finished when both
-      // sockets have closed.
-      client.on('data', (chunk: Buffer) => {
-        if (!up.write(chunk)) client.pause();
-      });
+      // The client is still paused (pauseOnConnect): only now does it start reading. A full
+      // upstream stops the client's reads until it drains, and the other way round. An end from
+      // one side becomes a half-close towards the other, and each socket closes once both of its
+      // directions are done, so the connection is finished when both sockets have closed.
+      const adopted = withOnread(
+        accepted,
+        relay(() => up),
+      );
+      if (adopted) {
+        client = adopted;
+        watchClient(adopted);
+      } else {
+        client.on('data', (chunk: Buffer) => {
+          if (!up.write(chunk)) client.pause();
+        });
+      }
+      client.setNoDelay(true);
       up.on('drain', () => client.resume());
       client.on('drain', () => up.resume());
       client.once('end', () => up.end());
@@ -346,10 +349,15 @@ export class TcpForwarder {
       if (++closes === 2) finish('done');
     };
     up.once('close', closed);
-    client.once('close', () => {
-      if (connected) closed();
-      else finish('client-error', 'the client left before the upstream answered');
-    });
+    const watchClient = (sock: Socket) => {
+      sock.once('close', () => {
+        if (sock !== client) return; // emptied by withOnread()
+        if (connected) closed();
+        else finish('client-error', 'the client left before the upstream answered');
+      });
+      sock.once('error', (err) => finish('client-error', errorMessage(err)));
+    };
+    watchClient(accepted);
     up.once('error', (err) => {
       clearTimeout(connectTimer);
       if (!connected) {
@@ -363,7 +371,51 @@ export class TcpForwarder {
       }
       finish('upstream-error', errorMessage(err));
     });
-    client.once('error', (err) => finish('client-error', errorMessage(err)));
+  }
+}
+
+/**
+ * Reads for one direction: the socket reads straight into `readBuf`, and each chunk is written to
+ * `to()` from there, with no stream machinery and no allocation per chunk. Returning false (the
+ * destination is full) stops reading until it drains, and a drained socket has sent everything,
+ * so the buffer is free again when reading resumes. A write that the kernel did not take whole
+ * while the destination still has room is queued by reference, though, so the next read goes to a
+ * fresh buffer. Reads that fill the buffer move on to a bigger one (up to MAX_READ_BYTES): fewer
+ * system calls for bulk transfers, little memory for chatty ones.
+ */
+function relay(to: () => Socket): OnReadOpts {
+  let readBuf = Buffer.allocUnsafe(FIRST_READ_BYTES);
+  return {
+    buffer: () => readBuf,
+    callback: (n, buf) => {
+      const dest = to();
+      const more = dest.write(buf.subarray(0, n));
+      if (n === buf.length && n < MAX_READ_BYTES) readBuf = Buffer.allocUnsafe(n * 4);
+      else if (more && dest.writableLength > 0) readBuf = Buffer.allocUnsafe(buf.length);
+      return more;
+    },
+  };
+}
+
+/**
+ * net.Server has no `onread` option, so the accepted socket's handle moves into a new Socket made
+ * with one; the emptied socket is destroyed, which also settles the server's count of it. Node
+ * does this itself for every accepted connection (`new Socket({ handle })`). Where a Node release
+ * keeps its handle elsewhere, this returns undefined and the caller reads 'data' events instead.
+ */
+function withOnread(accepted: Socket, onread: OnReadOpts): Socket | undefined {
+  const s = accepted as unknown as { _handle?: { readStart?: unknown } | null };
+  const handle = s._handle;
+  if (!handle || typeof handle.readStart !== 'function') return undefined;
+  s._handle = null;
+  try {
+    const opts = { handle, allowHalfOpen: true, readable: true, writable: true, onread };
+    const adopted = new Socket(opts as SocketConstructorOpts);
+    accepted.destroy();
+    return adopted;
+  } catch {
+    s._handle = handle;
+    return undefined;
   }
 }
 

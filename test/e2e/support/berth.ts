@@ -162,8 +162,8 @@ export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
   };
   registerCleanup(async () => {
     await proc.stop('SIGTERM', 10_000);
-    // A crashed Berth leaves its Caddy and DNS responder running on purpose; tests must not.
-    for (const file of ['caddy.pid', join('dns', 'dns.pid')]) {
+    // A crashed Berth leaves its Caddy, DNS responder and TCP forwarder running on purpose; tests must not.
+    for (const file of ['caddy.pid', join('dns', 'dns.pid'), join('tcp', 'tcp.pid')]) {
       try {
         const pid = Number(readFileSync(join(dataDir, file), 'utf8'));
         if (pid > 0) process.kill(pid, 'SIGKILL');
