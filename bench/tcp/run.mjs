@@ -106,7 +106,7 @@ function versionOf(command, args, pattern) {
   }
 }
 
-function machineFacts(o) {
+function machineFacts() {
   return {
     cpus: cpus().length,
     cpuModel: cpus()[0]?.model ?? 'unknown',
@@ -292,7 +292,7 @@ function report(o, facts, results) {
 
 async function main() {
   const o = options();
-  const facts = machineFacts(o);
+  const facts = machineFacts();
   const registry = [];
   const dir = mkdtempSync(join(tmpdir(), 'berth-bench-tcp-'));
   const onSignal = (sig) => {

@@ -4,12 +4,8 @@ import { realpathSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
-import { runAgent } from '../agent/run.js';
 import { type Config, helpFor, loadConfig } from '../config.js';
 import { UserError } from '../errors.js';
-import { runDnsServer } from '../ingress/dns/sidecar.js';
-import { runTcpServer } from '../ingress/tcp/sidecar.js';
-import { runServer } from '../server/run.js';
 import { VERSION } from '../version.js';
 import { apiClient } from './client.js';
 import { auditCommand, execCommand } from './exec.js';
@@ -18,12 +14,16 @@ import { agentsCommand, keysCommand } from './fleet.js';
 import { routesCommand } from './routes.js';
 import { statusCommand } from './status.js';
 
-/** Processes the server starts beside itself: `berth <name> --data-dir D`. */
-const SIDECARS: Record<string, (dataDir: string, logger: pino.Logger) => Promise<{ stop(): Promise<void> }>> =
-  {
-    'dns-server': runDnsServer,
-    'tcp-server': runTcpServer,
-  };
+type Sidecar = (dataDir: string, logger: pino.Logger) => Promise<{ stop(): Promise<void> }>;
+
+/**
+ * Processes the server starts beside itself: `berth <name> --data-dir D`. Loaded on demand, like
+ * the server and the agent, so that a sidecar carries only its own code.
+ */
+const SIDECARS: Record<string, () => Promise<Sidecar>> = {
+  'dns-server': async () => (await import('../ingress/dns/sidecar.js')).runDnsServer,
+  'tcp-server': async () => (await import('../ingress/tcp/sidecar.js')).runTcpServer,
+};
 
 const COMMANDS: Record<string, string> = {
   standalone: 'Run the server with an in-process agent for the local Docker (single host)',
@@ -68,14 +68,14 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     out(VERSION);
     return 0;
   }
-  const sidecar = SIDECARS[command];
-  if (sidecar) {
+  const loadSidecar = SIDECARS[command];
+  if (loadSidecar) {
     // Internal: the DNS responder and the TCP forwarder the server runs (not listed in the help).
     const at = argv.indexOf('--data-dir');
     const dataDir = at >= 0 ? argv[at + 1] : undefined;
     if (!dataDir) throw new UserError('CONFIG_INVALID', `${command} needs --data-dir`);
     const logger = pino({ level: 'info', base: { cmd: command } }, pino.destination(2));
-    const running = await sidecar(resolve(dataDir), logger);
+    const running = await (await loadSidecar())(resolve(dataDir), logger);
     await untilSignal(logger, () => running.stop());
     return 0;
   }
@@ -137,6 +137,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
 
 async function serve(command: 'standalone' | 'server', config: Config): Promise<number> {
   const logger = pino({ level: String(config['log-level']), base: { cmd: command } }, pino.destination(2));
+  const { runServer } = await import('../server/run.js');
   const server = await runServer(config, { localAgent: command === 'standalone', logger });
   await untilSignal(logger, () => server.stop());
   return 0;
@@ -144,6 +145,7 @@ async function serve(command: 'standalone' | 'server', config: Config): Promise<
 
 async function agent(config: Config): Promise<number> {
   const logger = pino({ level: String(config['log-level']), base: { cmd: 'agent' } }, pino.destination(2));
+  const { runAgent } = await import('../agent/run.js');
   const running = await runAgent(config, logger);
   await untilSignal(logger, () => running.stop());
   return 0;

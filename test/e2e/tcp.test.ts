@@ -229,6 +229,21 @@ describe('TCP routes', () => {
     await waitUntil(async () => logLines().some((l) => l.reason === 'idle'), { timeoutMs: 5_000 });
   });
 
+  it('keeps a connection with traffic open past the idle timeout', async () => {
+    const c = await open(port.liveListen!);
+    await until(c, 'live\n');
+    // One line a second for 6 s, against a 4 s idle timeout.
+    for (let i = 0; i < 6; i++) {
+      c.sock.write(`tick ${i}\n`);
+      await until(c, `tick ${i}\n`);
+      await new Promise((r) => setTimeout(r, 1_000));
+    }
+    expect(c.sock.destroyed).toBe(false);
+    c.sock.write('still here\n');
+    await until(c, 'still here\n');
+    c.sock.destroy();
+  });
+
   it('refuses promptly, with a log line, when the upstream is down', async () => {
     await applied(port.downListen!, 'down');
     const c = await open(port.downListen!);
