@@ -1,6 +1,6 @@
 // TCP routes through Berth's own forwarder, and client allow-lists and bind addresses for TCP
 // and HTTP: a private dockerd, busybox nc upstreams, berth standalone with its own Caddy.
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { request } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -21,6 +21,7 @@ const ALLOWED_CLIENT = '127.0.0.9';
 let d: TestDockerd;
 let berth: BerthProcess;
 let accessLog: string;
+let dataDir: string;
 let httpPort: number;
 const port: Record<string, number> = {};
 
@@ -126,7 +127,7 @@ beforeAll(async () => {
     { 'berth.tcp.down.listen': String(port.downListen), 'berth.tcp.down.port': String(port.down) },
     ['sleep', '100000'],
   );
-  const dataDir = mkdtempSync(join(tmpdir(), 'bd-'));
+  dataDir = mkdtempSync(join(tmpdir(), 'bd-'));
   accessLog = join(dataDir, 'tcp-access.log');
   berth = await startBerth({
     docker: d.dockerHost,
@@ -150,6 +151,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await berth?.stop();
+  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
 });
 
 describe('TCP routes', () => {

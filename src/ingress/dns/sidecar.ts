@@ -10,6 +10,7 @@ import {
   openSync,
   readFileSync,
   renameSync,
+  rmSync,
   watch,
   writeFileSync,
 } from 'node:fs';
@@ -106,6 +107,8 @@ export async function runDnsServer(dataDir: string, logger: Logger): Promise<{ s
       watcher.close();
       await dns.close();
       await new Promise<void>((r) => notFound.close(() => r()));
+      // Gone for good: a PID left behind could name some other process later.
+      rmSync(p.pid, { force: true });
     },
   };
 }

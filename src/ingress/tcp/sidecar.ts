@@ -136,8 +136,7 @@ export async function runTcpServer(dataDir: string, logger: Logger): Promise<{ s
       await new Promise<void>((resolve) => control.close(() => resolve()));
       await fw.close();
       // A clean stop: a later start begins from what the server asks for, not from these.
-      rmSync(p.listeners, { force: true });
-      rmSync(p.socket, { force: true });
+      for (const file of [p.listeners, p.socket, p.pid]) rmSync(file, { force: true });
       if (log !== process.stdout) await new Promise<void>((resolve) => log.end(resolve));
     },
   };

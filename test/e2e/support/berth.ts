@@ -1,6 +1,6 @@
 // Runs the built `berth` CLI as a real process, the way an operator would.
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -171,6 +171,7 @@ export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
         // nothing left
       }
     }
+    if (!o.dataDir) rmSync(dataDir, { recursive: true, force: true });
   });
   return b;
 }
@@ -231,7 +232,10 @@ export async function startAgent(o: {
       );
     },
   };
-  registerCleanup(() => a.stop());
+  registerCleanup(async () => {
+    await a.stop();
+    if (!o.dataDir) rmSync(dataDir, { recursive: true, force: true });
+  });
   await a.start();
   return a;
 }
