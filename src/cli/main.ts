@@ -180,6 +180,10 @@ if (isMain) {
   main(process.argv.slice(2)).then(
     (code) => process.exit(code),
     (err) => {
+      if (err instanceof UserError) {
+        process.stderr.write(`berth: ${err.message}\n`);
+        process.exit(err.code === 'CONFIG_INVALID' ? 2 : 1);
+      }
       process.stderr.write(`berth: internal error: ${(err as Error).stack ?? err}\n`);
       process.exit(70);
     },

@@ -21,7 +21,7 @@ import {
 import { createServer, request, type Server } from 'node:http';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { errorMessage } from '../../errors.js';
+import { errorMessage, UserError } from '../../errors.js';
 import { alive, readPid, stopPid } from '../pid.js';
 import {
   type ListenerCounters,
@@ -77,7 +77,15 @@ const paths = (dataDir: string) => {
 /** `berth tcp-server --data-dir D`: forward until SIGTERM. */
 export async function runTcpServer(dataDir: string, logger: Logger): Promise<{ stop(): Promise<void> }> {
   const p = paths(dataDir);
-  const cfg = JSON.parse(readFileSync(p.config, 'utf8')) as TcpSidecarConfig;
+  let cfg: TcpSidecarConfig;
+  try {
+    cfg = JSON.parse(readFileSync(p.config, 'utf8')) as TcpSidecarConfig;
+  } catch (err) {
+    throw new UserError(
+      'CONFIG_INVALID',
+      `tcp-server cannot read its settings in ${p.config}: ${errorMessage(err)}`,
+    );
+  }
   // The server's stdout and stderr may be gone (it crashed): lose those lines, not the forwarder.
   process.stdout.on('error', () => {});
   process.stderr.on('error', () => {});
@@ -162,6 +170,9 @@ export class TcpSidecar {
   /** The specs the forwarder last confirmed, as JSON: an unchanged set is not sent again. */
   private confirmed?: string;
   private failing = false;
+  private spawnedAt = 0;
+  private backoffMs = 0;
+  private respawning?: NodeJS.Timeout;
   restarts = 0;
 
   constructor(private readonly o: TcpSidecarOptions) {
@@ -189,14 +200,7 @@ export class TcpSidecar {
     this.watchdog = setInterval(() => {
       if (this.stopping) return;
       const live = this.child?.pid ?? this.adopted;
-      if (!live || !alive(live)) {
-        this.adopted = undefined;
-        this.child = undefined;
-        this.restarts++;
-        this.o.logger.warn('TCP forwarder died; starting a new one');
-        void this.spawn();
-        return;
-      }
+      if (!live || !alive(live)) return this.replace();
       // Every second: pick up changes the forwarder made on its own (an interface moved).
       if (++ticks % 2 === 0) void this.refresh();
     }, 500);
@@ -246,6 +250,7 @@ export class TcpSidecar {
   async close(): Promise<void> {
     this.stopping = true;
     clearInterval(this.watchdog);
+    clearTimeout(this.respawning);
     const pid = this.child?.pid ?? this.adopted;
     if (pid) await stopPid(pid);
   }
@@ -260,10 +265,30 @@ export class TcpSidecar {
     if (stateKey(next) !== before) this.o.onChange?.();
   }
 
+  /**
+   * The forwarder died (noticed by its exit event, or by the watchdog for an adopted one): a new
+   * one starts at once, unless the last one died within 2 s of starting, when the wait doubles (up to 5 s) so
+   * that a forwarder that cannot start does not become a spawn loop.
+   */
+  private replace(): void {
+    if (this.stopping || this.respawning) return;
+    this.adopted = undefined;
+    this.child = undefined;
+    this.restarts++;
+    const diedYoung = Date.now() - this.spawnedAt < 2_000;
+    this.backoffMs = diedYoung ? Math.min(5_000, Math.max(100, this.backoffMs * 2)) : 0;
+    this.o.logger.warn({ inMs: this.backoffMs }, 'TCP forwarder died; starting a new one');
+    this.respawning = setTimeout(() => {
+      this.respawning = undefined;
+      if (!this.stopping) void this.spawn();
+    }, this.backoffMs);
+  }
+
   private async spawn(): Promise<void> {
     const [cmd, ...args] = this.o.command;
     const p = paths(this.o.dataDir);
     rmSync(p.pid, { force: true });
+    this.spawnedAt = Date.now();
     // Detached, so that it outlives a Berth that crashed; its log and access-log lines go where
     // the server's go.
     const child = spawn(cmd!, [...TCP_NODE_FLAGS, ...args, 'tcp-server', '--data-dir', this.o.dataDir], {
@@ -271,6 +296,9 @@ export class TcpSidecar {
       stdio: ['ignore', 'inherit', 'inherit'],
     });
     child.unref();
+    child.once('exit', () => {
+      if (this.child === child) this.replace();
+    });
     this.child = child;
     this.confirmed = undefined;
     for (let i = 0; i < 200; i++) {
