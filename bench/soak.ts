@@ -10,7 +10,10 @@
 // the server-side berth_heartbeat_delay_seconds histogram, snapshots sent vs what the server holds
 // at the end (every agent's route set encodes its last generation: any lost snapshot shows as a
 // mismatch), agents online at the end, Caddy applies during the soak, and a few hosts sampled
-// through Caddy (their upstreams are tiny HTTP servers on 127.0.0.1). Asserts nothing.
+// through Caddy (their upstreams are tiny HTTP servers on 127.0.0.1). The first agent also has
+// one TCP route, to an echo server; during the soak a probe sends a 64-byte round trip through it
+// every 10 ms, so the figures show whether reconcile passes at this size reach TCP traffic (the
+// forwarder runs as its own process). Asserts nothing.
 //
 //   npm run build && npx tsx bench/soak.ts [--agents 1000] [--containers 50] [--minutes 10]
 //     [--workers 2] [--change-every 120] [--report 15]
@@ -18,6 +21,7 @@ import { type ChildProcess, fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, request, type Server } from 'node:http';
+import { connect, createServer as createNetServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import WebSocket from 'ws';
@@ -52,6 +56,8 @@ interface WorkerConfig {
   reportMs: number;
   upstreams: number[];
   connectConcurrency: number;
+  /** The first agent's TCP route: front-door port → echo server port. */
+  probe: { listen: number; port: number };
 }
 
 interface AgentReport {
@@ -94,6 +100,8 @@ type FromWorker =
       errorSamples: string[];
     }
   | { type: 'stopped' };
+
+const PROBE_ID = 'f'.repeat(64);
 
 if (process.argv.includes('--worker')) worker();
 else await main();
@@ -169,19 +177,47 @@ function worker(): void {
             ]
           : [],
       );
+      const probe = this.index === 0 ? cfg.probe : undefined;
       return {
         agentId: this.agentId ?? '',
         generation: this.generation,
         hostIp: '127.0.0.1',
         takenAt: Date.now(),
-        containers: this.containers.map((c) => ({
-          id: c.id,
-          name: c.name,
-          state: c.running ? 'running' : 'exited',
-          health: 'none' as const,
-          labelled: true,
-        })),
+        containers: [
+          ...this.containers.map((c) => ({
+            id: c.id,
+            name: c.name,
+            state: c.running ? 'running' : 'exited',
+            health: 'none' as const,
+            labelled: true,
+          })),
+          ...(probe
+            ? [
+                {
+                  id: PROBE_ID,
+                  name: 'soak-probe',
+                  state: 'running',
+                  health: 'none' as const,
+                  labelled: true,
+                },
+              ]
+            : []),
+        ],
         routes,
+        tcp: probe
+          ? [
+              {
+                id: `${PROBE_ID}/tcp/probe`,
+                name: 'probe',
+                listen: probe.listen,
+                upstream: { host: '127.0.0.1', port: probe.port },
+                allow: [],
+                containerId: PROBE_ID,
+                containerName: 'soak-probe',
+                containerCreated: Math.floor(Date.now() / 1000) - 3600,
+              },
+            ]
+          : [],
         diagnostics: [],
       };
     }
@@ -454,6 +490,12 @@ async function main(): Promise<void> {
       upstreams.push(p);
     }
 
+    // The TCP probe's upstream: an echo server.
+    const echo = createNetServer((sock) => sock.pipe(sock));
+    await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
+    registerCleanup(() => echo.close());
+    const probe = { listen: await freePort(), port: (echo.address() as { port: number }).port };
+
     const serverPid = berth.pid;
     const caddyPid = pidFrom(join(dataDir, 'caddy.pid'));
     const dnsPid = pidFrom(join(dataDir, 'dns', 'dns.pid'));
@@ -483,6 +525,7 @@ async function main(): Promise<void> {
           reportMs: REPORT_MS,
           upstreams,
           connectConcurrency: 4,
+          probe,
         },
       } satisfies ToWorker);
     }
@@ -510,6 +553,9 @@ async function main(): Promise<void> {
       `  ramp: ${AGENTS} agents connected, welcomed and sent their snapshot in ${fmtS(rampMs)} (server CPU ${((rampAfter?.cpuSeconds ?? 0) - (rampBefore?.cpuSeconds ?? 0)).toFixed(1)} s, RSS ${rampAfter?.rssMb.toFixed(0)} MiB)`,
     );
 
+    const probeConn = await openProbe(probe.listen, 60_000);
+    const tcpPid = pidFrom(join(dataDir, 'tcp', 'tcp.pid'));
+
     // ---- the soak window
     let t = performance.now();
     const metricsBefore = await fetchMetrics(berth.apiUrl);
@@ -519,11 +565,13 @@ async function main(): Promise<void> {
       server: procSample(serverPid),
       caddy: procSample(caddyPid),
       dns: procSample(dnsPid),
+      tcp: procSample(tcpPid),
       workers: workers.map((w) => procSample(w.pid)),
     });
     const start = procs();
     const tWindow = performance.now();
     for (const w of workers) w.send({ type: 'window', on: true } satisfies ToWorker);
+    const probing = probeConn.run(MINUTES * 60_000, 10);
     const rss: number[] = [];
     const cpuPct: number[] = [];
     let prev: ProcSample | undefined = start.server;
@@ -550,6 +598,7 @@ async function main(): Promise<void> {
     }
     const end = procs();
     const soakSeconds = (performance.now() - tWindow) / 1000;
+    const probed = await probing;
     for (const w of workers) w.send({ type: 'window', on: false } satisfies ToWorker);
     t = performance.now();
     const metricsAfter = await fetchMetrics(berth.apiUrl);
@@ -611,7 +660,8 @@ async function main(): Promise<void> {
     const unknown = await get(berth.httpPort, 'nobody.soak.test');
 
     // ---- figures
-    const delta = (k: 'server' | 'caddy' | 'dns') => (end[k]?.cpuSeconds ?? 0) - (start[k]?.cpuSeconds ?? 0);
+    const delta = (k: 'server' | 'caddy' | 'dns' | 'tcp') =>
+      (end[k]?.cpuSeconds ?? 0) - (start[k]?.cpuSeconds ?? 0);
     const rtts = all.flatMap((r) => r.rtts);
     const hb = histogramBuckets(metricsAfter, 'berth_heartbeat_delay_seconds', metricsBefore);
     const hbCount = hb.find(([le]) => !Number.isFinite(le))?.[1] ?? 0;
@@ -634,6 +684,12 @@ async function main(): Promise<void> {
     );
     console.log(
       `  caddy: RSS ${end.caddy?.rssMb.toFixed(0)} MiB, CPU ${((delta('caddy') / soakSeconds) * 100).toFixed(1)} %; dns responder: RSS ${end.dns?.rssMb.toFixed(0)} MiB, CPU ${((delta('dns') / soakSeconds) * 100).toFixed(1)} %; agent processes: CPU ${workerCpu.map((c) => `${((c / soakSeconds) * 100).toFixed(1)} %`).join(', ')}`,
+    );
+    const tcpProc = end.tcp
+      ? `TCP forwarder process: RSS ${end.tcp.rssMb.toFixed(0)} MiB, CPU ${((delta('tcp') / soakSeconds) * 100).toFixed(1)} %`
+      : 'TCP forwarder inside the server process';
+    console.log(
+      `  TCP probe (64 B round trip every 10 ms through the forwarder; ${tcpProc}): ${probed.samples.length} round trips, p50 ${pct(probed.samples, 50).toFixed(2)} ms, p99 ${pct(probed.samples, 99).toFixed(2)} ms, p99.9 ${pct(probed.samples, 99.9).toFixed(1)} ms, max ${Math.max(...probed.samples).toFixed(1)} ms; ${probed.samples.filter((x) => x > 50).length} over 50 ms${probed.error ? `; stopped early: ${probed.error}` : ''}`,
     );
     console.log(
       `  heartbeat round trip (WebSocket ping → pong with each heartbeat, ${rtts.length} samples): p50 ${pct(rtts, 50).toFixed(1)} ms, p99 ${pct(rtts, 99).toFixed(1)} ms, max ${Math.max(...rtts).toFixed(1)} ms; pings lost to closed sockets: ${all.reduce((n, r) => n + r.pingsLost, 0)}`,
@@ -675,6 +731,62 @@ async function main(): Promise<void> {
   } finally {
     await cleanup();
   }
+}
+
+/** A connection through the TCP route, once the route is up (tried until `waitMs`). */
+async function openProbe(port: number, waitMs: number) {
+  const deadline = performance.now() + waitMs;
+  let sock: Socket | undefined;
+  while (!sock) {
+    sock = await new Promise<Socket | undefined>((resolve) => {
+      const s = connect({ host: '127.0.0.1', port, noDelay: true });
+      s.once('connect', () => resolve(s));
+      s.once('error', () => resolve(undefined));
+    });
+    if (!sock) {
+      if (performance.now() > deadline) throw new Error(`the TCP probe route :${port} never came up`);
+      await sleep(250);
+    }
+  }
+  const conn = sock;
+  const msg = Buffer.alloc(64, 0x70);
+  return {
+    /** One round trip every `everyMs` for `forMs`; latencies in ms. Ends early on an error. */
+    async run(forMs: number, everyMs: number): Promise<{ samples: number[]; error?: string }> {
+      const samples: number[] = [];
+      const end = performance.now() + forMs;
+      try {
+        while (performance.now() < end && samples.length < 1_000_000) {
+          const t0 = performance.now();
+          await new Promise<void>((resolve, reject) => {
+            let got = 0;
+            const onData = (d: Buffer) => {
+              got += d.length;
+              if (got >= msg.length) finish();
+            };
+            const onClose = () => finish(new Error('the probe connection closed'));
+            const timer = setTimeout(() => finish(new Error('no echo within 10 s')), 10_000);
+            const finish = (err?: Error) => {
+              clearTimeout(timer);
+              conn.off('data', onData);
+              conn.off('close', onClose);
+              err ? reject(err) : resolve();
+            };
+            conn.on('data', onData);
+            conn.once('close', onClose);
+            conn.write(msg);
+          });
+          samples.push(performance.now() - t0);
+          await sleep(Math.max(0, everyMs - (performance.now() - t0)));
+        }
+        return { samples };
+      } catch (err) {
+        return { samples, error: (err as Error).message };
+      } finally {
+        conn.destroy();
+      }
+    },
+  };
 }
 
 function get(port: number, host: string): Promise<{ status: number; body: string }> {

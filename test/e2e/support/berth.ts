@@ -10,7 +10,8 @@ import { freePort } from './ports.js';
 import { spawnLogged, waitUntil } from './proc.js';
 
 const run = promisify(execFile);
-export const BERTH_BIN = resolve(import.meta.dirname, '../../../dist/cli/main.js');
+/** The built CLI; BERTH_BIN points tests and benches at another build (an older commit, say). */
+export const BERTH_BIN = process.env.BERTH_BIN ?? resolve(import.meta.dirname, '../../../dist/cli/main.js');
 
 export interface BerthProcess {
   dataDir: string;
