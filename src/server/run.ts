@@ -363,6 +363,7 @@ export async function runServer(
       return {
         tcp: {
           ...tcp.bindStatus(),
+          forwarder: tcp.process(),
           listeners: tcp.status().map(({ listen, address, state, error, active }) => ({
             listen,
             address,

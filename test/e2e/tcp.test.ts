@@ -320,6 +320,7 @@ describe('TCP routes', () => {
   it('reports each listener in /healthz and counts connections in /metrics', async () => {
     const health = await (await fetch(`${berth.apiUrl}/healthz`)).json();
     expect(health.tcp.bind).toBe(BIND);
+    expect(health.tcp.forwarder).toEqual({ answering: true, restarts: 0 });
     expect(health.tcp.listeners).toEqual(
       expect.arrayContaining([
         expect.objectContaining({
@@ -442,5 +443,6 @@ describe('the TCP forwarder process', () => {
     expect(health.tcp.listeners).toEqual(
       expect.arrayContaining([expect.objectContaining({ listen: port.liveListen, state: 'listening' })]),
     );
+    expect(health.tcp.forwarder).toEqual({ answering: true, restarts: 1 });
   });
 });

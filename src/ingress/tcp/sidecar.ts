@@ -170,6 +170,7 @@ export class TcpSidecar {
   /** The specs the forwarder last confirmed, as JSON: an unchanged set is not sent again. */
   private confirmed?: string;
   private failing = false;
+  private answering = false;
   private spawnedAt = 0;
   private backoffMs = 0;
   private respawning?: NodeJS.Timeout;
@@ -189,8 +190,12 @@ export class TcpSidecar {
       this.adopted = pid;
       this.o.logger.info({ pid }, 'adopted the TCP forwarder left running by a previous Berth');
     } else {
-      if (pid && alive(pid)) {
-        this.o.logger.warn({ pid }, 'the running TCP forwarder has other settings; replacing it');
+      // Only a process that is this data dir's forwarder: after a reboot the PID may be another's.
+      if (pid && alive(pid) && isForwarderOf(pid, this.o.dataDir)) {
+        this.o.logger.warn(
+          { pid },
+          'the running TCP forwarder has other settings or does not answer; replacing it',
+        );
         await stopPid(pid);
       }
       writeTcpServerFiles(this.o.dataDir, this.o.config);
@@ -224,14 +229,20 @@ export class TcpSidecar {
     }
   }
 
-  /** Reads the forwarder's state now; false when it does not answer. */
-  async refresh(): Promise<boolean> {
+  /** Reads the forwarder's state now; false when it does not answer within `timeoutMs`. */
+  async refresh(timeoutMs = 1_000): Promise<boolean> {
     try {
-      this.accept(await call<TcpState>(this.socket, 'GET', '/state'));
-      return true;
+      this.accept(await call<TcpState>(this.socket, 'GET', '/state', undefined, timeoutMs));
+      this.answering = true;
     } catch {
-      return false;
+      this.answering = false;
     }
+    return this.answering;
+  }
+
+  /** For /healthz: whether the forwarder process answered last time, and how often it was replaced. */
+  process(): { answering: boolean; restarts: number } {
+    return { answering: this.answering, restarts: this.restarts };
   }
 
   status(): ListenerStatus[] {
@@ -267,8 +278,8 @@ export class TcpSidecar {
 
   /**
    * The forwarder died (noticed by its exit event, or by the watchdog for an adopted one): a new
-   * one starts at once, unless the last one died within 2 s of starting, when the wait doubles (up to 5 s) so
-   * that a forwarder that cannot start does not become a spawn loop.
+   * one starts at once, unless the last one died within 2 s of starting, when the wait doubles
+   * (up to 5 s), so that a forwarder that cannot start does not become a spawn loop.
    */
   private replace(): void {
     if (this.stopping || this.respawning) return;
@@ -310,6 +321,16 @@ export class TcpSidecar {
   }
 }
 
+/** Whether `pid` is `berth tcp-server --data-dir <dataDir>` (from /proc; false where unknown). */
+function isForwarderOf(pid: number, dataDir: string): boolean {
+  try {
+    const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    return argv.includes('tcp-server') && argv.includes(dataDir);
+  } catch {
+    return false;
+  }
+}
+
 /** What routes and /healthz show of a state: a change here is worth telling the reconciler. */
 function stateKey(s: TcpState): string {
   return JSON.stringify([s.bind, s.listeners.map((l) => [l.listen, l.state, l.address, l.error])]);
@@ -348,9 +369,15 @@ function writeAtomically(file: string, text: string): void {
   renameSync(`${file}.tmp`, file);
 }
 
-function call<T>(socketPath: string, method: string, path: string, body?: string): Promise<T> {
+function call<T>(
+  socketPath: string,
+  method: string,
+  path: string,
+  body?: string,
+  timeoutMs = 10_000,
+): Promise<T> {
   return new Promise((resolve, reject) => {
-    const req = request({ socketPath, method, path, timeout: 10_000 }, (res) => {
+    const req = request({ socketPath, method, path, timeout: timeoutMs }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => {
@@ -363,7 +390,7 @@ function call<T>(socketPath: string, method: string, path: string, body?: string
         }
       });
     });
-    req.on('timeout', () => req.destroy(new Error(`${method} ${path}: no answer within 10 s`)));
+    req.on('timeout', () => req.destroy(new Error(`${method} ${path}: no answer within ${timeoutMs} ms`)));
     req.on('error', reject);
     req.end(body);
   });
