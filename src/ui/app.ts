@@ -290,7 +290,7 @@ async function agentsPage() {
     placeholder: 'domains (optional): *.example.com',
   });
   const auto = h('input', { type: 'checkbox', name: 'autoApprove' });
-  const created = h('div');
+  const created = h('div', { id: 'key-created' });
   const form = h(
     'form',
     {
@@ -320,8 +320,11 @@ async function agentsPage() {
     h('label', {}, auto, ' approve its agents at once'),
     h('button', { type: 'submit', class: 'primary' }, 'Create key'),
   );
-  // Keep a key that was just shown: it is shown only once.
-  const prev = document.getElementById('key-panel');
+  // A re-render (live updates, the 5 s refresh) keeps the key form with whatever is typed in it,
+  // and the key it just showed (shown only once), together: the form writes into its own slot.
+  const keptForm = document.getElementById('create-key');
+  const keptSlot = document.getElementById('key-created');
+  const keep = keptForm && keptSlot;
   show(
     h('h2', {}, `Agents (${agents.length})`),
     h(
@@ -340,8 +343,8 @@ async function agentsPage() {
       ),
       h('tbody', {}, ...rows),
     ),
-    form,
-    prev ?? created,
+    keep ? keptForm : form,
+    keep ? keptSlot : created,
   );
 }
 

@@ -175,6 +175,24 @@ describe('web UI', () => {
     await shot('07-new-key');
   });
 
+  it('keeps what is typed in the key form, and the key just shown, through a live refresh', async () => {
+    await page.locator('#create-key input[name=name]').fill('typed-not-sent');
+    const secret = await page.locator('#key-secret').textContent();
+    // Mark the table, then make the server emit an event: the page re-renders with a new table.
+    await page.evaluate(() => {
+      (document.getElementById('agents') as HTMLElement).dataset.old = '1';
+    });
+    const res = await fetch(`${server.apiUrl}/api/keys`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${server.token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'made-elsewhere' }),
+    });
+    expect(res.status).toBe(201);
+    await page.locator('#agents:not([data-old])').waitFor();
+    expect(await page.locator('#create-key input[name=name]').inputValue()).toBe('typed-not-sent');
+    expect(await page.locator('#key-secret').textContent()).toBe(secret);
+  });
+
   it('revokes the key and the route leaves the front door; events show it all', async () => {
     await agentRow().getByRole('button', { name: 'Revoke key' }).click();
     await expect
