@@ -363,7 +363,7 @@ export async function runServer(
       return {
         tcp: {
           ...tcp.bindStatus(),
-          forwarder: tcp.process(),
+          forwarder: tcp.health(),
           listeners: tcp.status().map(({ listen, address, state, error, active }) => ({
             listen,
             address,

@@ -80,10 +80,10 @@ function h<K extends keyof HTMLElementTagNameMap>(
 const main = () => document.getElementById('main') as HTMLElement;
 /**
  * Replaces the page. A page renders when its fetches return: one that returns after sign-out
- * must not replace the sign-in form, so signed out only the login view (data-view="login") shows.
+ * must not replace the sign-in form, so signed out nothing shows (signedOut() puts up the form).
  */
 function show(...nodes: Child[]) {
-  if (!csrf && !(nodes[0] instanceof HTMLElement && nodes[0].dataset.view === 'login')) return;
+  if (!csrf) return;
   main().replaceChildren(
     ...(nodes.filter((n) => n !== null && n !== undefined && n !== false) as (Node | string)[]),
   );
@@ -170,7 +170,7 @@ function signedOut() {
     h('button', { type: 'submit', class: 'primary' }, 'Sign in'),
     msg,
   );
-  show(h('div', { class: 'login', 'data-view': 'login' }, h('h2', {}, 'Sign in to Berth'), form));
+  main().replaceChildren(h('div', { class: 'login' }, h('h2', {}, 'Sign in to Berth'), form));
 }
 
 function signedIn() {

@@ -241,7 +241,7 @@ export class TcpSidecar {
   }
 
   /** For /healthz: whether the forwarder process answered last time, and how often it was replaced. */
-  process(): { answering: boolean; restarts: number } {
+  health(): { answering: boolean; restarts: number } {
     return { answering: this.answering, restarts: this.restarts };
   }
 
