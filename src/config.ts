@@ -3,7 +3,7 @@
 import { UserError } from './errors.js';
 import { DIALECTS } from './labels/index.js';
 
-type Kind = 'string' | 'bool' | 'list' | 'int' | 'duration';
+type Kind = 'string' | 'bool' | 'list' | 'int' | 'duration' | 'size';
 
 export interface FlagDef {
   name: string;
@@ -164,6 +164,20 @@ export const FLAGS: FlagDef[] = [
     for: SERVE,
   },
   {
+    name: 'agent-max-message',
+    kind: 'size',
+    default: 8 * 1024 * 1024,
+    help: 'Largest message read from an agent (e.g. 8MiB); a bigger one closes its connection unread',
+    for: SERVE,
+  },
+  {
+    name: 'trusted-proxies',
+    kind: 'list',
+    default: ['127.0.0.0/8', '::1/128'],
+    help: "Proxies whose X-Forwarded-For names the client (comma-separated IPs or CIDRs); default loopback, where Berth's own Caddy is",
+    for: SERVE,
+  },
+  {
     name: 'log-level',
     kind: 'string',
     default: 'info',
@@ -216,6 +230,24 @@ export const FLAGS: FlagDef[] = [
     name: 'domains',
     kind: 'string',
     help: "Hostnames the key's agents may claim, comma-separated (exact or *.example.com); default any",
+    for: ['keys'],
+  },
+  {
+    name: 'upstreams',
+    kind: 'list',
+    help: "Networks (CIDR, comma-separated) the key's agents may route to besides their own host's address; for keys update, '' allows none",
+    for: ['keys'],
+  },
+  {
+    name: 'max-routes',
+    kind: 'int',
+    help: 'Routes (HTTP and TCP) one agent of the key may have served (default 10000)',
+    for: ['keys'],
+  },
+  {
+    name: 'max-pending',
+    kind: 'int',
+    help: 'Agents of the key waiting for approval at once; more are refused (default 20)',
     for: ['keys'],
   },
   {
@@ -388,6 +420,12 @@ function parseValue(
     case 'int':
       if (/^\d+$/.test(last)) return Number(last);
       return { problem: `${source}: expected a whole number, got "${last}"` };
+    case 'size': {
+      const bytes = parseSize(last);
+      return bytes === undefined
+        ? { problem: `${source}: expected a size such as 8MiB, 512KiB or 1048576, got "${last}"` }
+        : bytes;
+    }
     case 'duration': {
       const ms = parseDuration(last);
       return ms === undefined
@@ -410,6 +448,15 @@ export function parseDuration(s: string): number | undefined {
   return Math.round(n * { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 }[unit as 'ms']);
 }
 
+/** `8MiB`, `512KiB`, `1GiB`, `1048576` (bytes); also `MB`/`KB` as the same binary units. */
+export function parseSize(s: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?$/i.exec(s.trim());
+  if (!m) return undefined;
+  const unit = (m[2] ?? 'b').toLowerCase()[0] as 'b' | 'k' | 'm' | 'g';
+  const bytes = Math.round(Number(m[1]) * { b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[unit]);
+  return bytes >= 1 && Number.isSafeInteger(bytes) ? bytes : undefined;
+}
+
 /** `host:port` or `:port` → parts, for listen flags. */
 export function parseListen(flag: string, value: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(value);
@@ -427,7 +474,7 @@ export function helpFor(command: string): string {
       const dflt =
         f.default === undefined || (Array.isArray(f.default) && f.default.length === 0) || f.default === false
           ? ''
-          : ` (default ${f.kind === 'duration' ? `${f.default}ms` : JSON.stringify(f.default)})`;
+          : ` (default ${f.kind === 'duration' ? `${f.default}ms` : f.kind === 'size' ? `${f.default} bytes` : JSON.stringify(f.default)})`;
       return `  --${f.name.padEnd(16)} ${f.help}${dflt}\n  ${''.padEnd(18)} env ${envName(f.name)}${f.envAlias ? `, ${f.envAlias.join(', ')}` : ''}`;
     })
     .join('\n');

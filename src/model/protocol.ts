@@ -1,9 +1,24 @@
 // The agent ↔ server protocol over one WebSocket, and its validation at the server's boundary.
 // A remote agent is not trusted: every message is checked against a schema, and every hostname
-// and path again with the same checks the label parser uses.
-import { Ajv } from 'ajv';
+// and path again with the same checks the label parser uses. A snapshot is checked item by item:
+// a route, container or diagnostic that is wrong is refused on its container alone, never the
+// whole snapshot, so one bad container cannot freeze every route of its host.
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { checkHostname, checkPath } from '../labels/validate.js';
-import type { Snapshot } from './types.js';
+import {
+  DEFAULT_MAX_MESSAGE_BYTES,
+  MAX_CIDRS,
+  MAX_CONTAINERS,
+  MAX_DIAGNOSTICS,
+  MAX_EXEC_RULES,
+  MAX_EXPLAINED_LABELS,
+  MAX_HOSTS_PER_ROUTE,
+  MAX_MESSAGE,
+  MAX_ROUTES,
+  MAX_STRING,
+  MAX_TCP_ROUTES,
+} from './limits.js';
+import type { Diagnostic, Snapshot } from './types.js';
 
 export const AGENT_PATH = '/agent/v1/connect';
 export const PROTOCOL_VERSION = 1;
@@ -50,275 +65,399 @@ export type ExecEvent =
   | ({ type: 'exec.exit'; id: string } & ExecResult)
   | { type: 'exec.error'; id: string; code: 'NOT_FOUND' | 'BUSY' | 'FAILED'; message: string };
 
-export type AgentMessage = { type: 'snapshot'; snapshot: Snapshot } | Heartbeat | ExecEvent;
+export type AgentMessage =
+  | SnapshotMessage
+  | Heartbeat
+  | ExecEvent
+  /** The agent could not use something the server sent (newer agents only). */
+  | { type: 'protocol.error'; message: string };
+
+export interface SnapshotMessage {
+  type: 'snapshot';
+  snapshot: Snapshot;
+  /**
+   * Set by the server's validation: one error per container whose items it refused (they are
+   * removed from the snapshot). Never sent by agents.
+   */
+  refused?: Diagnostic[];
+}
 
 export type ServerMessage =
-  | { type: 'welcome'; agentId: string; status: string; heartbeatMs: number }
+  | {
+      type: 'welcome';
+      agentId: string;
+      status: string;
+      heartbeatMs: number;
+      /** The largest message the server reads (newer servers); a bigger one closes the connection. */
+      maxMessageBytes?: number;
+    }
   | { type: 'resync' }
   | { type: 'error'; message: string }
   | ExecRequest;
 
-const str = { type: 'string', maxLength: 1024 };
+const str = { type: 'string', maxLength: MAX_STRING };
 const port = { type: 'integer', minimum: 1, maximum: 65535 };
+/** Counters, generations and times: whole numbers that survive arithmetic (1e308 does not). */
+const safe = { type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER };
 /** Which container a route comes from, and whether it may serve yet. */
 const owner = {
   lbGroup: str,
-  containerId: str,
+  containerId: { type: 'string', minLength: 1, maxLength: MAX_STRING },
   containerName: str,
-  containerCreated: { type: 'integer' },
+  containerCreated: { type: 'integer', minimum: -Number.MAX_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER },
   notReady: str,
 };
 /** Canonical CIDRs only: these reach Caddy's config and the TCP forwarder. */
 const cidrList = {
   type: 'array',
-  maxItems: 256,
+  maxItems: MAX_CIDRS,
   items: { type: 'string', maxLength: 64, pattern: '^[0-9a-f:.]+/[0-9]{1,3}$' },
 };
 
-const snapshotSchema = {
+const containerSchema = {
   type: 'object',
-  required: ['agentId', 'generation', 'hostIp', 'takenAt', 'containers', 'routes', 'diagnostics'],
+  required: ['id', 'name', 'state', 'health', 'labelled'],
   properties: {
-    agentId: str,
-    generation: { type: 'integer', minimum: 0 },
-    hostIp: str,
-    takenAt: { type: 'integer' },
-    containers: {
-      type: 'array',
-      maxItems: 100_000,
-      items: {
-        type: 'object',
-        required: ['id', 'name', 'state', 'health', 'labelled'],
-        properties: {
-          id: str,
-          name: str,
-          service: str,
-          execRules: { type: 'array', maxItems: 64, items: str },
-          state: str,
-          health: str,
-          labelled: { type: 'boolean' },
-          explain: {
+    id: { type: 'string', minLength: 1, maxLength: MAX_STRING },
+    name: str,
+    service: str,
+    execRules: { type: 'array', maxItems: MAX_EXEC_RULES, items: str },
+    state: str,
+    health: str,
+    labelled: { type: 'boolean' },
+    explain: {
+      type: 'object',
+      required: ['dialect', 'labels'],
+      properties: {
+        dialect: { type: 'string', maxLength: 32 },
+        labels: {
+          type: 'array',
+          maxItems: MAX_EXPLAINED_LABELS,
+          items: {
             type: 'object',
-            required: ['dialect', 'labels'],
+            required: ['key', 'value', 'use'],
             properties: {
-              dialect: { type: 'string', maxLength: 32 },
-              labels: {
-                type: 'array',
-                maxItems: 1000,
-                items: {
-                  type: 'object',
-                  required: ['key', 'value', 'use'],
-                  properties: {
-                    key: str,
-                    value: { type: 'string', maxLength: 4096 },
-                    use: { enum: ['route', 'used', 'ignored', 'error'] },
-                    note: { type: 'string', maxLength: 4096 },
-                  },
-                },
-              },
+              key: str,
+              value: { type: 'string', maxLength: MAX_MESSAGE },
+              use: { enum: ['route', 'used', 'ignored', 'error'] },
+              note: { type: 'string', maxLength: MAX_MESSAGE },
             },
           },
-        },
-      },
-    },
-    routes: {
-      type: 'array',
-      maxItems: 100_000,
-      items: {
-        type: 'object',
-        required: [
-          'id',
-          'group',
-          'hosts',
-          'path',
-          'stripPath',
-          'upstream',
-          'containerId',
-          'containerName',
-          'containerCreated',
-        ],
-        properties: {
-          id: str,
-          group: str,
-          hosts: { type: 'array', minItems: 1, maxItems: 100, items: str },
-          path: str,
-          stripPath: { type: 'boolean' },
-          upstream: {
-            type: 'object',
-            required: ['host', 'port', 'scheme'],
-            properties: { host: str, port, scheme: { enum: ['http', 'https'] } },
-          },
-          allow: cidrList,
-          ...owner,
-        },
-      },
-    },
-    tcp: {
-      type: 'array',
-      maxItems: 10_000,
-      items: {
-        type: 'object',
-        required: [
-          'id',
-          'name',
-          'listen',
-          'upstream',
-          'allow',
-          'containerId',
-          'containerName',
-          'containerCreated',
-        ],
-        properties: {
-          id: str,
-          name: str,
-          listen: port,
-          upstream: { type: 'object', required: ['host', 'port'], properties: { host: str, port } },
-          allow: cidrList,
-          ...owner,
-        },
-      },
-    },
-    diagnostics: {
-      type: 'array',
-      maxItems: 100_000,
-      items: {
-        type: 'object',
-        required: ['severity', 'containerId', 'containerName', 'label', 'message'],
-        properties: {
-          severity: { enum: ['error', 'warning'] },
-          containerId: str,
-          containerName: str,
-          label: str,
-          value: { type: 'string', maxLength: 4096 },
-          message: { type: 'string', maxLength: 4096 },
         },
       },
     },
   },
 };
 
-const execId = { type: 'string', minLength: 1, maxLength: 64 };
-const count = { type: 'integer', minimum: 0 };
-
-const messageSchema = {
-  oneOf: [
-    {
-      type: 'object',
-      required: ['type', 'id', 'rule', 'container'],
-      properties: { type: { const: 'exec.started' }, id: execId, rule: str, container: str },
-    },
-    {
-      type: 'object',
-      required: ['type', 'id', 'reason', 'considered'],
-      properties: {
-        type: { const: 'exec.denied' },
-        id: execId,
-        reason: { type: 'string', maxLength: 8192 },
-        considered: { type: 'array', maxItems: 1000, items: str },
-      },
-    },
-    {
-      type: 'object',
-      required: ['type', 'id', 'stream', 'data'],
-      properties: {
-        type: { const: 'exec.output' },
-        id: execId,
-        stream: { enum: ['stdout', 'stderr'] },
-        data: { type: 'string', maxLength: 1 << 22 },
-      },
-    },
-    {
-      type: 'object',
-      required: [
-        'type',
-        'id',
-        'exitCode',
-        'durationMs',
-        'stdoutBytes',
-        'stderrBytes',
-        'truncated',
-        'timedOut',
-      ],
-      properties: {
-        type: { const: 'exec.exit' },
-        id: execId,
-        exitCode: { type: ['integer', 'null'] },
-        durationMs: count,
-        stdoutBytes: count,
-        stderrBytes: count,
-        truncated: { type: 'boolean' },
-        timedOut: { type: 'boolean' },
-      },
-    },
-    {
-      type: 'object',
-      required: ['type', 'id', 'code', 'message'],
-      properties: {
-        type: { const: 'exec.error' },
-        id: execId,
-        code: { enum: ['NOT_FOUND', 'BUSY', 'FAILED'] },
-        message: { type: 'string', maxLength: 8192 },
-      },
-    },
-    {
-      type: 'object',
-      required: ['type', 'snapshot'],
-      properties: { type: { const: 'snapshot' }, snapshot: snapshotSchema },
-    },
-    {
-      type: 'object',
-      required: ['type', 'version', 'dockerConnected', 'containers', 'routes', 'generation'],
-      properties: {
-        type: { const: 'heartbeat' },
-        version: str,
-        dockerVersion: str,
-        dockerConnected: { type: 'boolean' },
-        containers: { type: 'integer', minimum: 0 },
-        routes: { type: 'integer', minimum: 0 },
-        generation: { type: 'integer', minimum: 0 },
-        hostIp: str,
-        intervalMs: { type: 'integer', minimum: 100 },
-      },
-    },
+const routeSchema = {
+  type: 'object',
+  required: [
+    'id',
+    'group',
+    'hosts',
+    'path',
+    'stripPath',
+    'upstream',
+    'containerId',
+    'containerName',
+    'containerCreated',
   ],
+  properties: {
+    id: str,
+    group: str,
+    hosts: { type: 'array', minItems: 1, maxItems: MAX_HOSTS_PER_ROUTE, items: str },
+    path: str,
+    stripPath: { type: 'boolean' },
+    upstream: {
+      type: 'object',
+      required: ['host', 'port', 'scheme'],
+      properties: { host: str, port, scheme: { enum: ['http', 'https'] } },
+    },
+    allow: cidrList,
+    ...owner,
+  },
+};
+
+const tcpSchema = {
+  type: 'object',
+  required: ['id', 'name', 'listen', 'upstream', 'allow', 'containerId', 'containerName', 'containerCreated'],
+  properties: {
+    id: str,
+    name: str,
+    listen: port,
+    upstream: { type: 'object', required: ['host', 'port'], properties: { host: str, port } },
+    allow: cidrList,
+    ...owner,
+  },
+};
+
+const diagnosticSchema = {
+  type: 'object',
+  required: ['severity', 'containerId', 'containerName', 'label', 'message'],
+  properties: {
+    severity: { enum: ['error', 'warning'] },
+    containerId: str,
+    containerName: str,
+    label: str,
+    value: { type: 'string', maxLength: MAX_MESSAGE },
+    message: { type: 'string', maxLength: MAX_MESSAGE },
+  },
+};
+
+/** The envelope only: items are checked one by one, so that a bad one sinks only its container. */
+const snapshotEnvelope = {
+  type: 'object',
+  required: ['agentId', 'generation', 'hostIp', 'takenAt', 'containers', 'routes', 'diagnostics'],
+  properties: {
+    agentId: str,
+    generation: safe,
+    hostIp: str,
+    takenAt: safe,
+    containers: { type: 'array', maxItems: MAX_CONTAINERS, items: { type: 'object' } },
+    routes: { type: 'array', maxItems: MAX_ROUTES, items: { type: 'object' } },
+    tcp: { type: 'array', maxItems: MAX_TCP_ROUTES, items: { type: 'object' } },
+    diagnostics: { type: 'array', maxItems: MAX_DIAGNOSTICS, items: { type: 'object' } },
+  },
+};
+
+const execId = { type: 'string', minLength: 1, maxLength: 64 };
+
+/** One schema per message type: an error then names what is wrong with that type of message. */
+const MESSAGE_SCHEMAS: Record<string, object> = {
+  snapshot: {
+    type: 'object',
+    required: ['type', 'snapshot'],
+    properties: { type: { const: 'snapshot' }, snapshot: snapshotEnvelope },
+  },
+  heartbeat: {
+    type: 'object',
+    required: ['type', 'version', 'dockerConnected', 'containers', 'routes', 'generation'],
+    properties: {
+      type: { const: 'heartbeat' },
+      version: str,
+      dockerVersion: str,
+      dockerConnected: { type: 'boolean' },
+      containers: safe,
+      routes: safe,
+      generation: safe,
+      hostIp: str,
+      intervalMs: { type: 'integer', minimum: 100, maximum: 86_400_000 },
+      sentAt: { type: 'number' },
+    },
+  },
+  'exec.started': {
+    type: 'object',
+    required: ['type', 'id', 'rule', 'container'],
+    properties: { type: { const: 'exec.started' }, id: execId, rule: str, container: str },
+  },
+  'exec.denied': {
+    type: 'object',
+    required: ['type', 'id', 'reason', 'considered'],
+    properties: {
+      type: { const: 'exec.denied' },
+      id: execId,
+      reason: { type: 'string', maxLength: 8192 },
+      considered: { type: 'array', maxItems: 1000, items: str },
+    },
+  },
+  'exec.output': {
+    type: 'object',
+    required: ['type', 'id', 'stream', 'data'],
+    properties: {
+      type: { const: 'exec.output' },
+      id: execId,
+      stream: { enum: ['stdout', 'stderr'] },
+      data: { type: 'string', maxLength: 1 << 22 },
+    },
+  },
+  'exec.exit': {
+    type: 'object',
+    required: ['type', 'id', 'exitCode', 'durationMs', 'stdoutBytes', 'stderrBytes', 'truncated', 'timedOut'],
+    properties: {
+      type: { const: 'exec.exit' },
+      id: execId,
+      exitCode: {
+        type: ['integer', 'null'],
+        minimum: -Number.MAX_SAFE_INTEGER,
+        maximum: Number.MAX_SAFE_INTEGER,
+      },
+      durationMs: safe,
+      stdoutBytes: safe,
+      stderrBytes: safe,
+      truncated: { type: 'boolean' },
+      timedOut: { type: 'boolean' },
+    },
+  },
+  'exec.error': {
+    type: 'object',
+    required: ['type', 'id', 'code', 'message'],
+    properties: {
+      type: { const: 'exec.error' },
+      id: execId,
+      code: { enum: ['NOT_FOUND', 'BUSY', 'FAILED'] },
+      message: { type: 'string', maxLength: 8192 },
+    },
+  },
+  'protocol.error': {
+    type: 'object',
+    required: ['type', 'message'],
+    properties: { type: { const: 'protocol.error' }, message: { type: 'string', maxLength: MAX_MESSAGE } },
+  },
 };
 
 const ajv = new Ajv({ allErrors: false, strict: false });
-const validateMessage = ajv.compile(messageSchema);
+const byType = new Map<string, ValidateFunction>(
+  Object.entries(MESSAGE_SCHEMAS).map(([t, s]) => [t, ajv.compile(s)]),
+);
+const items = {
+  container: ajv.compile(containerSchema),
+  route: ajv.compile(routeSchema),
+  tcp: ajv.compile(tcpSchema),
+  diagnostic: ajv.compile(diagnosticSchema),
+};
 // The upstream address must be an IP or hostname, never something Caddy would read as a placeholder.
 const UPSTREAM_HOST_RE = /^[A-Za-z0-9.:-]{1,253}$/;
+/** Items checked between two yields to the event loop when checking asynchronously. */
+const BATCH = 2_000;
 
-/** Parses and checks one agent message; throws an Error whose message says what is wrong. */
-export function parseAgentMessage(raw: string): AgentMessage {
+function describeError(e: ErrorObject | undefined, root: string): string {
+  if (!e) return `${root} does not match the protocol`;
+  const where = `${root}${e.instancePath.replace(/\//g, '.')}`;
+  const extra = e.params as { allowedValues?: unknown[]; limit?: number };
+  const allowed = extra.allowedValues ? ` (${extra.allowedValues.join(', ')})` : '';
+  return `${where} ${e.message ?? 'is invalid'}${allowed}`;
+}
+
+/**
+ * Parses and checks one agent message. Throws an Error whose message says what is wrong with a
+ * message that is unusable as a whole (not JSON, unknown type, a bad envelope). In a snapshot,
+ * items that are wrong are removed and reported in `refused`, one error per container.
+ */
+export function parseAgentMessage(raw: string, maxBytes = DEFAULT_MAX_MESSAGE_BYTES): AgentMessage {
+  const it = checkMessage(raw, maxBytes);
+  let r = it.next();
+  while (!r.done) r = it.next();
+  return r.value;
+}
+
+/** As parseAgentMessage, yielding to the event loop every few thousand snapshot items. */
+export async function parseAgentMessageAsync(
+  raw: string,
+  maxBytes = DEFAULT_MAX_MESSAGE_BYTES,
+): Promise<AgentMessage> {
+  const it = checkMessage(raw, maxBytes);
+  let r = it.next();
+  while (!r.done) {
+    await new Promise((resolve) => setImmediate(resolve));
+    r = it.next();
+  }
+  return r.value;
+}
+
+function* checkMessage(raw: string, maxBytes: number): Generator<void, AgentMessage> {
+  // Characters are at most as many as bytes: a cheap bound before the exact one.
+  if (raw.length > maxBytes || Buffer.byteLength(raw) > maxBytes) {
+    throw new Error(`message of ${Buffer.byteLength(raw)} bytes is over the limit of ${maxBytes}`);
+  }
   let msg: unknown;
   try {
     msg = JSON.parse(raw);
   } catch {
     throw new Error('message is not JSON');
   }
-  if (!validateMessage(msg)) {
-    const e = validateMessage.errors?.[0];
-    throw new Error(
-      `invalid message: ${e?.instancePath || '(root)'} ${e?.message ?? 'does not match the protocol'}`,
-    );
+  if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) {
+    throw new Error('invalid message: not a JSON object');
   }
-  const m = msg as AgentMessage;
-  if (m.type === 'snapshot') {
-    for (const r of m.snapshot.routes) {
-      for (const h of r.hosts) {
-        const c = checkHostname(h);
-        if (!c.ok || c.value !== h)
-          throw new Error(`invalid message: route ${r.id} host "${h}" is not a hostname`);
-      }
-      const p = checkPath(r.path);
-      if (!p.ok || p.value !== r.path)
-        throw new Error(`invalid message: route ${r.id} path "${r.path}" is not a path prefix`);
-      if (!UPSTREAM_HOST_RE.test(r.upstream.host)) {
-        throw new Error(
-          `invalid message: route ${r.id} upstream host "${r.upstream.host}" is not an address`,
-        );
-      }
-    }
-  }
+  const type = (msg as { type?: unknown }).type;
+  if (typeof type !== 'string') throw new Error('invalid message: no "type"');
+  const validate = byType.get(type);
+  if (!validate) throw new Error(`invalid message: unknown type "${type.slice(0, 64)}"`);
+  if (!validate(msg)) throw new Error(`invalid message: ${describeError(validate.errors?.[0], type)}`);
+  if (type !== 'snapshot') return msg as AgentMessage;
+  const m = msg as SnapshotMessage;
+  delete m.refused; // the server's to set
+  delete m.snapshot.claims; // the server's own record, never the agent's word
+  const refused = yield* checkSnapshotItems(m.snapshot);
+  if (refused.length > 0) m.refused = refused;
   return m;
+}
+
+interface Refusal {
+  name?: string;
+  reasons: string[];
+}
+
+/** Removes the items that are wrong and every route of their containers; one error per container. */
+function* checkSnapshotItems(s: Snapshot): Generator<void, Diagnostic[]> {
+  const refusals = new Map<string, Refusal>();
+  let checked = 0;
+  const refuse = (item: unknown, what: string, reason: string) => {
+    const o = item as { containerId?: unknown; id?: unknown; containerName?: unknown; name?: unknown };
+    const cid = what === 'container' ? o.id : o.containerId;
+    const id = typeof cid === 'string' && cid.length > 0 && cid.length <= MAX_STRING ? cid : '';
+    const r = refusals.get(id) ?? { reasons: [] };
+    const name = what === 'container' ? o.name : o.containerName;
+    if (r.name === undefined && typeof name === 'string' && name.length <= MAX_STRING) r.name = name;
+    if (r.reasons.length < 5) r.reasons.push(reason);
+    else if (r.reasons.length === 5) r.reasons.push('…');
+    refusals.set(id, r);
+  };
+  const keep = function* <T>(
+    list: T[] | undefined,
+    what: string,
+    check: (item: T, i: number) => string | undefined,
+  ): Generator<void, T[] | undefined> {
+    if (!list) return list;
+    const out: T[] = [];
+    for (let i = 0; i < list.length; i++) {
+      const why = check(list[i]!, i);
+      if (why === undefined) out.push(list[i]!);
+      else refuse(list[i], what, why);
+      if (++checked % BATCH === 0) yield;
+    }
+    return out;
+  };
+  const schemaCheck = (v: ValidateFunction, root: string) => (item: unknown) =>
+    v(item) ? undefined : describeError(v.errors?.[0], root);
+
+  s.containers = (yield* keep(s.containers, 'container', schemaCheck(items.container, 'container')))!;
+  s.routes = (yield* keep(s.routes, 'route', (r, i) => {
+    const bad = schemaCheck(items.route, `route ${i}`)(r);
+    if (bad) return bad;
+    for (const h of r.hosts) {
+      const c = checkHostname(h);
+      if (!c.ok || c.value !== h) return `route ${r.id}: host "${h.slice(0, 256)}" is not a hostname`;
+    }
+    const p = checkPath(r.path);
+    if (!p.ok || p.value !== r.path)
+      return `route ${r.id}: path "${r.path.slice(0, 256)}" is not a path prefix`;
+    if (!UPSTREAM_HOST_RE.test(r.upstream.host))
+      return `route ${r.id}: upstream host "${r.upstream.host.slice(0, 256)}" is not an address`;
+    return undefined;
+  }))!;
+  s.tcp = yield* keep(s.tcp, 'TCP route', (r, i) => {
+    const bad = schemaCheck(items.tcp, `TCP route ${i}`)(r);
+    if (bad) return bad;
+    if (!UPSTREAM_HOST_RE.test(r.upstream.host))
+      return `TCP route ${r.id}: upstream host "${r.upstream.host.slice(0, 256)}" is not an address`;
+    return undefined;
+  });
+  if (s.tcp === undefined) delete s.tcp;
+  s.diagnostics = (yield* keep(s.diagnostics, 'diagnostic', schemaCheck(items.diagnostic, 'diagnostic')))!;
+  if (refusals.size === 0) return [];
+
+  // A container with a refused item contributes no route at all, as with any label error.
+  s.routes = s.routes.filter((r) => !refusals.has(r.containerId));
+  if (s.tcp) s.tcp = s.tcp.filter((r) => !refusals.has(r.containerId));
+  const names = new Map(s.containers.map((c) => [c.id, c.name]));
+  return [...refusals].map(([id, r]) => ({
+    severity: 'error' as const,
+    containerId: id,
+    containerName: (r.name ?? names.get(id) ?? (id ? id.slice(0, 12) : '(unknown container)')).slice(
+      0,
+      MAX_STRING,
+    ),
+    label: '',
+    message: `refused by the server: ${r.reasons.join('; ')}`.slice(0, MAX_MESSAGE),
+  }));
 }

@@ -97,6 +97,18 @@ export interface Snapshot {
   /** TCP routes (absent from agents older than TCP support). */
   tcp?: TcpRouteSpec[];
   diagnostics: Diagnostic[];
+  /**
+   * Server-side only, never taken from an agent: when the server first saw each of the agent's
+   * claims (`host\u0000path` or `tcp:<port>`), which orders competing claims.
+   */
+  claims?: Record<string, ClaimRecord>;
+}
+
+/** One (host, path) or TCP port an agent claims, and since when (server time). */
+export interface ClaimRecord {
+  since: number;
+  /** When the agent stopped claiming it; remembered for a while so a container being recreated keeps its place. */
+  releasedAt?: number;
 }
 
 export interface ContainerSummary {

@@ -1,11 +1,22 @@
 // Desired state: every agent's routes merged into what the front door should serve. Pure.
+import { domainCovers } from '../model/domains.js';
 import type { RouteSpec, TcpRouteSpec, Upstream } from '../model/types.js';
+import { type Claims, claimedSince, httpUnit, tcpUnit } from './claims.js';
 
 export interface AgentRoutes {
   agentId: string;
   agentName: string;
   routes: RouteSpec[];
   tcp?: TcpRouteSpec[];
+  /** When the server first saw each of this agent's claims: the order of competing claims. */
+  claims?: Claims;
+  /**
+   * Agents of one scope (their key) trust each other: they may share a host through a group.
+   * An agent of another scope joins a group only on hostnames its `grants` name explicitly.
+   */
+  scope?: string;
+  /** The key's `--domains`, when it has any. */
+  grants?: string[];
 }
 
 /** One (host, path) the front door serves, and the routes that put it there. */
@@ -56,32 +67,39 @@ interface Claimant {
 
 interface Claim<R extends Claimant = Claimant> {
   key: string;
-  agentName: string;
+  agent: AgentRoutes;
   route: R;
+  /** Server time the agent's claim on this unit was first seen. */
+  since: number;
 }
 
 /**
- * Settles the claims on one unit (a host and path, or a TCP port): the oldest container wins,
- * deterministically; claims in its load-balancing group join it; every other claim gets an
- * error naming the winner. Returns the winner first, then its group.
+ * Settles the claims on one unit (a host and path, or a TCP port): the claim the server saw
+ * first wins (then the older container, then the key, so it is deterministic); claims in its
+ * load-balancing group join it when their agent may share with the winner's; every other claim
+ * gets an error naming the winner. Returns the winner first, then its group.
  */
 function settle<R extends Claimant>(
   claims: Claim<R>[],
   what: string,
+  host: string | undefined,
   outcomes: Map<string, RouteOutcome>,
 ): Claim<R>[] {
-  claims.sort(olderFirst);
+  claims.sort(firstFirst);
   const winner = claims[0]!;
-  const team = (c: Claim<R>) => c.route.lbGroup !== undefined && c.route.lbGroup === winner.route.lbGroup;
-  const members = claims.filter((c) => c === winner || team(c));
+  const sameGroup = (c: Claim<R>) =>
+    c.route.lbGroup !== undefined && c.route.lbGroup === winner.route.lbGroup;
+  const mayShare = (c: Claim<R>) =>
+    c.agent.agentId === winner.agent.agentId ||
+    (c.agent.scope !== undefined && c.agent.scope === winner.agent.scope) ||
+    (host !== undefined && (c.agent.grants ?? []).some((d) => domainCovers(d, host)));
+  const members = claims.filter((c) => c === winner || (sameGroup(c) && mayShare(c)));
   for (const c of claims) {
     if (members.includes(c)) continue;
-    outcomes
-      .get(c.key)!
-      .errors.push(
-        `${what} is already claimed by ${describe(winner)}; ` +
-          `set the same ${winner.route.lbGroup ? `group (${winner.route.lbGroup})` : 'group label on both'} to share traffic`,
-      );
+    const hint = sameGroup(c)
+      ? `its group ${winner.route.lbGroup} is shared only by agents of the same key, or of a key whose --domains name ${what}`
+      : `set the same ${winner.route.lbGroup ? `group (${winner.route.lbGroup})` : 'group label on both'} to share traffic`;
+    outcomes.get(c.key)!.errors.push(`${what} is already claimed by ${describe(winner)}; ${hint}`);
   }
   return members;
 }
@@ -100,9 +118,9 @@ export function computeDesired(agents: AgentRoutes[]): Desired {
       if (r.notReady) outcome.pending = r.notReady;
       outcomes.set(key, outcome);
       for (const host of r.hosts) {
-        const unit = `${host}\u0000${r.path}`;
+        const unit = httpUnit(host, r.path);
         const list = byUnit.get(unit) ?? [];
-        list.push({ key, agentName: a.agentName, route: r });
+        list.push({ key, agent: a, route: r, since: claimedSince(a.claims, unit) });
         byUnit.set(unit, list);
       }
     }
@@ -111,7 +129,7 @@ export function computeDesired(agents: AgentRoutes[]): Desired {
   const sites: Site[] = [];
   for (const [unit, claims] of byUnit) {
     const [host, path] = unit.split('\u0000') as [string, string];
-    const members = settle(claims, `${host}${path === '/' ? '' : path}`, outcomes);
+    const members = settle(claims, `${host}${path === '/' ? '' : path}`, host, outcomes);
     const winner = members[0]!;
     const upstreams: Upstream[] = [];
     const keys: string[] = [];
@@ -147,12 +165,13 @@ function computeTcp(agents: AgentRoutes[], outcomes: Map<string, RouteOutcome>):
       const outcome: RouteOutcome = { errors: [], units: 0 };
       if (r.notReady) outcome.pending = r.notReady;
       outcomes.set(key, outcome);
-      byPort.set(r.listen, [...(byPort.get(r.listen) ?? []), { key, agentName: a.agentName, route: r }]);
+      const claim = { key, agent: a, route: r, since: claimedSince(a.claims, tcpUnit(r.listen)) };
+      byPort.set(r.listen, [...(byPort.get(r.listen) ?? []), claim]);
     }
   }
   const out: TcpListenerSite[] = [];
   for (const [listen, claims] of byPort) {
-    const members = settle(claims, `TCP port ${listen}`, outcomes);
+    const members = settle(claims, `TCP port ${listen}`, undefined, outcomes);
     const upstreams: TcpListenerSite['upstreams'] = [];
     const keys: string[] = [];
     for (const m of members) {
@@ -169,10 +188,15 @@ function computeTcp(agents: AgentRoutes[], outcomes: Map<string, RouteOutcome>):
   return out.sort((a, b) => a.listen - b.listen);
 }
 
-function olderFirst(a: Claim, b: Claim): number {
-  return a.route.containerCreated - b.route.containerCreated || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
+/** The server's first sight decides; a container's age (the agent's word) only breaks ties. */
+function firstFirst(a: Claim, b: Claim): number {
+  return (
+    a.since - b.since ||
+    a.route.containerCreated - b.route.containerCreated ||
+    (a.key < b.key ? -1 : a.key > b.key ? 1 : 0)
+  );
 }
 
 function describe(c: Claim): string {
-  return `container ${c.route.containerName} (${c.route.containerId.slice(0, 12)}) on ${c.agentName}`;
+  return `container ${c.route.containerName} (${c.route.containerId.slice(0, 12)}) on ${c.agent.agentName}`;
 }

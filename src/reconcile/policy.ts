@@ -1,7 +1,14 @@
-// Which agents' routes may reach the front door, and which hostnames each may claim. Pure.
-import type { Snapshot } from '../model/types.js';
+// Which agents' routes may reach the front door, which hostnames each may claim and where
+// their traffic may go. Pure.
+import { domainAllowed, publicSuffixWildcard } from '../model/domains.js';
+import type { RouteSpec, Snapshot, TcpRouteSpec } from '../model/types.js';
 import type { AgentRecord, KeyRecord } from '../store/store.js';
+import { claimedSince, httpUnit, tcpUnit } from './claims.js';
 import { type AgentRoutes, routeKey } from './desired.js';
+import { type UpstreamRules, upstreamRefusal } from './upstreams.js';
+
+/** Routes (HTTP and TCP) one agent may have served, unless its key says otherwise. */
+export const DEFAULT_MAX_ROUTES_PER_AGENT = 10_000;
 
 export type AgentStatus = 'pending' | 'online' | 'stale' | 'offline' | 'revoked';
 
@@ -22,6 +29,8 @@ export interface LivenessOptions {
   heartbeatMs: number;
   /** How long an offline agent's routes stay at the front door. */
   offlineGraceMs: number;
+  /** Where routes may point; without it upstreams are not checked (unit tests of other rules). */
+  upstreams?: UpstreamRules;
 }
 
 export function agentStatus(a: AgentView, now: number, o: LivenessOptions): AgentStatus {
@@ -47,16 +56,7 @@ export function withheldBecause(a: AgentView, now: number, o: LivenessOptions): 
   return undefined;
 }
 
-/** `*.example.com` covers every name below example.com (and the wildcard itself); others match exactly. */
-export function domainAllowed(host: string, domains: string[]): boolean {
-  if (domains.length === 0) return true;
-  return domains.some((d) => {
-    if (d === host) return true;
-    if (!d.startsWith('*.')) return false;
-    const suffix = d.slice(1); // ".example.com"
-    return host.endsWith(suffix) && host.length > suffix.length;
-  });
-}
+export { domainAllowed };
 
 export interface Admitted {
   agentRoutes: AgentRoutes[];
@@ -68,8 +68,9 @@ export interface Admitted {
 
 /**
  * Keeps only routes that may serve: from agents that are approved, unrevoked and online (or
- * within the offline grace), and only for hostnames their key allows. A claim outside the key's
- * domains is an error on that route alone.
+ * within the offline grace), only for hostnames their key allows (never a wildcard over a public
+ * suffix), only to upstreams the agent may name, and no more than its key's route limit. A
+ * refused claim is an error on that route alone.
  */
 export function admitRoutes(agents: AgentView[], now: number, o: LivenessOptions): Admitted {
   const agentRoutes: AgentRoutes[] = [];
@@ -82,24 +83,98 @@ export function admitRoutes(agents: AgentView[], now: number, o: LivenessOptions
       withheld.set(a.record.id, why);
       continue;
     }
+    const id = a.record.id;
+    const refuse = (routeId: string, message: string) => {
+      const k = routeKey(id, routeId);
+      errors.set(k, [...(errors.get(k) ?? []), message]);
+    };
     const domains = a.key?.domains ?? [];
-    const routes = a.snapshot.routes.filter((r) => {
+    const subject = {
+      kind: a.record.kind,
+      seenFrom: a.record.seenFrom,
+      hostIp: a.snapshot.hostIp,
+      upstreams: a.key?.upstreams,
+    };
+    const upstreamOk = (r: { id: string; upstream: { host: string; port: number } }) => {
+      const no = o.upstreams && upstreamRefusal(r.upstream.host, r.upstream.port, subject, o.upstreams);
+      if (no) refuse(r.id, no);
+      return !no;
+    };
+    let routes = a.snapshot.routes.filter((r) => {
+      const wide = r.hosts.map((h) => [h, publicSuffixWildcard(h)]).filter(([, s]) => s !== undefined);
+      if (wide.length > 0) {
+        refuse(
+          r.id,
+          `${wide.map(([h]) => h).join(', ')} would claim every name under the public suffix ${wide[0]![1]}; no agent may claim that`,
+        );
+        return false;
+      }
       const outside = r.hosts.filter((h) => !domainAllowed(h, domains));
-      if (outside.length === 0) return true;
-      errors.set(routeKey(a.record.id, r.id), [
-        `${outside.join(', ')} ${outside.length === 1 ? 'is' : 'are'} outside the domains allowed for key ${a.key?.name} (${domains.join(', ')})`,
-      ]);
-      return false;
+      if (outside.length > 0) {
+        refuse(
+          r.id,
+          `${outside.join(', ')} ${outside.length === 1 ? 'is' : 'are'} outside the domains allowed for key ${a.key?.name} (${domains.join(', ')})`,
+        );
+        return false;
+      }
+      return upstreamOk(r);
     });
     // A key limited to domains names what its hosts may claim; front-door ports are not in it.
-    const tcp = (a.snapshot.tcp ?? []).filter((r) => {
-      if (domains.length === 0) return true;
-      errors.set(routeKey(a.record.id, r.id), [
-        `TCP port ${r.listen}: key ${a.key?.name} is limited to domains (${domains.join(', ')}), so its agents may not claim TCP ports; use a key without --domains`,
-      ]);
-      return false;
+    let tcp = (a.snapshot.tcp ?? []).filter((r) => {
+      if (domains.length > 0) {
+        refuse(
+          r.id,
+          `TCP port ${r.listen}: key ${a.key?.name} is limited to domains (${domains.join(', ')}), so its agents may not claim TCP ports; use a key without --domains`,
+        );
+        return false;
+      }
+      return upstreamOk(r);
     });
-    agentRoutes.push({ agentId: a.record.id, agentName: a.record.name, routes, tcp });
+    const limit =
+      a.record.kind === 'local'
+        ? Number.POSITIVE_INFINITY
+        : (a.key?.maxRoutes ?? DEFAULT_MAX_ROUTES_PER_AGENT);
+    if (routes.length + tcp.length > limit) {
+      const kept = withinLimit(routes, tcp, a.snapshot, limit);
+      for (const r of [...routes, ...tcp]) {
+        if (kept.has(r.containerId)) continue;
+        refuse(
+          r.id,
+          `the agent has ${routes.length + tcp.length} routes and key ${a.key?.name} allows ${limit} per agent; container ${r.containerName}'s are not served (berth keys update ${a.key?.name} --max-routes N)`,
+        );
+      }
+      routes = routes.filter((r) => kept.has(r.containerId));
+      tcp = tcp.filter((r) => kept.has(r.containerId));
+    }
+    const entry: AgentRoutes = { agentId: id, agentName: a.record.name, routes, tcp, scope: a.key?.id ?? id };
+    if (a.snapshot.claims) entry.claims = a.snapshot.claims;
+    if (domains.length > 0) entry.grants = domains;
+    agentRoutes.push(entry);
   }
   return { agentRoutes, errors, withheld };
+}
+
+/**
+ * Containers whose routes fit an agent's limit, whole containers only: those whose claims the
+ * server saw first, then by container id, so the same ones serve from pass to pass.
+ */
+function withinLimit(routes: RouteSpec[], tcp: TcpRouteSpec[], s: Snapshot, limit: number): Set<string> {
+  const per = new Map<string, { count: number; since: number }>();
+  const note = (cid: string, since: number) => {
+    const e = per.get(cid) ?? { count: 0, since: Number.POSITIVE_INFINITY };
+    e.count++;
+    e.since = Math.min(e.since, since);
+    per.set(cid, e);
+  };
+  for (const r of routes) note(r.containerId, claimedSince(s.claims, httpUnit(r.hosts[0] ?? '', r.path)));
+  for (const r of tcp) note(r.containerId, claimedSince(s.claims, tcpUnit(r.listen)));
+  const order = [...per].sort(([a, x], [b, y]) => x.since - y.since || (a < b ? -1 : a > b ? 1 : 0));
+  const kept = new Set<string>();
+  let used = 0;
+  for (const [cid, e] of order) {
+    if (used + e.count > limit) continue;
+    used += e.count;
+    kept.add(cid);
+  }
+  return kept;
 }

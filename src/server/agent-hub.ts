@@ -1,36 +1,69 @@
 // Remote agents connect here: one WebSocket each, authenticated by the agent key at upgrade.
 // Bad keys get 401 before any WebSocket exists and leave no trace; repeated failures from one
-// address are refused for a while. Revoking a key or removing an agent closes its socket at once.
+// client are refused for a while. Revoking a key or removing an agent closes its socket at once.
+// An agent is not trusted: a message over --agent-max-message closes the connection before it
+// is read; snapshots are checked item by item, a few thousand at a time, and each agent's are
+// paced (the latest one wins), so one agent sending its worst cannot stall the server.
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import { type WebSocket, WebSocketServer } from 'ws';
-import { errorMessage } from '../errors.js';
+import { type RawData, type WebSocket, WebSocketServer } from 'ws';
+import { errorMessage, UserError } from '../errors.js';
+import { LogGate } from '../log-gate.js';
 import { Histogram } from '../metrics.js';
+import { DEFAULT_MAX_MESSAGE_BYTES } from '../model/limits.js';
 import {
   AGENT_PATH,
+  type AgentMessage,
   type ExecEvent,
   type Heartbeat,
-  parseAgentMessage,
+  parseAgentMessageAsync,
   type ServerMessage,
+  type SnapshotMessage,
 } from '../model/protocol.js';
+import {
+  clientAddress,
+  DEFAULT_TRUSTED_PROXIES,
+  type TrustedProxies,
+  trustedProxies,
+} from './client-address.js';
 import type { Registry } from './registry.js';
 
 export interface HubOptions {
   registry: Registry;
   logger: Logger;
   heartbeatMs: number;
-  /** Failed attempts per address per window before refusing with 429. */
+  /** Failed attempts per client per window before refusing with 429. */
   maxFailures?: number;
   failureWindowMs?: number;
+  /** The largest agent message read; a bigger one closes the connection unread. */
+  maxMessageBytes?: number;
+  /** Whose X-Forwarded-For is believed for the client address. */
+  trustedProxies?: TrustedProxies;
 }
 
+/** Clients whose failures are remembered at once; beyond it the oldest are forgotten. */
+const MAX_TRACKED_CLIENTS = 10_000;
+/** After a snapshot took T ms to check and store, that agent's next waits at least this × T. */
+const SNAPSHOT_PACING = 4;
+
 export class AgentHub {
-  private readonly wss = new WebSocketServer({ noServer: true, maxPayload: 64 << 20 });
+  private readonly wss: WebSocketServer;
   private readonly sockets = new Map<string, WebSocket>();
   private readonly failures = new Map<string, { count: number; since: number }>();
+  private readonly gate: LogGate;
+  private readonly trusted: TrustedProxies;
+  readonly maxMessageBytes: number;
   private closing = false;
-  counters = { connects: 0, rejected: 0, rateLimited: 0, messages: 0, invalidMessages: 0 };
+  counters = {
+    connects: 0,
+    rejected: 0,
+    rateLimited: 0,
+    messages: 0,
+    invalidMessages: 0,
+    oversizeMessages: 0,
+    snapshotsSuperseded: 0,
+  };
   /**
    * Receive time minus the `sentAt` an agent puts in its heartbeat: how late this server's event
    * loop reads agents' messages (plus the network). Clamped at 0; across machines it also carries
@@ -45,6 +78,15 @@ export class AgentHub {
   exec?: { onAgentEvent(agentId: string, e: ExecEvent): void; onAgentGone(agentId: string): void };
 
   constructor(private readonly o: HubOptions) {
+    this.maxMessageBytes = o.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+    // perMessageDeflate stays off: a compressed message could expand past every limit.
+    this.wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: this.maxMessageBytes,
+      perMessageDeflate: false,
+    });
+    this.gate = new LogGate(o.logger);
+    this.trusted = o.trustedProxies ?? trustedProxies(DEFAULT_TRUSTED_PROXIES);
     o.registry.onDrop((ids, reason) => {
       for (const id of ids) this.sockets.get(id)?.close(4003, reason.slice(0, 120));
     });
@@ -76,6 +118,7 @@ export class AgentHub {
     this.closing = true;
     for (const ws of this.sockets.values()) ws.close(1001, 'server shutting down');
     this.wss.close();
+    this.gate.close();
   }
 
   private async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
@@ -83,7 +126,7 @@ export class AgentHub {
     if (url.pathname !== AGENT_PATH)
       return refuse(socket, 404, 'NOT_FOUND', `no WebSocket endpoint at ${url.pathname}`);
     if (this.closing) return refuse(socket, 503, 'UNAVAILABLE', 'the server is shutting down');
-    const ip = req.socket.remoteAddress ?? '?';
+    const ip = clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], this.trusted);
     const now = Date.now();
     const window = this.o.failureWindowMs ?? 60_000;
     const f = this.failures.get(ip);
@@ -102,8 +145,13 @@ export class AgentHub {
     const key = m ? await this.o.registry.authenticate(m[1]!.trim()) : undefined;
     if (!key) {
       this.counters.rejected++;
+      if (!fails && this.failures.size >= MAX_TRACKED_CLIENTS) {
+        const oldest = this.failures.keys().next().value;
+        if (oldest !== undefined) this.failures.delete(oldest);
+      }
       this.failures.set(ip, { count: (fails?.count ?? 0) + 1, since: fails?.since ?? now });
-      this.o.logger.warn({ ip, reason: m ? 'unknown, revoked or expired key' : 'no key' }, 'agent refused');
+      const reason = m ? 'unknown, revoked or expired key' : 'no key';
+      this.gate.warn(`refused:${ip}:${reason}`, { ip, reason }, 'agent refused');
       return refuse(
         socket,
         401,
@@ -111,10 +159,18 @@ export class AgentHub {
         m ? 'unknown, revoked or expired agent key' : 'missing agent key',
       );
     }
-    const name = String(req.headers['x-berth-agent-name'] ?? '').slice(0, 128) || ip;
-    const agentId = String(req.headers['x-berth-agent-id'] ?? '') || undefined;
-    const version = String(req.headers['x-berth-agent-version'] ?? '') || undefined;
-    const agent = await this.o.registry.register(key, { agentId, name, version });
+    const name = cleanHeader(req.headers['x-berth-agent-name'], 128) || ip;
+    const agentId = cleanHeader(req.headers['x-berth-agent-id'], 64) || undefined;
+    const version = cleanHeader(req.headers['x-berth-agent-version'], 64) || undefined;
+    let agent: Awaited<ReturnType<Registry['register']>>;
+    try {
+      agent = await this.o.registry.register(key, { agentId, name, version, seenFrom: ip });
+    } catch (err) {
+      if (!(err instanceof UserError)) throw err;
+      this.counters.rateLimited++;
+      this.gate.warn(`enrol:${key.id}:${err.code}`, { ip, key: key.name }, `agent refused: ${err.message}`);
+      return refuse(socket, err.status, err.code, err.message);
+    }
     this.wss.handleUpgrade(req, socket, head, (ws) => this.connection(ws, agent.id, ip));
   }
 
@@ -132,46 +188,159 @@ export class AgentHub {
         agentId,
         status: summary?.status ?? 'pending',
         heartbeatMs: this.o.heartbeatMs,
+        maxMessageBytes: this.maxMessageBytes,
       } satisfies ServerMessage),
     );
-    ws.on('message', (data) => {
+    const pace = new SnapshotPacer((raw) => this.handle(ws, agentId, log, raw));
+    ws.on('message', (data, isBinary) => {
       this.counters.messages++;
-      let msg: ReturnType<typeof parseAgentMessage>;
-      try {
-        msg = parseAgentMessage(data.toString());
-      } catch (err) {
-        this.counters.invalidMessages++;
-        log.warn({ err: errorMessage(err) }, 'invalid message from agent');
-        ws.send(JSON.stringify({ type: 'error', message: errorMessage(err) } satisfies ServerMessage));
+      const raw = rawText(data);
+      // Snapshots replace each other: when one waits for its turn, a newer one takes its place.
+      if (!isBinary && raw.startsWith('{"type":"snapshot"')) {
+        if (pace.offer(raw)) this.counters.snapshotsSuperseded++;
         return;
       }
-      if (msg.type === 'snapshot') {
-        // An agent speaks only for itself, whatever id it puts in the snapshot.
-        const snapshot = { ...msg.snapshot, agentId };
-        this.o.registry
-          .replaceAgentState(snapshot)
-          .catch((err) => log.error({ err: errorMessage(err) }, 'cannot store snapshot'));
-      } else if (msg.type.startsWith('exec.')) {
-        this.exec?.onAgentEvent(agentId, msg as ExecEvent);
-      } else if (msg.type === 'heartbeat') {
-        // sentAt (ms since epoch) is optional: older agents do not send it.
-        const { type: _t, sentAt, ...info } = msg as Heartbeat & { sentAt?: unknown };
-        if (typeof sentAt === 'number' && Number.isFinite(sentAt))
-          this.heartbeatDelay.observe(Math.max(0, Date.now() - sentAt) / 1000);
-        this.o.registry
-          .heartbeat(agentId, info)
-          .catch((err) => log.error({ err: errorMessage(err) }, 'cannot store heartbeat'));
-      }
+      void this.handle(ws, agentId, log, isBinary ? '\u0000binary' : raw);
     });
     ws.on('close', (code, reason) => {
+      pace.stop();
+      if (code === 1009) {
+        this.counters.oversizeMessages++;
+        this.gate.warn(
+          `oversize:${agentId}`,
+          { agentId, limit: this.maxMessageBytes },
+          `agent sent a message over --agent-max-message (${this.maxMessageBytes} bytes); connection closed`,
+        );
+      }
       if (this.sockets.get(agentId) !== ws) return;
       this.sockets.delete(agentId);
       this.o.registry.disconnected(agentId);
       this.exec?.onAgentGone(agentId);
       log.info({ code, reason: reason.toString() }, 'agent disconnected');
     });
-    ws.on('error', (err) => log.warn({ err: err.message }, 'agent socket error'));
+    ws.on('error', (err) =>
+      this.gate.warn(
+        `socket-error:${agentId}:${err.message}`,
+        { agentId, err: err.message },
+        'agent socket error',
+      ),
+    );
   }
+
+  /** One message: checked, then applied. Errors are answered and logged once per kind. */
+  private async handle(ws: WebSocket, agentId: string, log: Logger, raw: string): Promise<void> {
+    let msg: AgentMessage;
+    try {
+      if (raw === '\u0000binary')
+        throw new Error('invalid message: binary frames are not part of the protocol');
+      msg = await parseAgentMessageAsync(raw, this.maxMessageBytes);
+    } catch (err) {
+      this.counters.invalidMessages++;
+      const message = errorMessage(err);
+      this.gate.warn(
+        `invalid:${agentId}:${message.slice(0, 200)}`,
+        { agentId, err: message },
+        'invalid message from agent',
+      );
+      if (ws.readyState === ws.OPEN)
+        ws.send(JSON.stringify({ type: 'error', message } satisfies ServerMessage));
+      return;
+    }
+    if (this.sockets.get(agentId) !== ws) return; // replaced or closed meanwhile
+    if (msg.type === 'snapshot') {
+      // An agent speaks only for itself, whatever id it puts in the snapshot.
+      const { snapshot, refused } = msg as SnapshotMessage;
+      const s = { ...snapshot, agentId };
+      if (refused) {
+        s.diagnostics = [...s.diagnostics, ...refused];
+        this.gate.warn(
+          `refused-items:${agentId}`,
+          { agentId, containers: refused.length, first: refused[0]?.message },
+          'refused part of an agent snapshot',
+        );
+      }
+      await this.o.registry
+        .replaceAgentState(s)
+        .catch((err) => log.error({ err: errorMessage(err) }, 'cannot store snapshot'));
+    } else if (msg.type.startsWith('exec.')) {
+      this.exec?.onAgentEvent(agentId, msg as ExecEvent);
+    } else if (msg.type === 'heartbeat') {
+      // sentAt (ms since epoch) is optional: older agents do not send it.
+      const { type: _t, sentAt, ...info } = msg as Heartbeat & { sentAt?: unknown };
+      if (typeof sentAt === 'number' && Number.isFinite(sentAt))
+        this.heartbeatDelay.observe(Math.max(0, Date.now() - sentAt) / 1000);
+      await this.o.registry
+        .heartbeat(agentId, info)
+        .catch((err) => log.error({ err: errorMessage(err) }, 'cannot store heartbeat'));
+    } else if (msg.type === 'protocol.error') {
+      this.gate.warn(
+        `agent-error:${agentId}`,
+        { agentId, message: msg.message },
+        'agent could not use a server message',
+      );
+    }
+  }
+}
+
+/**
+ * Runs one agent's snapshots one at a time, and after each waits SNAPSHOT_PACING times as long as
+ * it took: an agent can take a fifth of the server's time at most. Only the newest waiting
+ * snapshot is kept, since each replaces the last.
+ */
+class SnapshotPacer {
+  private waiting?: string;
+  private busy = false;
+  private timer?: NodeJS.Timeout;
+  private stopped = false;
+
+  constructor(private readonly run: (raw: string) => Promise<void>) {}
+
+  /** True when a waiting snapshot was replaced by this one. */
+  offer(raw: string): boolean {
+    const superseded = this.waiting !== undefined;
+    this.waiting = raw;
+    if (!this.busy) void this.next();
+    return superseded;
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.waiting = undefined;
+    clearTimeout(this.timer);
+  }
+
+  private async next(): Promise<void> {
+    const raw = this.waiting;
+    if (raw === undefined || this.stopped) return;
+    this.waiting = undefined;
+    this.busy = true;
+    const started = performance.now();
+    try {
+      await this.run(raw);
+    } finally {
+      const took = performance.now() - started;
+      // Small snapshots (most of them) go straight through; big ones wait their share.
+      const wait = took < 5 ? 0 : took * SNAPSHOT_PACING;
+      this.timer = setTimeout(() => {
+        this.busy = false;
+        void this.next();
+      }, wait);
+    }
+  }
+}
+
+function rawText(data: RawData): string {
+  if (Buffer.isBuffer(data)) return data.toString('utf8');
+  if (Array.isArray(data)) return Buffer.concat(data).toString('utf8');
+  return Buffer.from(data).toString('utf8');
+}
+
+/** A header an agent sends, as one bounded line of printable text. */
+function cleanHeader(v: string | string[] | undefined, max: number): string {
+  const s = Array.isArray(v) ? (v[0] ?? '') : (v ?? '');
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what is removed.
+  const printable = s.replace(/[\u0000-\u001f\u007f-\u009f]/g, '');
+  return printable.trim().slice(0, max);
 }
 
 function refuse(socket: Duplex, status: number, code: string, message: string): void {

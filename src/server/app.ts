@@ -5,7 +5,7 @@ import { UserError } from '../errors.js';
 import { type MetricFamily, renderMetrics } from '../metrics.js';
 import type { RouteView } from '../model/types.js';
 import type { Store } from '../store/store.js';
-import { tokenMatches } from './auth.js';
+import type { TrustedProxies } from './client-address.js';
 import type { EventBus } from './events.js';
 import type { ExecBroker } from './exec.js';
 import { openapi } from './openapi.js';
@@ -14,7 +14,8 @@ import { execRoutes } from './routes/exec.js';
 import { explainRoutes } from './routes/explain.js';
 import { fleetRoutes } from './routes/fleet.js';
 import { uiRoutes } from './routes/ui.js';
-import { CSRF_HEADER, csrfMatches, readCookie, SESSION_COOKIE, type UiAuth } from './ui-auth.js';
+import { ADMIN, enforceTrust, OPEN } from './trust.js';
+import type { UiAuth } from './ui-auth.js';
 
 export interface StatusReport {
   version: string;
@@ -30,6 +31,8 @@ export interface StatusReport {
 export interface AppDeps {
   logger: Logger;
   tokenHash: string;
+  /** Whose X-Forwarded-For names the client (sign-in limits, audit); default none. */
+  trustedProxies?: TrustedProxies;
   /** Keys, agents and exec; absent in tests that exercise only the core routes. */
   registry?: Registry;
   exec?: { broker: ExecBroker; store: Store };
@@ -51,6 +54,8 @@ export function buildApp(deps: AppDeps) {
     loggerInstance: deps.logger as FastifyBaseLogger,
     disableRequestLogging: true,
     bodyLimit: 1 << 20,
+    // req.ip is the client as seen through trusted proxies only.
+    ...(deps.trustedProxies ? { trustProxy: (address: string) => deps.trustedProxies!(address) } : {}),
     // Reject what does not fit the schema instead of coercing or silently dropping it.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
   });
@@ -82,38 +87,23 @@ export function buildApp(deps: AppDeps) {
     });
   });
 
-  app.addHook('onRequest', async (req) => {
-    if (!req.url.startsWith('/api/')) return;
-    const h = req.headers.authorization ?? '';
-    const m = /^Bearer (.+)$/.exec(h);
-    if (m) {
-      if (!tokenMatches(m[1]!.trim(), deps.tokenHash)) throw new UserError('UNAUTHORIZED', 'invalid token');
-      return;
-    }
-    // A UI session: reads need the cookie; changes also need the page's CSRF token.
-    const session = deps.ui?.auth.lookup(readCookie(req.headers.cookie, SESSION_COOKIE));
-    if (!session) {
-      throw new UserError('UNAUTHORIZED', 'missing bearer token (Authorization: Bearer <admin token>)');
-    }
-    if (req.method !== 'GET' && req.method !== 'HEAD' && !csrfMatches(session, req.headers[CSRF_HEADER])) {
-      throw new UserError('FORBIDDEN', `missing or wrong ${CSRF_HEADER} header for a signed-in change`);
-    }
-  });
+  enforceTrust(app, { tokenHash: deps.tokenHash, ui: deps.ui?.auth });
   openapi(app);
 
   // Liveness plus each TCP listener's state; unauthenticated, so it names no upstream or client.
-  app.get('/healthz', async () => {
+  app.get('/healthz', OPEN, async () => {
     const extra = (await deps.health?.()) ?? {};
     return { status: 'ok', ...extra };
   });
 
-  app.get('/metrics', async (_req, reply) =>
+  app.get('/metrics', OPEN, async (_req, reply) =>
     reply.type('text/plain; version=0.0.4').send(renderMetrics((await deps.metrics?.()) ?? [])),
   );
 
   app.get(
     '/caddy/ask',
     {
+      ...OPEN,
       schema: {
         querystring: {
           type: 'object',
@@ -129,18 +119,19 @@ export function buildApp(deps: AppDeps) {
     },
   );
 
-  app.get('/readyz', async (_req, reply) => {
+  app.get('/readyz', OPEN, async (_req, reply) => {
     const s = deps.status();
     return reply.status(s.ready ? 200 : 503).send({ ready: s.ready, notReady: s.notReady });
   });
 
-  app.get('/api/routes', async () => ({ routes: deps.routes() }));
+  app.get('/api/routes', ADMIN, async () => ({ routes: deps.routes() }));
 
-  app.get('/api/status', async () => deps.status());
+  app.get('/api/status', ADMIN, async () => deps.status());
 
   app.post(
     '/api/reconcile',
     {
+      ...ADMIN,
       schema: {
         body: {
           type: 'object',

@@ -2,22 +2,14 @@
 // so the document cannot drift from the code.
 import type { FastifyInstance, RouteOptions } from 'fastify';
 import { VERSION } from '../version.js';
+import { OPEN as OPEN_ROUTE, type Trust } from './trust.js';
 
 interface Collected {
   method: string;
   url: string;
   schema?: RouteOptions['schema'];
+  trust?: Trust;
 }
-
-const OPEN = new Set([
-  '/healthz',
-  '/readyz',
-  '/metrics',
-  '/openapi.json',
-  '/ui/login',
-  '/ui/session',
-  '/ui/logout',
-]);
 
 /** Call before registering routes; serves the document at /openapi.json. */
 export function openapi(app: FastifyInstance): void {
@@ -25,9 +17,10 @@ export function openapi(app: FastifyInstance): void {
   app.addHook('onRoute', (r) => {
     const methods = Array.isArray(r.method) ? r.method : [r.method];
     for (const m of methods)
-      if (m !== 'HEAD') routes.push({ method: m.toLowerCase(), url: r.url, schema: r.schema });
+      if (m !== 'HEAD')
+        routes.push({ method: m.toLowerCase(), url: r.url, schema: r.schema, trust: r.config?.trust });
   });
-  app.get('/openapi.json', async () => buildDocument(routes));
+  app.get('/openapi.json', OPEN_ROUTE, async () => buildDocument(routes));
 }
 
 // biome-ignore lint/suspicious/noExplicitAny: OpenAPI documents are open-ended JSON.
@@ -65,7 +58,9 @@ function buildDocument(routes: Collected[]): Record<string, any> {
     ];
     if (params.length > 0) op.parameters = params;
     if (s.body) op.requestBody = { required: true, content: { 'application/json': { schema: s.body } } };
-    if (!OPEN.has(r.url)) {
+    // Who may call it, as the route declares (the hostile-client tests read this).
+    op['x-berth-trust'] = r.trust ?? 'undeclared';
+    if (r.trust !== 'open') {
       op.security = [{ bearer: [] }, { session: [] }];
       op.responses[401] = { description: 'missing or wrong credentials' };
     }

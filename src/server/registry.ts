@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import { errorMessage, UserError } from '../errors.js';
 import { siteSignature } from '../ingress/caddy/target.js';
 import type { RouteView, Snapshot } from '../model/types.js';
+import { nextClaims, unitsOf } from '../reconcile/claims.js';
 import { routeKey } from '../reconcile/desired.js';
 import {
   type Admitted,
@@ -15,6 +16,7 @@ import {
   type AgentView,
   admitRoutes,
   agentStatus,
+  DEFAULT_MAX_ROUTES_PER_AGENT,
   type LivenessOptions,
 } from '../reconcile/policy.js';
 import { Reconciler, type ReconcileState } from '../reconcile/reconciler.js';
@@ -69,10 +71,18 @@ export interface KeySummary {
   revoked: boolean;
   previousValidUntil?: string;
   execAllow?: string[];
+  upstreams?: string[];
+  maxRoutes: number;
+  maxPending: number;
   agents: number;
 }
 
 const newId = (prefix: string) => `${prefix}_${randomBytes(6).toString('hex')}`;
+
+/** Agents of one key waiting for approval at once, unless the key says otherwise. */
+export const DEFAULT_MAX_PENDING = 20;
+/** New agents one key may enrol per minute: a leaked key cannot flood the registry. */
+export const ENROLMENTS_PER_MINUTE = 60;
 
 export class Registry {
   private readonly agents = new Map<string, AgentRecord>();
@@ -94,6 +104,8 @@ export class Registry {
   private readonly pending = new Set<Promise<unknown>>();
   /** When each record was last written here: a full reload must not undo what it did not see. */
   private readonly touched = new Map<string, number>();
+  /** Recent enrolment times per key, for ENROLMENTS_PER_MINUTE. */
+  private readonly enrolments = new Map<string, number[]>();
   private closed = false;
 
   constructor(
@@ -111,8 +123,12 @@ export class Registry {
       // Agents not yet back count as offline from now: the grace starts when this server does.
       this.live.set(a.id, { connected: false, disconnectedAt: now });
     }
-    for (const s of await this.store.loadSnapshots())
-      if (this.agents.has(s.agentId)) this.snapshots.set(s.agentId, s);
+    for (const s of await this.store.loadSnapshots()) {
+      if (!this.agents.has(s.agentId)) continue;
+      // A generation stored before generations were bounded (1e308) would freeze the agent.
+      if (!Number.isSafeInteger(s.generation)) s.generation = 0;
+      this.snapshots.set(s.agentId, s);
+    }
   }
 
   /**
@@ -277,7 +293,9 @@ export class Registry {
       !prev ||
       prev.revokedAt !== rec.revokedAt ||
       prev.domains.join() !== rec.domains.join() ||
-      prev.autoApprove !== rec.autoApprove
+      prev.autoApprove !== rec.autoApprove ||
+      (prev.upstreams ?? []).join() !== (rec.upstreams ?? []).join() ||
+      prev.maxRoutes !== rec.maxRoutes
     );
   }
 
@@ -412,6 +430,9 @@ export class Registry {
     domains: string[];
     autoApprove: boolean;
     execAllow?: string[];
+    upstreams?: string[];
+    maxRoutes?: number;
+    maxPending?: number;
   }): Promise<{ key: KeySummary; secret: string }> {
     if ([...this.keys.values()].some((k) => k.name === o.name && k.revokedAt === undefined)) {
       throw new UserError('CONFLICT', `a key named "${o.name}" already exists`);
@@ -426,6 +447,9 @@ export class Registry {
       createdAt: this.clock(),
     };
     if (o.execAllow) key.execAllow = o.execAllow;
+    if (o.upstreams?.length) key.upstreams = o.upstreams;
+    if (o.maxRoutes !== undefined) key.maxRoutes = o.maxRoutes;
+    if (o.maxPending !== undefined) key.maxPending = o.maxPending;
     await this.saveKey(key);
     this.keys.set(key.id, key);
     this.events?.emit('key.created', `key ${key.name} created`, { keyId: key.id, key: key.name });
@@ -450,9 +474,12 @@ export class Registry {
       autoApprove: k.autoApprove,
       createdAt: new Date(k.createdAt).toISOString(),
       revoked: k.revokedAt !== undefined,
+      maxRoutes: k.maxRoutes ?? DEFAULT_MAX_ROUTES_PER_AGENT,
+      maxPending: k.maxPending ?? DEFAULT_MAX_PENDING,
       agents: [...this.agents.values()].filter((a) => a.keyId === k.id).length,
     };
     if (k.execAllow) s.execAllow = k.execAllow;
+    if (k.upstreams) s.upstreams = k.upstreams;
     if (k.previousExpiresAt && k.previousExpiresAt > this.clock()) {
       s.previousValidUntil = new Date(k.previousExpiresAt).toISOString();
     }
@@ -464,6 +491,33 @@ export class Registry {
       this.keys.get(ref) ?? [...this.keys.values()].find((x) => x.name === ref && x.revokedAt === undefined);
     if (!k) throw new UserError('NOT_FOUND', `no key "${ref}" (berth keys list shows the keys)`);
     return k;
+  }
+
+  /** Changes what a key allows; its agents' routes are re-admitted at once. */
+  async updateKey(
+    ref: string,
+    o: {
+      domains?: string[];
+      upstreams?: string[];
+      maxRoutes?: number;
+      maxPending?: number;
+      autoApprove?: boolean;
+    },
+  ): Promise<KeySummary> {
+    const k = this.findKey(ref);
+    if (k.revokedAt !== undefined) throw new UserError('CONFLICT', `key ${k.name} is revoked`);
+    if (o.domains) k.domains = o.domains;
+    if (o.upstreams) {
+      if (o.upstreams.length > 0) k.upstreams = o.upstreams;
+      else delete k.upstreams;
+    }
+    if (o.maxRoutes !== undefined) k.maxRoutes = o.maxRoutes;
+    if (o.maxPending !== undefined) k.maxPending = o.maxPending;
+    if (o.autoApprove !== undefined) k.autoApprove = o.autoApprove;
+    await this.saveKey(k);
+    this.events?.emit('key.updated', `key ${k.name} updated`, { keyId: k.id, key: k.name });
+    this.changed();
+    return this.keySummary(k);
   }
 
   async revokeKey(ref: string): Promise<KeySummary> {
@@ -515,12 +569,13 @@ export class Registry {
    */
   async register(
     key: KeyRecord,
-    o: { agentId?: string; name: string; version?: string },
+    o: { agentId?: string; name: string; version?: string; seenFrom?: string },
   ): Promise<AgentRecord> {
     const now = this.clock();
     let a = o.agentId ? (this.agents.get(o.agentId) ?? (await this.fetchAgent(o.agentId))) : undefined;
     if (a && a.keyId !== key.id) a = undefined;
     if (!a) {
+      this.checkEnrolment(key, now);
       a = {
         id: newId('ag'),
         name: o.name,
@@ -534,6 +589,7 @@ export class Registry {
     a.name = o.name;
     a.lastSeenAt = now;
     if (o.version) a.version = o.version;
+    if (o.seenFrom) a.seenFrom = o.seenFrom;
     this.agents.set(a.id, a);
     await this.saveAgent(a);
     const live: Live = { connected: true, lastHeartbeatAt: now, connectedAt: now };
@@ -549,6 +605,29 @@ export class Registry {
     );
     this.changed();
     return a;
+  }
+
+  /** A new agent for this key: refused when too many wait for approval or arrive at once. */
+  private checkEnrolment(key: KeyRecord, now: number): void {
+    if (!key.autoApprove) {
+      const max = key.maxPending ?? DEFAULT_MAX_PENDING;
+      const pending = [...this.agents.values()].filter((x) => x.keyId === key.id && !x.approved).length;
+      if (pending >= max) {
+        throw new UserError(
+          'RATE_LIMITED',
+          `key ${key.name} already has ${pending} agents waiting for approval (at most ${max}); approve or remove them (berth agents list)`,
+        );
+      }
+    }
+    const recent = (this.enrolments.get(key.id) ?? []).filter((t) => now - t < 60_000);
+    if (recent.length >= ENROLMENTS_PER_MINUTE) {
+      throw new UserError(
+        'RATE_LIMITED',
+        `key ${key.name} enrolled ${recent.length} new agents in the last minute (at most ${ENROLMENTS_PER_MINUTE}); try again later`,
+      );
+    }
+    recent.push(now);
+    this.enrolments.set(key.id, recent);
   }
 
   async ensureLocalAgent(name: string): Promise<void> {
@@ -666,11 +745,25 @@ export class Registry {
   }
 
   /** Replaces the agent's whole state. An older generation (a late message) is ignored. */
-  async replaceAgentState(s: Snapshot): Promise<boolean> {
-    const prev = this.snapshots.get(s.agentId);
-    if (prev && prev.generation >= s.generation) return false;
-    const a = this.agents.get(s.agentId);
-    if (!a) throw new Error(`unknown agent ${s.agentId}`);
+  async replaceAgentState(incoming: Snapshot): Promise<boolean> {
+    const prev = this.snapshots.get(incoming.agentId);
+    if (prev && prev.generation >= incoming.generation) return false;
+    const a = this.agents.get(incoming.agentId);
+    if (!a) throw new Error(`unknown agent ${incoming.agentId}`);
+    // The order of claims is the server's: when it first saw each, whatever the agent says.
+    const before =
+      prev?.claims ??
+      // Stored before the server kept claim times: those claims count as older than any new one.
+      (prev
+        ? Object.fromEntries([...unitsOf(prev.routes, prev.tcp)].map((u) => [u, { since: 0 }]))
+        : undefined);
+    const claims = nextClaims(
+      before,
+      unitsOf(incoming.routes, incoming.tcp),
+      this.clock(),
+      this.liveness.offlineGraceMs,
+    );
+    const s: Snapshot = { ...incoming, claims };
     this.snapshots.set(s.agentId, s);
     try {
       if (s.hostIp && a.hostIp !== s.hostIp) {

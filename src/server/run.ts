@@ -3,7 +3,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync } from 'node:fs';
 import { isIP } from 'node:net';
-import { hostname } from 'node:os';
+import { hostname, networkInterfaces } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { createDockerSource, type DockerSource } from '../agent/docker.js';
@@ -22,12 +22,14 @@ import { TcpSidecar } from '../ingress/tcp/sidecar.js';
 import { Histogram, simple, tcpMetrics } from '../metrics.js';
 import { domainAllowed } from '../reconcile/policy.js';
 import { Reconciler } from '../reconcile/reconciler.js';
+import type { ProtectedEndpoint, UpstreamRules } from '../reconcile/upstreams.js';
 import { openStore } from '../store/open.js';
 import { VERSION } from '../version.js';
 import { AgentHub } from './agent-hub.js';
 import { buildApp, type StatusReport } from './app.js';
 import { ensureAdminToken } from './auth.js';
 import { CaddyLeases } from './caddy-lease.js';
+import { trustedProxies } from './client-address.js';
 import { EventBus } from './events.js';
 import { ExecBroker } from './exec.js';
 import { Registry } from './registry.js';
@@ -61,9 +63,24 @@ export async function runServer(
       `\nBerth admin token (shown once; also saved to ${join(dataDir, 'admin.token')} with mode 0600):\n  ${token.generated}\n\n`,
     );
   }
+  let trusted: ReturnType<typeof trustedProxies>;
+  try {
+    trusted = trustedProxies(config['trusted-proxies'] as string[]);
+  } catch (err) {
+    throw new UserError('CONFIG_INVALID', `--trusted-proxies: ${errorMessage(err)}`);
+  }
+  // The server's own listeners, filled in as they are known: no route may point at them.
+  const protectedEndpoints: ProtectedEndpoint[] = [];
+  const upstreamRules: UpstreamRules = {
+    protected: protectedEndpoints,
+    get localAddresses() {
+      return localAddresses();
+    },
+  };
   const registry = new Registry(store, {
     heartbeatMs: Number(config['agent-heartbeat']),
     offlineGraceMs: Number(config['offline-grace']),
+    upstreams: upstreamRules,
   });
   await registry.load();
   const events = new EventBus();
@@ -77,6 +94,14 @@ export async function runServer(
   const httpsListen = bindListen('https-listen', String(config['https-listen']), httpBind);
   const api = parseListen('api-listen', String(config['api-listen']));
   const apiUrl = `http://${api.host || '127.0.0.1'}:${api.port}`;
+  protectedEndpoints.push(
+    { host: api.host || undefined, port: api.port, what: 'admin API (--api-listen)' },
+    ...[httpListen, httpsListen].map((l) => {
+      const p = parseListen('http-listen', l);
+      return { host: p.host || undefined, port: p.port, what: 'front door' };
+    }),
+    ...storeEndpoint(config.store as string | undefined),
+  );
   const buildOpts: CaddyBuildOptions = { tls: config.tls as TlsMode, httpListen, httpsListen };
   let dns: DnsSidecar | undefined;
   if (config['caddy-layout'] === 'dynamic') {
@@ -87,6 +112,13 @@ export async function runServer(
       logger: logger.child({ component: 'dns' }),
     });
     await dns.start();
+    for (const [what, addr] of [
+      ['DNS responder', dns.addresses.resolver],
+      ['not-found responder', dns.addresses.notFound],
+    ] as const) {
+      const { host, port } = parseListen('dns-listen', addr);
+      protectedEndpoints.push({ host: host || undefined, port, what });
+    }
     buildOpts.dynamic = { ...dns.addresses, zone: ZONE, refresh: '1s', ask: `${apiUrl}/caddy/ask` };
   }
 
@@ -107,7 +139,18 @@ export async function runServer(
     });
     targets.push(new CaddyTarget(supervisor.admin, buildOpts, logger));
   } else {
-    for (const url of adminUrls) targets.push(new CaddyTarget(new CaddyAdmin(url), buildOpts, logger));
+    for (const url of adminUrls) {
+      targets.push(new CaddyTarget(new CaddyAdmin(url), buildOpts, logger));
+      const u = /^https?:\/\/([^/]+)/.exec(url);
+      if (u) {
+        const { hostname, port } = new URL(`http://${u[1]}`);
+        protectedEndpoints.push({
+          host: hostname || undefined,
+          port: Number(port || 80),
+          what: 'Caddy admin API',
+        });
+      }
+    }
   }
   // Replicas sharing a store and the same Caddy instances: one applies to each at a time.
   const leases =
@@ -330,6 +373,8 @@ export async function runServer(
     registry,
     logger: logger.child({ component: 'hub' }),
     heartbeatMs: Number(config['agent-heartbeat']),
+    maxMessageBytes: Number(config['agent-max-message']),
+    trustedProxies: trusted,
   });
   const broker: ExecBroker = new ExecBroker({
     registry,
@@ -354,6 +399,7 @@ export async function runServer(
   const app = buildApp({
     logger,
     tokenHash: token.hash,
+    trustedProxies: trusted,
     registry,
     exec: { broker, store },
     routes: () => registry.routeViews(rec.state),
@@ -459,6 +505,34 @@ function bindListen(flag: string, listen: string, bind: string | undefined): str
     );
   }
   return bind.includes(':') ? `[${bind}]:${port}` : `${bind}:${port}`;
+}
+
+/** The Redis store's address, which no route may point at either. */
+function storeEndpoint(url: string | undefined): ProtectedEndpoint[] {
+  if (!url?.startsWith('redis')) return [];
+  try {
+    const u = new URL(url);
+    return [
+      {
+        host: u.hostname.replace(/^\[|\]$/g, '') || undefined,
+        port: Number(u.port || 6379),
+        what: 'store (Redis)',
+      },
+    ];
+  } catch {
+    return [];
+  }
+}
+
+let addressCache: { at: number; set: Set<string> } | undefined;
+/** This machine's addresses, re-read at most every 10 s (interfaces come and go). */
+function localAddresses(): Set<string> {
+  const now = Date.now();
+  if (addressCache && now - addressCache.at < 10_000) return addressCache.set;
+  const set = new Set<string>();
+  for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) set.add(a.address);
+  addressCache = { at: now, set };
+  return set;
 }
 
 /** Unix socket paths are limited to 107 bytes; a deep data dir falls back to /tmp. */

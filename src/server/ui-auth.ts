@@ -28,10 +28,18 @@ export interface Session {
 
 const sha = (s: string) => createHash('sha256').update(s).digest('hex');
 
+/** Failed sign-ins per client per minute before that client's password attempts wait. */
+const CLIENT_FAILURES = 10;
+/** Failed password sign-ins per minute from everyone, before password attempts wait: spoofed addresses gain nothing. */
+const ALL_PASSWORD_FAILURES = 100;
+const WINDOW_MS = 60_000;
+const MAX_CLIENTS = 10_000;
+
 export class UiAuth {
   /** Keyed by the SHA-256 of the session id: the id itself is only in the browser. */
   private readonly sessions = new Map<string, Session>();
   private readonly failures = new Map<string, number[]>();
+  private passwordFailures: number[] = [];
 
   constructor(
     private readonly store: Store,
@@ -63,28 +71,61 @@ export class UiAuth {
     return want.length === got.length && timingSafeEqual(want, got);
   }
 
-  /** A new session for a correct token or password; errors are deliberately alike. */
+  /**
+   * A new session for a correct token or password; errors are deliberately alike. Failures are
+   * counted per client (its address as seen through trusted proxies), so one client cannot lock
+   * out the others; and the admin token is never locked out: it is 192 random bits, checked
+   * before any limit, so only password guesses wait.
+   */
   async signIn(
-    ip: string,
+    client: string,
     creds: { token?: string; password?: string },
   ): Promise<{ id: string; csrf: string }> {
     const now = Date.now();
-    const recent = (this.failures.get(ip) ?? []).filter((t) => now - t < 60_000);
-    if (recent.length >= 10) {
-      throw new UserError('RATE_LIMITED', 'too many failed sign-ins from this address; wait a minute');
-    }
     let via: Session['via'] | undefined;
-    if (creds.token !== undefined && tokenMatches(creds.token, this.tokenHash)) via = 'token';
-    else if (creds.password !== undefined && (await this.passwordMatches(creds.password))) via = 'password';
+    if (creds.token !== undefined) {
+      if (tokenMatches(creds.token, this.tokenHash)) via = 'token';
+    } else if (creds.password !== undefined) {
+      const recent = this.recentFailures(client, now);
+      this.passwordFailures = this.passwordFailures.filter((t) => now - t < WINDOW_MS);
+      if (recent.length >= CLIENT_FAILURES) {
+        throw new UserError(
+          'RATE_LIMITED',
+          'too many failed sign-ins from this address; wait a minute (the admin token still signs in)',
+        );
+      }
+      if (this.passwordFailures.length >= ALL_PASSWORD_FAILURES) {
+        throw new UserError(
+          'RATE_LIMITED',
+          'too many failed password sign-ins; wait a minute (the admin token still signs in)',
+        );
+      }
+      if (await this.passwordMatches(creds.password)) via = 'password';
+      else this.passwordFailures.push(now);
+    }
     if (!via) {
-      this.failures.set(ip, [...recent, now]);
+      this.noteFailure(client, now);
       throw new UserError('UNAUTHORIZED', 'wrong token or password');
     }
-    this.failures.delete(ip);
+    this.failures.delete(client);
     const id = randomBytes(32).toString('base64url');
     const csrf = randomBytes(24).toString('base64url');
     this.sessions.set(sha(id), { csrf, expiresAt: now + this.ttlMs, via });
     return { id, csrf };
+  }
+
+  private recentFailures(client: string, now: number): number[] {
+    return (this.failures.get(client) ?? []).filter((t) => now - t < WINDOW_MS);
+  }
+
+  private noteFailure(client: string, now: number): void {
+    const recent = this.recentFailures(client, now);
+    this.failures.delete(client); // re-inserted last: the map's order is least recently failed first
+    if (this.failures.size >= MAX_CLIENTS) {
+      const oldest = this.failures.keys().next().value;
+      if (oldest !== undefined) this.failures.delete(oldest);
+    }
+    this.failures.set(client, [...recent, now].slice(-CLIENT_FAILURES * 2));
   }
 
   lookup(id: string | undefined): Session | undefined {

@@ -12,6 +12,8 @@ export interface AgentRecord {
   createdAt: number;
   lastSeenAt: number;
   hostIp?: string;
+  /** The address the server saw the agent's last connection come from (through trusted proxies). */
+  seenFrom?: string;
   version?: string;
   dockerVersion?: string;
 }
@@ -26,6 +28,12 @@ export interface KeyRecord {
   autoApprove: boolean;
   /** Exec rules the server allows for this key's agents (narrowing only); undefined: no narrowing. */
   execAllow?: string[];
+  /** Networks (CIDR) the key's agents may route to besides their own host's address. */
+  upstreams?: string[];
+  /** Routes (HTTP and TCP) one agent of this key may have served; undefined: the default. */
+  maxRoutes?: number;
+  /** Agents of this key waiting for approval at once; undefined: the default. */
+  maxPending?: number;
   createdAt: number;
   revokedAt?: number;
   /** After a rotation the old secret stays valid until previousExpiresAt. */

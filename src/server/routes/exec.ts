@@ -6,11 +6,13 @@ import type { ExecEvent } from '../../model/protocol.js';
 import type { Store } from '../../store/store.js';
 import type { ExecBroker } from '../exec.js';
 import type { Registry } from '../registry.js';
+import { ADMIN } from '../trust.js';
 
 export function execRoutes(app: FastifyInstance, broker: ExecBroker, registry: Registry, store: Store): void {
   app.post(
     '/api/exec',
     {
+      ...ADMIN,
       schema: {
         body: {
           type: 'object',
@@ -66,6 +68,7 @@ export function execRoutes(app: FastifyInstance, broker: ExecBroker, registry: R
   app.get(
     '/api/audit',
     {
+      ...ADMIN,
       schema: {
         querystring: {
           type: 'object',

@@ -5,6 +5,7 @@ import type { FastifyInstance } from 'fastify';
 import type { RouteView } from '../../model/types.js';
 import type { ExecBroker } from '../exec.js';
 import type { Registry } from '../registry.js';
+import { ADMIN } from '../trust.js';
 
 export interface ExplainedRoute {
   id: string;
@@ -27,6 +28,7 @@ export function explainRoutes(
   app.get(
     '/api/containers/:container/explain',
     {
+      ...ADMIN,
       schema: {
         params: {
           type: 'object',

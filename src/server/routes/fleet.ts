@@ -3,8 +3,18 @@ import type { FastifyInstance } from 'fastify';
 import { parseRule } from '../../agent/exec-policy.js';
 import { parseDuration } from '../../config.js';
 import { UserError } from '../../errors.js';
-import { checkHostname } from '../../labels/validate.js';
+import { checkCidrList, checkHostname } from '../../labels/validate.js';
+import { publicSuffixWildcard } from '../../model/domains.js';
 import type { Registry } from '../registry.js';
+import { ADMIN } from '../trust.js';
+
+interface KeyLimits {
+  domains?: string[];
+  upstreams?: string[];
+  maxRoutes?: number;
+  maxPending?: number;
+  autoApprove?: boolean;
+}
 
 const idParam = {
   type: 'object',
@@ -12,12 +22,47 @@ const idParam = {
   properties: { id: { type: 'string', minLength: 1, maxLength: 128 } },
 };
 
+/** What a key allows, as create and update take it. */
+const keyLimits = {
+  domains: { type: 'array', maxItems: 1000, items: { type: 'string', minLength: 1, maxLength: 253 } },
+  upstreams: { type: 'array', maxItems: 256, items: { type: 'string', minLength: 1, maxLength: 64 } },
+  maxRoutes: { type: 'integer', minimum: 0, maximum: 1_000_000 },
+  maxPending: { type: 'integer', minimum: 0, maximum: 100_000 },
+  autoApprove: { type: 'boolean' },
+};
+
+/** Canonical domains; a wildcard over a public suffix (`*.com`) is not a limit and is refused. */
+function checkDomains(list: string[] | undefined): string[] | undefined {
+  if (list === undefined) return undefined;
+  return list.map((d) => {
+    const c = checkHostname(d);
+    if (!c.ok)
+      throw new UserError('BAD_REQUEST', `invalid request: body.domains: "${d}" is not ${c.expected}`);
+    const suffix = publicSuffixWildcard(c.value);
+    if (suffix)
+      throw new UserError(
+        'BAD_REQUEST',
+        `invalid request: body.domains: "${d}" covers every name under the public suffix ${suffix}; name your own domain, e.g. *.example.${suffix}`,
+      );
+    return c.value;
+  });
+}
+
+function checkUpstreams(list: string[] | undefined): string[] | undefined {
+  if (list === undefined) return undefined;
+  if (list.length === 0) return [];
+  const c = checkCidrList(list.join(','));
+  if (!c.ok) throw new UserError('BAD_REQUEST', `invalid request: body.upstreams: expected ${c.expected}`);
+  return c.value;
+}
+
 export function fleetRoutes(app: FastifyInstance, registry: Registry): void {
-  app.get('/api/keys', async () => ({ keys: registry.listKeys() }));
+  app.get('/api/keys', ADMIN, async () => ({ keys: registry.listKeys() }));
 
   app.post(
     '/api/keys',
     {
+      ...ADMIN,
       schema: {
         body: {
           type: 'object',
@@ -25,12 +70,7 @@ export function fleetRoutes(app: FastifyInstance, registry: Registry): void {
           additionalProperties: false,
           properties: {
             name: { type: 'string', minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]*$' },
-            domains: {
-              type: 'array',
-              maxItems: 1000,
-              items: { type: 'string', minLength: 1, maxLength: 253 },
-            },
-            autoApprove: { type: 'boolean' },
+            ...keyLimits,
             execAllow: {
               type: 'array',
               maxItems: 1000,
@@ -41,40 +81,55 @@ export function fleetRoutes(app: FastifyInstance, registry: Registry): void {
       },
     },
     async (req, reply) => {
-      const body = req.body as {
-        name: string;
-        domains?: string[];
-        autoApprove?: boolean;
-        execAllow?: string[];
-      };
+      const body = req.body as KeyLimits & { name: string; execAllow?: string[] };
       for (const r of body.execAllow ?? []) {
         if (!parseRule(r))
           throw new UserError('BAD_REQUEST', `invalid request: body.execAllow: "${r}" is not a rule`);
       }
-      const domains: string[] = [];
-      for (const d of body.domains ?? []) {
-        const c = checkHostname(d);
-        if (!c.ok)
-          throw new UserError('BAD_REQUEST', `invalid request: body.domains: "${d}" is not ${c.expected}`);
-        domains.push(c.value);
-      }
       const created = await registry.createKey({
         name: body.name,
-        domains,
+        domains: checkDomains(body.domains) ?? [],
         autoApprove: body.autoApprove ?? false,
         execAllow: body.execAllow,
+        upstreams: checkUpstreams(body.upstreams),
+        maxRoutes: body.maxRoutes,
+        maxPending: body.maxPending,
       });
       return reply.status(201).send(created);
     },
   );
 
-  app.post('/api/keys/:id/revoke', { schema: { params: idParam } }, async (req) => ({
+  app.patch(
+    '/api/keys/:id',
+    {
+      ...ADMIN,
+      schema: {
+        params: idParam,
+        body: { type: 'object', additionalProperties: false, minProperties: 1, properties: keyLimits },
+      },
+    },
+    async (req) => {
+      const body = req.body as KeyLimits;
+      return {
+        key: await registry.updateKey((req.params as { id: string }).id, {
+          domains: checkDomains(body.domains),
+          upstreams: checkUpstreams(body.upstreams),
+          maxRoutes: body.maxRoutes,
+          maxPending: body.maxPending,
+          autoApprove: body.autoApprove,
+        }),
+      };
+    },
+  );
+
+  app.post('/api/keys/:id/revoke', { ...ADMIN, schema: { params: idParam } }, async (req) => ({
     key: await registry.revokeKey((req.params as { id: string }).id),
   }));
 
   app.post(
     '/api/keys/:id/rotate',
     {
+      ...ADMIN,
       schema: {
         params: idParam,
         body: {
@@ -96,13 +151,13 @@ export function fleetRoutes(app: FastifyInstance, registry: Registry): void {
     },
   );
 
-  app.get('/api/agents', async () => ({ agents: registry.listAgents() }));
+  app.get('/api/agents', ADMIN, async () => ({ agents: registry.listAgents() }));
 
-  app.post('/api/agents/:id/approve', { schema: { params: idParam } }, async (req) => ({
+  app.post('/api/agents/:id/approve', { ...ADMIN, schema: { params: idParam } }, async (req) => ({
     agent: await registry.approveAgent((req.params as { id: string }).id),
   }));
 
-  app.delete('/api/agents/:id', { schema: { params: idParam } }, async (req) => ({
+  app.delete('/api/agents/:id', { ...ADMIN, schema: { params: idParam } }, async (req) => ({
     agent: await registry.removeAgent((req.params as { id: string }).id),
   }));
 }

@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { EventBus } from '../events.js';
 import type { Registry } from '../registry.js';
+import { ADMIN, checkOrigin, OPEN } from '../trust.js';
 import { CSRF_HEADER, readCookie, SESSION_COOKIE, type UiAuth } from '../ui-auth.js';
 
 const UI_DIR = new URL('../../ui/', import.meta.url);
@@ -38,11 +39,11 @@ export function uiRoutes(app: FastifyInstance, o: { auth: UiAuth; events: EventB
     return cache.get(name);
   };
 
-  app.get('/', async (_req, reply) => reply.redirect('/ui/'));
-  app.get('/ui/', async (_req, reply) => sendAsset(reply, 'index.html'));
+  app.get('/', OPEN, async (_req, reply) => reply.redirect('/ui/'));
+  app.get('/ui/', OPEN, async (_req, reply) => sendAsset(reply, 'index.html'));
   app.get(
     '/ui/:file',
-    { schema: { params: { type: 'object', properties: { file: { type: 'string' } } } } },
+    { ...OPEN, schema: { params: { type: 'object', properties: { file: { type: 'string' } } } } },
     async (req, reply) => sendAsset(reply, (req.params as { file: string }).file),
   );
   function sendAsset(reply: FastifyReply, name: string) {
@@ -62,6 +63,7 @@ export function uiRoutes(app: FastifyInstance, o: { auth: UiAuth; events: EventB
   app.post(
     '/ui/login',
     {
+      ...OPEN,
       schema: {
         body: {
           type: 'object',
@@ -76,20 +78,22 @@ export function uiRoutes(app: FastifyInstance, o: { auth: UiAuth; events: EventB
       },
     },
     async (req, reply) => {
+      // A sign-in posted by another site's page is refused (login CSRF).
+      checkOrigin(req, false);
       const s = await o.auth.signIn(req.ip, req.body as { token?: string; password?: string });
       setSession(reply, req, s.id, 12 * 3600);
       return { signedIn: true, csrf: s.csrf };
     },
   );
 
-  app.get('/ui/session', async (req) => {
+  app.get('/ui/session', OPEN, async (req) => {
     const s = o.auth.lookup(readCookie(req.headers.cookie, SESSION_COOKIE));
     return s
       ? { signedIn: true, csrf: s.csrf, passwordSet: await o.auth.hasPassword() }
       : { signedIn: false, passwordSet: await o.auth.hasPassword() };
   });
 
-  app.post('/ui/logout', async (req, reply) => {
+  app.post('/ui/logout', OPEN, async (req, reply) => {
     const id = readCookie(req.headers.cookie, SESSION_COOKIE);
     const s = o.auth.lookup(id);
     // Signing out is a change: it needs the CSRF header like any other.
@@ -101,6 +105,7 @@ export function uiRoutes(app: FastifyInstance, o: { auth: UiAuth; events: EventB
   app.post(
     '/api/ui-password',
     {
+      ...ADMIN,
       schema: {
         body: {
           type: 'object',
@@ -117,7 +122,7 @@ export function uiRoutes(app: FastifyInstance, o: { auth: UiAuth; events: EventB
   );
 
   /** Server-sent events: recent events first (or those after Last-Event-ID), then live ones. */
-  app.get('/api/events', async (req, reply) => {
+  app.get('/api/events', ADMIN, async (req, reply) => {
     reply.hijack();
     const res = reply.raw;
     res.writeHead(200, {
@@ -139,7 +144,7 @@ export function uiRoutes(app: FastifyInstance, o: { auth: UiAuth; events: EventB
   /** Every container the agents report, with the exec rules that apply to it there. */
   if (o.registry) {
     const registry = o.registry;
-    app.get('/api/containers', async () => ({
+    app.get('/api/containers', ADMIN, async () => ({
       containers: registry.listAgents().flatMap((a) =>
         (registry.snapshotOf(a.id)?.containers ?? []).map((c) => ({
           agentId: a.id,

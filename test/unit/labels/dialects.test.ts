@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { extractAll, extractRoutes } from '../../../src/labels/index.js';
 import { parseRule } from '../../../src/labels/traefik.js';
-import { parseAgentMessage } from '../../../src/model/protocol.js';
+import { parseAgentMessage, type SnapshotMessage } from '../../../src/model/protocol.js';
 import { container } from './container.js';
 
 const ctx = { hostIp: '127.0.0.2', labelPrefix: 'berth' };
@@ -83,11 +83,14 @@ describe('label dialects', () => {
       routes: r.routes,
       diagnostics: r.diagnostics,
     };
-    expect(parseAgentMessage(JSON.stringify({ type: 'snapshot', snapshot })).type).toBe('snapshot');
+    const accepted = parseAgentMessage(JSON.stringify({ type: 'snapshot', snapshot })) as SnapshotMessage;
+    expect(accepted.type).toBe('snapshot');
+    expect(accepted.refused).toBeUndefined();
     const wrong = structuredClone(snapshot);
     wrong.containers[0]!.explain!.labels[0]!.use = 'maybe' as never;
-    expect(() => parseAgentMessage(JSON.stringify({ type: 'snapshot', snapshot: wrong }))).toThrowError(
-      /invalid message/,
+    const refused = parseAgentMessage(JSON.stringify({ type: 'snapshot', snapshot: wrong }));
+    expect((refused as SnapshotMessage).refused?.[0]?.message).toMatch(
+      /container\.explain\.labels\.0\.use must be equal to one of the allowed values/,
     );
   });
 });

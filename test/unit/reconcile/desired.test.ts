@@ -56,11 +56,47 @@ describe('computeDesired', () => {
     const a = route('c1', { lbGroup: 'api', containerCreated: 10 });
     const b = route('c2', { lbGroup: 'api', upstream: { host: '127.0.0.3', port: 8000, scheme: 'http' } });
     const d = computeDesired([
-      { agentId: 'h1', agentName: 'host1', routes: [a] },
-      { agentId: 'h2', agentName: 'host2', routes: [b] },
+      { agentId: 'h1', agentName: 'host1', routes: [a], scope: 'key1' },
+      { agentId: 'h2', agentName: 'host2', routes: [b], scope: 'key1' },
     ]);
     expect(d.sites[0]!.upstreams.map((u) => u.host)).toEqual(['127.0.0.1', '127.0.0.3']);
     expect(d.sites[0]!.routeKeys).toEqual(['h1:c1/default', 'h2:c2/default']);
+  });
+
+  it('lets an agent of another key join a group only where its key names the host', () => {
+    const a = route('c1', { lbGroup: 'api', containerCreated: 10 });
+    const b = route('c2', { lbGroup: 'api', upstream: { host: '127.0.0.3', port: 8000, scheme: 'http' } });
+    const holder = { agentId: 'h1', agentName: 'host1', routes: [a], scope: 'key1' };
+    const stranger = computeDesired([
+      holder,
+      { agentId: 'h2', agentName: 'host2', routes: [b], scope: 'key2' },
+    ]);
+    expect(stranger.sites[0]!.routeKeys).toEqual(['h1:c1/default']);
+    expect(stranger.outcomes.get('h2:c2/default')!.errors[0]).toMatch(
+      /already claimed by container name-c1 .* on host1; its group api is shared only by agents of the same key/,
+    );
+    const granted = computeDesired([
+      holder,
+      { agentId: 'h2', agentName: 'host2', routes: [b], scope: 'key2', grants: ['*.example.com'] },
+    ]);
+    expect(granted.sites[0]!.routeKeys).toEqual(['h1:c1/default', 'h2:c2/default']);
+  });
+
+  it('orders claims by when the server first saw them, not by the creation time an agent reports', () => {
+    const victim = route('c1', { containerCreated: 1_700_000_000 });
+    const spoof = route('c2', {
+      containerCreated: -1e15,
+      upstream: { host: '127.0.0.9', port: 80, scheme: 'http' },
+    });
+    const unit = 'a.example.com\u0000/';
+    const d = computeDesired([
+      { agentId: 'thief', agentName: 'thief', routes: [spoof], claims: { [unit]: { since: 2_000 } } },
+      { agentId: 'victim', agentName: 'victim', routes: [victim], claims: { [unit]: { since: 1_000 } } },
+    ]);
+    expect(d.sites[0]!.upstreams[0]!.host).toBe('127.0.0.1');
+    expect(d.outcomes.get('thief:c2/default')!.errors[0]).toMatch(
+      /already claimed by container name-c1 \(c1\) on victim/,
+    );
   });
 
   it('keeps different paths on one host apart, and a conflict on one host spares the others', () => {

@@ -97,3 +97,55 @@ describe('admitRoutes', () => {
     );
   });
 });
+
+describe('admitRoutes: what no key allows', () => {
+  const now = 100_500;
+  it('refuses a wildcard over a public suffix on that route alone', () => {
+    const v = view({
+      snapshot: snapshot([['*.com'], ['*.co.uk', 'ok.example.com'], ['*.example.com'], ['*.github.io']]),
+    });
+    const r = admitRoutes([v], now, o);
+    expect(r.agentRoutes[0]!.routes.map((x) => x.id)).toEqual(['c2/default']);
+    expect(r.errors.get('a1:c0/default')).toEqual([
+      '*.com would claim every name under the public suffix com; no agent may claim that',
+    ]);
+    expect(r.errors.get('a1:c1/default')![0]).toMatch(/public suffix co\.uk/);
+    expect(r.errors.get('a1:c3/default')![0]).toMatch(/public suffix github\.io/);
+  });
+
+  it('refuses upstreams that are not the agent’s host, with the rules it is given', () => {
+    const rules = {
+      protected: [{ host: '127.0.0.1', port: 7080, what: 'admin API' }],
+      localAddresses: new Set<string>(),
+    };
+    const s = snapshot([['a.example.com'], ['b.example.com']]);
+    s.routes[1]!.upstream = { host: '169.254.169.254', port: 80, scheme: 'http' };
+    const v = view({ snapshot: s }, { seenFrom: '127.0.0.2' });
+    const r = admitRoutes([v], now, { ...o, upstreams: rules });
+    expect(r.agentRoutes[0]!.routes.map((x) => x.id)).toEqual(['c0/default']);
+    expect(r.errors.get('a1:c1/default')![0]).toMatch(/metadata/);
+  });
+
+  it('serves no more routes than the key allows, whole containers, first claims first', () => {
+    const s = snapshot([['a.example.com'], ['b.example.com'], ['c.example.com']]);
+    s.claims = {
+      'a.example.com\u0000/': { since: 30 },
+      'b.example.com\u0000/': { since: 10 },
+      'c.example.com\u0000/': { since: 20 },
+    };
+    const v = view({ snapshot: s });
+    v.key!.maxRoutes = 2;
+    const r = admitRoutes([v], now, o);
+    expect(r.agentRoutes[0]!.routes.map((x) => x.id).sort()).toEqual(['c1/default', 'c2/default']);
+    expect(r.errors.get('a1:c0/default')![0]).toMatch(
+      /the agent has 3 routes and key key1 allows 2 per agent/,
+    );
+  });
+
+  it('gives each agent its key as the scope it may share groups in, and its domains as grants', () => {
+    const v = view();
+    v.key!.domains = ['*.example.com'];
+    const r = admitRoutes([v], now, o);
+    expect(r.agentRoutes[0]).toMatchObject({ scope: 'k1', grants: ['*.example.com'] });
+  });
+});

@@ -89,6 +89,29 @@ describe('API', () => {
   });
 });
 
+describe('access by route', () => {
+  it('refuses a route that declares no trust to everyone, the admin token included', async () => {
+    const { a } = app();
+    a.get('/api/forgotten', async () => ({ secret: 1 }));
+    a.get('/also-forgotten', async () => ({ secret: 2 }));
+    for (const url of ['/api/forgotten', '/also-forgotten']) {
+      for (const headers of [{}, auth]) {
+        const r = await a.inject({ url, headers });
+        expect(r.statusCode).toBe(403);
+        expect(r.json().error.message).toBe('this route declares no access rule, so it is refused');
+      }
+    }
+  });
+
+  it('checks the route Fastify matched, however its path is spelled', async () => {
+    const { a } = app();
+    for (const url of ['/%61pi/routes', '/ap%69/status', '/api/routes?x=/healthz', '/api/routes#/healthz']) {
+      const r = await a.inject({ url });
+      expect([401, 404], url).toContain(r.statusCode);
+    }
+  });
+});
+
 describe('UI sessions', () => {
   async function uiApp() {
     const dir = mkdtempSync(join(tmpdir(), 'bui-'));
@@ -140,10 +163,21 @@ describe('UI sessions', () => {
       payload: {},
     });
     expect(wrong.statusCode).toBe(403);
+    // The right CSRF token from another site's page, or with no Origin at all, changes nothing.
+    for (const origin of ['https://evil.example', 'null', undefined]) {
+      const cross = await a.inject({
+        method: 'POST',
+        url: '/api/reconcile',
+        headers: { cookie, 'x-berth-csrf': csrf, ...(origin ? { origin } : {}) },
+        payload: {},
+      });
+      expect(cross.statusCode, String(origin)).toBe(403);
+      expect(cross.json().error.message).toMatch(/Origin/);
+    }
     const ok = await a.inject({
       method: 'POST',
       url: '/api/reconcile',
-      headers: { cookie, 'x-berth-csrf': csrf },
+      headers: { cookie, 'x-berth-csrf': csrf, origin: 'http://localhost:80' },
       payload: {},
     });
     expect(ok.statusCode).toBe(200);
@@ -176,12 +210,27 @@ describe('UI sessions', () => {
     expect(good.statusCode).toBe(200);
     const both = await a.inject({ method: 'POST', url: '/ui/login', payload: { password: 'x', token: 'y' } });
     expect(both.statusCode).toBe(400);
+    const login = (payload: object, remoteAddress = '10.0.0.7') =>
+      a.inject({ method: 'POST', url: '/ui/login', payload, remoteAddress });
     for (let i = 0; i < 10; i++) {
-      const bad = await a.inject({ method: 'POST', url: '/ui/login', payload: { password: `wrong ${i}` } });
+      const bad = await login({ password: `wrong ${i}` });
       expect(bad.json().error.message).toBe('wrong token or password');
     }
-    const limited = await a.inject({ method: 'POST', url: '/ui/login', payload: { token: TOKEN } });
+    // That client's password attempts wait, even the right one...
+    const limited = await login({ password: 'correct horse battery' });
     expect(limited.statusCode).toBe(429);
+    expect(limited.json().error.message).toMatch(/admin token still signs in/);
+    // ...but not its admin token, and not another client.
+    expect((await login({ token: TOKEN })).statusCode).toBe(200);
+    expect((await login({ password: 'correct horse battery' }, '10.0.0.8')).statusCode).toBe(200);
+    // A login form posted by another site is refused.
+    const cross = await a.inject({
+      method: 'POST',
+      url: '/ui/login',
+      payload: { token: TOKEN },
+      headers: { origin: 'https://evil.example' },
+    });
+    expect(cross.statusCode).toBe(403);
     cleanup();
   });
 
@@ -197,6 +246,15 @@ describe('UI sessions', () => {
     expect(doc.paths['/api/reconcile'].post.security).toEqual([{ bearer: [] }, { session: [] }]);
     expect(doc.paths['/healthz'].get.security).toBeUndefined();
     expect(doc.paths['/ui/login'].post).toBeDefined();
+    // Every route says who may call it.
+    const trusts = Object.entries(doc.paths).flatMap(([path, ops]) =>
+      Object.entries(ops as Record<string, { 'x-berth-trust': string }>).map(
+        ([m, op]) => `${m} ${path} ${op['x-berth-trust']}`,
+      ),
+    );
+    expect(trusts.filter((t) => !/ (open|admin)$/.test(t))).toEqual([]);
+    expect(trusts).toContain('get /healthz open');
+    expect(trusts).toContain('post /api/reconcile admin');
     cleanup();
   });
 });

@@ -1,0 +1,57 @@
+// When the server first saw each claim of an agent: the order of competing claims. A time an
+// agent reports (a container's creation time) is only a claim itself, so a hostile agent could
+// say "-1e15" and win every conflict; the server's own clock decides instead. Pure.
+import type { ClaimRecord, RouteSpec, TcpRouteSpec } from '../model/types.js';
+
+export type { ClaimRecord };
+
+export type Claims = Record<string, ClaimRecord>;
+
+/** Released claims remembered per agent, at most (the oldest go first). */
+const MAX_RELEASED = 10_000;
+
+export const httpUnit = (host: string, path: string) => `${host}\u0000${path}`;
+export const tcpUnit = (listen: number) => `tcp:${listen}`;
+
+/** Every unit a snapshot's routes claim. */
+export function unitsOf(routes: readonly RouteSpec[], tcp: readonly TcpRouteSpec[] = []): Set<string> {
+  const units = new Set<string>();
+  for (const r of routes) for (const h of r.hosts) units.add(httpUnit(h, r.path));
+  for (const r of tcp) units.add(tcpUnit(r.listen));
+  return units;
+}
+
+/**
+ * The claims after a new snapshot at `now`: a unit claimed before keeps its time, also when it
+ * was released no longer than `memoryMs` ago; a new one starts now; released ones are kept for
+ * `memoryMs` and then forgotten.
+ */
+export function nextClaims(
+  prev: Claims | undefined,
+  units: Set<string>,
+  now: number,
+  memoryMs: number,
+): Claims {
+  const out: Claims = Object.create(null);
+  for (const u of units) {
+    const p = prev?.[u];
+    const keeps = p && (p.releasedAt === undefined || now - p.releasedAt <= memoryMs);
+    out[u] = { since: keeps ? p.since : now };
+  }
+  if (!prev) return out;
+  const released: [string, ClaimRecord][] = [];
+  for (const [u, p] of Object.entries(prev)) {
+    if (units.has(u)) continue;
+    const at = p.releasedAt ?? now;
+    if (now - at <= memoryMs) released.push([u, { since: p.since, releasedAt: at }]);
+  }
+  released.sort((a, b) => b[1].releasedAt! - a[1].releasedAt!);
+  for (const [u, c] of released.slice(0, MAX_RELEASED)) out[u] = c;
+  return out;
+}
+
+/** Since when the agent claims a unit; 0 for claims recorded before the server kept them. */
+export function claimedSince(claims: Claims | undefined, unit: string): number {
+  const c = claims?.[unit];
+  return c && c.releasedAt === undefined ? c.since : 0;
+}

@@ -1,0 +1,110 @@
+// Where an agent's routes may send the front door's traffic. An upstream is the agent's word, so
+// without a check any agent could point a hostname at the server's own admin API, at a cloud
+// metadata service, or at another host on the server's network (SSRF). Pure.
+import { isIP } from 'node:net';
+import { type Cidr, cidrsContain, parseCidr } from '../model/cidr.js';
+
+/** One of the server's own listeners: never an upstream. `host` undefined: any address of this machine. */
+export interface ProtectedEndpoint {
+  host?: string;
+  port: number;
+  what: string;
+}
+
+export interface UpstreamRules {
+  protected: readonly ProtectedEndpoint[];
+  /** The addresses of this machine (loopback, its interfaces): where "any address" listeners are. */
+  localAddresses: ReadonlySet<string>;
+}
+
+/** What the server knows of an agent, for deciding where its routes may point. */
+export interface UpstreamSubject {
+  kind: 'local' | 'remote';
+  /** The agent's address as the server saw its connection (through trusted proxies). */
+  seenFrom?: string;
+  /** The address the agent reports for its host (used only before the server has seen it connect). */
+  hostIp?: string;
+  /** Extra networks the agent's key allows (`--upstreams`). */
+  upstreams?: readonly string[];
+}
+
+const cidrs = (list: string[]) => list.map((c) => parseCidr(c)!);
+/** Never reachable through the front door: link-local (cloud metadata lives there), "this network", multicast, broadcast. */
+const NEVER = cidrs([
+  '0.0.0.0/8',
+  '169.254.0.0/16',
+  '100.100.100.200/32', // Alibaba Cloud metadata
+  '224.0.0.0/4',
+  '255.255.255.255/32',
+  '::/128',
+  'fe80::/10',
+  'fd00:ec2::254/128', // AWS metadata over IPv6
+  'ff00::/8',
+]);
+const LOOPBACK = cidrs(['127.0.0.0/8', '::1/128']);
+
+const parsedLists = new Map<string, Cidr[]>();
+function networks(list: readonly string[]): Cidr[] {
+  const key = list.join(',');
+  let c = parsedLists.get(key);
+  if (!c) {
+    c = list.map((x) => parseCidr(x)).filter((x): x is Cidr => x !== undefined);
+    if (parsedLists.size > 1_000) parsedLists.clear();
+    parsedLists.set(key, c);
+  }
+  return c;
+}
+
+const plain = (a: string) => (a.startsWith('::ffff:') && a.includes('.') ? a.slice(7) : a);
+
+/**
+ * Why the front door must not send a route's traffic to host:port, or undefined when it may.
+ * Every agent: an IP address (a name could resolve anywhere), never link-local or metadata,
+ * never one of the server's own listeners. A remote agent also only its own host: the address
+ * it connected from (any loopback address when that is loopback, i.e. it runs on this machine),
+ * or a network its key allows. The local agent of `standalone` may use its containers' addresses.
+ */
+export function upstreamRefusal(
+  hostRaw: string,
+  port: number,
+  agent: UpstreamSubject,
+  rules: UpstreamRules,
+): string | undefined {
+  const host = plain(hostRaw.replace(/^\[|\]$/g, ''));
+  const where = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+  if (isIP(host) === 0) {
+    return `upstream ${host} is a name, not an IP address; the front door sends traffic only to addresses (a name could resolve anywhere)`;
+  }
+  if (cidrsContain(NEVER, host)) {
+    return `upstream ${where} is a link-local, metadata or broadcast address; the front door never sends traffic there`;
+  }
+  const local = cidrsContain(LOOPBACK, host) || rules.localAddresses.has(host);
+  for (const p of rules.protected) {
+    if (p.port !== port) continue;
+    const anyAddress = p.host === undefined || isUnspecified(p.host);
+    const hit = anyAddress
+      ? local
+      : p.host === 'localhost'
+        ? cidrsContain(LOOPBACK, host)
+        : plainHost(p.host ?? '') === host;
+    if (hit) return `upstream ${where} is this server's own ${p.what}; no route may point there`;
+  }
+  if (agent.kind === 'local') return undefined;
+  const from = agent.seenFrom ? plain(agent.seenFrom) : undefined;
+  if (agent.upstreams && cidrsContain(networks(agent.upstreams), host)) return undefined;
+  if (from === undefined) {
+    // Recorded before the server kept the agent's address: its reported host IP, until it reconnects.
+    if (agent.hostIp !== undefined && plain(agent.hostIp) === host) return undefined;
+  } else if (from === host || (cidrsContain(LOOPBACK, from) && cidrsContain(LOOPBACK, host)))
+    return undefined;
+  const allowed = [from ?? agent.hostIp, ...(agent.upstreams ?? [])].filter(Boolean).join(', ');
+  return `upstream ${where} is not this agent's host (the agent connects from ${from ?? 'an unknown address'}); its key allows ${allowed || 'no other address'} (berth keys update <key> --upstreams <networks> allows more)`;
+}
+
+function isUnspecified(h: string): boolean {
+  return h === '' || h === '0.0.0.0' || h === '::' || h === '[::]';
+}
+
+function plainHost(h: string): string {
+  return plain(h.replace(/^\[|\]$/g, ''));
+}

@@ -1,0 +1,54 @@
+import { describe, expect, it } from 'vitest';
+import { type UpstreamRules, upstreamRefusal } from '../../../src/reconcile/upstreams.js';
+
+const rules: UpstreamRules = {
+  protected: [
+    { host: '127.0.0.1', port: 7080, what: 'admin API (--api-listen)' },
+    { port: 80, what: 'front door' },
+    { host: '127.0.0.1', port: 5353, what: 'DNS responder' },
+  ],
+  localAddresses: new Set(['127.0.0.1', '10.0.0.1', '::1']),
+};
+const remote = (seenFrom?: string, upstreams?: string[], hostIp?: string) =>
+  ({ kind: 'remote', seenFrom, upstreams, hostIp }) as const;
+
+describe('upstreamRefusal', () => {
+  it.each([
+    ['its own host', '10.0.0.5', 8080, remote('10.0.0.5'), undefined],
+    ['its own host, IPv4-mapped', '10.0.0.5', 8080, remote('::ffff:10.0.0.5'), undefined],
+    [
+      'another host on the network',
+      '10.0.0.6',
+      8080,
+      remote('10.0.0.5'),
+      /not this agent's host \(the agent connects from 10\.0\.0\.5\)/,
+    ],
+    ['a network its key allows', '172.20.0.3', 80, remote('10.0.0.5', ['172.20.0.0/16']), undefined],
+    ['the server API', '127.0.0.1', 7080, remote('127.0.0.1'), /this server's own admin API/],
+    ['the server API through another local address', '10.0.0.1', 80, remote('10.0.0.1'), /own front door/],
+    ['the DNS responder', '127.0.0.1', 5353, remote('127.0.0.1'), /DNS responder/],
+    ['cloud metadata', '169.254.169.254', 80, remote('169.254.169.254'), /link-local, metadata/],
+    ['link-local IPv6', 'fe80::1', 80, remote('10.0.0.5', ['::/0']), /link-local/],
+    ['a name', 'metadata.google.internal', 80, remote('10.0.0.5'), /is a name, not an IP address/],
+    ['any loopback address from an agent on this machine', '127.0.0.2', 8080, remote('127.0.0.1'), undefined],
+    ['loopback from a remote agent', '127.0.0.1', 8080, remote('10.0.0.5'), /not this agent's host/],
+    [
+      'its reported host IP before the server saw it connect',
+      '10.0.0.5',
+      80,
+      remote(undefined, undefined, '10.0.0.5'),
+      undefined,
+    ],
+  ])('%s', (_n, host, port, agent, want) => {
+    const got = upstreamRefusal(host, port, agent, rules);
+    if (want === undefined) expect(got).toBeUndefined();
+    else expect(got).toMatch(want);
+  });
+
+  it('lets the local agent use its containers’ addresses, never the server’s own listeners or metadata', () => {
+    const local = { kind: 'local' } as const;
+    expect(upstreamRefusal('172.18.0.4', 80, local, rules)).toBeUndefined();
+    expect(upstreamRefusal('127.0.0.1', 7080, local, rules)).toMatch(/admin API/);
+    expect(upstreamRefusal('169.254.169.254', 80, local, rules)).toMatch(/metadata/);
+  });
+});
