@@ -50,8 +50,17 @@ export function nextClaims(
   return out;
 }
 
+const indexes = new WeakMap<Claims, Map<string, number>>();
+
 /** Since when the agent claims a unit; 0 for claims recorded before the server kept them. */
 export function claimedSince(claims: Claims | undefined, unit: string): number {
-  const c = claims?.[unit];
-  return c && c.releasedAt === undefined ? c.since : 0;
+  if (!claims) return 0;
+  // Claims stay a plain object (they are stored as JSON); lookups go through a Map made once.
+  let index = indexes.get(claims);
+  if (!index) {
+    index = new Map();
+    for (const [u, c] of Object.entries(claims)) if (c.releasedAt === undefined) index.set(u, c.since);
+    indexes.set(claims, index);
+  }
+  return index.get(unit) ?? 0;
 }

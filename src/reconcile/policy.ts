@@ -5,7 +5,7 @@ import type { RouteSpec, Snapshot, TcpRouteSpec } from '../model/types.js';
 import type { AgentRecord, KeyRecord } from '../store/store.js';
 import { claimedSince, httpUnit, tcpUnit } from './claims.js';
 import { type AgentRoutes, routeKey } from './desired.js';
-import { type UpstreamRules, upstreamRefusal } from './upstreams.js';
+import { type UpstreamRules, upstreamChecker } from './upstreams.js';
 
 /** Routes (HTTP and TCP) one agent may have served, unless its key says otherwise. */
 export const DEFAULT_MAX_ROUTES_PER_AGENT = 10_000;
@@ -95,8 +95,9 @@ export function admitRoutes(agents: AgentView[], now: number, o: LivenessOptions
       hostIp: a.snapshot.hostIp,
       upstreams: a.key?.upstreams,
     };
+    const check = o.upstreams && upstreamChecker(subject, o.upstreams);
     const upstreamOk = (r: { id: string; upstream: { host: string; port: number } }) => {
-      const no = o.upstreams && upstreamRefusal(r.upstream.host, r.upstream.port, subject, o.upstreams);
+      const no = check?.(r.upstream.host, r.upstream.port);
       if (no) refuse(r.id, no);
       return !no;
     };
@@ -159,6 +160,18 @@ export function admitRoutes(agents: AgentView[], now: number, o: LivenessOptions
  * server saw first, then by container id, so the same ones serve from pass to pass.
  */
 function withinLimit(routes: RouteSpec[], tcp: TcpRouteSpec[], s: Snapshot, limit: number): Set<string> {
+  // The same snapshot, routes and limit give the same answer: worked out once per snapshot.
+  const memo = limitMemo.get(s);
+  if (memo && memo.limit === limit && memo.routes === routes.length && memo.tcp === tcp.length)
+    return memo.kept;
+  const kept = fitContainers(routes, tcp, s, limit);
+  limitMemo.set(s, { limit, routes: routes.length, tcp: tcp.length, kept });
+  return kept;
+}
+
+const limitMemo = new WeakMap<Snapshot, { limit: number; routes: number; tcp: number; kept: Set<string> }>();
+
+function fitContainers(routes: RouteSpec[], tcp: TcpRouteSpec[], s: Snapshot, limit: number): Set<string> {
   const per = new Map<string, { count: number; since: number }>();
   const note = (cid: string, since: number) => {
     const e = per.get(cid) ?? { count: 0, since: Number.POSITIVE_INFINITY };

@@ -57,48 +57,96 @@ function networks(list: readonly string[]): Cidr[] {
 
 const plain = (a: string) => (a.startsWith('::ffff:') && a.includes('.') ? a.slice(7) : a);
 
+/** What is known of one upstream host, whatever the port: decided once per host. */
+interface HostVerdict {
+  host: string;
+  /** Why no port of it may be used (a name, link-local, not the agent's), if so. */
+  never?: (where: string) => string;
+  /** It is an address of this machine (for listeners bound to every address). */
+  local: boolean;
+  loopback: boolean;
+  /** Why a remote agent may not name it (another host), if so; the server's listeners come first. */
+  notMine?: (where: string) => string;
+}
+
 /**
- * Why the front door must not send a route's traffic to host:port, or undefined when it may.
- * Every agent: an IP address (a name could resolve anywhere), never link-local or metadata,
- * never one of the server's own listeners. A remote agent also only its own host: the address
- * it connected from (any loopback address when that is loopback, i.e. it runs on this machine),
- * or a network its key allows. The local agent of `standalone` may use its containers' addresses.
+ * A checker for one agent's upstreams: why the front door must not send a route's traffic to
+ * host:port, or undefined when it may. Every agent: an IP address (a name could resolve
+ * anywhere), never link-local or metadata, never one of the server's own listeners. A remote
+ * agent also only its own host: the address it connected from (any loopback address when that
+ * is loopback, i.e. it runs on this machine), or a network its key allows. The local agent of
+ * `standalone` may use its containers' addresses. A host's verdict is worked out once per
+ * checker, since an agent's routes mostly share one host.
  */
+export function upstreamChecker(
+  agent: UpstreamSubject,
+  rules: UpstreamRules,
+): (host: string, port: number) => string | undefined {
+  const verdicts = new Map<string, HostVerdict>();
+  const localAddresses = rules.localAddresses;
+  const judge = (hostRaw: string): HostVerdict => {
+    const host = plain(hostRaw.replace(/^\[|\]$/g, ''));
+    if (isIP(host) === 0) {
+      return {
+        host,
+        local: false,
+        loopback: false,
+        never: () =>
+          `upstream ${host} is a name, not an IP address; the front door sends traffic only to addresses (a name could resolve anywhere)`,
+      };
+    }
+    const loopback = cidrsContain(LOOPBACK, host);
+    const v: HostVerdict = { host, loopback, local: loopback || localAddresses.has(host) };
+    if (cidrsContain(NEVER, host)) {
+      v.never = (where) =>
+        `upstream ${where} is a link-local, metadata or broadcast address; the front door never sends traffic there`;
+    } else if (agent.kind !== 'local' && !agentMay(agent, host, loopback)) {
+      const from = agent.seenFrom ? plain(agent.seenFrom) : undefined;
+      const allowed = [from ?? agent.hostIp, ...(agent.upstreams ?? [])].filter(Boolean).join(', ');
+      v.notMine = (where: string) =>
+        `upstream ${where} is not this agent's host (the agent connects from ${from ?? 'an unknown address'}); its key allows ${allowed || 'no other address'} (berth keys update <key> --upstreams <networks> allows more)`;
+    }
+    return v;
+  };
+  return (hostRaw, port) => {
+    let v = verdicts.get(hostRaw);
+    if (!v) {
+      v = judge(hostRaw);
+      verdicts.set(hostRaw, v);
+    }
+    const where = `${v.host.includes(':') ? `[${v.host}]` : v.host}:${port}`;
+    if (v.never) return v.never(where);
+    for (const p of rules.protected) {
+      if (p.port !== port) continue;
+      const anyAddress = p.host === undefined || isUnspecified(p.host);
+      const hit = anyAddress
+        ? v.local
+        : p.host === 'localhost'
+          ? v.loopback
+          : plainHost(p.host ?? '') === v.host;
+      if (hit) return `upstream ${where} is this server's own ${p.what}; no route may point there`;
+    }
+    return v.notMine?.(where);
+  };
+}
+
+/** One upstream, checked on its own (tests, one-off checks). */
 export function upstreamRefusal(
-  hostRaw: string,
+  host: string,
   port: number,
   agent: UpstreamSubject,
   rules: UpstreamRules,
 ): string | undefined {
-  const host = plain(hostRaw.replace(/^\[|\]$/g, ''));
-  const where = `${host.includes(':') ? `[${host}]` : host}:${port}`;
-  if (isIP(host) === 0) {
-    return `upstream ${host} is a name, not an IP address; the front door sends traffic only to addresses (a name could resolve anywhere)`;
-  }
-  if (cidrsContain(NEVER, host)) {
-    return `upstream ${where} is a link-local, metadata or broadcast address; the front door never sends traffic there`;
-  }
-  const local = cidrsContain(LOOPBACK, host) || rules.localAddresses.has(host);
-  for (const p of rules.protected) {
-    if (p.port !== port) continue;
-    const anyAddress = p.host === undefined || isUnspecified(p.host);
-    const hit = anyAddress
-      ? local
-      : p.host === 'localhost'
-        ? cidrsContain(LOOPBACK, host)
-        : plainHost(p.host ?? '') === host;
-    if (hit) return `upstream ${where} is this server's own ${p.what}; no route may point there`;
-  }
-  if (agent.kind === 'local') return undefined;
+  return upstreamChecker(agent, rules)(host, port);
+}
+
+/** Whether a remote agent may name this host at all (its own address, or a network its key allows). */
+function agentMay(agent: UpstreamSubject, host: string, loopback: boolean): boolean {
+  if (agent.upstreams && cidrsContain(networks(agent.upstreams), host)) return true;
   const from = agent.seenFrom ? plain(agent.seenFrom) : undefined;
-  if (agent.upstreams && cidrsContain(networks(agent.upstreams), host)) return undefined;
-  if (from === undefined) {
-    // Recorded before the server kept the agent's address: its reported host IP, until it reconnects.
-    if (agent.hostIp !== undefined && plain(agent.hostIp) === host) return undefined;
-  } else if (from === host || (cidrsContain(LOOPBACK, from) && cidrsContain(LOOPBACK, host)))
-    return undefined;
-  const allowed = [from ?? agent.hostIp, ...(agent.upstreams ?? [])].filter(Boolean).join(', ');
-  return `upstream ${where} is not this agent's host (the agent connects from ${from ?? 'an unknown address'}); its key allows ${allowed || 'no other address'} (berth keys update <key> --upstreams <networks> allows more)`;
+  // Recorded before the server kept the agent's address: its reported host IP, until it reconnects.
+  if (from === undefined) return agent.hostIp !== undefined && plain(agent.hostIp) === host;
+  return from === host || (loopback && cidrsContain(LOOPBACK, from));
 }
 
 function isUnspecified(h: string): boolean {

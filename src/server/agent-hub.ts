@@ -204,27 +204,28 @@ export class AgentHub {
     });
     ws.on('close', (code, reason) => {
       pace.stop();
-      if (code === 1009) {
-        this.counters.oversizeMessages++;
-        this.gate.warn(
-          `oversize:${agentId}`,
-          { agentId, limit: this.maxMessageBytes },
-          `agent sent a message over --agent-max-message (${this.maxMessageBytes} bytes); connection closed`,
-        );
-      }
       if (this.sockets.get(agentId) !== ws) return;
       this.sockets.delete(agentId);
       this.o.registry.disconnected(agentId);
       this.exec?.onAgentGone(agentId);
       log.info({ code, reason: reason.toString() }, 'agent disconnected');
     });
-    ws.on('error', (err) =>
+    ws.on('error', (err: Error & { code?: string }) => {
+      if (err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') {
+        this.counters.oversizeMessages++;
+        this.gate.warn(
+          `oversize:${agentId}`,
+          { agentId, limit: this.maxMessageBytes },
+          `agent sent a message over --agent-max-message (${this.maxMessageBytes} bytes); connection closed`,
+        );
+        return;
+      }
       this.gate.warn(
         `socket-error:${agentId}:${err.message}`,
         { agentId, err: err.message },
         'agent socket error',
-      ),
-    );
+      );
+    });
   }
 
   /** One message: checked, then applied. Errors are answered and logged once per kind. */

@@ -83,6 +83,8 @@ const newId = (prefix: string) => `${prefix}_${randomBytes(6).toString('hex')}`;
 export const DEFAULT_MAX_PENDING = 20;
 /** New agents one key may enrol per minute: a leaked key cannot flood the registry. */
 export const ENROLMENTS_PER_MINUTE = 60;
+/** How long an admission result is reused when nothing changed. */
+const ADMITTED_TTL_MS = 250;
 
 export class Registry {
   private readonly agents = new Map<string, AgentRecord>();
@@ -104,6 +106,9 @@ export class Registry {
   private readonly pending = new Set<Promise<unknown>>();
   /** When each record was last written here: a full reload must not undo what it did not see. */
   private readonly touched = new Map<string, number>();
+  /** Bumped on every change: what caches of derived views are keyed on. */
+  private version = 0;
+  private admittedCache?: { version: number; at: number; value: Admitted };
   /** Recent enrolment times per key, for ENROLMENTS_PER_MINUTE. */
   private readonly enrolments = new Map<string, number[]>();
   private closed = false;
@@ -181,6 +186,7 @@ export class Registry {
   }
 
   private changed(): void {
+    this.version++;
     for (const fn of this.changeListeners) fn();
   }
 
@@ -805,8 +811,18 @@ export class Registry {
     }
   }
 
+  /**
+   * What may serve now. Many readers ask (every pass, listings, status); it is computed again only
+   * after a change, or when it is older than ADMITTED_TTL_MS (time alone moves agents to stale or
+   * past their grace).
+   */
   admitted(): Admitted {
-    return admitRoutes(this.views(), this.clock(), this.liveness);
+    const now = this.clock();
+    const c = this.admittedCache;
+    if (c && c.version === this.version && now - c.at < ADMITTED_TTL_MS) return c.value;
+    const value = admitRoutes(this.views(), now, this.liveness);
+    this.admittedCache = { version: this.version, at: now, value };
+    return value;
   }
 
   /** Name and status of one agent, without looking at any other (for logs). */
@@ -857,17 +873,20 @@ export class Registry {
   }
 
   /** Every route with its status, plus one entry per container whose labels were rejected. */
-  routeViews(state: ReconcileState | undefined): RouteView[] {
+  routeViews(state: ReconcileState | undefined, o: { onlyErrors?: boolean } = {}): RouteView[] {
     const admitted = this.admitted();
     const views: RouteView[] = [];
     const sitesByKey = new Map<string, string[]>();
     const quarantine = new Map<string, string>();
     if (state) {
-      for (const site of state.desired.sites) {
-        const sig = siteSignature(site);
-        for (const k of site.routeKeys) sitesByKey.set(k, [...(sitesByKey.get(k) ?? []), sig]);
-      }
       for (const t of state.targets) for (const [sig, msg] of t.quarantined) quarantine.set(sig, msg);
+      // Which sites each route is in: every route's status needs it; errors only when Caddy quarantined some.
+      if (!o.onlyErrors || quarantine.size > 0) {
+        for (const site of state.desired.sites) {
+          const sig = siteSignature(site);
+          for (const k of site.routeKeys) sitesByKey.set(k, [...(sitesByKey.get(k) ?? []), sig]);
+        }
+      }
     }
     for (const [agentId, s] of this.snapshots) {
       const agentName = this.agents.get(agentId)?.name ?? agentId;
@@ -881,6 +900,7 @@ export class Registry {
           const q = quarantine.get(sig);
           if (q) errors.push(`Caddy rejected this route: ${q}`);
         }
+        if (o.onlyErrors && errors.length === 0) continue;
         let status: RouteView['status'];
         if (errors.length > 0) status = 'error';
         else if (withheld || r.notReady || !state || sigs.length === 0) status = 'pending';
@@ -910,6 +930,7 @@ export class Registry {
         const listener = state?.tcp.get(r.listen);
         const serving = listener?.routeKeys.includes(key) === true;
         if (serving && listener?.state === 'error') errors.push(listener.error ?? 'the listener failed');
+        if (o.onlyErrors && errors.length === 0) continue;
         let status: RouteView['status'];
         if (errors.length > 0) status = 'error';
         else

@@ -219,6 +219,26 @@ export async function runServer(
       }
       for (const t of state.targets)
         if (t.error) events.emit('caddy.failed', `Caddy apply failed: ${t.error}`, { error: t.error });
+      // Most route changes never reach Caddy's config (the dynamic layout): say so, so that pages
+      // showing routes refresh; at most once a second, the last change always announced.
+      if (registryVersion !== announcedVersion) {
+        clearTimeout(announce);
+        announce = setTimeout(
+          () => {
+            announcedVersion = registryVersion;
+            lastAnnounceAt = Date.now();
+            events.emit(
+              'routes.changed',
+              `routes changed: ${state.desired.sites.length} sites, ${state.desired.tcp.length} TCP listeners`,
+              {
+                sites: state.desired.sites.length,
+                tcp: state.desired.tcp.length,
+              },
+            );
+          },
+          Math.max(0, 1_000 - (Date.now() - lastAnnounceAt)),
+        );
+      }
       // Routes that newly have an error, once each. Listing every route costs about half a
       // second at 50k, so it runs at most once a second, after the latest pass.
       const sinceScan = Date.now() - lastErrorScanAt;
@@ -228,12 +248,16 @@ export async function runServer(
   });
   let lastErrorScanAt = 0;
   let errorScan: NodeJS.Timeout | undefined;
+  let registryVersion = 0;
+  let announcedVersion = 0;
+  let lastAnnounceAt = 0;
+  let announce: NodeJS.Timeout | undefined;
   const scanErrors = () => {
     const state = reconciler?.state;
     if (!state) return;
     lastErrorScanAt = Date.now();
     const now = new Set<string>();
-    for (const r of registry.routeViews(state)) {
+    for (const r of registry.routeViews(state, { onlyErrors: true })) {
       if (r.status !== 'error') continue;
       const key = `${r.agentId}:${r.id}:${r.errors.join('|')}`;
       now.add(key);
@@ -254,6 +278,7 @@ export async function runServer(
   };
   const rec = reconciler;
   registry.onChange(() => {
+    registryVersion++;
     changedSince ??= Date.now();
     rec.wake();
   });
@@ -447,6 +472,16 @@ export async function runServer(
           'gauge',
           count(routes, (r) => r.status, ['applied', 'pending', 'error']),
         ),
+        simple('berth_agent_messages_total', 'Messages from agents by outcome', 'counter', [
+          [{ outcome: 'read' }, hub.counters.messages],
+          [{ outcome: 'invalid' }, hub.counters.invalidMessages],
+          [{ outcome: 'oversize' }, hub.counters.oversizeMessages],
+          [{ outcome: 'superseded' }, hub.counters.snapshotsSuperseded],
+        ]),
+        simple('berth_agent_refusals_total', 'Agent connections refused, by reason', 'counter', [
+          [{ reason: 'key' }, hub.counters.rejected],
+          [{ reason: 'rate' }, hub.counters.rateLimited],
+        ]),
         simple('berth_exec_requests_total', 'Exec requests by outcome', 'counter', [
           [{ outcome: 'allowed' }, broker.counters.allowed],
           [{ outcome: 'denied' }, broker.counters.denied],
@@ -480,6 +515,7 @@ export async function runServer(
       hub.close();
       rec.stop();
       clearTimeout(errorScan);
+      clearTimeout(announce);
       await leases?.stop();
       await registry.close();
       await tcp.close();

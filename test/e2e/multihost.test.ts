@@ -170,8 +170,10 @@ describe('multi-host', () => {
   });
 
   it('load-balances one hostname across hosts with a shared group, and resolves conflicts by age', async () => {
-    // host3's key allows only *.h3.test: share pool.h3.test.
+    // host2's key has no --domains: it may claim pool.h3.test while nobody holds it. host3's
+    // key names *.h3.test, so host3 may join host2's group there.
     await web(h2, '127.0.0.2', 'pool2', { 'berth.host': 'pool.h3.test', 'berth.group': 'pool' });
+    await serves('pool.h3.test', 'pool2@127.0.0.2');
     await web(h3, '127.0.0.3', 'pool3', { 'berth.host': 'pool.h3.test', 'berth.group': 'pool' });
     const seen = new Set<string>();
     await waitUntil(

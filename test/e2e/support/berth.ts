@@ -88,7 +88,9 @@ export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
   let logIndex = 0;
 
   const launch = async () => {
-    const [cmd, argv] = inNetns(o.netns, process.execPath, args);
+    // BERTH_NODE_ARGS: extra node flags for the server, e.g. --cpu-prof when profiling a bench.
+    const nodeArgs = (process.env.BERTH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    const [cmd, argv] = inNetns(o.netns, process.execPath, [...nodeArgs, ...args]);
     proc = spawnLogged(cmd, argv, {
       env: { ...process.env, ...o.env },
       logFile: join(dataDir, `berth-${logIndex++}.log`),
