@@ -8,6 +8,7 @@ export interface ApiClient {
   baseUrl: string;
   get<T>(path: string): Promise<T>;
   post<T>(path: string, body: unknown): Promise<T>;
+  patch<T>(path: string, body: unknown): Promise<T>;
   del<T>(path: string): Promise<T>;
   /** POST whose successful answer is a stream; errors are read and thrown like any other. */
   stream(path: string, body: unknown): Promise<AsyncIterable<Uint8Array>>;
@@ -58,6 +59,7 @@ export function apiClient(config: Config, env: NodeJS.ProcessEnv): ApiClient {
     baseUrl: server,
     get: (p) => call('GET', p),
     post: (p, b) => call('POST', p, b),
+    patch: (p, b) => call('PATCH', p, b),
     del: (p) => call('DELETE', p),
     stream: async (p, b) => (await send('POST', p, b)).body as unknown as AsyncIterable<Uint8Array>,
   };

@@ -21,6 +21,7 @@ export async function keysCommand(config: Config, api: ApiClient, rest: string[]
             .filter(Boolean)
         : [];
       const r = await api.post<{ key: KeySummary; secret: string }>('/api/keys', {
+        ...keyLimits(config),
         name,
         domains,
         autoApprove: Boolean(config['auto-approve']),
@@ -29,6 +30,11 @@ export async function keysCommand(config: Config, api: ApiClient, rest: string[]
       if (json) out(JSON.stringify(r, null, 2));
       else {
         out(`created key ${r.key.name} (${r.key.id}); it is shown only now:\n\n  ${r.secret}\n`);
+        out(`It allows: ${describeLimits(r.key)}.`);
+        if (r.key.domains.length === 0)
+          out(
+            'Without --domains, its agents may claim any hostname that no other agent holds (berth keys update --domains limits it).\n',
+          );
         out(`Run an agent with it:\n  berth agent --server ${api.baseUrl} --key ${r.secret}`);
       }
       return 0;
@@ -81,12 +87,55 @@ export async function keysCommand(config: Config, api: ApiClient, rest: string[]
         );
       return 0;
     }
+    case 'update': {
+      if (!ref) throw new UserError('CONFIG_INVALID', 'berth keys update needs a key id or name');
+      const body = keyLimits(config);
+      if (Object.keys(body).length === 0) {
+        throw new UserError(
+          'CONFIG_INVALID',
+          'berth keys update needs something to change: --domains, --upstreams, --max-routes, --max-pending or --auto-approve',
+        );
+      }
+      const r = await api.patch<{ key: KeySummary }>(`/api/keys/${encodeURIComponent(ref)}`, body);
+      out(
+        json
+          ? JSON.stringify(r, null, 2)
+          : `updated key ${r.key.name} (${r.key.id}): ${describeLimits(r.key)}`,
+      );
+      return 0;
+    }
     default:
       throw new UserError(
         'CONFIG_INVALID',
-        `unknown "berth keys ${verb}": use create, list, revoke or rotate`,
+        `unknown "berth keys ${verb}": use create, list, update, revoke or rotate`,
       );
   }
+}
+
+/** What a key allows, from flags, as the API takes it (only what was given). */
+function keyLimits(config: Config): Record<string, unknown> {
+  const list = (v: unknown) =>
+    String(v)
+      .split(',')
+      .map((d) => d.trim())
+      .filter(Boolean);
+  const body: Record<string, unknown> = {};
+  if (config.domains !== undefined) body.domains = list(config.domains);
+  if (config.upstreams !== undefined) body.upstreams = (config.upstreams as string[]).flatMap(list);
+  if (config['max-routes'] !== undefined) body.maxRoutes = config['max-routes'];
+  if (config['max-pending'] !== undefined) body.maxPending = config['max-pending'];
+  if (config['auto-approve'] === true) body.autoApprove = true;
+  return body;
+}
+
+function describeLimits(k: KeySummary): string {
+  return [
+    `domains ${k.domains.join(',') || '(any hostname no other agent holds)'}`,
+    `upstreams ${k.upstreams?.join(',') || "(the agent's own host)"}`,
+    `${k.maxRoutes} routes per agent`,
+    `${k.maxPending} pending agents`,
+    k.autoApprove ? 'auto-approve' : 'approval needed',
+  ].join('; ');
 }
 
 export async function agentsCommand(
