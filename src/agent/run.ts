@@ -74,7 +74,7 @@ export async function runAgent(config: Config, logger: Logger): Promise<RunningA
         hostIp: s?.hostIp,
       };
     },
-    onExec: (req) => void runner.handle(req),
+    onExec: (req) => runner.handle(req),
   });
   const runner = new ExecRunner({
     source,

@@ -5,7 +5,8 @@ import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import { type Config, helpFor, loadConfig } from '../config.js';
-import { UserError } from '../errors.js';
+import { errorMessage, UserError } from '../errors.js';
+import { LogGate } from '../log-gate.js';
 import { VERSION } from '../version.js';
 import { apiClient } from './client.js';
 import { auditCommand, execCommand } from './exec.js';
@@ -146,6 +147,17 @@ async function serve(command: 'standalone' | 'server', config: Config): Promise<
 async function agent(config: Config): Promise<number> {
   const logger = pino({ level: String(config['log-level']), base: { cmd: 'agent' } }, pino.destination(2));
   const { runAgent } = await import('../agent/run.js');
+  // Last resort: every exec and message path catches its own errors, so this is a bug; the agent
+  // logs it (a few lines, however many) and keeps its host's routes flowing rather than exit.
+  const gate = new LogGate(logger);
+  process.on('unhandledRejection', (err) =>
+    gate.log(
+      'error',
+      `unhandled:${errorMessage(err).slice(0, 120)}`,
+      { err: err instanceof Error ? err.stack : String(err) },
+      'unhandled rejection in the agent (a bug: please report it)',
+    ),
+  );
   const running = await runAgent(config, logger);
   await untilSignal(logger, () => running.stop());
   return 0;
