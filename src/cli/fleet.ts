@@ -3,13 +3,11 @@ import type { Config } from '../config.js';
 import { UserError } from '../errors.js';
 import type { AgentSummary, KeySummary } from '../server/registry.js';
 import type { ApiClient } from './client.js';
-import { table } from './format.js';
-
-type Out = (s: string) => void;
+import { json, line, type Out, table } from './format.js';
 
 export async function keysCommand(config: Config, api: ApiClient, rest: string[], out: Out): Promise<number> {
   const [verb, ref] = rest;
-  const json = Boolean(config.json);
+  const asJson = Boolean(config.json);
   switch (verb) {
     case 'create': {
       const name = config.name ? String(config.name) : undefined;
@@ -26,17 +24,17 @@ export async function keysCommand(config: Config, api: ApiClient, rest: string[]
         autoApprove: Boolean(config['auto-approve']),
         ...((config['exec-allow'] as string[]).length > 0 ? { execAllow: config['exec-allow'] } : {}),
       });
-      if (json) out(JSON.stringify(r, null, 2));
+      if (asJson) out(json(r));
       else {
-        out(`created key ${r.key.name} (${r.key.id}); it is shown only now:\n\n  ${r.secret}\n`);
-        out(`Run an agent with it:\n  berth agent --server ${api.baseUrl} --key ${r.secret}`);
+        out(line`created key ${r.key.name} (${r.key.id}); it is shown only now:\n\n  ${r.secret}\n`);
+        out(line`Run an agent with it:\n  berth agent --server ${api.baseUrl} --key ${r.secret}`);
       }
       return 0;
     }
     case 'list':
     case undefined: {
       const { keys } = await api.get<{ keys: KeySummary[] }>('/api/keys');
-      if (json) out(JSON.stringify(keys, null, 2));
+      if (asJson) out(json(keys));
       else
         out(
           table(
@@ -60,11 +58,7 @@ export async function keysCommand(config: Config, api: ApiClient, rest: string[]
     case 'revoke': {
       if (!ref) throw new UserError('CONFIG_INVALID', 'berth keys revoke needs a key id or name');
       const r = await api.post<{ key: KeySummary }>(`/api/keys/${encodeURIComponent(ref)}/revoke`, {});
-      out(
-        json
-          ? JSON.stringify(r, null, 2)
-          : `revoked key ${r.key.name} (${r.key.id}); its agents are disconnected`,
-      );
+      out(asJson ? json(r) : line`revoked key ${r.key.name} (${r.key.id}); its agents are disconnected`);
       return 0;
     }
     case 'rotate': {
@@ -74,10 +68,10 @@ export async function keysCommand(config: Config, api: ApiClient, rest: string[]
         `/api/keys/${encodeURIComponent(ref)}/rotate`,
         { overlap },
       );
-      if (json) out(JSON.stringify(r, null, 2));
+      if (asJson) out(json(r));
       else
         out(
-          `rotated key ${r.key.name}; the new key is shown only now:\n\n  ${r.secret}\n\nthe old key stays valid until ${r.key.previousValidUntil}`,
+          line`rotated key ${r.key.name}; the new key is shown only now:\n\n  ${r.secret}\n\nthe old key stays valid until ${r.key.previousValidUntil}`,
         );
       return 0;
     }
@@ -96,12 +90,12 @@ export async function agentsCommand(
   out: Out,
 ): Promise<number> {
   const [verb, ref] = rest;
-  const json = Boolean(config.json);
+  const asJson = Boolean(config.json);
   switch (verb) {
     case 'list':
     case undefined: {
       const { agents } = await api.get<{ agents: AgentSummary[] }>('/api/agents');
-      if (json) out(JSON.stringify(agents, null, 2));
+      if (asJson) out(json(agents));
       else
         out(
           table(
@@ -123,16 +117,16 @@ export async function agentsCommand(
     case 'approve': {
       if (!ref) throw new UserError('CONFIG_INVALID', 'berth agents approve needs an agent id or name');
       const r = await api.post<{ agent: AgentSummary }>(`/api/agents/${encodeURIComponent(ref)}/approve`, {});
-      out(json ? JSON.stringify(r, null, 2) : `approved agent ${r.agent.name} (${r.agent.id})`);
+      out(asJson ? json(r) : line`approved agent ${r.agent.name} (${r.agent.id})`);
       return 0;
     }
     case 'remove': {
       if (!ref) throw new UserError('CONFIG_INVALID', 'berth agents remove needs an agent id or name');
       const r = await api.del<{ agent: AgentSummary }>(`/api/agents/${encodeURIComponent(ref)}`);
       out(
-        json
-          ? JSON.stringify(r, null, 2)
-          : `removed agent ${r.agent.name} (${r.agent.id}); its routes leave the front door`,
+        asJson
+          ? json(r)
+          : line`removed agent ${r.agent.name} (${r.agent.id}); its routes leave the front door`,
       );
       return 0;
     }

@@ -12,6 +12,7 @@ import { apiClient } from './client.js';
 import { auditCommand, execCommand } from './exec.js';
 import { explainCommand } from './explain.js';
 import { agentsCommand, keysCommand } from './fleet.js';
+import { escapeLines, json, line, ours, stderr, stdout } from './format.js';
 import { routesCommand } from './routes.js';
 import { statusCommand } from './status.js';
 
@@ -59,14 +60,14 @@ Run "berth <command> --help" for the command's flags. Every flag can also be set
 }
 
 export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
-  const out = (s: string) => process.stdout.write(`${s}\n`);
+  const out = stdout;
   const [command, ...args] = argv;
   if (!command || command === 'help' || command === '--help' || command === '-h') {
-    out(usage());
+    out(ours(usage()));
     return 0;
   }
   if (command === 'version' || command === '--version') {
-    out(VERSION);
+    out(ours(VERSION));
     return 0;
   }
   const loadSidecar = SIDECARS[command];
@@ -81,13 +82,14 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     return 0;
   }
   if (!COMMANDS[command]) {
-    process.stderr.write(`berth: unknown command "${command}"\n\n${usage()}\n`);
+    stderr(line`berth: unknown command "${command}"\n`);
+    stderr(ours(usage()));
     return 2;
   }
   try {
     const { config, rest } = loadConfig(command, args, env);
     if (config.help) {
-      out(`Usage: berth ${command} [flags]\n\n${COMMANDS[command]}\n\nFlags:\n${helpFor(command)}`);
+      out(ours(`Usage: berth ${command} [flags]\n\n${COMMANDS[command]}\n\nFlags:\n${helpFor(command)}`));
       return 0;
     }
     switch (command) {
@@ -109,7 +111,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
           throw new UserError('CONFIG_INVALID', 'usage: echo "$PASSWORD" | berth password set');
         const password = (await readStdin()).replace(/\r?\n$/, '');
         await apiClient(config, env).post('/api/ui-password', { password });
-        out('web UI password set; sign in at <server>/ui/');
+        out(ours('web UI password set; sign in at <server>/ui/'));
         return 0;
       }
       case 'routes':
@@ -122,14 +124,14 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
         const r = await apiClient(config, env).post<{ passes: number }>('/api/reconcile', {
           force: Boolean(config.force),
         });
-        out(config.json ? JSON.stringify(r) : `reconciled (pass ${r.passes})`);
+        out(config.json ? json(r) : line`reconciled (pass ${r.passes})`);
         return 0;
       }
     }
     return 2;
   } catch (err) {
     if (err instanceof UserError) {
-      process.stderr.write(`berth: ${err.message}\n`);
+      stderr(escapeLines(`berth: ${err.message}`));
       return err.code === 'CONFIG_INVALID' ? 2 : 1;
     }
     throw err;
@@ -193,10 +195,10 @@ if (isMain) {
     (code) => process.exit(code),
     (err) => {
       if (err instanceof UserError) {
-        process.stderr.write(`berth: ${err.message}\n`);
+        stderr(escapeLines(`berth: ${err.message}`));
         process.exit(err.code === 'CONFIG_INVALID' ? 2 : 1);
       }
-      process.stderr.write(`berth: internal error: ${(err as Error).stack ?? err}\n`);
+      stderr(escapeLines(`berth: internal error: ${(err as Error).stack ?? err}`));
       process.exit(70);
     },
   );
