@@ -6,10 +6,10 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type WebSocket, WebSocketServer } from 'ws';
 import { BERTH_BIN } from './support/berth.js';
 import { registerCleanup, useCleanup } from './support/cleanup.js';
 import { importBusybox, isAlive, startDockerd, type TestDockerd } from './support/dockerd.js';
+import { type FakeServer, type Msg, startFakeServer } from './support/fake-server.js';
 import { freePort } from './support/ports.js';
 import { type Logged, spawnLogged, waitUntil } from './support/proc.js';
 import { type SocketProxy, startDockerProxy } from './support/socket-proxy.js';
@@ -18,56 +18,6 @@ useCleanup();
 
 const KEY = 'berth_agent_corpus-test-key';
 const IMAGE = 'berth-test/busybox:latest';
-
-// biome-ignore lint/suspicious/noExplicitAny: the fake server reads whatever the agent sends.
-type Msg = Record<string, any>;
-
-/** The server side of the agent protocol, just enough to talk to one agent. */
-interface FakeServer {
-  port: number;
-  /** Every connection the agent made, newest last, with what it sent and how it closed. */
-  conns: { ws: WebSocket; received: Msg[]; closed?: number }[];
-  /** Exec events by request id, over all connections. */
-  events: Map<string, Msg[]>;
-  sent: number;
-  send(frame: string | Buffer, binary?: boolean): void;
-}
-
-async function startFakeServer(): Promise<FakeServer> {
-  const port = await freePort();
-  const wss = new WebSocketServer({ host: '127.0.0.1', port, path: '/agent/v1/connect' });
-  const f: FakeServer = {
-    port,
-    conns: [],
-    events: new Map(),
-    sent: 0,
-    send(frame, binary = false) {
-      const ws = f.conns.at(-1)?.ws;
-      if (!ws) throw new Error('the agent is not connected');
-      ws.send(frame, { binary });
-      f.sent++;
-    },
-  };
-  wss.on('connection', (ws, req) => {
-    if (req.headers.authorization !== `Bearer ${KEY}`) return ws.close(4001, 'bad key');
-    const conn: FakeServer['conns'][number] = { ws, received: [] };
-    f.conns.push(conn);
-    ws.on('message', (data) => {
-      const m = JSON.parse(data.toString()) as Msg;
-      conn.received.push(m);
-      if (typeof m.type === 'string' && m.type.startsWith('exec.')) {
-        f.events.set(m.id, [...(f.events.get(m.id) ?? []), m]);
-      }
-    });
-    ws.on('close', (code) => {
-      conn.closed = code;
-    });
-    ws.send(JSON.stringify({ type: 'welcome', agentId: 'ag_corpus', status: 'approved', heartbeatMs: 1000 }));
-  });
-  await new Promise<void>((resolve) => wss.once('listening', () => resolve()));
-  registerCleanup(() => new Promise<void>((resolve) => wss.close(() => resolve())));
-  return f;
-}
 
 interface TracedAgent {
   proc: Logged;
@@ -390,7 +340,7 @@ describe.each([
   };
 
   beforeAll(async () => {
-    server = await startFakeServer();
+    server = await startFakeServer(KEY);
     agent = await startTracedAgent(server, tcp ? proxy.url : h.dockerHost, ['--exec-policy', policy]);
     // Connected, welcomed, and reading Docker: its first snapshot names the target container.
     await waitUntil(
