@@ -3,7 +3,7 @@ import type { Config } from '../config.js';
 import { UserError } from '../errors.js';
 import type { AgentSummary, KeySummary } from '../server/registry.js';
 import type { ApiClient } from './client.js';
-import { json, line, type Out, table } from './format.js';
+import { json, line, type Out, type Printable, table } from './format.js';
 
 export async function keysCommand(config: Config, api: ApiClient, rest: string[], out: Out): Promise<number> {
   const [verb, ref] = rest;
@@ -27,7 +27,7 @@ export async function keysCommand(config: Config, api: ApiClient, rest: string[]
       if (asJson) out(json(r));
       else {
         out(line`created key ${r.key.name} (${r.key.id}); it is shown only now:\n\n  ${r.secret}\n`);
-        out(line`Run an agent with it:\n  berth agent --server ${api.baseUrl} --key ${r.secret}`);
+        out(agentHowTo(api.baseUrl));
       }
       return 0;
     }
@@ -133,4 +133,16 @@ export async function agentsCommand(
     default:
       throw new UserError('CONFIG_INVALID', `unknown "berth agents ${verb}": use list, approve or remove`);
   }
+}
+
+/**
+ * How to run an agent with a new key, keeping the key off the command line: any local user can
+ * read a process's arguments (/proc/PID/cmdline, ps), while a file or the environment is private.
+ */
+export function agentHowTo(server: string): Printable {
+  return line`Run an agent with it. Keep the key off the command line, where any local user can read it:
+save it in a file only the agent's user can read (e.g. /etc/berth/agent.key, chmod 600) and run
+  berth agent --server ${server} --key-file /etc/berth/agent.key
+or set BERTH_AGENT_KEY in the agent's environment (docker run --env-file FILE, compose env_file:,
+with the line BERTH_AGENT_KEY=<key> in FILE).`;
 }

@@ -30,7 +30,7 @@ const SIDECARS: Record<string, () => Promise<Sidecar>> = {
 const COMMANDS: Record<string, string> = {
   standalone: 'Run the server with an in-process agent for the local Docker (single host)',
   server: 'Run the server only (routes come from agents)',
-  agent: "Watch this host's Docker and report to a server (--server, --key)",
+  agent: "Watch this host's Docker and report to a server (--server, --key-file or BERTH_AGENT_KEY)",
   keys: 'Agent keys: create --name N [--domains …] [--auto-approve] | list | revoke ID | rotate ID',
   agents: 'Agents: list | approve ID | remove ID',
   exec: 'Run an allowed command in a container on any host: exec [--agent A] <container|service> -- <argv…>',
@@ -87,7 +87,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     return 2;
   }
   try {
-    const { config, rest } = loadConfig(command, args, env);
+    const { config, rest, sources } = loadConfig(command, args, env);
     if (config.help) {
       out(ours(`Usage: berth ${command} [flags]\n\n${COMMANDS[command]}\n\nFlags:\n${helpFor(command)}`));
       return 0;
@@ -97,7 +97,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       case 'server':
         return await serve(command, config);
       case 'agent':
-        return await agent(config);
+        return await agent(config, sources.key);
       case 'keys':
         return await keysCommand(config, apiClient(config, env), rest, out);
       case 'agents':
@@ -146,7 +146,7 @@ async function serve(command: 'standalone' | 'server', config: Config): Promise<
   return 0;
 }
 
-async function agent(config: Config): Promise<number> {
+async function agent(config: Config, keySource: string | undefined): Promise<number> {
   const logger = pino({ level: String(config['log-level']), base: { cmd: 'agent' } }, pino.destination(2));
   const { runAgent } = await import('../agent/run.js');
   // Last resort: every exec and message path catches its own errors, so this is a bug; the agent
@@ -160,7 +160,7 @@ async function agent(config: Config): Promise<number> {
       'unhandled rejection in the agent (a bug: please report it)',
     ),
   );
-  const running = await runAgent(config, logger);
+  const running = await runAgent(config, logger, { keySource });
   await untilSignal(logger, () => running.stop());
   return 0;
 }
