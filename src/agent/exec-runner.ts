@@ -6,7 +6,7 @@
 // denied or error): whatever fails inside, the server hears about it and the agent keeps running.
 import type { Logger } from 'pino';
 import { errorMessage } from '../errors.js';
-import { clip } from '../model/limits.js';
+import { clip, MAX_STRING } from '../model/limits.js';
 import type { ExecEvent, ExecRequest } from '../model/protocol.js';
 import { isContainerRef } from '../model/server-protocol.js';
 import type { DockerSource, ExecHandle } from './docker.js';
@@ -22,6 +22,11 @@ export interface ExecRunnerOptions {
 
 /** setTimeout fires at once for longer delays (and warns): clamp to what it can wait. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
+/** How long a killed command may take to end before the request gives up on it. */
+const KILL_GRACE_MS = 30_000;
+/** protocol.ts bounds these in agent messages: a longer reply would be refused by the server. */
+const MAX_REPLY_TEXT = 8_192;
+const MAX_CONSIDERED = 1_000;
 /** What of argv goes into each log line: the policy never allows more, so nothing allowed is cut. */
 const LOGGED_ARGS = 64;
 const LOGGED_ARG_LENGTH = 256;
@@ -48,6 +53,7 @@ export class ExecRunner {
         if (answered) return;
         answered = true;
       }
+      if (e.type === 'exec.error') e.message = clip(e.message, MAX_REPLY_TEXT);
       try {
         this.o.send(e);
       } catch (err) {
@@ -123,7 +129,12 @@ export class ExecRunner {
     if (!d.allowed) {
       this.counters.denied++;
       log.info({ decision: 'denied', reason: d.reason }, 'exec denied');
-      return send({ type: 'exec.denied', id: req.id, reason: d.reason, considered: d.considered });
+      return send({
+        type: 'exec.denied',
+        id: req.id,
+        reason: clip(d.reason, MAX_REPLY_TEXT),
+        considered: d.considered.slice(0, MAX_CONSIDERED).map((r) => clip(r, MAX_STRING)),
+      });
     }
     this.counters.allowed++;
     log.info({ decision: 'allowed', rule: d.rule }, 'exec allowed');
@@ -159,7 +170,12 @@ export class ExecRunner {
     };
     const killSoon = (why: string) =>
       void kill(why).catch((err) => log.warn({ why, err: errorMessage(err) }, 'cannot kill the command'));
-    send({ type: 'exec.started', id: req.id, rule, container: name });
+    send({
+      type: 'exec.started',
+      id: req.id,
+      rule: clip(rule, MAX_STRING),
+      container: clip(name, MAX_STRING),
+    });
     try {
       handle = await this.o.source.exec(containerId, req.argv, (stream, chunk) => {
         // Called from Docker's stream: a throw here would be an unhandled stream error.
@@ -187,15 +203,25 @@ export class ExecRunner {
       });
     }
     const limit = Math.min(req.timeoutMs, policy.maxTimeoutMs, MAX_TIMER_MS);
-    const timer = setTimeout(() => {
-      timedOut = true;
-      killSoon(`timeout after ${limit} ms`);
-    }, limit);
+    // A command that outlives its kill (no PID namespace, a hung Docker) must not hold its slot
+    // for ever: some time after the kill, the request ends without an exit code.
+    let giveUp: NodeJS.Timeout | undefined;
+    const abandoned = new Promise<{ exitCode: null }>((resolve) => {
+      const timer = setTimeout(() => {
+        timedOut = true;
+        killSoon(`timeout after ${limit} ms`);
+        giveUp = setTimeout(() => {
+          log.warn({ graceMs: KILL_GRACE_MS }, 'the command did not end after its kill; giving up on it');
+          resolve({ exitCode: null });
+        }, KILL_GRACE_MS);
+      }, limit);
+      void handle!.done.finally(() => clearTimeout(timer));
+    });
     let exitCode: number | null;
     try {
-      ({ exitCode } = await handle.done);
+      ({ exitCode } = await Promise.race([handle.done, abandoned]));
     } finally {
-      clearTimeout(timer);
+      clearTimeout(giveUp);
     }
     const result = {
       exitCode,

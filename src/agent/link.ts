@@ -195,7 +195,7 @@ export class ServerLink {
     if (r.kind === 'invalid') {
       this.invalidMessages++;
       this.gate.warn(
-        `invalid:${r.type ?? ''}:${r.error.slice(0, 120)}`,
+        `invalid:${r.type ?? ''}:${r.about}`,
         { error: r.error, ...(r.execId ? { execId: r.execId } : {}) },
         'refused an invalid message from the server',
       );

@@ -129,6 +129,8 @@ export type ServerMessageResult =
       kind: 'invalid';
       /** Says what is wrong, naming the field: `invalid exec request: argv must be …: got a string`. */
       error: string;
+      /** A short stable name for the problem (a field, or binary/size/json/shape), to group log lines. */
+      about: string;
       /** The message's type, when it has a known one. */
       type?: string;
       /** An exec request's id, when it is usable: the agent answers it with an exec.error. */
@@ -140,11 +142,13 @@ export type ServerMessageResult =
  * unknown type to ignore, or an invalid message with an error that says what is wrong.
  */
 export function parseServerMessage(raw: string | Buffer, binary = false): ServerMessageResult {
-  if (binary) return { kind: 'invalid', error: 'a binary frame; the protocol sends JSON text' };
+  if (binary)
+    return { kind: 'invalid', about: 'binary', error: 'a binary frame; the protocol sends JSON text' };
   const bytes = typeof raw === 'string' ? Buffer.byteLength(raw) : raw.length;
   if (bytes > MAX_SERVER_MESSAGE_BYTES) {
     return {
       kind: 'invalid',
+      about: 'size',
       error: `message of ${bytes} bytes is over the limit of ${MAX_SERVER_MESSAGE_BYTES}`,
     };
   }
@@ -152,14 +156,14 @@ export function parseServerMessage(raw: string | Buffer, binary = false): Server
   try {
     msg = JSON.parse(typeof raw === 'string' ? raw : raw.toString('utf8'));
   } catch {
-    return { kind: 'invalid', error: 'message is not JSON' };
+    return { kind: 'invalid', about: 'json', error: 'message is not JSON' };
   }
   if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) {
-    return { kind: 'invalid', error: `message is ${kindOf(msg)}, not an object` };
+    return { kind: 'invalid', about: 'shape', error: `message is ${kindOf(msg)}, not an object` };
   }
   const fields = msg as Record<string, unknown>;
   if (typeof fields.type !== 'string') {
-    return { kind: 'invalid', error: `message type is ${kindOf(fields.type)}, not a string` };
+    return { kind: 'invalid', about: 'shape', error: `message type is ${kindOf(fields.type)}, not a string` };
   }
   const type = fields.type;
   const c = CHECKS.get(type);
@@ -167,20 +171,31 @@ export function parseServerMessage(raw: string | Buffer, binary = false): Server
   if (c.validate(msg)) return { kind: 'message', message: msg as ServerMessage };
   const execId =
     type === 'exec' && typeof fields.id === 'string' && EXEC_ID_RE.test(fields.id) ? fields.id : undefined;
+  const e = c.validate.errors?.[0];
+  const field = e && fieldOf(e);
   return {
     kind: 'invalid',
     type,
-    error: `invalid ${c.what}: ${describe(c, c.validate.errors?.[0], fields)}`,
+    about: field ?? 'shape',
+    error: `invalid ${c.what}: ${describe(c, e, field, fields)}`,
     ...(execId ? { execId } : {}),
   };
 }
 
+function fieldOf(e: ErrorObject): string | undefined {
+  if (e.keyword === 'required') return String((e.params as { missingProperty: string }).missingProperty);
+  return e.instancePath.split('/')[1];
+}
+
 /** `argv must be an array of strings (…): item 3 is a number`, from Ajv's first error. */
-function describe(c: MessageCheck, e: ErrorObject | undefined, msg: Record<string, unknown>): string {
+function describe(
+  c: MessageCheck,
+  e: ErrorObject | undefined,
+  field: string | undefined,
+  msg: Record<string, unknown>,
+): string {
   if (!e) return 'does not match the protocol';
   const path = e.instancePath.split('/').slice(1);
-  const field =
-    e.keyword === 'required' ? String((e.params as { missingProperty: string }).missingProperty) : path[0];
   if (field === undefined) return e.message ?? 'does not match the protocol';
   const rule = `${field} ${c.rules[field] ?? 'is not valid'}`;
   if (e.keyword === 'required') return `${rule}: it is missing`;

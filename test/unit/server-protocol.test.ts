@@ -123,6 +123,19 @@ describe('parseServerMessage', () => {
     expect(r.kind === 'invalid' && r.error).toMatch(error);
   });
 
+  it('names the problem in a short stable form, for grouping log lines', () => {
+    const about = (raw: string) => {
+      const r = parseServerMessage(raw);
+      return r.kind === 'invalid' ? r.about : r.kind;
+    };
+    expect(about(exec({ argv: 'x' }))).toBe('argv');
+    expect(about(exec({ container: 'a/b' }))).toBe('container');
+    expect(about(exec({ container: 'c/d' }))).toBe('container');
+    expect(about(exec({ id: undefined }))).toBe('id');
+    expect(about('{')).toBe('json');
+    expect(about('[]')).toBe('shape');
+  });
+
   it('refuses binary frames and oversize messages before parsing', () => {
     expect(parseServerMessage(Buffer.from(exec()), true)).toMatchObject({ kind: 'invalid', error: /binary/ });
     const big = exec({ pad: 'x'.repeat(MAX_SERVER_MESSAGE_BYTES) });
