@@ -194,11 +194,16 @@ export const FLAGS: FlagDef[] = [
   {
     name: 'key',
     kind: 'string',
-    help: 'Agent key (from berth keys create)',
+    help: 'Agent key (from berth keys create); set BERTH_AGENT_KEY or use --key-file: as a flag, any local user can read it (a warning is logged)',
     for: ['agent'],
     envAlias: ['BERTH_AGENT_KEY'],
   },
-  { name: 'key-file', kind: 'string', help: 'File holding the agent key', for: ['agent'] },
+  {
+    name: 'key-file',
+    kind: 'string',
+    help: 'File holding the agent key (keeps it off the command line)',
+    for: ['agent'],
+  },
   {
     name: 'name',
     kind: 'string',
@@ -326,7 +331,12 @@ export function loadConfig(
   command: string,
   argv: string[],
   env: NodeJS.ProcessEnv,
-): { config: Config; rest: string[] } {
+): {
+  config: Config;
+  rest: string[];
+  /** Where each set value came from: `--flag` or the variable's name (e.g. to warn about --key). */
+  sources: Readonly<Record<string, string>>;
+} {
   const defs = FLAGS.filter((f) => f.for === '*' || f.for.includes(command));
   const byName = new Map(defs.map((f) => [f.name, f]));
   const problems: string[] = [];
@@ -362,6 +372,7 @@ export function loadConfig(
   }
 
   const out: Record<string, string | boolean | number | string[] | undefined> = {};
+  const sources: Record<string, string> = {};
   for (const def of defs) {
     let values = raw.get(def.name);
     let source = `--${def.name}`;
@@ -385,12 +396,15 @@ export function loadConfig(
     }
     const parsed = parseValue(def, values, source);
     if (typeof parsed === 'object' && parsed && 'problem' in parsed) problems.push(parsed.problem);
-    else out[def.name] = parsed;
+    else {
+      out[def.name] = parsed;
+      sources[def.name] = source;
+    }
   }
   if (problems.length > 0) {
     throw new UserError('CONFIG_INVALID', `invalid configuration:\n  - ${problems.join('\n  - ')}`);
   }
-  return { config: Object.freeze(out), rest };
+  return { config: Object.freeze(out), rest, sources: Object.freeze(sources) };
 }
 
 function parseValue(

@@ -1,6 +1,7 @@
 // The only file that imports dockerode: everything else sees ContainerInfo and plain events.
 import { Writable } from 'node:stream';
 import Docker from 'dockerode';
+import { isContainerRef } from '../model/server-protocol.js';
 import type { ContainerInfo, PortBinding } from '../model/types.js';
 
 export interface DockerEvent {
@@ -16,7 +17,10 @@ export interface DockerSource {
   /** Streams events until the connection ends; `onEnd` fires once, with the reason if any. */
   events(onEvent: (e: DockerEvent) => void, onEnd: (err?: Error) => void): Promise<() => void>;
   version(): Promise<string>;
-  /** One container by id or name, fresh from Docker (for exec policy: never trust a cache). */
+  /**
+   * One container by id or name, fresh from Docker (for exec policy: never trust a cache). A ref
+   * that is not a Docker id or name is refused before any call: it would become another path.
+   */
   inspect(
     ref: string,
   ): Promise<{ id: string; name: string; labels: Record<string, string>; running: boolean } | undefined>;
@@ -122,6 +126,7 @@ export function createDockerSource(endpoint: string): DockerSource {
       return v.Version;
     },
     async inspect(ref) {
+      checkRef(ref);
       try {
         const info = await withTimeout(docker.getContainer(ref).inspect(), 'inspect container');
         return {
@@ -136,6 +141,7 @@ export function createDockerSource(endpoint: string): DockerSource {
       }
     },
     async exec(containerId, argv, onOutput) {
+      checkRef(containerId);
       const exec = await withTimeout(
         docker
           .getContainer(containerId)
@@ -146,13 +152,20 @@ export function createDockerSource(endpoint: string): DockerSource {
       const sink = (name: 'stdout' | 'stderr') =>
         new Writable({
           write(chunk: Buffer, _enc, cb) {
-            onOutput(name, chunk);
+            try {
+              onOutput(name, chunk);
+            } catch {
+              // the consumer's problem; an error here would be an unhandled stream error
+            }
             cb();
           },
         });
       docker.modem.demuxStream(stream, sink('stdout'), sink('stderr'));
       const done = new Promise<{ exitCode: number | null }>((resolve) => {
+        let finishing = false;
         const finish = async () => {
+          if (finishing) return; // end, close and error can all fire
+          finishing = true;
           // The stream can end a moment before Docker records the exit.
           for (let i = 0; i < 25; i++) {
             try {
@@ -184,6 +197,12 @@ export function createDockerSource(endpoint: string): DockerSource {
 }
 
 const CALL_TIMEOUT_MS = 30_000;
+
+function checkRef(ref: unknown): void {
+  if (!isContainerRef(ref)) {
+    throw new Error(`${JSON.stringify(String(ref).slice(0, 80))} is not a Docker container id or name`);
+  }
+}
 
 /** A hung Docker call must not stall the watcher forever; it counts as a lost connection. */
 function withTimeout<T>(p: Promise<T>, what: string): Promise<T> {

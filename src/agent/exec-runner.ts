@@ -1,9 +1,14 @@
 // Runs allowed commands for the server: policy first (on this host), then `docker exec` with
 // the argv as given (never a shell), a timeout that kills, an output cap and a concurrency cap.
 // Every request is logged here too, so the host keeps its own audit trail.
+//
+// handle() never rejects and answers every request exactly once with a final event (exit,
+// denied or error): whatever fails inside, the server hears about it and the agent keeps running.
 import type { Logger } from 'pino';
 import { errorMessage } from '../errors.js';
+import { clip, MAX_STRING } from '../model/limits.js';
 import type { ExecEvent, ExecRequest } from '../model/protocol.js';
+import { isContainerRef } from '../model/server-protocol.js';
 import type { DockerSource, ExecHandle } from './docker.js';
 import { decide, type ExecPolicy } from './exec-policy.js';
 
@@ -15,6 +20,17 @@ export interface ExecRunnerOptions {
   send: (e: ExecEvent) => void;
 }
 
+/** setTimeout fires at once for longer delays (and warns): clamp to what it can wait. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+/** How long a killed command may take to end before the request gives up on it. */
+const KILL_GRACE_MS = 30_000;
+/** protocol.ts bounds these in agent messages: a longer reply would be refused by the server. */
+const MAX_REPLY_TEXT = 8_192;
+const MAX_CONSIDERED = 1_000;
+/** What of argv goes into each log line: the policy never allows more, so nothing allowed is cut. */
+const LOGGED_ARGS = 64;
+const LOGGED_ARG_LENGTH = 256;
+
 export class ExecRunner {
   private running = 0;
   /** Requests by what happened to them, for the agent's metrics. */
@@ -23,8 +39,28 @@ export class ExecRunner {
   constructor(private readonly o: ExecRunnerOptions) {}
 
   async handle(req: ExecRequest): Promise<void> {
-    const { logger, policy, send } = this.o;
-    const log = logger.child({ execId: req.id, container: req.container, argv: req.argv });
+    const { logger, policy } = this.o;
+    const argv = Array.isArray(req.argv) ? req.argv : [];
+    const log = logger.child({
+      execId: req.id,
+      container: req.container,
+      argv: argv.slice(0, LOGGED_ARGS).map((a) => clip(String(a), LOGGED_ARG_LENGTH)),
+      ...(argv.length > LOGGED_ARGS ? { argvCount: argv.length } : {}),
+    });
+    let answered = false;
+    const send = (e: ExecEvent) => {
+      if (e.type === 'exec.exit' || e.type === 'exec.denied' || e.type === 'exec.error') {
+        if (answered) return;
+        answered = true;
+      }
+      if (e.type === 'exec.error') e.message = clip(e.message, MAX_REPLY_TEXT);
+      try {
+        this.o.send(e);
+      } catch (err) {
+        // The link is gone or broken: the server reports the loss on its side.
+        log.debug({ err: errorMessage(err), event: e.type }, 'cannot send an exec event');
+      }
+    };
     if (this.running >= policy.maxConcurrent) {
       this.counters.busy++;
       log.warn({ decision: 'busy' }, 'exec refused: too many running');
@@ -33,6 +69,40 @@ export class ExecRunner {
         id: req.id,
         code: 'BUSY',
         message: `${this.running} commands already running on this agent (limit ${policy.maxConcurrent})`,
+      });
+    }
+    // The slot is taken before the first await, so requests arriving together cannot all pass.
+    this.running++;
+    try {
+      await this.decideAndRun(req, log, send);
+    } catch (err) {
+      log.error({ err: errorMessage(err) }, 'exec failed inside the agent');
+      send({ type: 'exec.error', id: req.id, code: 'FAILED', message: `agent error: ${errorMessage(err)}` });
+    } finally {
+      this.running--;
+      // Whatever path was taken, the server gets a final answer.
+      send({
+        type: 'exec.error',
+        id: req.id,
+        code: 'FAILED',
+        message: 'the agent ended the request without a result',
+      });
+    }
+  }
+
+  private async decideAndRun(req: ExecRequest, log: Logger, send: (e: ExecEvent) => void): Promise<void> {
+    const { policy } = this.o;
+    // The server's message was checked on arrival; this guards callers that bypass the link.
+    if (
+      !isContainerRef(req.container) ||
+      !Array.isArray(req.argv) ||
+      req.argv.some((a) => typeof a !== 'string')
+    ) {
+      return send({
+        type: 'exec.error',
+        id: req.id,
+        code: 'FAILED',
+        message: 'invalid exec request: container must be a Docker id or name and argv an array of strings',
       });
     }
     let container: Awaited<ReturnType<DockerSource['inspect']>>;
@@ -59,16 +129,16 @@ export class ExecRunner {
     if (!d.allowed) {
       this.counters.denied++;
       log.info({ decision: 'denied', reason: d.reason }, 'exec denied');
-      return send({ type: 'exec.denied', id: req.id, reason: d.reason, considered: d.considered });
+      return send({
+        type: 'exec.denied',
+        id: req.id,
+        reason: clip(d.reason, MAX_REPLY_TEXT),
+        considered: d.considered.slice(0, MAX_CONSIDERED).map((r) => clip(r, MAX_STRING)),
+      });
     }
     this.counters.allowed++;
     log.info({ decision: 'allowed', rule: d.rule }, 'exec allowed');
-    this.running++;
-    try {
-      await this.run(req, container.id, container.name, d.rule, log);
-    } finally {
-      this.running--;
-    }
+    await this.run(req, container.id, container.name, d.rule, log, send);
   }
 
   private async run(
@@ -77,8 +147,9 @@ export class ExecRunner {
     name: string,
     rule: string,
     log: Logger,
+    send: (e: ExecEvent) => void,
   ): Promise<void> {
-    const { policy, send } = this.o;
+    const { policy } = this.o;
     const started = performance.now();
     const bytes = { stdout: 0, stderr: 0 };
     let truncated = false;
@@ -97,17 +168,30 @@ export class ExecRunner {
         );
       }
     };
-    send({ type: 'exec.started', id: req.id, rule, container: name });
+    const killSoon = (why: string) =>
+      void kill(why).catch((err) => log.warn({ why, err: errorMessage(err) }, 'cannot kill the command'));
+    send({
+      type: 'exec.started',
+      id: req.id,
+      rule: clip(rule, MAX_STRING),
+      container: clip(name, MAX_STRING),
+    });
     try {
       handle = await this.o.source.exec(containerId, req.argv, (stream, chunk) => {
-        if (truncated) return;
-        const room = policy.maxOutputBytes - bytes.stdout - bytes.stderr;
-        const part = chunk.length > room ? chunk.subarray(0, room) : chunk;
-        bytes[stream] += part.length;
-        if (part.length > 0) send({ type: 'exec.output', id: req.id, stream, data: part.toString('base64') });
-        if (chunk.length > room) {
-          truncated = true;
-          void kill('output cap reached');
+        // Called from Docker's stream: a throw here would be an unhandled stream error.
+        try {
+          if (truncated) return;
+          const room = policy.maxOutputBytes - bytes.stdout - bytes.stderr;
+          const part = chunk.length > room ? chunk.subarray(0, room) : chunk;
+          bytes[stream] += part.length;
+          if (part.length > 0)
+            send({ type: 'exec.output', id: req.id, stream, data: part.toString('base64') });
+          if (chunk.length > room) {
+            truncated = true;
+            killSoon('output cap reached');
+          }
+        } catch (err) {
+          log.warn({ err: errorMessage(err) }, 'cannot forward exec output');
         }
       });
     } catch (err) {
@@ -118,13 +202,27 @@ export class ExecRunner {
         message: `docker exec failed: ${errorMessage(err)}`,
       });
     }
-    const limit = Math.min(req.timeoutMs, policy.maxTimeoutMs);
-    const timer = setTimeout(() => {
-      timedOut = true;
-      void kill(`timeout after ${limit} ms`);
-    }, limit);
-    const { exitCode } = await handle.done;
-    clearTimeout(timer);
+    const limit = Math.min(req.timeoutMs, policy.maxTimeoutMs, MAX_TIMER_MS);
+    // A command that outlives its kill (no PID namespace, a hung Docker) must not hold its slot
+    // for ever: some time after the kill, the request ends without an exit code.
+    let giveUp: NodeJS.Timeout | undefined;
+    const abandoned = new Promise<{ exitCode: null }>((resolve) => {
+      const timer = setTimeout(() => {
+        timedOut = true;
+        killSoon(`timeout after ${limit} ms`);
+        giveUp = setTimeout(() => {
+          log.warn({ graceMs: KILL_GRACE_MS }, 'the command did not end after its kill; giving up on it');
+          resolve({ exitCode: null });
+        }, KILL_GRACE_MS);
+      }, limit);
+      void handle!.done.finally(() => clearTimeout(timer));
+    });
+    let exitCode: number | null;
+    try {
+      ({ exitCode } = await Promise.race([handle.done, abandoned]));
+    } finally {
+      clearTimeout(giveUp);
+    }
     const result = {
       exitCode,
       durationMs: Math.round(performance.now() - started),

@@ -5,13 +5,11 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import WebSocket from 'ws';
-import {
-  AGENT_PATH,
-  type ExecEvent,
-  type ExecRequest,
-  type Heartbeat,
-  type ServerMessage,
-} from '../model/protocol.js';
+import { errorMessage } from '../errors.js';
+import { LogGate } from '../log-gate.js';
+import { clip, MAX_MESSAGE } from '../model/limits.js';
+import { AGENT_PATH, type ExecEvent, type ExecRequest, type Heartbeat } from '../model/protocol.js';
+import { isAgentId, MAX_SERVER_MESSAGE_BYTES, parseServerMessage } from '../model/server-protocol.js';
 import type { Snapshot } from '../model/types.js';
 
 export interface LinkOptions {
@@ -26,8 +24,12 @@ export interface LinkOptions {
   /** Called with the local address of each new connection (the auto-detected host IP). */
   onLocalAddress?: (ip: string) => void;
   heartbeat: () => Omit<Heartbeat, 'type' | 'version' | 'intervalMs'>;
-  onExec?: (req: ExecRequest) => void;
+  /** Runs one checked exec request; a throw or rejection is logged, never fatal. */
+  onExec?: (req: ExecRequest) => void | Promise<void>;
 }
+
+/** Bytes of a refusing server's HTTP answer that are read for the log line. */
+const MAX_REFUSAL_BODY = 64 * 1024;
 
 export class ServerLink {
   private ws?: WebSocket;
@@ -45,10 +47,15 @@ export class ServerLink {
     return this.ws?.readyState === WebSocket.OPEN;
   }
   snapshotsSent = 0;
+  /** Server messages refused as invalid (counted, logged a few times per minute at most). */
+  invalidMessages = 0;
+  /** What a misbehaving server can make the agent log is counted and summarised, not repeated. */
+  private readonly gate: LogGate;
 
   constructor(private readonly o: LinkOptions) {
     mkdirSync(o.dataDir, { recursive: true, mode: 0o700 });
     this.agentId = readIdentity(o.dataDir);
+    this.gate = new LogGate(o.logger, 60_000, 64);
   }
 
   start(): void {
@@ -61,6 +68,7 @@ export class ServerLink {
     clearInterval(this.beat);
     clearTimeout(this.retry);
     this.ws?.close(1000, 'agent stopping');
+    this.gate.close();
   }
 
   /** The server URL this link connects to now. */
@@ -84,23 +92,45 @@ export class ServerLink {
       'x-berth-agent-version': this.o.version,
     };
     if (this.agentId) headers['x-berth-agent-id'] = this.agentId;
-    const ws = new WebSocket(url, { headers, handshakeTimeout: 10_000 });
+    let ws: WebSocket;
+    try {
+      // maxPayload: a larger frame is refused from its header, before it is buffered.
+      ws = new WebSocket(url, { headers, handshakeTimeout: 10_000, maxPayload: MAX_SERVER_MESSAGE_BYTES });
+    } catch (err) {
+      this.o.logger.error({ server, err: errorMessage(err) }, 'cannot connect to the server');
+      this.retry = setTimeout(() => this.connect(), this.nextDelay());
+      return;
+    }
     this.ws = ws;
     ws.on('upgrade', (res) => {
       const ip = res.socket.localAddress?.replace(/^::ffff:/, '');
-      if (ip) this.o.onLocalAddress?.(ip);
+      try {
+        if (ip) this.o.onLocalAddress?.(ip);
+      } catch (err) {
+        this.o.logger.error({ ip, err: errorMessage(err) }, 'cannot use the local address');
+      }
     });
     ws.on('unexpected-response', (_req, res) => {
       let body = '';
-      res.on('data', (c) => (body += c));
+      res.on('data', (c: Buffer) => {
+        if (body.length < MAX_REFUSAL_BODY)
+          body += c.toString('utf8').slice(0, MAX_REFUSAL_BODY - body.length);
+      });
+      res.on('error', () => {});
       res.on('end', () => {
         let message = body;
         try {
-          message = JSON.parse(body).error.message;
+          const m = JSON.parse(body).error.message;
+          if (typeof m === 'string') message = m;
         } catch {
           // not JSON: keep the text
         }
-        this.o.logger.error({ status: res.statusCode, server }, `server refused the agent: ${message}`);
+        this.gate.log(
+          'error',
+          `refused:${res.statusCode}`,
+          { status: res.statusCode, server },
+          `server refused the agent: ${clip(message, MAX_MESSAGE)}`,
+        );
       });
       ws.terminate();
     });
@@ -108,7 +138,19 @@ export class ServerLink {
       this.connects++;
       this.backoffMs = 500;
     });
-    ws.on('message', (data) => this.onMessage(data.toString()));
+    ws.on('message', (data, isBinary) => {
+      // One message's handling, whatever it throws, never ends the agent or the connection.
+      try {
+        const raw = Buffer.isBuffer(data)
+          ? data
+          : Array.isArray(data)
+            ? Buffer.concat(data)
+            : Buffer.from(data);
+        this.onMessage(raw, isBinary);
+      } catch (err) {
+        this.gate.log('error', 'handler', { err: errorMessage(err) }, 'error handling a server message');
+      }
+    });
     ws.on('close', (code, reason) => {
       if (this.ws !== ws) return;
       this.ws = undefined;
@@ -116,45 +158,99 @@ export class ServerLink {
       if (this.stopped) return;
       // Another replica may be up where this one is not (or is shutting down).
       this.current = (this.current + 1) % this.o.serverUrls.length;
-      const delay = Math.round(this.backoffMs * (0.5 + Math.random()));
-      this.backoffMs = Math.min(this.backoffMs * 2, 30_000);
+      const delay = this.nextDelay();
       this.o.logger.warn(
         { code, reason: reason.toString(), retryInMs: delay, next: this.server },
         'disconnected from server; reconnecting',
       );
       this.retry = setTimeout(() => this.connect(), delay);
     });
-    ws.on('error', (err) => this.o.logger.debug({ err: err.message }, 'connection error'));
+    ws.on('error', (err: Error & { code?: string }) => {
+      // WS_ERR_*: the server broke the protocol (a frame over maxPayload, invalid UTF-8, …); ws
+      // closes the connection and the agent reconnects. Anything else is the network.
+      if (err.code?.startsWith('WS_ERR_')) {
+        this.gate.warn(
+          `protocol:${err.code}`,
+          { server, code: err.code, err: err.message },
+          'the server broke the WebSocket protocol; reconnecting',
+        );
+      } else this.o.logger.debug({ err: err.message }, 'connection error');
+    });
   }
 
-  private onMessage(raw: string): void {
-    let msg: ServerMessage;
-    try {
-      msg = JSON.parse(raw);
-    } catch {
+  /** Backoff with jitter before the next connection attempt. */
+  private nextDelay(): number {
+    const delay = Math.round(this.backoffMs * (0.5 + Math.random()));
+    this.backoffMs = Math.min(this.backoffMs * 2, 30_000);
+    return delay;
+  }
+
+  private onMessage(raw: Buffer, binary: boolean): void {
+    const r = parseServerMessage(raw, binary);
+    if (r.kind === 'unknown') {
+      // A newer server may send types this agent does not know: ignore them, say so once.
+      this.gate.info(`unknown:${r.type}`, { type: r.type }, 'ignoring a server message of an unknown type');
       return;
     }
+    if (r.kind === 'invalid') {
+      this.invalidMessages++;
+      this.gate.warn(
+        `invalid:${r.type ?? ''}:${r.about}`,
+        { error: r.error, ...(r.execId ? { execId: r.execId } : {}) },
+        'refused an invalid message from the server',
+      );
+      // The server waits for an answer to each exec request: give it one that says why.
+      if (r.execId)
+        this.sendExecEvent({ type: 'exec.error', id: r.execId, code: 'FAILED', message: r.error });
+      return;
+    }
+    const msg = r.message;
     if (msg.type === 'welcome') {
       if (msg.agentId !== this.agentId) {
         this.agentId = msg.agentId;
-        writeFileSync(
-          join(this.o.dataDir, 'agent.json'),
-          `${JSON.stringify({ agentId: msg.agentId }, null, 2)}\n`,
-          {
-            mode: 0o600,
-          },
-        );
+        try {
+          writeFileSync(
+            join(this.o.dataDir, 'agent.json'),
+            `${JSON.stringify({ agentId: msg.agentId }, null, 2)}\n`,
+            { mode: 0o600 },
+          );
+        } catch (err) {
+          this.o.logger.error(
+            { dataDir: this.o.dataDir, err: errorMessage(err) },
+            'cannot save the agent id; the next start registers as a new agent',
+          );
+        }
       }
       this.status = msg.status;
       this.o.logger.info({ agentId: msg.agentId, status: msg.status }, 'registered with server');
       this.sendSnapshot();
       this.sendHeartbeat();
     } else if (msg.type === 'exec') {
-      this.o.onExec?.(msg);
+      this.runExec(msg);
     } else if (msg.type === 'resync') {
       this.sendSnapshot();
     } else if (msg.type === 'error') {
-      this.o.logger.warn({ message: msg.message }, 'server reported an error');
+      this.gate.warn(
+        `server-error:${msg.message.slice(0, 120)}`,
+        { message: clip(msg.message, MAX_MESSAGE) },
+        'server reported an error',
+      );
+    }
+  }
+
+  private runExec(req: ExecRequest): void {
+    const failed = (err: unknown) =>
+      this.gate.log(
+        'error',
+        'exec-handler',
+        { execId: req.id, err: errorMessage(err) },
+        'exec handler failed',
+      );
+    try {
+      const p = this.o.onExec?.(req);
+      if (p) p.catch(failed);
+    } catch (err) {
+      failed(err);
     }
   }
 
@@ -185,7 +281,9 @@ export class ServerLink {
 
 function readIdentity(dataDir: string): string | undefined {
   try {
-    return JSON.parse(readFileSync(join(dataDir, 'agent.json'), 'utf8')).agentId;
+    const id = JSON.parse(readFileSync(join(dataDir, 'agent.json'), 'utf8')).agentId;
+    // It goes into a header: anything else would make every connection attempt throw.
+    return isAgentId(id) ? id : undefined;
   } catch {
     return undefined;
   }

@@ -19,7 +19,16 @@ export interface RunningAgent {
   stop(): Promise<void>;
 }
 
-export async function runAgent(config: Config, logger: Logger): Promise<RunningAgent> {
+export interface AgentStartOptions {
+  /** Where the key came from (loadConfig's sources.key): `--key` on the command line is warned about. */
+  keySource?: string;
+}
+
+export async function runAgent(
+  config: Config,
+  logger: Logger,
+  o: AgentStartOptions = {},
+): Promise<RunningAgent> {
   const servers = String(config.server ?? '')
     .split(',')
     .map((u) => u.trim())
@@ -35,6 +44,13 @@ export async function runAgent(config: Config, logger: Logger): Promise<RunningA
     throw new UserError('CONFIG_INVALID', `--server ${bad}: expected an http:// or https:// URL`);
   }
   const key = agentKey(config);
+  if (o.keySource === '--key') {
+    logger.warn(
+      { flag: '--key' },
+      'the agent key was given with --key on the command line, where any local user can read it ' +
+        '(/proc/PID/cmdline, ps); use --key-file FILE or the BERTH_AGENT_KEY environment variable instead',
+    );
+  }
   const endpoint = String(config.docker ?? 'unix:///var/run/docker.sock');
   const fixedIp = config['host-ip'] ? String(config['host-ip']) : undefined;
   const reportIntervalMs = Number(config['report-interval']);
@@ -74,7 +90,7 @@ export async function runAgent(config: Config, logger: Logger): Promise<RunningA
         hostIp: s?.hostIp,
       };
     },
-    onExec: (req) => void runner.handle(req),
+    onExec: (req) => runner.handle(req),
   });
   const runner = new ExecRunner({
     source,
@@ -168,7 +184,7 @@ function agentKey(config: Config): string {
   }
   throw new UserError(
     'CONFIG_INVALID',
-    'an agent key is required: --key, --key-file or BERTH_AGENT_KEY (berth keys create prints one)',
+    'an agent key is required: --key-file FILE or BERTH_AGENT_KEY (berth keys create prints one)',
   );
 }
 

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Config } from '../config.js';
 import { UserError } from '../errors.js';
+import { escapeControls } from './format.js';
 
 export interface ApiClient {
   baseUrl: string;
@@ -48,9 +49,10 @@ export function apiClient(config: Config, env: NodeJS.ProcessEnv): ApiClient {
       json = undefined;
     }
     const e = (json as { error?: { code?: string; message?: string } } | undefined)?.error;
+    // The message may quote what an agent sent: escaped here, where it enters, newlines included.
     throw new UserError(
       res.status === 401 ? 'UNAUTHORIZED' : res.status === 404 ? 'NOT_FOUND' : 'BAD_REQUEST',
-      `${server}${path}: ${res.status} ${e?.message ?? text.slice(0, 200)}`,
+      `${server}${path}: ${res.status} ${escapeControls(String(e?.message ?? text.slice(0, 200)))}`,
     );
   };
   const call = async <T>(method: string, path: string, body?: unknown): Promise<T> =>

@@ -4,7 +4,7 @@ import type { Config } from '../config.js';
 import { UserError } from '../errors.js';
 import type { AuditEntry } from '../store/store.js';
 import type { ApiClient } from './client.js';
-import { table } from './format.js';
+import { json, line, type Out, type Printable, stderr, stdout, table } from './format.js';
 
 /** Exit code when the command was killed by its timeout, as timeout(1) does. */
 const TIMED_OUT = 124;
@@ -20,7 +20,7 @@ export async function execCommand(config: Config, api: ApiClient, rest: string[]
   const body: Record<string, unknown> = { target, argv, timeout: `${Number(config.timeout)}ms` };
   if (config.agent) body.agent = String(config.agent);
   const res = await api.stream('/api/exec', body);
-  const json = Boolean(config.json);
+  const asJson = Boolean(config.json);
   const out: { stdout: string[]; stderr: string[] } = { stdout: [], stderr: [] };
   let exit: { exitCode: number | null; timedOut: boolean; truncated: boolean } | undefined;
   let error: { code: string; message: string } | undefined;
@@ -31,7 +31,7 @@ export async function execCommand(config: Config, api: ApiClient, rest: string[]
     const m = JSON.parse(line);
     if (m.stream) {
       const data = Buffer.from(m.data, 'base64');
-      if (json) out[m.stream as 'stdout' | 'stderr'].push(data.toString('utf8'));
+      if (asJson) out[m.stream as 'stdout' | 'stderr'].push(data.toString('utf8'));
       else (m.stream === 'stderr' ? process.stderr : process.stdout).write(data);
     } else if (m.exit) exit = m.exit;
     else if (m.error) error = m.error;
@@ -46,35 +46,42 @@ export async function execCommand(config: Config, api: ApiClient, rest: string[]
     }
   }
   handle(buf);
-  if (json) {
-    process.stdout.write(
-      `${JSON.stringify({ target, argv, ...(exit ?? {}), error, stdout: out.stdout.join(''), stderr: out.stderr.join('') }, null, 2)}\n`,
+  if (asJson) {
+    stdout(
+      json({
+        target,
+        argv,
+        ...(exit ?? {}),
+        error,
+        stdout: out.stdout.join(''),
+        stderr: out.stderr.join(''),
+      }),
     );
   }
+  // Berth's own lines go to stderr, escaped: the error text comes from the agent.
+  const say = (s: Printable) => {
+    if (!asJson) stderr(s);
+  };
   if (error) {
-    if (!json) process.stderr.write(`berth: ${error.message}\n`);
+    say(line`berth: ${error.message}`);
     return 1;
   }
   if (!exit) {
-    if (!json) process.stderr.write('berth: the server ended the stream without an exit status\n');
+    say(line`berth: the server ended the stream without an exit status`);
     return 1;
   }
-  if (!json && exit.truncated) process.stderr.write('berth: output cap reached; the command was stopped\n');
+  if (exit.truncated) say(line`berth: output cap reached; the command was stopped`);
   if (exit.timedOut) {
-    if (!json) process.stderr.write('berth: timed out; the command was killed\n');
+    say(line`berth: timed out; the command was killed`);
     return TIMED_OUT;
   }
   return exit.exitCode ?? 1;
 }
 
-export async function auditCommand(
-  config: Config,
-  api: ApiClient,
-  out: (s: string) => void,
-): Promise<number> {
+export async function auditCommand(config: Config, api: ApiClient, out: Out): Promise<number> {
   const { entries } = await api.get<{ entries: AuditEntry[] }>(`/api/audit?limit=${Number(config.limit)}`);
   if (config.json) {
-    out(JSON.stringify(entries, null, 2));
+    out(json(entries));
     return 0;
   }
   out(

@@ -5,7 +5,7 @@ import { UserError } from '../errors.js';
 import type { Diagnostic, LabelExplanation } from '../model/types.js';
 import type { ExplainedRoute } from '../server/routes/explain.js';
 import type { ApiClient } from './client.js';
-import { table } from './format.js';
+import { json, line, type Out, ours, table } from './format.js';
 
 export interface ExplainReply {
   agent: { id: string; name: string };
@@ -22,7 +22,7 @@ export async function explainCommand(
   config: Config,
   api: ApiClient,
   rest: string[],
-  out: (s: string) => void,
+  out: Out,
 ): Promise<number> {
   const [target, ...extra] = rest;
   if (!target || extra.length > 0) {
@@ -31,15 +31,15 @@ export async function explainCommand(
   const query = config.agent ? `?agent=${encodeURIComponent(String(config.agent))}` : '';
   const r = await api.get<ExplainReply>(`/api/containers/${encodeURIComponent(target)}/explain${query}`);
   if (config.json) {
-    out(JSON.stringify(r, null, 2));
+    out(json(r));
     return 0;
   }
-  const head = `container ${r.container.name} (${r.container.id.slice(0, 12)}) on agent ${r.agent.name}${r.container.state ? `, ${r.container.state}` : ''}`;
+  const head = line`container ${r.container.name} (${r.container.id.slice(0, 12)}) on agent ${r.agent.name}${r.container.state ? `, ${r.container.state}` : ''}`;
   if (!r.dialect) {
-    out(`${head}: no routing labels read (the agent's --dialects chooses which label dialects it reads)`);
+    out(line`${head}: no routing labels read (the agent's --dialects chooses which label dialects it reads)`);
     return 0;
   }
-  out(`${head}: labels read as ${r.dialect}\n`);
+  out(line`${head}: labels read as ${r.dialect}\n`);
   out(
     table(
       ['LABEL', 'VALUE', 'USE', 'NOTE'],
@@ -50,12 +50,12 @@ export async function explainCommand(
   const present = new Set(r.labels.map((l) => l.key));
   const loose = r.diagnostics.filter((d) => !present.has(d.label));
   if (loose.length > 0) {
-    out('');
-    for (const d of loose) out(`${d.severity}: ${d.label ? `${d.label}: ` : ''}${d.message}`);
+    out(ours(''));
+    for (const d of loose) out(line`${d.severity}: ${d.label ? `${d.label}: ` : ''}${d.message}`);
   }
-  out('');
+  out(ours(''));
   if (r.routes.length === 0) {
-    out('routes: none');
+    out(ours('routes: none'));
     return 0;
   }
   out(

@@ -3,13 +3,11 @@ import type { Config } from '../config.js';
 import { UserError } from '../errors.js';
 import type { AgentSummary, KeySummary } from '../server/registry.js';
 import type { ApiClient } from './client.js';
-import { table } from './format.js';
-
-type Out = (s: string) => void;
+import { json, line, type Out, type Printable, table } from './format.js';
 
 export async function keysCommand(config: Config, api: ApiClient, rest: string[], out: Out): Promise<number> {
   const [verb, ref] = rest;
-  const json = Boolean(config.json);
+  const asJson = Boolean(config.json);
   switch (verb) {
     case 'create': {
       const name = config.name ? String(config.name) : undefined;
@@ -27,22 +25,22 @@ export async function keysCommand(config: Config, api: ApiClient, rest: string[]
         autoApprove: Boolean(config['auto-approve']),
         ...((config['exec-allow'] as string[]).length > 0 ? { execAllow: config['exec-allow'] } : {}),
       });
-      if (json) out(JSON.stringify(r, null, 2));
+      if (asJson) out(json(r));
       else {
-        out(`created key ${r.key.name} (${r.key.id}); it is shown only now:\n\n  ${r.secret}\n`);
-        out(`It allows: ${describeLimits(r.key)}.`);
+        out(line`created key ${r.key.name} (${r.key.id}); it is shown only now:\n\n  ${r.secret}\n`);
+        out(line`It allows: ${describeLimits(r.key)}.`);
         if (r.key.domains.length === 0)
           out(
-            'Without --domains, its agents may claim any hostname that no other agent holds (berth keys update --domains limits it).\n',
+            line`Without --domains, its agents may claim any hostname that no other agent holds (berth keys update --domains limits it).\n`,
           );
-        out(`Run an agent with it:\n  berth agent --server ${api.baseUrl} --key ${r.secret}`);
+        out(agentHowTo(api.baseUrl));
       }
       return 0;
     }
     case 'list':
     case undefined: {
       const { keys } = await api.get<{ keys: KeySummary[] }>('/api/keys');
-      if (json) out(JSON.stringify(keys, null, 2));
+      if (asJson) out(json(keys));
       else
         out(
           table(
@@ -66,11 +64,7 @@ export async function keysCommand(config: Config, api: ApiClient, rest: string[]
     case 'revoke': {
       if (!ref) throw new UserError('CONFIG_INVALID', 'berth keys revoke needs a key id or name');
       const r = await api.post<{ key: KeySummary }>(`/api/keys/${encodeURIComponent(ref)}/revoke`, {});
-      out(
-        json
-          ? JSON.stringify(r, null, 2)
-          : `revoked key ${r.key.name} (${r.key.id}); its agents are disconnected`,
-      );
+      out(asJson ? json(r) : line`revoked key ${r.key.name} (${r.key.id}); its agents are disconnected`);
       return 0;
     }
     case 'rotate': {
@@ -80,10 +74,10 @@ export async function keysCommand(config: Config, api: ApiClient, rest: string[]
         `/api/keys/${encodeURIComponent(ref)}/rotate`,
         { overlap },
       );
-      if (json) out(JSON.stringify(r, null, 2));
+      if (asJson) out(json(r));
       else
         out(
-          `rotated key ${r.key.name}; the new key is shown only now:\n\n  ${r.secret}\n\nthe old key stays valid until ${r.key.previousValidUntil}`,
+          line`rotated key ${r.key.name}; the new key is shown only now:\n\n  ${r.secret}\n\nthe old key stays valid until ${r.key.previousValidUntil}`,
         );
       return 0;
     }
@@ -97,11 +91,7 @@ export async function keysCommand(config: Config, api: ApiClient, rest: string[]
         );
       }
       const r = await api.patch<{ key: KeySummary }>(`/api/keys/${encodeURIComponent(ref)}`, body);
-      out(
-        json
-          ? JSON.stringify(r, null, 2)
-          : `updated key ${r.key.name} (${r.key.id}): ${describeLimits(r.key)}`,
-      );
+      out(asJson ? json(r) : line`updated key ${r.key.name} (${r.key.id}): ${describeLimits(r.key)}`);
       return 0;
     }
     default:
@@ -145,12 +135,12 @@ export async function agentsCommand(
   out: Out,
 ): Promise<number> {
   const [verb, ref] = rest;
-  const json = Boolean(config.json);
+  const asJson = Boolean(config.json);
   switch (verb) {
     case 'list':
     case undefined: {
       const { agents } = await api.get<{ agents: AgentSummary[] }>('/api/agents');
-      if (json) out(JSON.stringify(agents, null, 2));
+      if (asJson) out(json(agents));
       else
         out(
           table(
@@ -172,20 +162,32 @@ export async function agentsCommand(
     case 'approve': {
       if (!ref) throw new UserError('CONFIG_INVALID', 'berth agents approve needs an agent id or name');
       const r = await api.post<{ agent: AgentSummary }>(`/api/agents/${encodeURIComponent(ref)}/approve`, {});
-      out(json ? JSON.stringify(r, null, 2) : `approved agent ${r.agent.name} (${r.agent.id})`);
+      out(asJson ? json(r) : line`approved agent ${r.agent.name} (${r.agent.id})`);
       return 0;
     }
     case 'remove': {
       if (!ref) throw new UserError('CONFIG_INVALID', 'berth agents remove needs an agent id or name');
       const r = await api.del<{ agent: AgentSummary }>(`/api/agents/${encodeURIComponent(ref)}`);
       out(
-        json
-          ? JSON.stringify(r, null, 2)
-          : `removed agent ${r.agent.name} (${r.agent.id}); its routes leave the front door`,
+        asJson
+          ? json(r)
+          : line`removed agent ${r.agent.name} (${r.agent.id}); its routes leave the front door`,
       );
       return 0;
     }
     default:
       throw new UserError('CONFIG_INVALID', `unknown "berth agents ${verb}": use list, approve or remove`);
   }
+}
+
+/**
+ * How to run an agent with a new key, keeping the key off the command line: any local user can
+ * read a process's arguments (/proc/PID/cmdline, ps), while a file or the environment is private.
+ */
+export function agentHowTo(server: string): Printable {
+  return line`Run an agent with it. Keep the key off the command line, where any local user can read it:
+save it in a file only the agent's user can read (e.g. /etc/berth/agent.key, chmod 600) and run
+  berth agent --server ${server} --key-file /etc/berth/agent.key
+or set BERTH_AGENT_KEY in the agent's environment (docker run --env-file FILE, compose env_file:,
+with the line BERTH_AGENT_KEY=<key> in FILE).`;
 }

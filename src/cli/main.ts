@@ -5,12 +5,14 @@ import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import { type Config, helpFor, loadConfig } from '../config.js';
-import { UserError } from '../errors.js';
+import { errorMessage, UserError } from '../errors.js';
+import { LogGate } from '../log-gate.js';
 import { VERSION } from '../version.js';
 import { apiClient } from './client.js';
 import { auditCommand, execCommand } from './exec.js';
 import { explainCommand } from './explain.js';
 import { agentsCommand, keysCommand } from './fleet.js';
+import { escapeLines, json, line, ours, stderr, stdout } from './format.js';
 import { routesCommand } from './routes.js';
 import { statusCommand } from './status.js';
 
@@ -28,7 +30,7 @@ const SIDECARS: Record<string, () => Promise<Sidecar>> = {
 const COMMANDS: Record<string, string> = {
   standalone: 'Run the server with an in-process agent for the local Docker (single host)',
   server: 'Run the server only (routes come from agents)',
-  agent: "Watch this host's Docker and report to a server (--server, --key)",
+  agent: "Watch this host's Docker and report to a server (--server, --key-file or BERTH_AGENT_KEY)",
   keys: 'Agent keys: create --name N [--domains …] [--auto-approve] | list | revoke ID | rotate ID',
   agents: 'Agents: list | approve ID | remove ID',
   exec: 'Run an allowed command in a container on any host: exec [--agent A] <container|service> -- <argv…>',
@@ -58,14 +60,14 @@ Run "berth <command> --help" for the command's flags. Every flag can also be set
 }
 
 export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
-  const out = (s: string) => process.stdout.write(`${s}\n`);
+  const out = stdout;
   const [command, ...args] = argv;
   if (!command || command === 'help' || command === '--help' || command === '-h') {
-    out(usage());
+    out(ours(usage()));
     return 0;
   }
   if (command === 'version' || command === '--version') {
-    out(VERSION);
+    out(ours(VERSION));
     return 0;
   }
   const loadSidecar = SIDECARS[command];
@@ -80,13 +82,14 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     return 0;
   }
   if (!COMMANDS[command]) {
-    process.stderr.write(`berth: unknown command "${command}"\n\n${usage()}\n`);
+    stderr(line`berth: unknown command "${command}"\n`);
+    stderr(ours(usage()));
     return 2;
   }
   try {
-    const { config, rest } = loadConfig(command, args, env);
+    const { config, rest, sources } = loadConfig(command, args, env);
     if (config.help) {
-      out(`Usage: berth ${command} [flags]\n\n${COMMANDS[command]}\n\nFlags:\n${helpFor(command)}`);
+      out(ours(`Usage: berth ${command} [flags]\n\n${COMMANDS[command]}\n\nFlags:\n${helpFor(command)}`));
       return 0;
     }
     switch (command) {
@@ -94,7 +97,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       case 'server':
         return await serve(command, config);
       case 'agent':
-        return await agent(config);
+        return await agent(config, sources.key);
       case 'keys':
         return await keysCommand(config, apiClient(config, env), rest, out);
       case 'agents':
@@ -108,7 +111,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
           throw new UserError('CONFIG_INVALID', 'usage: echo "$PASSWORD" | berth password set');
         const password = (await readStdin()).replace(/\r?\n$/, '');
         await apiClient(config, env).post('/api/ui-password', { password });
-        out('web UI password set; sign in at <server>/ui/');
+        out(ours('web UI password set; sign in at <server>/ui/'));
         return 0;
       }
       case 'routes':
@@ -121,14 +124,14 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
         const r = await apiClient(config, env).post<{ passes: number }>('/api/reconcile', {
           force: Boolean(config.force),
         });
-        out(config.json ? JSON.stringify(r) : `reconciled (pass ${r.passes})`);
+        out(config.json ? json(r) : line`reconciled (pass ${r.passes})`);
         return 0;
       }
     }
     return 2;
   } catch (err) {
     if (err instanceof UserError) {
-      process.stderr.write(`berth: ${err.message}\n`);
+      stderr(escapeLines(`berth: ${err.message}`));
       return err.code === 'CONFIG_INVALID' ? 2 : 1;
     }
     throw err;
@@ -143,10 +146,21 @@ async function serve(command: 'standalone' | 'server', config: Config): Promise<
   return 0;
 }
 
-async function agent(config: Config): Promise<number> {
+async function agent(config: Config, keySource: string | undefined): Promise<number> {
   const logger = pino({ level: String(config['log-level']), base: { cmd: 'agent' } }, pino.destination(2));
   const { runAgent } = await import('../agent/run.js');
-  const running = await runAgent(config, logger);
+  // Last resort: every exec and message path catches its own errors, so this is a bug; the agent
+  // logs it (a few lines, however many) and keeps its host's routes flowing rather than exit.
+  const gate = new LogGate(logger);
+  process.on('unhandledRejection', (err) =>
+    gate.log(
+      'error',
+      `unhandled:${errorMessage(err).slice(0, 120)}`,
+      { err: err instanceof Error ? err.stack : String(err) },
+      'unhandled rejection in the agent (a bug: please report it)',
+    ),
+  );
+  const running = await runAgent(config, logger, { keySource });
   await untilSignal(logger, () => running.stop());
   return 0;
 }
@@ -181,10 +195,10 @@ if (isMain) {
     (code) => process.exit(code),
     (err) => {
       if (err instanceof UserError) {
-        process.stderr.write(`berth: ${err.message}\n`);
+        stderr(escapeLines(`berth: ${err.message}`));
         process.exit(err.code === 'CONFIG_INVALID' ? 2 : 1);
       }
-      process.stderr.write(`berth: internal error: ${(err as Error).stack ?? err}\n`);
+      stderr(escapeLines(`berth: internal error: ${(err as Error).stack ?? err}`));
       process.exit(70);
     },
   );

@@ -1,20 +1,16 @@
 import type { Config } from '../config.js';
 import type { RouteView } from '../model/types.js';
 import type { ApiClient } from './client.js';
-import { table } from './format.js';
+import { json, type Out, ours, table } from './format.js';
 
-export async function routesCommand(
-  config: Config,
-  api: ApiClient,
-  out: (s: string) => void,
-): Promise<number> {
+export async function routesCommand(config: Config, api: ApiClient, out: Out): Promise<number> {
   const { routes } = await api.get<{ routes: RouteView[] }>('/api/routes');
   if (config.json) {
-    out(JSON.stringify(routes, null, 2));
+    out(json(routes));
     return 0;
   }
   if (routes.length === 0) {
-    out('no routes (label a container with berth.host=… to add one)');
+    out(ours('no routes (label a container with berth.host=… to add one)'));
     return 0;
   }
   out(

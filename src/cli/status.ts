@@ -1,20 +1,17 @@
 import type { Config } from '../config.js';
 import type { StatusReport } from '../server/app.js';
 import type { ApiClient } from './client.js';
+import { json, line, type Out, type Printable } from './format.js';
 
-export async function statusCommand(
-  config: Config,
-  api: ApiClient,
-  out: (s: string) => void,
-): Promise<number> {
+export async function statusCommand(config: Config, api: ApiClient, out: Out): Promise<number> {
   const s = await api.get<StatusReport>('/api/status');
   if (config.json) {
-    out(JSON.stringify(s, null, 2));
+    out(json(s));
     return 0;
   }
-  const lines = [
-    `berth ${s.version}, up ${s.uptimeSeconds}s, ${s.ready ? 'ready' : `NOT READY: ${s.notReady.join('; ')}`}`,
-    `routes: ${s.routes.total} (${s.routes.applied} applied, ${s.routes.pending} pending, ${s.routes.error} error)`,
+  const lines: Printable[] = [
+    line`berth ${s.version}, up ${s.uptimeSeconds}s, ${s.ready ? 'ready' : `NOT READY: ${s.notReady.join('; ')}`}`,
+    line`routes: ${s.routes.total} (${s.routes.applied} applied, ${s.routes.pending} pending, ${s.routes.error} error)`,
   ];
   for (const a of s.agents as {
     name: string;
@@ -25,7 +22,7 @@ export async function statusCommand(
     hostIp?: string;
   }[]) {
     lines.push(
-      `agent ${a.name} (${a.id}): ${a.connected ? 'connected' : 'disconnected'}, host ip ${a.hostIp ?? '?'}, ${a.containers} containers, ${a.routes} routes`,
+      line`agent ${a.name} (${a.id}): ${a.connected ? 'connected' : 'disconnected'}, host ip ${a.hostIp ?? '?'}, ${a.containers} containers, ${a.routes} routes`,
     );
   }
   for (const c of s.caddy as {
@@ -40,9 +37,9 @@ export async function statusCommand(
       ? `, applied by ${c.lease.mine ? `this replica (${c.lease.replica})` : (c.lease.holder ?? 'nobody yet')}`
       : '';
     lines.push(
-      `caddy ${c.admin}: ${c.reachable ? 'reachable' : 'UNREACHABLE'}${lease}, ${c.loads} loads, last apply ${c.lastApplyMs} ms${c.lastError ? `, last error: ${c.lastError}` : ''}`,
+      line`caddy ${c.admin}: ${c.reachable ? 'reachable' : 'UNREACHABLE'}${lease}, ${c.loads} loads, last apply ${c.lastApplyMs} ms${c.lastError ? `, last error: ${c.lastError}` : ''}`,
     );
   }
-  out(lines.join('\n'));
+  for (const l of lines) out(l);
   return s.ready ? 0 : 1;
 }

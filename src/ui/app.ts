@@ -319,6 +319,11 @@ async function agentsPage() {
     domains,
     h('label', {}, auto, ' approve its agents at once'),
     h('button', { type: 'submit', class: 'primary' }, 'Create key'),
+    h(
+      'p',
+      { class: 'hint' },
+      'Without domains, the key’s agents may claim any hostname that no other agent holds. Name domains to limit it.',
+    ),
   );
   // A re-render (live updates, the 5 s refresh) keeps the key form with whatever is typed in it,
   // and the key it just showed (shown only once), together: the form writes into its own slot.
@@ -348,10 +353,16 @@ async function agentsPage() {
   );
 }
 
+/** Where the key lives on the Docker host: read by docker/compose, never on a command line. */
+const KEY_ENV_FILE = '/etc/berth/agent.env';
+
 function keyPanel(name: string, secret: string): HTMLElement {
   const server = location.origin;
-  const run = `docker run -d --name berth-agent --restart unless-stopped -v /var/run/docker.sock:/var/run/docker.sock:ro -v berth-agent:/data -e BERTH_AGENT_KEY=${secret} berth agent --server ${server} --data-dir /data`;
-  const compose = `services:\n  berth-agent:\n    image: berth\n    command: agent --server ${server} --data-dir /data\n    restart: unless-stopped\n    environment:\n      BERTH_AGENT_KEY: ${secret}\n    volumes:\n      - /var/run/docker.sock:/var/run/docker.sock:ro\n      - berth-agent:/data\nvolumes:\n  berth-agent: {}\n`;
+  // The key goes in an env file, not in the commands: any local user can read a process's
+  // command line (/proc/PID/cmdline, ps), and shell history keeps it too.
+  const envFile = `BERTH_AGENT_KEY=${secret}\n`;
+  const run = `docker run -d --name berth-agent --restart unless-stopped --env-file ${KEY_ENV_FILE} -v /var/run/docker.sock:/var/run/docker.sock:ro -v berth-agent:/data berth agent --server ${server} --data-dir /data`;
+  const compose = `services:\n  berth-agent:\n    image: berth\n    command: agent --server ${server} --data-dir /data\n    restart: unless-stopped\n    env_file: ${KEY_ENV_FILE}\n    volumes:\n      - /var/run/docker.sock:/var/run/docker.sock:ro\n      - berth-agent:/data\nvolumes:\n  berth-agent: {}\n`;
   const copy = (label: string, text: string) =>
     h(
       'button',
@@ -375,8 +386,17 @@ function keyPanel(name: string, secret: string): HTMLElement {
     h('p', {}, 'Key ', h('strong', {}, name), ' — shown once, store it now:'),
     h('pre', { id: 'key-secret' }, secret),
     copy('Copy key', secret),
-    h('p', {}, 'Run the agent on the Docker host:'),
-    h('pre', {}, run),
+    h(
+      'p',
+      {},
+      'On the Docker host, save it in ',
+      h('code', {}, KEY_ENV_FILE),
+      ' (readable by root only: chmod 600), as:',
+    ),
+    h('pre', { id: 'key-env-file' }, envFile),
+    copy('Copy env file', envFile),
+    h('p', {}, 'Then run the agent (the key stays off the command line):'),
+    h('pre', { id: 'key-docker-run' }, run),
     copy('Copy docker run', run),
     h('p', {}, 'Or with compose (see deploy/compose.agent.yml for the read-only socket proxy):'),
     h('pre', {}, compose),

@@ -170,8 +170,14 @@ describe('web UI', () => {
     await page.locator('#create-key input[name=name]').fill('second-host');
     await page.locator('#create-key button[type=submit]').click();
     await expect.poll(() => page.locator('#key-secret').textContent()).toMatch(/^berth_agent_/);
-    for (const label of ['Copy key', 'Copy docker run', 'Copy compose file'])
+    for (const label of ['Copy key', 'Copy env file', 'Copy docker run', 'Copy compose file'])
       expect(await page.getByRole('button', { name: label }).count()).toBe(1);
+    // The suggested commands keep the key off the command line: it goes in an env file.
+    const secret = (await page.locator('#key-secret').textContent()) ?? '';
+    expect(await page.locator('#key-env-file').textContent()).toBe(`BERTH_AGENT_KEY=${secret}\n`);
+    const run = (await page.locator('#key-docker-run').textContent()) ?? '';
+    expect(run).toContain('--env-file /etc/berth/agent.env');
+    expect(run).not.toContain(secret);
     await shot('07-new-key');
   });
 

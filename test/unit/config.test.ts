@@ -78,4 +78,15 @@ describe('--dialects', () => {
     );
     expect(() => loadConfig('server', ['--dialects', 'berth'], {})).toThrowError(/unknown flag --dialects/);
   });
+
+  it('says where each value came from (the agent warns about a key on the command line)', () => {
+    expect(loadConfig('agent', ['--key', 'k'], { BERTH_AGENT_KEY: 'e' }).sources.key).toBe('--key');
+    expect(loadConfig('agent', ['--key=k'], {}).sources.key).toBe('--key');
+    expect(loadConfig('agent', [], { BERTH_AGENT_KEY: 'e' }).sources.key).toBe('BERTH_AGENT_KEY');
+    expect(loadConfig('agent', [], { BERTH_KEY: 'e' }).sources.key).toBe('BERTH_KEY');
+    const { sources } = loadConfig('agent', ['--key-file', '/k'], {});
+    expect(sources.key).toBeUndefined();
+    expect(sources['key-file']).toBe('--key-file');
+    expect(sources['report-interval']).toBeUndefined(); // defaults have no source
+  });
 });
