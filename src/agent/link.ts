@@ -7,10 +7,11 @@ import type { Logger } from 'pino';
 import WebSocket from 'ws';
 import { errorMessage } from '../errors.js';
 import { LogGate } from '../log-gate.js';
-import { clip, MAX_MESSAGE } from '../model/limits.js';
+import { clip, DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE } from '../model/limits.js';
 import { AGENT_PATH, type ExecEvent, type ExecRequest, type Heartbeat } from '../model/protocol.js';
 import { isAgentId, MAX_SERVER_MESSAGE_BYTES, parseServerMessage } from '../model/server-protocol.js';
 import type { Snapshot } from '../model/types.js';
+import { fitSnapshot } from './fit.js';
 
 export interface LinkOptions {
   /** One URL, or several replicas' URLs: each (re)connect after a failure tries the next. */
@@ -32,6 +33,8 @@ export interface LinkOptions {
 const MAX_REFUSAL_BODY = 64 * 1024;
 
 export class ServerLink {
+  /** The largest message the server reads (it says so in its welcome). */
+  private maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES;
   private ws?: WebSocket;
   private snapshot?: Snapshot;
   private backoffMs = 500;
@@ -222,6 +225,8 @@ export class ServerLink {
         }
       }
       this.status = msg.status;
+      // Older servers do not say; theirs was 64 MiB, so the default is the safe side.
+      this.maxMessageBytes = msg.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
       this.o.logger.info({ agentId: msg.agentId, status: msg.status }, 'registered with server');
       this.sendSnapshot();
       this.sendHeartbeat();
@@ -261,7 +266,15 @@ export class ServerLink {
 
   private sendSnapshot(): void {
     if (!this.snapshot || !this.agentId || this.ws?.readyState !== WebSocket.OPEN) return;
-    this.ws.send(JSON.stringify({ type: 'snapshot', snapshot: { ...this.snapshot, agentId: this.agentId } }));
+    const fitted = fitSnapshot({ ...this.snapshot, agentId: this.agentId }, this.maxMessageBytes);
+    if (fitted.left.length > 0) {
+      this.gate.warn(
+        `snapshot-over-limit:${fitted.left.join(',')}`,
+        { limit: this.maxMessageBytes, bytes: fitted.bytes, left: fitted.left },
+        `the snapshot is over the server's message limit; sent without: ${fitted.left.join(', ')}`,
+      );
+    }
+    this.ws.send(JSON.stringify({ type: 'snapshot', snapshot: fitted.snapshot }));
     this.snapshotsSent++;
   }
 

@@ -29,7 +29,7 @@ export async function keysCommand(config: Config, api: ApiClient, rest: string[]
       else {
         out(line`created key ${r.key.name} (${r.key.id}); it is shown only now:\n\n  ${r.secret}\n`);
         out(line`It allows: ${describeLimits(r.key)}.`);
-        if (r.key.domains.length === 0)
+        if (!r.key.domains?.length)
           out(
             line`Without --domains, its agents may claim any hostname that no other agent holds (berth keys update --domains limits it).\n`,
           );
@@ -118,14 +118,17 @@ function keyLimits(config: Config): Record<string, unknown> {
   return body;
 }
 
-function describeLimits(k: KeySummary): string {
+/** What a key allows, in words; fields an older server does not send are left out. */
+function describeLimits(k: Partial<KeySummary>): string {
   return [
-    `domains ${k.domains.join(',') || '(any hostname no other agent holds)'}`,
+    `domains ${k.domains?.join(',') || '(any hostname no other agent holds)'}`,
     `upstreams ${k.upstreams?.join(',') || "(the agent's own host)"}`,
-    `${k.maxRoutes} routes per agent`,
-    `${k.maxPending} pending agents`,
+    k.maxRoutes === undefined ? '' : `${k.maxRoutes} routes per agent`,
+    k.maxPending === undefined ? '' : `${k.maxPending} pending agents`,
     k.autoApprove ? 'auto-approve' : 'approval needed',
-  ].join('; ');
+  ]
+    .filter(Boolean)
+    .join('; ');
 }
 
 export async function agentsCommand(

@@ -76,6 +76,7 @@ const CHECKS = new Map<string, MessageCheck>([
         rule: 'must be a string of at most 64 characters',
       },
       heartbeatMs: { schema: safeInt(0), rule: 'must be a whole number of milliseconds' },
+      maxMessageBytes: { schema: safeInt(1024), rule: 'must be a whole number of bytes, at least 1024' },
     }),
   ],
   ['resync', check('resync', [], {})],
