@@ -1,7 +1,12 @@
 // Every flag and BERTH_* variable in one place. loadConfig is the only reader of process.env;
-// it reports every problem at once and returns a frozen object.
+// it reports every problem at once and returns one typed, frozen object per kind of command
+// (ServeConfig, AgentConfig, ClientConfig), so nothing else ever casts a configuration value.
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { hostname } from 'node:os';
+import { join, resolve } from 'node:path';
 import { UserError } from './errors.js';
-import { DIALECTS } from './labels/index.js';
+import { DIALECTS, type DialectName } from './labels/index.js';
 
 type Kind = 'string' | 'bool' | 'list' | 'int' | 'duration' | 'size';
 
@@ -319,7 +324,8 @@ export const FLAGS: FlagDef[] = [
   { name: 'help', kind: 'bool', default: false, help: 'Show help', for: '*' },
 ];
 
-export type Config = Readonly<Record<string, string | boolean | number | string[] | undefined>>;
+/** Flag values as parsed, by flag name: only the typed builders below read these. */
+type RawConfig = Readonly<Record<string, string | boolean | number | string[] | undefined>>;
 
 export const envName = (flag: string) => `BERTH_${flag.toUpperCase().replace(/-/g, '_')}`;
 
@@ -327,12 +333,12 @@ export const envName = (flag: string) => `BERTH_${flag.toUpperCase().replace(/-/
  * Flags win over BERTH_* variables, which win over defaults. Unknown flags, bad values and
  * missing values are all collected and reported together.
  */
-export function loadConfig(
+function parseFlags(
   command: string,
   argv: string[],
   env: NodeJS.ProcessEnv,
 ): {
-  config: Config;
+  config: RawConfig;
   rest: string[];
   /** Where each set value came from: `--flag` or the variable's name (e.g. to warn about --key). */
   sources: Readonly<Record<string, string>>;
@@ -405,6 +411,300 @@ export function loadConfig(
     throw new UserError('CONFIG_INVALID', `invalid configuration:\n  - ${problems.join('\n  - ')}`);
   }
   return { config: Object.freeze(out), rest, sources: Object.freeze(sources) };
+}
+
+// ---- typed configuration, per kind of command
+
+export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
+export type TlsMode = 'auto' | 'internal' | 'off';
+
+export interface Listen {
+  host: string;
+  port: number;
+}
+
+interface Common {
+  dataDir: string;
+  logLevel: LogLevel;
+  help: boolean;
+}
+
+/** How an agent (standalone's local one included) watches its Docker and reads labels. */
+export interface WatchConfig {
+  docker: string;
+  /** Fixed by --host-ip; otherwise worked out (loopback for a local engine, the connection's address). */
+  hostIp?: string;
+  network?: string;
+  labelPrefix: string;
+  dialects: DialectName[];
+  resyncIntervalMs: number;
+  execPolicy?: string;
+  name: string;
+}
+
+export interface ServeConfig extends Common {
+  command: 'server' | 'standalone';
+  store?: string;
+  apiListen: Listen;
+  /** BERTH_ADMIN_TOKEN, when the operator sets the token (replicas share it). */
+  adminToken?: string;
+  caddy: {
+    admin: string[];
+    bin: string;
+    layout: 'dynamic' | 'static';
+    /** Front-door addresses, with --http-bind applied. */
+    httpListen: string;
+    httpsListen: string;
+    httpBind?: string;
+    tls: TlsMode;
+    dnsListen: string;
+  };
+  tcp: { bind: string; accessLog?: string; idleTimeoutMs: number; maxConnections: number };
+  driftIntervalMs: number;
+  offlineGraceMs: number;
+  agentHeartbeatMs: number;
+  agentMaxMessageBytes: number;
+  trustedProxies: string[];
+  /** The local agent of `berth standalone`. */
+  watch?: WatchConfig;
+}
+
+export interface AgentConfig extends Common, WatchConfig {
+  servers: string[];
+  key: string;
+  /** Where the key came from (`--key` on a command line draws a warning). */
+  keySource: string;
+  reportIntervalMs: number;
+  metricsListen?: Listen;
+}
+
+export interface ClientConfig extends Common {
+  server: string;
+  /** --token, BERTH_TOKEN or BERTH_ADMIN_TOKEN; else the local data dir's admin.token is read. */
+  token?: string;
+  json: boolean;
+  name?: string;
+  domains?: string[];
+  upstreams?: string[];
+  maxRoutes?: number;
+  maxPending?: number;
+  autoApprove: boolean;
+  execAllow: string[];
+  agent?: string;
+  timeoutMs: number;
+  limit: number;
+  overlapMs: number;
+  force: boolean;
+}
+
+export type Loaded =
+  | { kind: 'serve'; config: ServeConfig; rest: string[] }
+  | { kind: 'agent'; config: AgentConfig; rest: string[] }
+  | { kind: 'client'; config: ClientConfig; rest: string[] };
+
+/** Reads flags and BERTH_* variables for a command, checks everything at once, returns it typed. */
+export function loadConfig(command: string, argv: string[], env: NodeJS.ProcessEnv): Loaded {
+  const { config: raw, rest, sources } = parseFlags(command, argv, env);
+  const problems: string[] = [];
+  const common: Common = {
+    dataDir: resolve(str(raw['data-dir'])),
+    logLevel: str(raw['log-level']) as LogLevel,
+    help: raw.help === true,
+  };
+  let loaded: Loaded;
+  if (command === 'server' || command === 'standalone') {
+    loaded = { kind: 'serve', config: serveConfig(command, raw, env, common, problems), rest };
+  } else if (command === 'agent') {
+    loaded = { kind: 'agent', config: agentConfig(raw, sources, env, common, problems), rest };
+  } else {
+    loaded = { kind: 'client', config: clientConfig(raw, env, common), rest };
+  }
+  // --help needs no valid configuration: the flags' descriptions are what it shows.
+  if (problems.length > 0 && !common.help) {
+    throw new UserError('CONFIG_INVALID', `invalid configuration:\n  - ${problems.join('\n  - ')}`);
+  }
+  Object.freeze(loaded.config);
+  return loaded;
+}
+
+const str = (v: unknown): string => (typeof v === 'string' ? v : '');
+const opt = (v: unknown): string | undefined => (typeof v === 'string' && v !== '' ? v : undefined);
+const num = (v: unknown): number => (typeof v === 'number' ? v : 0);
+const list = (v: unknown): string[] => (Array.isArray(v) ? v.map(String) : []);
+
+/** A listen flag, or a problem added to the list. */
+function listen(flag: string, value: string, problems: string[]): Listen {
+  try {
+    return parseListen(flag, value);
+  } catch (err) {
+    problems.push((err as Error).message);
+    return { host: '', port: 0 };
+  }
+}
+
+function watchConfig(raw: RawConfig, env: NodeJS.ProcessEnv): WatchConfig {
+  const w: WatchConfig = {
+    docker: opt(raw.docker) ?? 'unix:///var/run/docker.sock',
+    labelPrefix: str(raw['label-prefix']),
+    dialects: list(raw.dialects) as DialectName[],
+    resyncIntervalMs: num(raw['resync-interval']),
+    name: opt(raw.name) ?? hostname(),
+  };
+  const hostIp = opt(raw['host-ip']);
+  if (hostIp) w.hostIp = hostIp;
+  const network = opt(raw.network);
+  if (network) w.network = network;
+  const policy = opt(raw['exec-policy']);
+  if (policy) w.execPolicy = policy;
+  return w;
+}
+
+function serveConfig(
+  command: 'server' | 'standalone',
+  raw: RawConfig,
+  env: NodeJS.ProcessEnv,
+  common: Common,
+  problems: string[],
+): ServeConfig {
+  const store = opt(raw.store);
+  if (command === 'standalone' && store) {
+    problems.push(
+      '--store is for berth server replicas (berth standalone keeps its agent in-process); run berth agent on each host',
+    );
+  }
+  const httpBind = opt(raw['http-bind']);
+  if (httpBind !== undefined && isIP(httpBind) === 0) {
+    problems.push(`--http-bind ${httpBind}: expected an IP address such as 100.64.0.7`);
+  }
+  const bind = (flag: string): string => {
+    const value = str(raw[flag]);
+    const { host, port } = listen(flag, value, problems);
+    if (httpBind === undefined || isIP(httpBind) === 0) return value;
+    if (host && host !== httpBind) {
+      problems.push(`--${flag} ${value} names another address than --http-bind ${httpBind}`);
+    }
+    return httpBind.includes(':') ? `[${httpBind}]:${port}` : `${httpBind}:${port}`;
+  };
+  const c: ServeConfig = {
+    ...common,
+    command,
+    apiListen: listen('api-listen', str(raw['api-listen']), problems),
+    caddy: {
+      admin: list(raw['caddy-admin']),
+      bin: str(raw['caddy-bin']),
+      layout: str(raw['caddy-layout']) as 'dynamic' | 'static',
+      httpListen: bind('http-listen'),
+      httpsListen: bind('https-listen'),
+      tls: str(raw.tls) as TlsMode,
+      dnsListen: str(raw['dns-listen']),
+    },
+    tcp: {
+      bind: str(raw['tcp-bind']),
+      idleTimeoutMs: num(raw['tcp-idle-timeout']),
+      maxConnections: num(raw['tcp-max-connections']),
+    },
+    driftIntervalMs: num(raw['drift-interval']),
+    offlineGraceMs: num(raw['offline-grace']),
+    agentHeartbeatMs: num(raw['agent-heartbeat']),
+    agentMaxMessageBytes: num(raw['agent-max-message']),
+    trustedProxies: list(raw['trusted-proxies']),
+  };
+  if (store) c.store = store;
+  if (httpBind) c.caddy.httpBind = httpBind;
+  const accessLog = opt(raw['tcp-access-log']);
+  if (accessLog) c.tcp.accessLog = resolve(accessLog);
+  const token = opt(env.BERTH_ADMIN_TOKEN);
+  if (token) c.adminToken = token;
+  if (command === 'standalone') c.watch = watchConfig(raw, env);
+  return c;
+}
+
+function agentConfig(
+  raw: RawConfig,
+  sources: Readonly<Record<string, string>>,
+  env: NodeJS.ProcessEnv,
+  common: Common,
+  problems: string[],
+): AgentConfig {
+  const servers = str(raw.server)
+    .split(',')
+    .map((u) => u.trim())
+    .filter(Boolean);
+  if (servers.length === 0) {
+    problems.push(
+      '--server is required: the Berth server URL, e.g. https://berth.example.com (several replicas: comma-separated)',
+    );
+  }
+  const bad = servers.find((u) => !/^https?:\/\/[^/\s]+/.test(u));
+  if (bad !== undefined) problems.push(`--server ${bad}: expected an http:// or https:// URL`);
+  let key = '';
+  let keySource = '';
+  const keyFile = opt(raw['key-file']);
+  if (opt(raw.key)) {
+    key = str(raw.key).trim();
+    keySource = sources.key ?? '--key';
+  } else if (keyFile) {
+    keySource = '--key-file';
+    try {
+      key = readFileSync(keyFile, 'utf8').trim();
+    } catch (err) {
+      problems.push(`--key-file ${keyFile}: ${(err as Error).message}`);
+    }
+  } else {
+    problems.push(
+      'an agent key is required: --key-file, BERTH_AGENT_KEY or --key (berth keys create prints one)',
+    );
+  }
+  const c: AgentConfig = {
+    ...common,
+    ...watchConfig(raw, env),
+    servers,
+    key,
+    keySource,
+    reportIntervalMs: num(raw['report-interval']),
+  };
+  const metrics = opt(raw['metrics-listen']);
+  if (metrics) c.metricsListen = listen('metrics-listen', metrics, problems);
+  return c;
+}
+
+function clientConfig(raw: RawConfig, env: NodeJS.ProcessEnv, common: Common): ClientConfig {
+  const c: ClientConfig = {
+    ...common,
+    server: (opt(raw.server) ?? `http://${env.BERTH_API_LISTEN || '127.0.0.1:7080'}`).replace(/\/$/, ''),
+    json: raw.json === true,
+    autoApprove: raw['auto-approve'] === true,
+    execAllow: list(raw['exec-allow']),
+    timeoutMs: num(raw.timeout),
+    limit: num(raw.limit),
+    overlapMs: num(raw.overlap),
+    force: raw.force === true,
+  };
+  const token = opt(raw.token) ?? opt(env.BERTH_ADMIN_TOKEN);
+  if (token) c.token = token;
+  const name = opt(raw.name);
+  if (name) c.name = name;
+  const items = (v: unknown) =>
+    String(v)
+      .split(',')
+      .map((d) => d.trim())
+      .filter(Boolean);
+  if (raw.domains !== undefined) c.domains = items(raw.domains);
+  if (raw.upstreams !== undefined) c.upstreams = list(raw.upstreams).flatMap(items);
+  if (typeof raw['max-routes'] === 'number') c.maxRoutes = raw['max-routes'];
+  if (typeof raw['max-pending'] === 'number') c.maxPending = raw['max-pending'];
+  const agent = opt(raw.agent);
+  if (agent) c.agent = agent;
+  return c;
+}
+
+/** The admin token the CLI uses when none is given: the one the server wrote to its data dir. */
+export function localAdminToken(dataDir: string): string | undefined {
+  try {
+    return readFileSync(join(dataDir, 'admin.token'), 'utf8').trim() || undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function parseValue(

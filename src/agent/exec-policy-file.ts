@@ -1,11 +1,9 @@
 import { readFileSync } from 'node:fs';
-import type { Config } from '../config.js';
 import { UserError } from '../errors.js';
 import { DEFAULT_POLICY, type ExecPolicy, parsePolicy } from './exec-policy.js';
 
 /** --exec-policy FILE, read once at start; without it, container labels alone decide. */
-export function loadExecPolicy(config: Config): ExecPolicy {
-  const file = config['exec-policy'] ? String(config['exec-policy']) : undefined;
+export function loadExecPolicy(file: string | undefined): ExecPolicy {
   if (!file) return DEFAULT_POLICY;
   let text: string;
   try {

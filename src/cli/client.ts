@@ -1,7 +1,6 @@
 // The CLI's view of the API: URL and token from flags, BERTH_* or the local data dir.
-import { readFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
-import type { Config } from '../config.js';
+import { join } from 'node:path';
+import { type ClientConfig, localAdminToken } from '../config.js';
 import { UserError } from '../errors.js';
 import { escapeControls } from './format.js';
 
@@ -15,14 +14,9 @@ export interface ApiClient {
   stream(path: string, body: unknown): Promise<AsyncIterable<Uint8Array>>;
 }
 
-export function apiClient(config: Config, env: NodeJS.ProcessEnv): ApiClient {
-  const server = String(config.server ?? `http://${env.BERTH_API_LISTEN ?? '127.0.0.1:7080'}`).replace(
-    /\/$/,
-    '',
-  );
-  const token = config.token
-    ? String(config.token)
-    : (env.BERTH_ADMIN_TOKEN ?? readLocalToken(String(config['data-dir'])));
+export function apiClient(config: ClientConfig): ApiClient {
+  const server = config.server;
+  const token = config.token ?? localAdminToken(config.dataDir) ?? noToken(config.dataDir);
   const send = async (method: string, path: string, body?: unknown): Promise<Response> => {
     let res: Response;
     try {
@@ -67,14 +61,9 @@ export function apiClient(config: Config, env: NodeJS.ProcessEnv): ApiClient {
   };
 }
 
-function readLocalToken(dataDir: string): string {
-  const file = join(resolve(dataDir), 'admin.token');
-  try {
-    return readFileSync(file, 'utf8').trim();
-  } catch {
-    throw new UserError(
-      'UNAUTHORIZED',
-      `no admin token: pass --token, set BERTH_TOKEN or BERTH_ADMIN_TOKEN, or run where ${file} is readable`,
-    );
-  }
+function noToken(dataDir: string): never {
+  throw new UserError(
+    'UNAUTHORIZED',
+    `no admin token: pass --token, set BERTH_TOKEN or BERTH_ADMIN_TOKEN, or run where ${join(dataDir, 'admin.token')} is readable`,
+  );
 }

@@ -1,6 +1,6 @@
 // berth exec [--agent A] <container|service> -- <argv…>: the command's own output, live, and
 // its exit code as ours. berth audit: every exec request the server has seen.
-import type { Config } from '../config.js';
+import type { ClientConfig } from '../config.js';
 import { UserError } from '../errors.js';
 import type { AuditEntry } from '../store/store.js';
 import type { ApiClient } from './client.js';
@@ -9,7 +9,7 @@ import { json, line, type Out, type Printable, stderr, stdout, table } from './f
 /** Exit code when the command was killed by its timeout, as timeout(1) does. */
 const TIMED_OUT = 124;
 
-export async function execCommand(config: Config, api: ApiClient, rest: string[]): Promise<number> {
+export async function execCommand(config: ClientConfig, api: ApiClient, rest: string[]): Promise<number> {
   const [target, ...argv] = rest;
   if (!target || argv.length === 0) {
     throw new UserError(
@@ -17,10 +17,10 @@ export async function execCommand(config: Config, api: ApiClient, rest: string[]
       'usage: berth exec [--agent ID] [--timeout 60s] [--json] <container|service> -- <command> [args…]',
     );
   }
-  const body: Record<string, unknown> = { target, argv, timeout: `${Number(config.timeout)}ms` };
-  if (config.agent) body.agent = String(config.agent);
+  const body: Record<string, unknown> = { target, argv, timeout: `${config.timeoutMs}ms` };
+  if (config.agent) body.agent = config.agent;
   const res = await api.stream('/api/exec', body);
-  const asJson = Boolean(config.json);
+  const asJson = config.json;
   const out: { stdout: string[]; stderr: string[] } = { stdout: [], stderr: [] };
   let exit: { exitCode: number | null; timedOut: boolean; truncated: boolean } | undefined;
   let error: { code: string; message: string } | undefined;
@@ -78,8 +78,8 @@ export async function execCommand(config: Config, api: ApiClient, rest: string[]
   return exit.exitCode ?? 1;
 }
 
-export async function auditCommand(config: Config, api: ApiClient, out: Out): Promise<number> {
-  const { entries } = await api.get<{ entries: AuditEntry[] }>(`/api/audit?limit=${Number(config.limit)}`);
+export async function auditCommand(config: ClientConfig, api: ApiClient, out: Out): Promise<number> {
+  const { entries } = await api.get<{ entries: AuditEntry[] }>(`/api/audit?limit=${config.limit}`);
   if (config.json) {
     out(json(entries));
     return 0;

@@ -1,6 +1,6 @@
 // berth explain [--agent A] [--json] <container>: which dialect the agent read a container's
 // labels in, what each label did, and the routes they made.
-import type { Config } from '../config.js';
+import type { ClientConfig } from '../config.js';
 import { UserError } from '../errors.js';
 import type { Diagnostic, LabelExplanation } from '../model/types.js';
 import type { ExplainedRoute } from '../server/routes/explain.js';
@@ -19,7 +19,7 @@ export interface ExplainReply {
 const clip = (s: string, n: number) => (s.length > n ? `${s.slice(0, n - 1)}…` : s);
 
 export async function explainCommand(
-  config: Config,
+  config: ClientConfig,
   api: ApiClient,
   rest: string[],
   out: Out,
@@ -28,7 +28,7 @@ export async function explainCommand(
   if (!target || extra.length > 0) {
     throw new UserError('CONFIG_INVALID', 'usage: berth explain [--agent ID|NAME] [--json] <container>');
   }
-  const query = config.agent ? `?agent=${encodeURIComponent(String(config.agent))}` : '';
+  const query = config.agent ? `?agent=${encodeURIComponent(config.agent)}` : '';
   const r = await api.get<ExplainReply>(`/api/containers/${encodeURIComponent(target)}/explain${query}`);
   if (config.json) {
     out(json(r));

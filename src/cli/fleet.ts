@@ -1,29 +1,29 @@
 // berth keys … and berth agents …: enrolment from the command line.
-import type { Config } from '../config.js';
+import type { ClientConfig } from '../config.js';
 import { UserError } from '../errors.js';
 import type { AgentSummary, KeySummary } from '../server/registry.js';
 import type { ApiClient } from './client.js';
 import { json, line, type Out, type Printable, table } from './format.js';
 
-export async function keysCommand(config: Config, api: ApiClient, rest: string[], out: Out): Promise<number> {
+export async function keysCommand(
+  config: ClientConfig,
+  api: ApiClient,
+  rest: string[],
+  out: Out,
+): Promise<number> {
   const [verb, ref] = rest;
-  const asJson = Boolean(config.json);
+  const asJson = config.json;
   switch (verb) {
     case 'create': {
-      const name = config.name ? String(config.name) : undefined;
+      const name = config.name;
       if (!name) throw new UserError('CONFIG_INVALID', 'berth keys create needs --name NAME');
-      const domains = config.domains
-        ? String(config.domains)
-            .split(',')
-            .map((d) => d.trim())
-            .filter(Boolean)
-        : [];
+      const domains = config.domains ?? [];
       const r = await api.post<{ key: KeySummary; secret: string }>('/api/keys', {
         ...keyLimits(config),
         name,
         domains,
-        autoApprove: Boolean(config['auto-approve']),
-        ...((config['exec-allow'] as string[]).length > 0 ? { execAllow: config['exec-allow'] } : {}),
+        autoApprove: config.autoApprove,
+        ...(config.execAllow.length > 0 ? { execAllow: config.execAllow } : {}),
       });
       if (asJson) out(json(r));
       else {
@@ -69,7 +69,7 @@ export async function keysCommand(config: Config, api: ApiClient, rest: string[]
     }
     case 'rotate': {
       if (!ref) throw new UserError('CONFIG_INVALID', 'berth keys rotate needs a key id or name');
-      const overlap = `${Math.round(Number(config.overlap) / 1000)}s`;
+      const overlap = `${Math.round(config.overlapMs / 1000)}s`;
       const r = await api.post<{ key: KeySummary; secret: string }>(
         `/api/keys/${encodeURIComponent(ref)}/rotate`,
         { overlap },
@@ -103,18 +103,13 @@ export async function keysCommand(config: Config, api: ApiClient, rest: string[]
 }
 
 /** What a key allows, from flags, as the API takes it (only what was given). */
-function keyLimits(config: Config): Record<string, unknown> {
-  const list = (v: unknown) =>
-    String(v)
-      .split(',')
-      .map((d) => d.trim())
-      .filter(Boolean);
+function keyLimits(config: ClientConfig): Record<string, unknown> {
   const body: Record<string, unknown> = {};
-  if (config.domains !== undefined) body.domains = list(config.domains);
-  if (config.upstreams !== undefined) body.upstreams = (config.upstreams as string[]).flatMap(list);
-  if (config['max-routes'] !== undefined) body.maxRoutes = config['max-routes'];
-  if (config['max-pending'] !== undefined) body.maxPending = config['max-pending'];
-  if (config['auto-approve'] === true) body.autoApprove = true;
+  if (config.domains !== undefined) body.domains = config.domains;
+  if (config.upstreams !== undefined) body.upstreams = config.upstreams;
+  if (config.maxRoutes !== undefined) body.maxRoutes = config.maxRoutes;
+  if (config.maxPending !== undefined) body.maxPending = config.maxPending;
+  if (config.autoApprove) body.autoApprove = true;
   return body;
 }
 
@@ -132,13 +127,13 @@ function describeLimits(k: Partial<KeySummary>): string {
 }
 
 export async function agentsCommand(
-  config: Config,
+  config: ClientConfig,
   api: ApiClient,
   rest: string[],
   out: Out,
 ): Promise<number> {
   const [verb, ref] = rest;
-  const asJson = Boolean(config.json);
+  const asJson = config.json;
   switch (verb) {
     case 'list':
     case undefined: {

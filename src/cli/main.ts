@@ -4,7 +4,7 @@ import { realpathSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
-import { type Config, helpFor, loadConfig } from '../config.js';
+import { type AgentConfig, helpFor, loadConfig, type ServeConfig } from '../config.js';
 import { errorMessage, UserError } from '../errors.js';
 import { LogGate } from '../log-gate.js';
 import { VERSION } from '../version.js';
@@ -87,43 +87,40 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     return 2;
   }
   try {
-    const { config, rest, sources } = loadConfig(command, args, env);
-    if (config.help) {
+    const loaded = loadConfig(command, args, env);
+    if (loaded.config.help) {
       out(ours(`Usage: berth ${command} [flags]\n\n${COMMANDS[command]}\n\nFlags:\n${helpFor(command)}`));
       return 0;
     }
+    if (loaded.kind === 'serve') return await serve(loaded.config);
+    if (loaded.kind === 'agent') return await agent(loaded.config);
+    const { config, rest } = loaded;
+    const api = apiClient(config);
     switch (command) {
-      case 'standalone':
-      case 'server':
-        return await serve(command, config);
-      case 'agent':
-        return await agent(config, sources.key);
       case 'keys':
-        return await keysCommand(config, apiClient(config, env), rest, out);
+        return await keysCommand(config, api, rest, out);
       case 'agents':
-        return await agentsCommand(config, apiClient(config, env), rest, out);
+        return await agentsCommand(config, api, rest, out);
       case 'exec':
-        return await execCommand(config, apiClient(config, env), rest);
+        return await execCommand(config, api, rest);
       case 'audit':
-        return await auditCommand(config, apiClient(config, env), out);
+        return await auditCommand(config, api, out);
       case 'password': {
         if (rest[0] !== 'set')
           throw new UserError('CONFIG_INVALID', 'usage: echo "$PASSWORD" | berth password set');
         const password = (await readStdin()).replace(/\r?\n$/, '');
-        await apiClient(config, env).post('/api/ui-password', { password });
+        await api.post('/api/ui-password', { password });
         out(ours('web UI password set; sign in at <server>/ui/'));
         return 0;
       }
       case 'routes':
-        return await routesCommand(config, apiClient(config, env), out);
+        return await routesCommand(config, api, out);
       case 'explain':
-        return await explainCommand(config, apiClient(config, env), rest, out);
+        return await explainCommand(config, api, rest, out);
       case 'status':
-        return await statusCommand(config, apiClient(config, env), out);
+        return await statusCommand(config, api, out);
       case 'reconcile': {
-        const r = await apiClient(config, env).post<{ passes: number }>('/api/reconcile', {
-          force: Boolean(config.force),
-        });
+        const r = await api.post<{ passes: number }>('/api/reconcile', { force: config.force });
         out(config.json ? json(r) : line`reconciled (pass ${r.passes})`);
         return 0;
       }
@@ -138,16 +135,16 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   }
 }
 
-async function serve(command: 'standalone' | 'server', config: Config): Promise<number> {
-  const logger = pino({ level: String(config['log-level']), base: { cmd: command } }, pino.destination(2));
+async function serve(config: ServeConfig): Promise<number> {
+  const logger = pino({ level: config.logLevel, base: { cmd: config.command } }, pino.destination(2));
   const { runServer } = await import('../server/run.js');
-  const server = await runServer(config, { localAgent: command === 'standalone', logger });
+  const server = await runServer(config, logger);
   await untilSignal(logger, () => server.stop());
   return 0;
 }
 
-async function agent(config: Config, keySource: string | undefined): Promise<number> {
-  const logger = pino({ level: String(config['log-level']), base: { cmd: 'agent' } }, pino.destination(2));
+async function agent(config: AgentConfig): Promise<number> {
+  const logger = pino({ level: config.logLevel, base: { cmd: 'agent' } }, pino.destination(2));
   const { runAgent } = await import('../agent/run.js');
   // Last resort: every exec and message path catches its own errors, so this is a bug; the agent
   // logs it (a few lines, however many) and keeps its host's routes flowing rather than exit.
@@ -160,7 +157,7 @@ async function agent(config: Config, keySource: string | undefined): Promise<num
       'unhandled rejection in the agent (a bug: please report it)',
     ),
   );
-  const running = await runAgent(config, logger, { keySource });
+  const running = await runAgent(config, logger);
   await untilSignal(logger, () => running.stop());
   return 0;
 }

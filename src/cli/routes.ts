@@ -1,9 +1,9 @@
-import type { Config } from '../config.js';
+import type { ClientConfig } from '../config.js';
 import type { RouteView } from '../model/types.js';
 import type { ApiClient } from './client.js';
 import { json, type Out, ours, table } from './format.js';
 
-export async function routesCommand(config: Config, api: ApiClient, out: Out): Promise<number> {
+export async function routesCommand(config: ClientConfig, api: ApiClient, out: Out): Promise<number> {
   const { routes } = await api.get<{ routes: RouteView[] }>('/api/routes');
   if (config.json) {
     out(json(routes));

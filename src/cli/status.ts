@@ -1,9 +1,9 @@
-import type { Config } from '../config.js';
-import type { StatusReport } from '../server/app.js';
+import type { ClientConfig } from '../config.js';
+import type { StatusReport } from '../model/api.js';
 import type { ApiClient } from './client.js';
 import { json, line, type Out, type Printable } from './format.js';
 
-export async function statusCommand(config: Config, api: ApiClient, out: Out): Promise<number> {
+export async function statusCommand(config: ClientConfig, api: ApiClient, out: Out): Promise<number> {
   const s = await api.get<StatusReport>('/api/status');
   if (config.json) {
     out(json(s));
@@ -13,16 +13,9 @@ export async function statusCommand(config: Config, api: ApiClient, out: Out): P
     line`berth ${s.version}, up ${s.uptimeSeconds}s, ${s.ready ? 'ready' : `NOT READY: ${s.notReady.join('; ')}`}`,
     line`routes: ${s.routes.total} (${s.routes.applied} applied, ${s.routes.pending} pending, ${s.routes.error} error)`,
   ];
-  for (const a of s.agents as {
-    name: string;
-    id: string;
-    connected: boolean;
-    containers: number;
-    routes: number;
-    hostIp?: string;
-  }[]) {
+  for (const a of s.agents) {
     lines.push(
-      line`agent ${a.name} (${a.id}): ${a.connected ? 'connected' : 'disconnected'}, host ip ${a.hostIp ?? '?'}, ${a.containers} containers, ${a.routes} routes`,
+      line`agent ${a.name} (${a.id}): ${a.status}${a.kind === 'local' ? ' (in-process)' : ''}, host ip ${a.hostIp ?? '?'}, ${a.containers} containers, ${a.routes} routes`,
     );
   }
   for (const c of s.caddy as {

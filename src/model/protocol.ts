@@ -365,6 +365,22 @@ function* checkMessage(raw: string, maxBytes: number): Generator<void, AgentMess
   } catch {
     throw new Error('message is not JSON');
   }
+  return yield* checkValue(msg);
+}
+
+/**
+ * Checks a message that is already a value (the in-process agent of `berth standalone` sends
+ * values, not text): the same rules as for text from a remote agent. A snapshot is copied before
+ * items are removed from it, so the sender's own value is never changed.
+ */
+export function checkAgentMessage(value: unknown): AgentMessage {
+  const it = checkValue(value);
+  let r = it.next();
+  while (!r.done) r = it.next();
+  return r.value;
+}
+
+function* checkValue(msg: unknown): Generator<void, AgentMessage> {
   if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) {
     throw new Error('invalid message: not a JSON object');
   }
@@ -374,9 +390,9 @@ function* checkMessage(raw: string, maxBytes: number): Generator<void, AgentMess
   if (!validate) throw new Error(`invalid message: unknown type "${type.slice(0, 64)}"`);
   if (!validate(msg)) throw new Error(`invalid message: ${describeError(validate.errors?.[0], type)}`);
   if (type !== 'snapshot') return msg as AgentMessage;
-  const m = msg as SnapshotMessage;
-  delete m.refused; // the server's to set
-  delete m.snapshot.claims; // the server's own record, never the agent's word
+  const given = msg as SnapshotMessage;
+  const { claims: _claims, ...snapshot } = given.snapshot; // the server's own record, never the agent's word
+  const m: SnapshotMessage = { type: 'snapshot', snapshot }; // `refused` is the server's to set
   const refused = yield* checkSnapshotItems(m.snapshot);
   if (refused.length > 0) m.refused = refused;
   return m;

@@ -142,24 +142,4 @@ export interface Explanation {
   labels: LabelExplanation[];
 }
 
-export type RouteStatus = 'applied' | 'pending' | 'error';
-
-/** A route as the server reports it: spec + owner + what happened to it. */
-export interface RouteView {
-  id: string;
-  agentId: string;
-  agentName: string;
-  /** 'tcp' for TCP routes, which have `listen` and no hosts or path. */
-  kind: 'http' | 'tcp';
-  hosts: string[];
-  path: string;
-  stripPath: boolean;
-  listen?: number;
-  allow?: string[];
-  upstreams: string[];
-  container: { id: string; name: string };
-  status: RouteStatus;
-  errors: string[];
-  /** Why a pending route waits (health check, not yet applied). */
-  note?: string;
-}
+export type { RouteStatus, RouteView } from './api.js';

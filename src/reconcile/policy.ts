@@ -1,5 +1,6 @@
 // Which agents' routes may reach the front door, which hostnames each may claim and where
 // their traffic may go. Pure.
+import type { AgentStatus } from '../model/api.js';
 import { domainAllowed, publicSuffixWildcard } from '../model/domains.js';
 import type { RouteSpec, Snapshot, TcpRouteSpec } from '../model/types.js';
 import type { AgentRecord, KeyRecord } from '../store/store.js';
@@ -10,7 +11,7 @@ import { type UpstreamRules, upstreamChecker } from './upstreams.js';
 /** Routes (HTTP and TCP) one agent may have served, unless its key says otherwise. */
 export const DEFAULT_MAX_ROUTES_PER_AGENT = 10_000;
 
-export type AgentStatus = 'pending' | 'online' | 'stale' | 'offline' | 'revoked';
+export type { AgentStatus };
 
 export interface AgentView {
   record: AgentRecord;
@@ -34,9 +35,11 @@ export interface LivenessOptions {
 }
 
 export function agentStatus(a: AgentView, now: number, o: LivenessOptions): AgentStatus {
-  if (a.record.kind === 'local') return 'online';
-  if (!a.key || a.key.revokedAt !== undefined) return 'revoked';
-  if (!a.record.approved) return 'pending';
+  // The agent of `berth standalone` is part of the server: no key to revoke, nothing to approve.
+  if (a.record.kind !== 'local') {
+    if (!a.key || a.key.revokedAt !== undefined) return 'revoked';
+    if (!a.record.approved) return 'pending';
+  }
   if (!a.connected) return 'offline';
   const last = a.lastHeartbeatAt ?? 0;
   return now - last > 2 * (a.heartbeatMs ?? o.heartbeatMs) + 1_000 ? 'stale' : 'online';

@@ -15,6 +15,7 @@ import { DEFAULT_MAX_MESSAGE_BYTES } from '../model/limits.js';
 import {
   AGENT_PATH,
   type AgentMessage,
+  checkAgentMessage,
   type ExecEvent,
   type Heartbeat,
   parseAgentMessageAsync,
@@ -28,6 +29,24 @@ import {
   trustedProxies,
 } from './client-address.js';
 import type { Registry } from './registry.js';
+
+/** A connected agent's way back, whatever carries it. */
+export interface Channel {
+  send(msg: ServerMessage): void;
+  close(code: number, reason: string): void;
+}
+
+/** What the in-process agent uses to talk to the hub. */
+export interface LocalConnection {
+  receive(msg: unknown): void;
+  /** The local agent stopped. */
+  gone(): void;
+}
+
+export interface ExecListener {
+  onAgentEvent(agentId: string, e: ExecEvent): void;
+  onAgentGone(agentId: string): void;
+}
 
 export interface HubOptions {
   registry: Registry;
@@ -49,7 +68,8 @@ const SNAPSHOT_PACING = 4;
 
 export class AgentHub {
   private readonly wss: WebSocketServer;
-  private readonly sockets = new Map<string, WebSocket>();
+  /** Each connected agent's way back: its WebSocket, or the in-process link. */
+  private readonly channels = new Map<string, Channel>();
   private readonly failures = new Map<string, { count: number; since: number }>();
   private readonly gate: LogGate;
   private readonly trusted: TrustedProxies;
@@ -75,7 +95,7 @@ export class AgentHub {
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
   );
   /** Where exec events and lost connections go (the exec broker). */
-  exec?: { onAgentEvent(agentId: string, e: ExecEvent): void; onAgentGone(agentId: string): void };
+  private exec?: ExecListener;
 
   constructor(private readonly o: HubOptions) {
     this.maxMessageBytes = o.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
@@ -88,7 +108,7 @@ export class AgentHub {
     this.gate = new LogGate(o.logger);
     this.trusted = o.trustedProxies ?? trustedProxies(DEFAULT_TRUSTED_PROXIES);
     o.registry.onDrop((ids, reason) => {
-      for (const id of ids) this.sockets.get(id)?.close(4003, reason.slice(0, 120));
+      for (const id of ids) this.channels.get(id)?.close(4003, reason.slice(0, 120));
     });
   }
 
@@ -102,21 +122,60 @@ export class AgentHub {
     });
   }
 
+  /** Where agents' exec events go, and who hears that an agent is gone (the exec broker). */
+  listen(exec: ExecListener): void {
+    this.exec = exec;
+  }
+
   connected(agentId: string): boolean {
-    return this.sockets.has(agentId);
+    return this.channels.has(agentId);
   }
 
   send(agentId: string, msg: ServerMessage): boolean {
-    const ws = this.sockets.get(agentId);
-    if (!ws) return false;
-    ws.send(JSON.stringify(msg));
+    const c = this.channels.get(agentId);
+    if (!c) return false;
+    c.send(msg);
     return true;
+  }
+
+  /**
+   * The agent of `berth standalone`, in this process: the one place it is connected. Its messages
+   * are values, checked with the same rules as a remote agent's text, and take the same path.
+   */
+  attachLocal(agentId: string, channel: Channel): LocalConnection {
+    const log = this.o.logger.child({ agentId, local: true });
+    this.channels.set(agentId, channel);
+    this.counters.connects++;
+    return {
+      receive: (value) => {
+        let msg: AgentMessage;
+        try {
+          msg = checkAgentMessage(value);
+        } catch (err) {
+          this.counters.invalidMessages++;
+          const message = errorMessage(err);
+          this.gate.warn(
+            `invalid:${agentId}:${message.slice(0, 200)}`,
+            { agentId, err: message },
+            'invalid message from agent',
+          );
+          return;
+        }
+        void this.apply(agentId, log, msg);
+      },
+      gone: () => {
+        if (this.channels.get(agentId) !== channel) return;
+        this.channels.delete(agentId);
+        this.o.registry.disconnected(agentId);
+        this.exec?.onAgentGone(agentId);
+      },
+    };
   }
 
   close(): void {
     // Agents reconnect at once: to another replica, never back to this one while it stops.
     this.closing = true;
-    for (const ws of this.sockets.values()) ws.close(1001, 'server shutting down');
+    for (const c of this.channels.values()) c.close(1001, 'server shutting down');
     this.wss.close();
     this.gate.close();
   }
@@ -177,8 +236,14 @@ export class AgentHub {
   private connection(ws: WebSocket, agentId: string, ip: string): void {
     const log = this.o.logger.child({ agentId, ip });
     this.counters.connects++;
-    const previous = this.sockets.get(agentId);
-    this.sockets.set(agentId, ws);
+    const previous = this.channels.get(agentId);
+    const channel: Channel = {
+      send: (msg) => {
+        if (ws.readyState === ws.OPEN) ws.send(JSON.stringify(msg));
+      },
+      close: (code, reason) => ws.close(code, reason),
+    };
+    this.channels.set(agentId, channel);
     previous?.close(4000, 'replaced by a newer connection of the same agent');
     const summary = this.o.registry.statusOf(agentId);
     log.info({ name: summary?.name, status: summary?.status }, 'agent connected');
@@ -191,7 +256,7 @@ export class AgentHub {
         maxMessageBytes: this.maxMessageBytes,
       } satisfies ServerMessage),
     );
-    const pace = new SnapshotPacer((raw) => this.handle(ws, agentId, log, raw));
+    const pace = new SnapshotPacer((raw) => this.handle(channel, agentId, log, raw));
     ws.on('message', (data, isBinary) => {
       this.counters.messages++;
       const raw = rawText(data);
@@ -200,12 +265,12 @@ export class AgentHub {
         if (pace.offer(raw)) this.counters.snapshotsSuperseded++;
         return;
       }
-      void this.handle(ws, agentId, log, isBinary ? '\u0000binary' : raw);
+      void this.handle(channel, agentId, log, isBinary ? '\u0000binary' : raw);
     });
     ws.on('close', (code, reason) => {
       pace.stop();
-      if (this.sockets.get(agentId) !== ws) return;
-      this.sockets.delete(agentId);
+      if (this.channels.get(agentId) !== channel) return;
+      this.channels.delete(agentId);
       this.o.registry.disconnected(agentId);
       this.exec?.onAgentGone(agentId);
       log.info({ code, reason: reason.toString() }, 'agent disconnected');
@@ -229,7 +294,7 @@ export class AgentHub {
   }
 
   /** One message: checked, then applied. Errors are answered and logged once per kind. */
-  private async handle(ws: WebSocket, agentId: string, log: Logger, raw: string): Promise<void> {
+  private async handle(channel: Channel, agentId: string, log: Logger, raw: string): Promise<void> {
     let msg: AgentMessage;
     try {
       if (raw === '\u0000binary')
@@ -243,11 +308,15 @@ export class AgentHub {
         { agentId, err: message },
         'invalid message from agent',
       );
-      if (ws.readyState === ws.OPEN)
-        ws.send(JSON.stringify({ type: 'error', message } satisfies ServerMessage));
+      channel.send({ type: 'error', message });
       return;
     }
-    if (this.sockets.get(agentId) !== ws) return; // replaced or closed meanwhile
+    if (this.channels.get(agentId) !== channel) return; // replaced or closed meanwhile
+    await this.apply(agentId, log, msg);
+  }
+
+  /** A checked message from a connected agent. */
+  private async apply(agentId: string, log: Logger, msg: AgentMessage): Promise<void> {
     if (msg.type === 'snapshot') {
       // An agent speaks only for itself, whatever id it puts in the snapshot.
       const { snapshot, refused } = msg as SnapshotMessage;

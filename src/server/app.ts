@@ -1,52 +1,33 @@
-// The HTTP API. buildApp takes its dependencies and does not listen, so tests use inject().
+// The HTTP API. buildApp takes its dependencies and does not listen, so tests use inject(). Each
+// group of routes is a plugin under routes/, registered here with what it needs; every route
+// declares who may call it (trust.ts), and request types come from the route's own schemas.
+import type { JsonSchemaToTsProvider } from '@fastify/type-provider-json-schema-to-ts';
 import Fastify, { type FastifyBaseLogger, type FastifyError } from 'fastify';
 import type { Logger } from 'pino';
 import { UserError } from '../errors.js';
-import { type MetricFamily, renderMetrics } from '../metrics.js';
-import type { RouteView } from '../model/types.js';
-import type { Store } from '../store/store.js';
 import type { TrustedProxies } from './client-address.js';
 import type { EventBus } from './events.js';
-import type { ExecBroker } from './exec.js';
 import { openapi } from './openapi.js';
 import type { Registry } from './registry.js';
-import { execRoutes } from './routes/exec.js';
+import { type ExecOptions, execRoutes } from './routes/exec.js';
 import { explainRoutes } from './routes/explain.js';
 import { fleetRoutes } from './routes/fleet.js';
+import { type HealthOptions, healthRoutes } from './routes/health.js';
+import { type StateOptions, stateRoutes } from './routes/state.js';
 import { uiRoutes } from './routes/ui.js';
-import { ADMIN, enforceTrust, OPEN } from './trust.js';
+import { enforceTrust } from './trust.js';
 import type { UiAuth } from './ui-auth.js';
 
-export interface StatusReport {
-  version: string;
-  uptimeSeconds: number;
-  ready: boolean;
-  notReady: string[];
-  agents: unknown[];
-  caddy: unknown[];
-  routes: { total: number; applied: number; pending: number; error: number };
-  reconcile: unknown;
-}
-
-export interface AppDeps {
+export interface AppDeps extends StateOptions, Omit<HealthOptions, 'ready'> {
   logger: Logger;
   tokenHash: string;
   /** Whose X-Forwarded-For names the client (sign-in limits, audit); default none. */
   trustedProxies?: TrustedProxies;
-  /** Keys, agents and exec; absent in tests that exercise only the core routes. */
+  /** Keys and agents; absent in tests that exercise only the core routes. */
   registry?: Registry;
-  exec?: { broker: ExecBroker; store: Store };
-  routes: () => RouteView[];
-  status: () => StatusReport;
-  /** Extra detail for /healthz (TCP listeners). */
-  health?: () => Record<string, unknown> | Promise<Record<string, unknown>>;
-  /** Metric families for /metrics. */
-  metrics?: () => MetricFamily[] | Promise<MetricFamily[]>;
-  reconcile: (force: boolean) => Promise<{ passes: number }>;
+  exec?: Omit<ExecOptions, 'registry'>;
   /** The web UI: sign-in and live events. */
   ui?: { auth: UiAuth; events: EventBus };
-  /** Caddy's on-demand TLS "ask": may this hostname get a certificate? */
-  askDomain?: (domain: string) => boolean;
 }
 
 export function buildApp(deps: AppDeps) {
@@ -58,7 +39,7 @@ export function buildApp(deps: AppDeps) {
     ...(deps.trustedProxies ? { trustProxy: (address: string) => deps.trustedProxies!(address) } : {}),
     // Reject what does not fit the schema instead of coercing or silently dropping it.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
-  });
+  }).withTypeProvider<JsonSchemaToTsProvider>();
 
   app.setErrorHandler((err: FastifyError | UserError, req, reply) => {
     if (err instanceof UserError) {
@@ -90,66 +71,24 @@ export function buildApp(deps: AppDeps) {
   enforceTrust(app, { tokenHash: deps.tokenHash, ui: deps.ui?.auth });
   openapi(app);
 
-  // Liveness plus each TCP listener's state; unauthenticated, so it names no upstream or client.
-  app.get('/healthz', OPEN, async () => {
-    const extra = (await deps.health?.()) ?? {};
-    return { status: 'ok', ...extra };
+  void app.register(healthRoutes, {
+    health: deps.health,
+    metrics: deps.metrics,
+    askDomain: deps.askDomain,
+    ready: () => {
+      const s = deps.status();
+      return { ready: s.ready, notReady: s.notReady };
+    },
   });
-
-  app.get('/metrics', OPEN, async (_req, reply) =>
-    reply.type('text/plain; version=0.0.4').send(renderMetrics((await deps.metrics?.()) ?? [])),
-  );
-
-  app.get(
-    '/caddy/ask',
-    {
-      ...OPEN,
-      schema: {
-        querystring: {
-          type: 'object',
-          required: ['domain'],
-          properties: { domain: { type: 'string', minLength: 1, maxLength: 253 } },
-        },
-      },
-    },
-    async (req, reply) => {
-      const domain = (req.query as { domain: string }).domain.toLowerCase();
-      const ok = deps.askDomain?.(domain) ?? false;
-      return reply.status(ok ? 200 : 404).send(ok ? 'ok\n' : 'no route for this hostname\n');
-    },
-  );
-
-  app.get('/readyz', OPEN, async (_req, reply) => {
-    const s = deps.status();
-    return reply.status(s.ready ? 200 : 503).send({ ready: s.ready, notReady: s.notReady });
-  });
-
-  app.get('/api/routes', ADMIN, async () => ({ routes: deps.routes() }));
-
-  app.get('/api/status', ADMIN, async () => deps.status());
-
-  app.post(
-    '/api/reconcile',
-    {
-      ...ADMIN,
-      schema: {
-        body: {
-          type: 'object',
-          additionalProperties: false,
-          properties: { force: { type: 'boolean' } },
-        },
-      },
-    },
-    async (req) => {
-      const body = (req.body ?? {}) as { force?: boolean };
-      return deps.reconcile(body.force ?? false);
-    },
-  );
-
-  if (deps.ui) uiRoutes(app, { ...deps.ui, registry: deps.registry });
-  if (deps.registry) fleetRoutes(app, deps.registry);
-  if (deps.registry && deps.exec) execRoutes(app, deps.exec.broker, deps.registry, deps.exec.store);
-  if (deps.registry && deps.exec) explainRoutes(app, deps.exec.broker, deps.registry, deps.routes);
-
+  void app.register(stateRoutes, { routes: deps.routes, status: deps.status, reconcile: deps.reconcile });
+  if (deps.ui) void app.register(uiRoutes, { ...deps.ui, registry: deps.registry });
+  const registry = deps.registry;
+  if (registry) {
+    void app.register(fleetRoutes, { registry });
+    if (deps.exec) {
+      void app.register(execRoutes, { ...deps.exec, registry });
+      void app.register(explainRoutes, { broker: deps.exec.broker, registry, routeViews: deps.routes });
+    }
+  }
   return app;
 }

@@ -2,13 +2,9 @@
 // applies, exec requests. A bounded ring of recent events plus live subscribers (the UI's
 // server-sent events). Messages never carry secrets.
 
-export interface BerthEvent {
-  id: number;
-  at: number;
-  type: string;
-  message: string;
-  data?: Record<string, unknown>;
-}
+import type { BerthEvent } from '../model/api.js';
+
+export type { BerthEvent };
 
 export class EventBus {
   private seq = 0;

@@ -36,8 +36,6 @@ interface Pending {
 export class ExecBroker {
   private readonly pending = new Map<string, Pending>();
   counters = { requests: 0, allowed: 0, denied: 0, errors: 0 };
-  /** Told of every finished request (the audit entry as stored). */
-  onAudit?: (entry: AuditEntry) => void;
 
   constructor(
     private readonly o: {
@@ -46,6 +44,8 @@ export class ExecBroker {
       logger: Logger;
       channel: ExecChannel;
       isConnected: (agentId: string) => boolean;
+      /** Told of every finished request (the audit entry as stored). */
+      onAudit?: (entry: AuditEntry) => void;
     },
   ) {}
 
@@ -101,7 +101,7 @@ export class ExecBroker {
       else if (audit.decision === 'denied') this.counters.denied++;
       else this.counters.errors++;
       await this.o.store.addAudit(audit);
-      this.onAudit?.(audit);
+      this.o.onAudit?.(audit);
     };
     let target: ExecTarget;
     try {

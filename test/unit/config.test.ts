@@ -1,10 +1,35 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadConfig, parseDuration, parseListen } from '../../src/config.js';
+import {
+  type AgentConfig,
+  type ClientConfig,
+  loadConfig,
+  parseDuration,
+  parseListen,
+  type ServeConfig,
+} from '../../src/config.js';
+
+const serve = (argv: string[], env: NodeJS.ProcessEnv = {}, command = 'standalone') => {
+  const l = loadConfig(command, argv, env);
+  if (l.kind !== 'serve') throw new Error(`not a serve config: ${l.kind}`);
+  return l.config as ServeConfig;
+};
+const agent = (argv: string[], env: NodeJS.ProcessEnv = {}) => {
+  const l = loadConfig('agent', ['--server', 'http://127.0.0.1:7080', ...argv], env);
+  if (l.kind !== 'agent') throw new Error(`not an agent config: ${l.kind}`);
+  return l.config as AgentConfig;
+};
+const client = (command: string, argv: string[], env: NodeJS.ProcessEnv = {}) => {
+  const l = loadConfig(command, argv, env);
+  if (l.kind !== 'client') throw new Error(`not a client config: ${l.kind}`);
+  return l.config as ClientConfig;
+};
 
 describe('loadConfig', () => {
   it('takes flags over BERTH_* over defaults, and aliases DOCKER_HOST', () => {
-    const { config } = loadConfig(
-      'standalone',
+    const c = serve(
       ['--tls', 'off', '--caddy-admin=http://127.0.0.1:2019', '--caddy-admin', 'unix:///x.sock'],
       {
         BERTH_TLS: 'internal',
@@ -12,20 +37,26 @@ describe('loadConfig', () => {
         DOCKER_HOST: 'unix:///tmp/d.sock',
       },
     );
-    expect(config.tls).toBe('off');
-    expect(config['http-listen']).toBe('127.0.0.1:8080');
-    expect(config['caddy-admin']).toEqual(['http://127.0.0.1:2019', 'unix:///x.sock']);
-    expect(config.docker).toBe('unix:///tmp/d.sock');
-    expect(config['data-dir']).toBe('./berth-data');
-    expect(Object.isFrozen(config)).toBe(true);
+    expect(c.caddy.tls).toBe('off');
+    expect(c.caddy.httpListen).toBe('127.0.0.1:8080');
+    expect(c.caddy.admin).toEqual(['http://127.0.0.1:2019', 'unix:///x.sock']);
+    expect(c.watch?.docker).toBe('unix:///tmp/d.sock');
+    expect(c.dataDir).toBe(resolve('./berth-data'));
+    expect(c.apiListen).toEqual({ host: '127.0.0.1', port: 7080 });
+    expect(Object.isFrozen(c)).toBe(true);
   });
 
   it('BERTH_DOCKER wins over DOCKER_HOST', () => {
-    const { config } = loadConfig('standalone', [], {
-      BERTH_DOCKER: 'tcp://127.0.0.1:2375',
-      DOCKER_HOST: 'unix:///x',
-    });
-    expect(config.docker).toBe('tcp://127.0.0.1:2375');
+    expect(serve([], { BERTH_DOCKER: 'tcp://127.0.0.1:2375', DOCKER_HOST: 'unix:///x' }).watch?.docker).toBe(
+      'tcp://127.0.0.1:2375',
+    );
+  });
+
+  it('reads BERTH_ADMIN_TOKEN for the server and the CLI, and nowhere else', () => {
+    expect(serve([], { BERTH_ADMIN_TOKEN: 'tok' }).adminToken).toBe('tok');
+    expect(client('routes', [], { BERTH_ADMIN_TOKEN: 'tok' }).token).toBe('tok');
+    expect(client('routes', ['--token', 'mine'], { BERTH_ADMIN_TOKEN: 'tok' }).token).toBe('mine');
+    expect(client('routes', [], { BERTH_API_LISTEN: '127.0.0.1:9000' }).server).toBe('http://127.0.0.1:9000');
   });
 
   it('reports every problem at once', () => {
@@ -36,6 +67,25 @@ describe('loadConfig', () => {
     ).toThrowError(
       /unknown flag --nope[\s\S]*--tls: expected one of auto, internal, off, got "sometimes"[\s\S]*--resync-interval: expected a duration[\s\S]*BERTH_LOG_LEVEL: expected one of/,
     );
+  });
+
+  it('checks what used to be checked at start, all at once: listen addresses, --http-bind, --store', () => {
+    expect(() =>
+      loadConfig(
+        'standalone',
+        ['--api-listen', '7080', '--http-bind', 'tailnet', '--store', 'redis://r'],
+        {},
+      ),
+    ).toThrowError(
+      /--store is for berth server replicas[\s\S]*--http-bind tailnet: expected an IP address[\s\S]*--api-listen 7080: expected host:port/,
+    );
+    expect(() =>
+      loadConfig('server', ['--http-bind', '100.64.0.7', '--http-listen', '10.0.0.1:80'], {}),
+    ).toThrowError(/--http-listen 10.0.0.1:80 names another address than --http-bind 100.64.0.7/);
+    const bound = serve(['--http-bind', '100.64.0.7'], {}, 'server');
+    expect(bound.caddy.httpListen).toBe('100.64.0.7:80');
+    expect(bound.caddy.httpsListen).toBe('100.64.0.7:443');
+    expect(bound.watch).toBeUndefined();
   });
 
   it('does not accept server flags on client commands', () => {
@@ -54,16 +104,51 @@ describe('loadConfig', () => {
     expect(parseListen('http-listen', '[::1]:8080')).toEqual({ host: '::1', port: 8080 });
     expect(() => parseListen('http-listen', '80')).toThrowError(/--http-listen 80: expected host:port/);
   });
+
+  it('gives client commands their flags typed', () => {
+    const c = client('keys', [
+      '--name',
+      'web',
+      '--domains',
+      'a.example.com, *.b.example.com',
+      '--max-routes',
+      '5',
+    ]);
+    expect(c).toMatchObject({ name: 'web', domains: ['a.example.com', '*.b.example.com'], maxRoutes: 5 });
+    expect(client('exec', ['--timeout', '5m']).timeoutMs).toBe(300_000);
+  });
+});
+
+describe('berth agent', () => {
+  it('needs a server and a key, and says so together', () => {
+    expect(() => loadConfig('agent', [], {})).toThrowError(
+      /--server is required[\s\S]*an agent key is required/,
+    );
+  });
+
+  it('reads the key from --key, BERTH_AGENT_KEY or --key-file, and says where it came from', () => {
+    expect(agent(['--key', 'k'], { BERTH_AGENT_KEY: 'e' })).toMatchObject({ key: 'k', keySource: '--key' });
+    expect(agent(['--key=k'])).toMatchObject({ key: 'k', keySource: '--key' });
+    expect(agent([], { BERTH_AGENT_KEY: 'e' })).toMatchObject({ key: 'e', keySource: 'BERTH_AGENT_KEY' });
+    expect(agent([], { BERTH_KEY: 'e' })).toMatchObject({ key: 'e', keySource: 'BERTH_KEY' });
+    const dir = mkdtempSync(join(tmpdir(), 'bkey-'));
+    writeFileSync(join(dir, 'key'), 'from-file\n');
+    expect(agent(['--key-file', join(dir, 'key')])).toMatchObject({
+      key: 'from-file',
+      keySource: '--key-file',
+    });
+    rmSync(dir, { recursive: true });
+    expect(() => agent(['--key-file', '/nonexistent/key'])).toThrowError(
+      /--key-file \/nonexistent\/key: ENOENT/,
+    );
+  });
 });
 
 describe('--dialects', () => {
   it('defaults to every dialect, takes a comma-separated flag or BERTH_DIALECTS, in order', () => {
-    expect(loadConfig('agent', [], {}).config.dialects).toEqual(['berth', 'caddy', 'traefik', 'dockflare']);
-    expect(loadConfig('standalone', ['--dialects', 'traefik,berth'], {}).config.dialects).toEqual([
-      'traefik',
-      'berth',
-    ]);
-    expect(loadConfig('agent', [], { BERTH_DIALECTS: 'caddy, dockflare' }).config.dialects).toEqual([
+    expect(agent(['--key', 'k']).dialects).toEqual(['berth', 'caddy', 'traefik', 'dockflare']);
+    expect(serve(['--dialects', 'traefik,berth']).watch?.dialects).toEqual(['traefik', 'berth']);
+    expect(agent(['--key', 'k'], { BERTH_DIALECTS: 'caddy, dockflare' }).dialects).toEqual([
       'caddy',
       'dockflare',
     ]);
@@ -73,20 +158,9 @@ describe('--dialects', () => {
     expect(() => loadConfig('standalone', ['--dialects', 'berth,nginx'], {})).toThrowError(
       /--dialects: expected a comma-separated list of berth, caddy, traefik, dockflare, got "nginx"/,
     );
-    expect(() => loadConfig('agent', [], { BERTH_DIALECTS: 'Traefik' })).toThrowError(
+    expect(() => agent(['--key', 'k'], { BERTH_DIALECTS: 'Traefik' })).toThrowError(
       /BERTH_DIALECTS: expected .* got "Traefik"/,
     );
     expect(() => loadConfig('server', ['--dialects', 'berth'], {})).toThrowError(/unknown flag --dialects/);
-  });
-
-  it('says where each value came from (the agent warns about a key on the command line)', () => {
-    expect(loadConfig('agent', ['--key', 'k'], { BERTH_AGENT_KEY: 'e' }).sources.key).toBe('--key');
-    expect(loadConfig('agent', ['--key=k'], {}).sources.key).toBe('--key');
-    expect(loadConfig('agent', [], { BERTH_AGENT_KEY: 'e' }).sources.key).toBe('BERTH_AGENT_KEY');
-    expect(loadConfig('agent', [], { BERTH_KEY: 'e' }).sources.key).toBe('BERTH_KEY');
-    const { sources } = loadConfig('agent', ['--key-file', '/k'], {});
-    expect(sources.key).toBeUndefined();
-    expect(sources['key-file']).toBe('--key-file');
-    expect(sources['report-interval']).toBeUndefined(); // defaults have no source
   });
 });

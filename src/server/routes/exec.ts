@@ -1,5 +1,5 @@
 // POST /api/exec streams a command's output as NDJSON; GET /api/audit lists every request.
-import type { FastifyInstance } from 'fastify';
+import type { FastifyPluginAsyncJsonSchemaToTs } from '@fastify/type-provider-json-schema-to-ts';
 import { parseDuration } from '../../config.js';
 import { UserError } from '../../errors.js';
 import type { ExecEvent } from '../../model/protocol.js';
@@ -8,7 +8,16 @@ import type { ExecBroker } from '../exec.js';
 import type { Registry } from '../registry.js';
 import { ADMIN } from '../trust.js';
 
-export function execRoutes(app: FastifyInstance, broker: ExecBroker, registry: Registry, store: Store): void {
+export interface ExecOptions {
+  broker: ExecBroker;
+  registry: Registry;
+  store: Store;
+}
+
+export const execRoutes: FastifyPluginAsyncJsonSchemaToTs<{ Options: ExecOptions }> = async (
+  app,
+  { broker, registry, store },
+) => {
   app.post(
     '/api/exec',
     {
@@ -25,10 +34,10 @@ export function execRoutes(app: FastifyInstance, broker: ExecBroker, registry: R
             timeout: { type: 'string', maxLength: 32 },
           },
         },
-      },
+      } as const,
     },
     async (req, reply) => {
-      const body = req.body as { target: string; agent?: string; argv: string[]; timeout?: string };
+      const body = req.body;
       const timeoutMs = parseDuration(body.timeout ?? '60s');
       if (timeoutMs === undefined || timeoutMs <= 0) {
         throw new UserError(
@@ -75,11 +84,11 @@ export function execRoutes(app: FastifyInstance, broker: ExecBroker, registry: R
           additionalProperties: false,
           properties: { limit: { type: 'string', pattern: '^[0-9]{1,5}$' } },
         },
-      },
+      } as const,
     },
     async (req) => {
-      const limit = Number((req.query as { limit?: string }).limit ?? 100);
+      const limit = Number(req.query.limit ?? 100);
       return { entries: await store.listAudit(Math.min(limit, 10_000)) };
     },
   );
-}
+};

@@ -1,8 +1,8 @@
 // GET /api/containers/:container/explain: how the agent read one container's labels (dialect,
 // each label's use) with the routes they made and what became of them. The agent explains;
 // the server only finds the container, the same way `berth exec` does.
-import type { FastifyInstance } from 'fastify';
-import type { RouteView } from '../../model/types.js';
+import type { FastifyPluginAsyncJsonSchemaToTs } from '@fastify/type-provider-json-schema-to-ts';
+import type { RouteView } from '../../model/api.js';
 import type { ExecBroker } from '../exec.js';
 import type { Registry } from '../registry.js';
 import { ADMIN } from '../trust.js';
@@ -19,12 +19,16 @@ export interface ExplainedRoute {
   errors: string[];
 }
 
-export function explainRoutes(
-  app: FastifyInstance,
-  broker: ExecBroker,
-  registry: Registry,
-  routeViews: () => RouteView[],
-): void {
+export interface ExplainOptions {
+  broker: ExecBroker;
+  registry: Registry;
+  routeViews: () => RouteView[];
+}
+
+export const explainRoutes: FastifyPluginAsyncJsonSchemaToTs<{ Options: ExplainOptions }> = async (
+  app,
+  { broker, registry, routeViews },
+) => {
   app.get(
     '/api/containers/:container/explain',
     {
@@ -40,11 +44,11 @@ export function explainRoutes(
           additionalProperties: false,
           properties: { agent: { type: 'string', minLength: 1, maxLength: 128 } },
         },
-      },
+      } as const,
     },
     async (req) => {
-      const { container } = req.params as { container: string };
-      const { agent } = req.query as { agent?: string };
+      const { container } = req.params;
+      const { agent } = req.query;
       const target = broker.resolve(container, agent);
       const snapshot = registry.snapshotOf(target.agentId);
       const summary = snapshot?.containers.find((c) => c.id === target.containerId);
@@ -94,4 +98,4 @@ export function explainRoutes(
       };
     },
   );
-}
+};

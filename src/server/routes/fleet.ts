@@ -1,5 +1,5 @@
 // Keys and agents: enrolment and approval. Every body has a schema; inner code trusts it.
-import type { FastifyInstance } from 'fastify';
+import type { FastifyPluginAsyncJsonSchemaToTs } from '@fastify/type-provider-json-schema-to-ts';
 import { parseRule } from '../../agent/exec-policy.js';
 import { parseDuration } from '../../config.js';
 import { UserError } from '../../errors.js';
@@ -8,19 +8,11 @@ import { publicSuffixWildcard } from '../../model/domains.js';
 import type { Registry } from '../registry.js';
 import { ADMIN } from '../trust.js';
 
-interface KeyLimits {
-  domains?: string[];
-  upstreams?: string[];
-  maxRoutes?: number;
-  maxPending?: number;
-  autoApprove?: boolean;
-}
-
 const idParam = {
   type: 'object',
   required: ['id'],
   properties: { id: { type: 'string', minLength: 1, maxLength: 128 } },
-};
+} as const;
 
 /** What a key allows, as create and update take it. */
 const keyLimits = {
@@ -29,10 +21,10 @@ const keyLimits = {
   maxRoutes: { type: 'integer', minimum: 0, maximum: 1_000_000 },
   maxPending: { type: 'integer', minimum: 0, maximum: 100_000 },
   autoApprove: { type: 'boolean' },
-};
+} as const;
 
 /** Canonical domains; a wildcard over a public suffix (`*.com`) is not a limit and is refused. */
-function checkDomains(list: string[] | undefined): string[] | undefined {
+function checkDomains(list: readonly string[] | undefined): string[] | undefined {
   if (list === undefined) return undefined;
   return list.map((d) => {
     const c = checkHostname(d);
@@ -48,7 +40,7 @@ function checkDomains(list: string[] | undefined): string[] | undefined {
   });
 }
 
-function checkUpstreams(list: string[] | undefined): string[] | undefined {
+function checkUpstreams(list: readonly string[] | undefined): string[] | undefined {
   if (list === undefined) return undefined;
   if (list.length === 0) return [];
   const c = checkCidrList(list.join(','));
@@ -56,7 +48,10 @@ function checkUpstreams(list: string[] | undefined): string[] | undefined {
   return c.value;
 }
 
-export function fleetRoutes(app: FastifyInstance, registry: Registry): void {
+export const fleetRoutes: FastifyPluginAsyncJsonSchemaToTs<{ Options: { registry: Registry } }> = async (
+  app,
+  { registry },
+) => {
   app.get('/api/keys', ADMIN, async () => ({ keys: registry.listKeys() }));
 
   app.post(
@@ -78,10 +73,10 @@ export function fleetRoutes(app: FastifyInstance, registry: Registry): void {
             },
           },
         },
-      },
+      } as const,
     },
     async (req, reply) => {
-      const body = req.body as KeyLimits & { name: string; execAllow?: string[] };
+      const body = req.body;
       for (const r of body.execAllow ?? []) {
         if (!parseRule(r))
           throw new UserError('BAD_REQUEST', `invalid request: body.execAllow: "${r}" is not a rule`);
@@ -106,12 +101,12 @@ export function fleetRoutes(app: FastifyInstance, registry: Registry): void {
       schema: {
         params: idParam,
         body: { type: 'object', additionalProperties: false, minProperties: 1, properties: keyLimits },
-      },
+      } as const,
     },
     async (req) => {
-      const body = req.body as KeyLimits;
+      const body = req.body;
       return {
-        key: await registry.updateKey((req.params as { id: string }).id, {
+        key: await registry.updateKey(req.params.id, {
           domains: checkDomains(body.domains),
           upstreams: checkUpstreams(body.upstreams),
           maxRoutes: body.maxRoutes,
@@ -122,8 +117,8 @@ export function fleetRoutes(app: FastifyInstance, registry: Registry): void {
     },
   );
 
-  app.post('/api/keys/:id/revoke', { ...ADMIN, schema: { params: idParam } }, async (req) => ({
-    key: await registry.revokeKey((req.params as { id: string }).id),
+  app.post('/api/keys/:id/revoke', { ...ADMIN, schema: { params: idParam } as const }, async (req) => ({
+    key: await registry.revokeKey(req.params.id),
   }));
 
   app.post(
@@ -137,27 +132,27 @@ export function fleetRoutes(app: FastifyInstance, registry: Registry): void {
           additionalProperties: false,
           properties: { overlap: { type: 'string', maxLength: 32 } },
         },
-      },
+      } as const,
     },
     async (req) => {
-      const overlap = (req.body as { overlap?: string } | null)?.overlap ?? '24h';
+      const overlap = req.body?.overlap ?? '24h';
       const ms = parseDuration(overlap);
       if (ms === undefined)
         throw new UserError(
           'BAD_REQUEST',
           `invalid request: body.overlap: "${overlap}" is not a duration such as 24h`,
         );
-      return registry.rotateKey((req.params as { id: string }).id, ms);
+      return registry.rotateKey(req.params.id, ms);
     },
   );
 
   app.get('/api/agents', ADMIN, async () => ({ agents: registry.listAgents() }));
 
-  app.post('/api/agents/:id/approve', { ...ADMIN, schema: { params: idParam } }, async (req) => ({
-    agent: await registry.approveAgent((req.params as { id: string }).id),
+  app.post('/api/agents/:id/approve', { ...ADMIN, schema: { params: idParam } as const }, async (req) => ({
+    agent: await registry.approveAgent(req.params.id),
   }));
 
-  app.delete('/api/agents/:id', { ...ADMIN, schema: { params: idParam } }, async (req) => ({
-    agent: await registry.removeAgent((req.params as { id: string }).id),
+  app.delete('/api/agents/:id', { ...ADMIN, schema: { params: idParam } as const }, async (req) => ({
+    agent: await registry.removeAgent(req.params.id),
   }));
-}
+};

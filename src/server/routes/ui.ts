@@ -1,7 +1,9 @@
 // The web UI: static files built into dist/ui, sign-in/out with a session cookie, the live
 // event stream (server-sent events), and the few API calls only the UI needs.
 import { readFileSync } from 'node:fs';
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyPluginAsyncJsonSchemaToTs } from '@fastify/type-provider-json-schema-to-ts';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { ContainerListing } from '../../model/api.js';
 import type { EventBus } from '../events.js';
 import type { Registry } from '../registry.js';
 import { ADMIN, checkOrigin, OPEN } from '../trust.js';
@@ -26,7 +28,13 @@ function setSession(reply: FastifyReply, req: FastifyRequest, value: string, max
   reply.header('set-cookie', attrs.join('; '));
 }
 
-export function uiRoutes(app: FastifyInstance, o: { auth: UiAuth; events: EventBus; registry?: Registry }) {
+export interface UiOptions {
+  auth: UiAuth;
+  events: EventBus;
+  registry?: Registry;
+}
+
+export const uiRoutes: FastifyPluginAsyncJsonSchemaToTs<{ Options: UiOptions }> = async (app, o) => {
   const cache = new Map<string, Buffer>();
   const asset = (name: string): Buffer | undefined => {
     if (!cache.has(name)) {
@@ -43,8 +51,13 @@ export function uiRoutes(app: FastifyInstance, o: { auth: UiAuth; events: EventB
   app.get('/ui/', OPEN, async (_req, reply) => sendAsset(reply, 'index.html'));
   app.get(
     '/ui/:file',
-    { ...OPEN, schema: { params: { type: 'object', properties: { file: { type: 'string' } } } } },
-    async (req, reply) => sendAsset(reply, (req.params as { file: string }).file),
+    {
+      ...OPEN,
+      schema: {
+        params: { type: 'object', required: ['file'], properties: { file: { type: 'string' } } },
+      } as const,
+    },
+    async (req, reply) => sendAsset(reply, req.params.file),
   );
   function sendAsset(reply: FastifyReply, name: string) {
     const type = ASSETS[name];
@@ -75,12 +88,12 @@ export function uiRoutes(app: FastifyInstance, o: { auth: UiAuth; events: EventB
             password: { type: 'string', minLength: 1, maxLength: 512 },
           },
         },
-      },
+      } as const,
     },
     async (req, reply) => {
       // A sign-in posted by another site's page is refused (login CSRF).
       checkOrigin(req, false);
-      const s = await o.auth.signIn(req.ip, req.body as { token?: string; password?: string });
+      const s = await o.auth.signIn(req.ip, req.body);
       setSession(reply, req, s.id, 12 * 3600);
       return { signedIn: true, csrf: s.csrf };
     },
@@ -113,10 +126,10 @@ export function uiRoutes(app: FastifyInstance, o: { auth: UiAuth; events: EventB
           additionalProperties: false,
           properties: { password: { type: 'string', maxLength: 512 } },
         },
-      },
+      } as const,
     },
     async (req) => {
-      await o.auth.setPassword((req.body as { password: string }).password);
+      await o.auth.setPassword(req.body.password);
       return { passwordSet: true };
     },
   );
@@ -146,13 +159,15 @@ export function uiRoutes(app: FastifyInstance, o: { auth: UiAuth; events: EventB
     const registry = o.registry;
     app.get('/api/containers', ADMIN, async () => ({
       containers: registry.listAgents().flatMap((a) =>
-        (registry.snapshotOf(a.id)?.containers ?? []).map((c) => ({
-          agentId: a.id,
-          agentName: a.name,
-          agentStatus: a.status,
-          ...c,
-        })),
+        (registry.snapshotOf(a.id)?.containers ?? []).map(
+          (c): ContainerListing => ({
+            agentId: a.id,
+            agentName: a.name,
+            agentStatus: a.status,
+            ...c,
+          }),
+        ),
       ),
     }));
   }
-}
+};

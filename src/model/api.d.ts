@@ -1,0 +1,99 @@
+// What the API answers, as types only. The server, the CLI and the web UI all use these, so the
+// UI (a separate build with DOM types) cannot drift from the API: a declaration file is read by
+// both builds and emitted by neither.
+
+export type AgentStatus = 'pending' | 'online' | 'stale' | 'offline' | 'revoked';
+
+/** One agent, as `GET /api/agents` lists it. */
+export interface AgentSummary {
+  id: string;
+  name: string;
+  kind: 'local' | 'remote';
+  status: AgentStatus;
+  approved: boolean;
+  keyId?: string;
+  keyName?: string;
+  hostIp?: string;
+  version?: string;
+  dockerVersion?: string;
+  heartbeatAgeSeconds?: number;
+  /** With several replicas: the one holding the agent's connection. */
+  replica?: string;
+  routes: number;
+  containers: number;
+  /** Why none of its routes serve, when so. */
+  withheld?: string;
+}
+
+/** One agent key, as `GET /api/keys` lists it (never its secret). */
+export interface KeySummary {
+  id: string;
+  name: string;
+  domains: string[];
+  autoApprove: boolean;
+  createdAt: string;
+  revoked: boolean;
+  previousValidUntil?: string;
+  execAllow?: string[];
+  upstreams?: string[];
+  maxRoutes: number;
+  maxPending: number;
+  agents: number;
+}
+
+export type RouteStatus = 'applied' | 'pending' | 'error';
+
+/** A route as the server reports it: spec + owner + what happened to it. */
+export interface RouteView {
+  id: string;
+  agentId: string;
+  agentName: string;
+  /** 'tcp' for TCP routes, which have `listen` and no hosts or path. */
+  kind: 'http' | 'tcp';
+  hosts: string[];
+  path: string;
+  stripPath: boolean;
+  listen?: number;
+  allow?: string[];
+  upstreams: string[];
+  container: { id: string; name: string };
+  status: RouteStatus;
+  errors: string[];
+  /** Why a pending route waits (health check, not yet applied). */
+  note?: string;
+}
+
+/** One container an agent reports, with the exec rules that apply to it there. */
+export interface ContainerListing {
+  agentId: string;
+  agentName: string;
+  agentStatus: AgentStatus;
+  id: string;
+  name: string;
+  service?: string;
+  execRules?: string[];
+  state: string;
+  health: string;
+  labelled: boolean;
+}
+
+/** `GET /api/status`. */
+export interface StatusReport {
+  version: string;
+  uptimeSeconds: number;
+  ready: boolean;
+  notReady: string[];
+  agents: AgentSummary[];
+  caddy: Record<string, unknown>[];
+  routes: { total: number; applied: number; pending: number; error: number };
+  reconcile: Record<string, unknown>;
+}
+
+/** One event of the live feed (`GET /api/events`, server-sent). */
+export interface BerthEvent {
+  id: number;
+  at: number;
+  type: string;
+  message: string;
+  data?: Record<string, unknown>;
+}

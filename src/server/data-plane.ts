@@ -1,0 +1,181 @@
+// The data plane a server drives, built from its configuration: its own Caddy (or operators'
+// Caddy instances), the DNS responder of the dynamic layout, the TCP forwarder, and, with a
+// shared store, one lease per Caddy. Also the list of the server's own listeners, which no
+// route may point at.
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { parseListen, type ServeConfig } from '../config.js';
+import { CaddyAdmin } from '../ingress/caddy/admin.js';
+import type { CaddyBuildOptions } from '../ingress/caddy/config.js';
+import { CaddySupervisor } from '../ingress/caddy/supervisor.js';
+import { CaddyTarget } from '../ingress/caddy/target.js';
+import { DnsSidecar, ZONE } from '../ingress/dns/sidecar.js';
+import { TcpSidecar } from '../ingress/tcp/sidecar.js';
+import type { ProtectedEndpoint } from '../reconcile/upstreams.js';
+import type { Store } from '../store/store.js';
+import { CaddyLeases } from './caddy-lease.js';
+
+export interface DataPlane {
+  targets: CaddyTarget[];
+  /** Berth's own Caddy, when it runs one (no --caddy-admin). */
+  supervisor?: CaddySupervisor;
+  dns?: DnsSidecar;
+  tcp: TcpSidecar;
+  leases?: CaddyLeases;
+  /** The server's own listeners: API, front door, DNS responder, Caddy admin, Redis. */
+  protected: ProtectedEndpoint[];
+  /** Starts what runs as processes of its own (Caddy) and the leases. */
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function buildDataPlane(
+  config: ServeConfig,
+  o: {
+    logger: Logger;
+    store: Store;
+    apiUrl: string;
+    /** Something changed below the server (Caddy restarted, a lease taken): reconcile. */
+    wake: () => void;
+  },
+): Promise<DataPlane> {
+  const { logger, store } = o;
+  const c = config.caddy;
+  const command = [process.execPath, process.argv[1] ?? 'berth'];
+  const protectedEndpoints: ProtectedEndpoint[] = [
+    {
+      host: config.apiListen.host || undefined,
+      port: config.apiListen.port,
+      what: 'admin API (--api-listen)',
+    },
+    ...[c.httpListen, c.httpsListen].map((l) => {
+      const p = parseListen('http-listen', l);
+      return { host: p.host || undefined, port: p.port, what: 'front door' };
+    }),
+    ...storeEndpoint(config.store),
+  ];
+  const buildOpts: CaddyBuildOptions = { tls: c.tls, httpListen: c.httpListen, httpsListen: c.httpsListen };
+
+  let dns: DnsSidecar | undefined;
+  if (c.layout === 'dynamic') {
+    dns = new DnsSidecar({
+      dataDir: config.dataDir,
+      listen: c.dnsListen,
+      command,
+      logger: logger.child({ component: 'dns' }),
+    });
+    await dns.start();
+    for (const [what, addr] of [
+      ['DNS responder', dns.addresses.resolver],
+      ['not-found responder', dns.addresses.notFound],
+    ] as const) {
+      const { host, port } = parseListen('dns-listen', addr);
+      protectedEndpoints.push({ host: host || undefined, port, what });
+    }
+    buildOpts.dynamic = { ...dns.addresses, zone: ZONE, refresh: '1s', ask: `${o.apiUrl}/caddy/ask` };
+  }
+
+  let supervisor: CaddySupervisor | undefined;
+  const targets: CaddyTarget[] = [];
+  if (c.admin.length === 0) {
+    supervisor = new CaddySupervisor({
+      bin: c.bin,
+      dataDir: config.dataDir,
+      socketPath: socketPathFor(config.dataDir),
+      logger: logger.child({ component: 'caddy' }),
+      onRestart: () => {
+        for (const t of targets) t.invalidate();
+        o.wake();
+      },
+    });
+    targets.push(new CaddyTarget(supervisor.admin, buildOpts, logger));
+  } else {
+    for (const url of c.admin) {
+      targets.push(new CaddyTarget(new CaddyAdmin(url), buildOpts, logger));
+      const u = /^https?:\/\/([^/]+)/.exec(url);
+      if (u) {
+        const { hostname, port } = new URL(`http://${u[1]}`);
+        protectedEndpoints.push({
+          host: hostname || undefined,
+          port: Number(port || 80),
+          what: 'Caddy admin API',
+        });
+      }
+    }
+  }
+  // Replicas sharing a store and the same Caddy instances: one applies to each at a time.
+  const leases =
+    store.shared && c.admin.length > 0
+      ? new CaddyLeases({
+          store,
+          shared: store.shared,
+          targets,
+          logger: logger.child({ component: 'lease' }),
+          onAcquired: (t) => {
+            t.invalidate();
+            o.wake();
+          },
+          onApplied: () => o.wake(),
+        })
+      : undefined;
+
+  const tcp = new TcpSidecar({
+    dataDir: config.dataDir,
+    config: {
+      bind: config.tcp.bind,
+      idleTimeoutMs: config.tcp.idleTimeoutMs,
+      maxConnections: config.tcp.maxConnections,
+      ...(config.tcp.accessLog ? { accessLog: config.tcp.accessLog } : {}),
+    },
+    command,
+    logger: logger.child({ component: 'tcp' }),
+    onChange: () => o.wake(),
+  });
+  await tcp.start();
+  const tcpBind = tcp.bindStatus();
+  if (tcpBind.error) logger.warn(tcpBind, 'TCP listeners wait for their bind address');
+
+  return {
+    targets,
+    supervisor,
+    dns,
+    tcp,
+    leases,
+    protected: protectedEndpoints,
+    async start() {
+      if (supervisor) await supervisor.start();
+      await leases?.start();
+    },
+    async stop() {
+      await leases?.stop();
+      await tcp.close();
+      await supervisor?.stop();
+      await dns?.stop();
+    },
+  };
+}
+
+/** The Redis store's address, which no route may point at either. */
+function storeEndpoint(url: string | undefined): ProtectedEndpoint[] {
+  if (!url?.startsWith('redis')) return [];
+  try {
+    const u = new URL(url);
+    return [
+      {
+        host: u.hostname.replace(/^\[|\]$/g, '') || undefined,
+        port: Number(u.port || 6379),
+        what: 'store (Redis)',
+      },
+    ];
+  } catch {
+    return [];
+  }
+}
+
+/** Unix socket paths are limited to 107 bytes; a deep data dir falls back to /tmp. */
+function socketPathFor(dataDir: string): string {
+  const p = join(dataDir, 'caddy-admin.sock');
+  if (Buffer.byteLength(p) < 100) return p;
+  return `/tmp/berth-${createHash('sha256').update(dataDir).digest('hex').slice(0, 12)}.sock`;
+}

@@ -1,0 +1,83 @@
+// The events feed's view of routes: which newly have an error (once each), and that routes
+// changed at all. Most route changes never touch Caddy's config (the dynamic layout), so no
+// other event would tell a page showing routes to refresh.
+import type { RouteView } from '../model/api.js';
+import type { EventBus } from './events.js';
+
+/** Listing routes costs about half a second at 50k: the error scan runs at most this often. */
+const SCAN_EVERY_MS = 1_000;
+/** routes.changed at most once per this, the last change always announced. */
+const ANNOUNCE_EVERY_MS = 1_000;
+
+export class RouteEvents {
+  private lastErrors = new Set<string>();
+  private lastScanAt = 0;
+  private scan?: NodeJS.Timeout;
+  private version = 0;
+  private announced = 0;
+  private lastAnnounceAt = 0;
+  private announce?: NodeJS.Timeout;
+
+  constructor(
+    private readonly o: {
+      events: EventBus;
+      /** Routes with errors only (the cheap listing). */
+      errors: () => RouteView[];
+    },
+  ) {}
+
+  /** Something routing depends on changed. */
+  changed(): void {
+    this.version++;
+  }
+
+  /** A reconcile pass ended with these many sites and TCP listeners. */
+  passed(sites: number, tcp: number): void {
+    if (this.version !== this.announced) {
+      clearTimeout(this.announce);
+      this.announce = setTimeout(
+        () => {
+          this.announced = this.version;
+          this.lastAnnounceAt = Date.now();
+          this.o.events.emit('routes.changed', `routes changed: ${sites} sites, ${tcp} TCP listeners`, {
+            sites,
+            tcp,
+          });
+        },
+        Math.max(0, ANNOUNCE_EVERY_MS - (Date.now() - this.lastAnnounceAt)),
+      );
+    }
+    clearTimeout(this.scan);
+    this.scan = setTimeout(
+      () => this.scanErrors(),
+      Math.max(0, SCAN_EVERY_MS - (Date.now() - this.lastScanAt)),
+    );
+  }
+
+  stop(): void {
+    clearTimeout(this.scan);
+    clearTimeout(this.announce);
+  }
+
+  private scanErrors(): void {
+    this.lastScanAt = Date.now();
+    const now = new Set<string>();
+    for (const r of this.o.errors()) {
+      if (r.status !== 'error') continue;
+      const key = `${r.agentId}:${r.id}:${r.errors.join('|')}`;
+      now.add(key);
+      if (this.lastErrors.has(key)) continue;
+      const what =
+        r.kind === 'tcp' ? `tcp :${r.listen}` : r.hosts.join(', ') || `container ${r.container.name}`;
+      this.o.events.emit(
+        'route.rejected',
+        `${what} (${r.agentName}/${r.container.name}): ${r.errors.join('; ')}`,
+        {
+          agentId: r.agentId,
+          routeId: r.id,
+        },
+      );
+    }
+    this.lastErrors = now;
+  }
+}
