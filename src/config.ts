@@ -515,7 +515,7 @@ export function loadConfig(command: string, argv: string[], env: NodeJS.ProcessE
   if (command === 'server' || command === 'standalone') {
     loaded = { kind: 'serve', config: serveConfig(command, raw, env, common, problems), rest };
   } else if (command === 'agent') {
-    loaded = { kind: 'agent', config: agentConfig(raw, sources, env, common, problems), rest };
+    loaded = { kind: 'agent', config: agentConfig(raw, sources, common, problems), rest };
   } else {
     loaded = { kind: 'client', config: clientConfig(raw, env, common), rest };
   }
@@ -542,7 +542,7 @@ function listen(flag: string, value: string, problems: string[]): Listen {
   }
 }
 
-function watchConfig(raw: RawConfig, env: NodeJS.ProcessEnv): WatchConfig {
+function watchConfig(raw: RawConfig): WatchConfig {
   const w: WatchConfig = {
     docker: opt(raw.docker) ?? 'unix:///var/run/docker.sock',
     labelPrefix: str(raw['label-prefix']),
@@ -615,14 +615,13 @@ function serveConfig(
   if (accessLog) c.tcp.accessLog = resolve(accessLog);
   const token = opt(env.BERTH_ADMIN_TOKEN);
   if (token) c.adminToken = token;
-  if (command === 'standalone') c.watch = watchConfig(raw, env);
+  if (command === 'standalone') c.watch = watchConfig(raw);
   return c;
 }
 
 function agentConfig(
   raw: RawConfig,
   sources: Readonly<Record<string, string>>,
-  env: NodeJS.ProcessEnv,
   common: Common,
   problems: string[],
 ): AgentConfig {
@@ -657,7 +656,7 @@ function agentConfig(
   }
   const c: AgentConfig = {
     ...common,
-    ...watchConfig(raw, env),
+    ...watchConfig(raw),
     servers,
     key,
     keySource,
