@@ -28,11 +28,19 @@ export async function connectLocalAgent(o: {
   const logger = o.logger.child({ component: 'agent' });
   await o.registry.registerLocal(LOCAL_AGENT_ID, o.watch.name, VERSION);
   let conn: LocalConnection | undefined;
+  let reported = false;
   const agent = new Agent({
     watch: o.watch,
     logger,
     output: {
-      publish: (snapshot) => conn?.receive({ type: 'snapshot', snapshot }),
+      publish: (snapshot) => {
+        conn?.receive({ type: 'snapshot', snapshot });
+        // The first snapshot means Docker answered: say so now rather than at the next beat.
+        if (!reported) {
+          reported = true;
+          beat();
+        }
+      },
       execEvent: (e) => conn?.receive(e),
     },
   });

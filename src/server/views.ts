@@ -247,7 +247,10 @@ function rejectedContainers(agentId: string, agentName: string, diagnostics: Dia
   }));
 }
 
-/** Hostnames first (alphabetically), then TCP ports in order, then rejected containers. */
+/**
+ * By hostname, TCP port or neither, in the locale's order: which puts rejected containers (`~~`)
+ * and TCP ports (`~05432`) before hostnames, as listings always have.
+ */
 function byPlace(a: RouteView, b: RouteView): number {
   const place = (r: RouteView) => r.hosts[0] ?? (r.listen ? `~${String(r.listen).padStart(5, '0')}` : '~~');
   return place(a).localeCompare(place(b)) || a.path.localeCompare(b.path) || a.id.localeCompare(b.id);

@@ -3,53 +3,12 @@
 // label errors, command output) is attacker-controllable, so it only ever goes in via
 // textContent, never as HTML.
 
+import type { AgentSummary, BerthEvent, ContainerListing, RouteView } from '../model/api.js';
+
 type Json = Record<string, unknown>;
-interface Agent {
-  id: string;
-  name: string;
-  kind: string;
-  status: string;
-  approved: boolean;
-  routes: number;
-  containers: number;
-  keyId?: string;
-  keyName?: string;
-  hostIp?: string;
-  version?: string;
-  heartbeatAgeSeconds?: number;
-  withheld?: string;
-}
-interface Route {
-  id: string;
-  kind: 'http' | 'tcp';
-  agentId: string;
-  agentName: string;
-  hosts: string[];
-  path: string;
-  listen?: number;
-  allow?: string[];
-  upstreams: string[];
-  container: { id: string; name: string };
-  status: string;
-  errors: string[];
-  note?: string;
-}
-interface Container {
-  agentId: string;
-  agentName: string;
-  agentStatus: string;
-  id: string;
-  name: string;
-  state: string;
-  service?: string;
-  execRules?: string[];
-}
-interface BerthEvent {
-  id: number;
-  at: number;
-  type: string;
-  message: string;
-}
+type Agent = AgentSummary;
+type Route = RouteView;
+type Container = ContainerListing;
 
 const PAGE_SIZE = 100;
 let csrf = '';

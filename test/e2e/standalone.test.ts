@@ -55,6 +55,21 @@ afterAll(async () => {
 });
 
 describe('berth standalone', () => {
+  it('shows its in-process agent connected and online, with its Docker version, like any agent', async () => {
+    await waitUntil(async () => (await berth.status()).agents?.[0]?.dockerVersion !== undefined, {
+      timeoutMs: 20_000,
+      message: async () => `no heartbeat from the local agent: ${JSON.stringify(await berth.status())}`,
+    });
+    const st = await berth.status();
+    expect(st.agents).toHaveLength(1);
+    expect(st.agents[0]).toMatchObject({ kind: 'local', status: 'online', approved: true });
+    const cli = await berth.cli(['status']);
+    expect(cli.stdout).toMatch(/agent \S+ \(local\): online \(in-process\)/);
+    expect(cli.stdout).not.toMatch(/disconnected/);
+    const agents = JSON.parse((await berth.cli(['agents', 'list', '--json'])).stdout);
+    expect(agents[0]).toMatchObject({ kind: 'local', status: 'online' });
+  });
+
   it('serves a labelled container through Caddy and drops the route when it stops or goes', async () => {
     await web('alpha', { 'berth.host': 'alpha.test', 'berth.port': '$PORT' });
     await serves('alpha.test', 'body of alpha');
