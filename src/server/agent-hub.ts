@@ -59,6 +59,8 @@ export interface HubOptions {
   maxMessageBytes?: number;
   /** Whose X-Forwarded-For is believed for the client address. */
   trustedProxies?: TrustedProxies;
+  /** Where agents' exec events go, and who hears that an agent is gone (the exec broker). */
+  exec?: ExecListener;
 }
 
 /** Clients whose failures are remembered at once; beyond it the oldest are forgotten. */
@@ -95,7 +97,7 @@ export class AgentHub {
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
   );
   /** Where exec events and lost connections go (the exec broker). */
-  private exec?: ExecListener;
+  private readonly exec?: ExecListener;
 
   constructor(private readonly o: HubOptions) {
     this.maxMessageBytes = o.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
@@ -107,6 +109,7 @@ export class AgentHub {
     });
     this.gate = new LogGate(o.logger);
     this.trusted = o.trustedProxies ?? trustedProxies(DEFAULT_TRUSTED_PROXIES);
+    this.exec = o.exec;
     o.registry.onDrop((ids, reason) => {
       for (const id of ids) this.channels.get(id)?.close(4003, reason.slice(0, 120));
     });
@@ -120,11 +123,6 @@ export class AgentHub {
         refuse(socket, 503, 'UNAVAILABLE', 'the server cannot reach its store; try again later');
       });
     });
-  }
-
-  /** Where agents' exec events go, and who hears that an agent is gone (the exec broker). */
-  listen(exec: ExecListener): void {
-    this.exec = exec;
   }
 
   connected(agentId: string): boolean {

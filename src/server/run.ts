@@ -148,18 +148,12 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
     }
   }, 1_000);
 
-  const hub = new AgentHub({
-    registry,
-    logger: logger.child({ component: 'hub' }),
-    heartbeatMs: config.agentHeartbeatMs,
-    maxMessageBytes: config.agentMaxMessageBytes,
-    trustedProxies: trusted,
-  });
-  const broker = new ExecBroker({
+  const broker: ExecBroker = new ExecBroker({
     registry,
     store,
     logger: logger.child({ component: 'exec' }),
-    channel: (agentId, req) => hub.send(agentId, req),
+    // The hub, made next, carries requests to agents (and their events back to the broker).
+    channel: (agentId, req): boolean => hub.send(agentId, req),
     isConnected: (agentId) => hub.connected(agentId),
     onAudit: (a) =>
       events.emit(
@@ -168,7 +162,14 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
         { agent: a.agentName, container: a.container, decision: a.decision, exitCode: a.exitCode },
       ),
   });
-  hub.listen(broker);
+  const hub: AgentHub = new AgentHub({
+    registry,
+    logger: logger.child({ component: 'hub' }),
+    heartbeatMs: config.agentHeartbeatMs,
+    maxMessageBytes: config.agentMaxMessageBytes,
+    trustedProxies: trusted,
+    exec: broker,
+  });
   let local: LocalAgent | undefined;
   if (config.watch) {
     local = await connectLocalAgent({
