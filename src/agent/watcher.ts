@@ -3,9 +3,10 @@
 // with backoff. While Docker is unreachable the last snapshot stands: an outage is not "no containers".
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
-import { type ExtractContext, extractAll } from '../labels/index.js';
-import type { ContainerInfo, ContainerSummary, Snapshot } from '../model/types.js';
+import type { ExtractContext } from '../labels/index.js';
+import type { ContainerInfo, Snapshot } from '../model/types.js';
 import type { DockerSource } from './docker.js';
+import { snapshotContent } from './snapshot.js';
 
 const WAKE_ACTIONS = [
   'start',
@@ -148,22 +149,12 @@ export class DockerWatcher {
   }
 
   private publish(containers: ContainerInfo[]): void {
-    const { routes, tcp, diagnostics, explanations } = extractAll(containers, this.o.ctx);
-    const summaries: ContainerSummary[] = containers
-      .map((c) => ({
-        id: c.id,
-        name: c.name,
-        ...serviceOf(c.labels),
-        ...execRulesOf(c, this.o.execRules),
-        state: c.state,
-        health: c.health,
-        labelled:
-          routes.some((r) => r.containerId === c.id) ||
-          tcp.some((r) => r.containerId === c.id) ||
-          diagnostics.some((d) => d.containerId === c.id),
-        ...(explanations.has(c.id) ? { explain: explanations.get(c.id) } : {}),
-      }))
-      .sort((a, b) => a.id.localeCompare(b.id));
+    const {
+      containers: summaries,
+      routes,
+      tcp,
+      diagnostics,
+    } = snapshotContent(containers, this.o.ctx, this.o.execRules);
     const body = JSON.stringify({ summaries, routes, tcp, diagnostics, hostIp: this.o.ctx.hostIp });
     const hash = createHash('sha256').update(body).digest('hex');
     if (hash === this.lastHash) return;
@@ -182,15 +173,4 @@ export class DockerWatcher {
     };
     this.o.onSnapshot(this.last);
   }
-}
-
-/** The Swarm service (else the compose service) a container is a task of, for exec by service name. */
-function serviceOf(labels: Record<string, string>): { service?: string } {
-  const service = labels['com.docker.swarm.service.name'] ?? labels['com.docker.compose.service'];
-  return service ? { service } : {};
-}
-
-function execRulesOf(c: ContainerInfo, fn?: (c: ContainerInfo) => string[]): { execRules?: string[] } {
-  const rules = fn?.(c) ?? [];
-  return rules.length > 0 ? { execRules: rules.slice(0, 64) } : {};
 }

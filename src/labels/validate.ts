@@ -1,6 +1,7 @@
 // Value checks shared by every label dialect. Each returns either the parsed value or an
 // `expected` phrase that ends up in the diagnostic, so messages read the same everywhere.
 import { parseCidrList } from '../model/cidr.js';
+import { MAX_CIDRS, MAX_STRING } from '../model/limits.js';
 
 export type Check<T> = { ok: true; value: T } | { ok: false; expected: string };
 
@@ -21,13 +22,13 @@ export function checkHostList(raw: string): Check<string[]> {
   if (parts.length === 0 || parts.some((p) => p === '')) {
     return { ok: false, expected: 'a comma-separated list of hostnames with no empty entries' };
   }
-  const hosts: string[] = [];
+  const hosts = new Set<string>();
   for (const p of parts) {
     const c = checkHostname(p);
     if (!c.ok) return { ok: false, expected: `${c.expected} ("${p}" is not one)` };
-    if (!hosts.includes(c.value)) hosts.push(c.value);
+    hosts.add(c.value);
   }
-  return { ok: true, value: hosts };
+  return { ok: true, value: [...hosts] };
 }
 
 export function checkPort(raw: string): Check<number> {
@@ -44,6 +45,8 @@ const PATH_RE = /^\/[A-Za-z0-9._~!$&'()+,;=:@%/-]*$/;
 
 export function checkPath(raw: string): Check<string> {
   const s = raw.trim();
+  if (s.length > MAX_STRING)
+    return { ok: false, expected: `a path prefix of at most ${MAX_STRING} characters` };
   if (!PATH_RE.test(s) || s.includes('//')) {
     return { ok: false, expected: 'a path prefix starting with "/" with no spaces, "*", "?" or "#"' };
   }
@@ -85,7 +88,10 @@ export function checkCidrList(raw: string): Check<string[]> {
       expected: `a comma-separated list of networks such as 10.0.0.0/8, 100.64.0.0/10 or 127.0.0.1${which}`,
     };
   }
-  return { ok: true, value: [...new Set(cidrs.map((c) => c.text))] };
+  const unique = [...new Set(cidrs.map((c) => c.text))];
+  if (unique.length > MAX_CIDRS)
+    return { ok: false, expected: `at most ${MAX_CIDRS} networks (${unique.length} are given)` };
+  return { ok: true, value: unique };
 }
 
 /** `scheme://host:port/path`, each part optional but the host; parts are not checked here. */
