@@ -20,7 +20,8 @@ export const CADDY_NETWORK_LABEL = 'caddy_ingress_network';
 const SCOPES = new Set(['handle', 'handle_path', 'route']);
 /** Serving a site without these would open what the labels protect: such a scope is not routed. */
 const GUARDS = new Set(['basicauth', 'basic_auth', 'forward_auth']);
-const UPSTREAMS_RE = /\{\{\s*upstreams\b([^}]*)\}\}/g;
+// `[^{}]`, not `[^}]`: an unclosed `{{upstreams` must not make every later one rescan the rest.
+const UPSTREAMS_RE = /\{\{\s*upstreams\b([^{}]*)\}\}/g;
 const EXPECTED_PROXY = 'reverse_proxy [<path matcher>] {{upstreams [http|https] [port]}}';
 
 export function isCaddyLabel(key: string): boolean {
@@ -211,9 +212,9 @@ export function parseCaddyLabels(c: ContainerInfo): DialectResult {
     };
 
     const before = drafts.length;
-    const errorsBefore = sink.list.filter((d) => d.severity === 'error').length;
+    const errorsBefore = sink.errors;
     readScope(block.root, '/', false, true);
-    const failed = sink.list.filter((d) => d.severity === 'error').length > errorsBefore;
+    const failed = sink.errors > errorsBefore;
     if (drafts.length === before && hosts.length > 0 && !guarded(block.root) && !failed) {
       sink.warning(siteKey, address, `no route: the site has no ${EXPECTED_PROXY} that Berth can translate`);
     }
@@ -224,7 +225,7 @@ export function parseCaddyLabels(c: ContainerInfo): DialectResult {
 
 /** The site address list: hostnames, each optionally with a scheme; anything else is reported. */
 function siteHosts(key: string, address: string, sink: DiagnosticSink): string[] | undefined {
-  const hosts: string[] = [];
+  const hosts = new Set<string>();
   for (const a of address.split(/[\s,]+/).filter(Boolean)) {
     const parts = splitAddress(a);
     if (!parts || parts.host === '') {
@@ -259,9 +260,9 @@ function siteHosts(key: string, address: string, sink: DiagnosticSink): string[]
         `site address "${a}" names port ${parts.port}; Berth serves every hostname on the front door's own ports`,
       );
     }
-    if (!hosts.includes(h.value)) hosts.push(h.value);
+    hosts.add(h.value);
   }
-  return hosts;
+  return [...hosts];
 }
 
 /**

@@ -164,7 +164,7 @@ export function parseTraefikLabels(c: ContainerInfo): DialectResult {
       else sink.error(ruleKey, rule, `expected ${EXPECTED_RULE}: ${parsed.message}`);
       continue;
     }
-    const byPath = new Map<string, string[]>();
+    const byPath = new Map<string, Set<string>>();
     let bad = false;
     for (const t of parsed.terms) {
       if (t.hosts.length === 0) {
@@ -194,7 +194,9 @@ export function parseTraefikLabels(c: ContainerInfo): DialectResult {
         skip = 'bad path';
         break;
       }
-      byPath.set(cp.value, [...new Set([...(byPath.get(cp.value) ?? []), ...hs])]);
+      const same = byPath.get(cp.value);
+      if (same) for (const h of hs) same.add(h);
+      else byPath.set(cp.value, new Set(hs));
     }
     if (bad || skip) continue;
 
@@ -280,7 +282,7 @@ export function parseTraefikLabels(c: ContainerInfo): DialectResult {
     for (const [path, hosts] of byPath) {
       drafts.push({
         group: i === 0 ? router : `${router}#${i + 1}`,
-        hosts,
+        hosts: [...hosts],
         path,
         stripPath: false,
         scheme: s.scheme,
@@ -296,15 +298,16 @@ export function parseTraefikLabels(c: ContainerInfo): DialectResult {
     }
   }
 
+  const drafted = new Set(drafts.flatMap((d) => d.labels ?? []));
   for (const [router, opts] of routers) {
     const rule = opts.get('rule')?.[0];
-    if (rule && drafts.some((d) => d.labels?.includes(rule))) continue;
+    if (rule && drafted.has(rule)) continue;
     for (const [key] of opts.values())
       quiet.push({ label: key, note: `router ${router} is not routed (see the notes on its other labels)` });
   }
   for (const [name, opts] of middlewares) {
     for (const [opt, [key]] of opts) {
-      if (!drafts.some((d) => d.labels?.includes(key)))
+      if (!drafted.has(key))
         quiet.push({
           label: key,
           note: `middleware ${name} (${opt.split('.')[0]}) definition; see the routers using it`,
@@ -332,51 +335,83 @@ export function parseTraefikLabels(c: ContainerInfo): DialectResult {
 }
 
 /** One way a rule matches: an OR of these, each needing one of `hosts` and the path prefix. */
-interface Term {
+export interface Term {
+  /** Empty: no Host(...) in this part, so it matches every hostname. */
   hosts: string[];
   path: string;
 }
 
 type RuleResult = { ok: true; terms: Term[] } | { ok: false; untranslatable: boolean; message: string };
 
-/** An atom of a rule in disjunctive normal form: a Host, a PathPrefix, or something Berth has no equal for. */
-type Atom = { host: string } | { prefix: string } | { other: string };
+/**
+ * An atom of a rule in disjunctive normal form: a Host (any of its arguments), a PathPrefix, or
+ * something Berth has no equal for. Host's arguments stay one atom, so a Host() with thousands
+ * of names is one term, not thousands.
+ */
+type Atom = { hosts: string[] } | { prefix: string } | { other: string };
 
 const MAX_TERMS = 64;
+/** Real rules nest a few levels; a deeper one is refused before it costs stack. */
+const MAX_DEPTH = 64;
+
+class RuleError extends Error {
+  constructor(
+    message: string,
+    readonly untranslatable: boolean,
+  ) {
+    super(message);
+  }
+}
+
+const TOKEN_RE = /(&&|\|\||[(),!]|`[^`]*`|"(?:[^"\\]|\\.)*"|[A-Za-z][A-Za-z0-9]*|\S)/y;
+const SPACE_RE = /\s*/y;
+
+/** The rule's tokens, in one pass over it (sticky regexes, no copies of the rest of the rule); undefined when one cannot be read. */
+function tokenize(rule: string): string[] | undefined {
+  const tokens: string[] = [];
+  let at = 0;
+  for (;;) {
+    SPACE_RE.lastIndex = at;
+    SPACE_RE.exec(rule);
+    at = SPACE_RE.lastIndex;
+    if (at >= rule.length) return tokens;
+    TOKEN_RE.lastIndex = at;
+    const m = TOKEN_RE.exec(rule);
+    if (!m) return undefined;
+    // A lone quote never closes: stop here, or every later quote would be scanned to the end.
+    if (m[1] === '"' || m[1] === '`') return undefined;
+    tokens.push(m[1]!);
+    at = TOKEN_RE.lastIndex;
+  }
+}
 
 /**
  * Parses Traefik's rule language far enough to route: Host / HostHeader and PathPrefix, with &&,
  * || and parentheses. Other matchers and negation are reported as untranslatable, never widened.
+ * Linear in the rule's length: each token is read once, and the expansion into terms is bounded
+ * by MAX_TERMS before it is built.
  */
 export function parseRule(rule: string): RuleResult {
-  const tokens: string[] = [];
-  const re = /\s*(&&|\|\||[(),!]|`[^`]*`|"(?:[^"\\]|\\.)*"|[A-Za-z][A-Za-z0-9]*|\S)/y;
-  let m: RegExpExecArray | null;
-  re.lastIndex = 0;
-  for (;;) {
-    if (/^\s*$/.test(rule.slice(re.lastIndex))) break;
-    m = re.exec(rule);
-    if (!m) return { ok: false, untranslatable: false, message: 'cannot read the rule' };
-    tokens.push(m[1]!);
-  }
+  const tokens = tokenize(rule);
+  if (!tokens) return { ok: false, untranslatable: false, message: 'a quote (` or ") is not closed' };
   let i = 0;
+  let depth = 0;
   const fail = (message: string): never => {
-    throw Object.assign(new Error(message), { untranslatable: false });
+    throw new RuleError(message, false);
   };
-  const untranslatable = (message: string): never => {
-    throw Object.assign(new Error(message), { untranslatable: true });
+  const tooMany = (): never => {
+    throw new RuleError('the rule has too many combinations', true);
   };
   const and = (a: Atom[][], b: Atom[][]): Atom[][] => {
-    const out = a.flatMap((x) => b.map((y) => [...x, ...y]));
-    if (out.length > MAX_TERMS) untranslatable('the rule has too many combinations');
-    return out;
+    if (a.length * b.length > MAX_TERMS) tooMany();
+    return a.flatMap((x) => b.map((y) => [...x, ...y]));
   };
   const expr = (): Atom[][] => {
-    let left = conj();
+    const left = conj();
     while (tokens[i] === '||') {
       i++;
-      left = [...left, ...conj()];
-      if (left.length > MAX_TERMS) untranslatable('the rule has too many combinations');
+      left.push(...conj());
+      if (left.length > MAX_TERMS) tooMany();
     }
     return left;
   };
@@ -390,12 +425,14 @@ export function parseRule(rule: string): RuleResult {
   };
   const unary = (): Atom[][] => {
     const t = tokens[i];
-    if (t === '!') untranslatable('negation (!) has no Berth equivalent');
+    if (t === '!') throw new RuleError('negation (!) has no Berth equivalent', true);
     if (t === '(') {
+      if (++depth > MAX_DEPTH) fail(`parentheses nest more than ${MAX_DEPTH} deep`);
       i++;
       const inner = expr();
       if (tokens[i] !== ')') fail('a "(" is not closed');
       i++;
+      depth--;
       return inner;
     }
     if (!t || !/^[A-Za-z]/.test(t)) fail(t ? `unexpected "${t}"` : 'the rule ends early');
@@ -407,7 +444,7 @@ export function parseRule(rule: string): RuleResult {
       const a = tokens[i];
       if (a === undefined) fail(`${t}( is not closed`);
       if (!a || !/^[`"]/.test(a)) fail(`${t}(...) takes quoted arguments such as \`app.example.com\``);
-      args.push(a!.startsWith('"') ? JSON.parse(a!) : a!.slice(1, -1));
+      args.push(a!.startsWith('"') ? unquote(a!, t!) : a!.slice(1, -1));
       i++;
       if (tokens[i] === ',') i++;
       else if (tokens[i] === undefined) fail(`${t}( is not closed`);
@@ -416,7 +453,7 @@ export function parseRule(rule: string): RuleResult {
     i++;
     if (args.length === 0) fail(`${t}() needs an argument`);
     const name = t!.toLowerCase();
-    if (name === 'host' || name === 'hostheader') return args.map((h) => [{ host: h }]);
+    if (name === 'host' || name === 'hostheader') return [[{ hosts: args.map((h) => h.toLowerCase()) }]];
     if (name === 'pathprefix') return args.map((p) => [{ prefix: p }]);
     return [[{ other: t! }]];
   };
@@ -425,11 +462,8 @@ export function parseRule(rule: string): RuleResult {
     dnf = expr();
     if (i < tokens.length) fail(`unexpected "${tokens[i]}"`);
   } catch (err) {
-    return {
-      ok: false,
-      untranslatable: (err as { untranslatable?: boolean }).untranslatable === true,
-      message: (err as Error).message,
-    };
+    if (!(err instanceof RuleError)) throw err;
+    return { ok: false, untranslatable: err.untranslatable, message: err.message };
   }
   const terms: Term[] = [];
   for (const conjunct of dnf) {
@@ -441,16 +475,35 @@ export function parseRule(rule: string): RuleResult {
         message: `the ${other.other} matcher has no Berth equivalent`,
       };
     }
-    const hosts = [...new Set(conjunct.flatMap((a) => ('host' in a ? [a.host.toLowerCase()] : [])))];
+    // Host(a, b) && Host(b, c) matches b only; hosts that do not meet match nothing.
+    let hosts: Set<string> | undefined;
+    for (const a of conjunct) {
+      if (!('hosts' in a)) continue;
+      if (!hosts) hosts = new Set(a.hosts);
+      else {
+        const both = new Set<string>();
+        for (const h of a.hosts) if (hosts.has(h)) both.add(h);
+        hosts = both;
+      }
+    }
+    if (hosts && hosts.size === 0) continue;
     const prefixes = conjunct.flatMap((a) => ('prefix' in a ? [a.prefix] : []));
-    // Host(a) && Host(b) matches nothing unless a = b; so do prefixes that do not nest.
-    if (hosts.length > 1) continue;
+    // PathPrefix(a) && PathPrefix(b) is the longer one when they nest, else nothing.
     const path = prefixes.sort((a, b) => b.length - a.length)[0] ?? '/';
     if (prefixes.some((p) => !path.startsWith(p))) continue;
-    terms.push({ hosts, path });
+    terms.push({ hosts: hosts ? [...hosts] : [], path });
   }
   if (terms.length === 0) return { ok: false, untranslatable: true, message: 'the rule can never match' };
   return { ok: true, terms };
+}
+
+/** A "double-quoted" argument (Go string syntax in Traefik; JSON's is close enough for hostnames). */
+function unquote(token: string, matcher: string): string {
+  try {
+    return JSON.parse(token) as string;
+  } catch {
+    throw new RuleError(`${matcher}(...) has an argument with an escape Berth cannot read: ${token}`, false);
+  }
 }
 
 function isTrue(value: string): boolean {

@@ -95,13 +95,12 @@ describe('label dialects', () => {
 describe('Traefik rules', () => {
   it.each([
     ['Host(`a.example.com`)', [{ hosts: ['a.example.com'], path: '/' }]],
+    ['Host(`a.example.com`, `b.example.com`)', [{ hosts: ['a.example.com', 'b.example.com'], path: '/' }]],
     [
-      'Host(`a.example.com`, `b.example.com`)',
-      [
-        { hosts: ['a.example.com'], path: '/' },
-        { hosts: ['b.example.com'], path: '/' },
-      ],
+      'Host(`a.example.com`, `b.example.com`) && Host(`B.example.com`, `c.example.com`)',
+      [{ hosts: ['b.example.com'], path: '/' }],
     ],
+    [`${'('.repeat(64)}Host(\`a.example.com\`)${')'.repeat(64)}`, [{ hosts: ['a.example.com'], path: '/' }]],
     [
       'Host(`a.example.com`) && (PathPrefix(`/x`) || PathPrefix(`/y`))',
       [
@@ -125,6 +124,13 @@ describe('Traefik rules', () => {
     ['Host(`a.example.com`', false, /Host\( is not closed/],
     ['Host(`a.example.com`) &&', false, /ends early/],
     ['Host(`a`) Host(`b`)', false, /unexpected "Host"/],
+    [`${'('.repeat(65)}Host(\`a\`)${')'.repeat(65)}`, false, /nest more than 64 deep/],
+    ['Host("a\\x")', false, /escape Berth cannot read/],
+    [
+      `(${Array.from({ length: 9 }, (_, i) => `Host(\`h${i}\`)`).join(' || ')}) && (${Array.from({ length: 8 }, (_, i) => `PathPrefix(\`/p${i}\`)`).join(' || ')})`,
+      true,
+      /too many combinations/,
+    ],
   ])('refuses %s', (rule, untranslatable, message) => {
     const r = parseRule(rule);
     expect(r.ok).toBe(false);
