@@ -43,16 +43,53 @@ interface Service {
   bad: boolean;
 }
 
+/** Phase 1's result: the container's Traefik labels by kind and name. */
+interface Grouped {
+  enabled: boolean;
+  network?: [key: string, name: string];
+  routers: Map<string, Options>;
+  services: Map<string, Options>;
+  middlewares: Map<string, Options>;
+}
+
+/** What each router of one container is read against. */
+interface Env {
+  sink: DiagnosticSink;
+  services: Map<string, Service>;
+  middlewares: Map<string, Options>;
+  network?: [key: string, name: string];
+  compose?: string;
+  /** The name of Traefik's implicit service when the container defines none. */
+  defaultName: string;
+  /** Services some router named or defaulted to, routed or not. */
+  referenced: Set<string>;
+}
+
+/** Traefik's labels in four phases: group them, read services, read each router, then note the rest. */
 export function parseTraefikLabels(c: ContainerInfo): DialectResult {
   const sink = new DiagnosticSink(c);
   const used: LabelNote[] = [];
-  const quiet: LabelNote[] = [];
-  const routers = new Map<string, Options>();
-  const services = new Map<string, Options>();
-  const middlewares = new Map<string, Options>();
-  let enabled = true;
-  let network: [string, string] | undefined;
+  const g = groupLabels(c, sink, used);
+  if (!g.enabled) return { drafts: [], diagnostics: sink.list, disabled: true, used, quiet: [] };
+  const env: Env = {
+    sink,
+    services: readServices(g.services, sink),
+    middlewares: g.middlewares,
+    network: g.network,
+    compose: composeGroup(c.labels),
+    defaultName: c.name.replace(/^\//, '').replace(/[^A-Za-z0-9-]/g, '-'),
+    referenced: new Set(),
+  };
+  const drafts: RouteDraft[] = [];
+  for (const [router, opts] of g.routers) drafts.push(...readRouter(router, opts, env));
+  const quiet = notes(c, g, env, drafts);
+  if (g.network) used.push({ label: g.network[0], note: `network "${g.network[1]}" for unpublished ports` });
+  return { drafts: dropRepeatedClaims(drafts, sink), diagnostics: sink.list, disabled: false, used, quiet };
+}
 
+/** Phase 1: `enable` and `docker.network` read; routers, services and middlewares grouped by name. */
+function groupLabels(c: ContainerInfo, sink: DiagnosticSink, used: LabelNote[]): Grouped {
+  const g: Grouped = { enabled: true, routers: new Map(), services: new Map(), middlewares: new Map() };
   for (const [key, value] of Object.entries(c.labels).sort(([a], [b]) => a.localeCompare(b))) {
     if (!key.startsWith(P)) continue;
     const parts = key.slice(P.length).split('.');
@@ -62,19 +99,19 @@ export function parseTraefikLabels(c: ContainerInfo): DialectResult {
       const b = checkBool(value);
       if (!b.ok) sink.error(key, value, `expected ${b.expected}`);
       else {
-        enabled = b.value;
+        g.enabled = b.value;
         used.push({ label: key, note: b.value ? undefined : 'the container opts out: no route' });
       }
     } else if (rest === 'docker.network') {
       const n = checkName(value);
       if (!n.ok) sink.error(key, value, `expected ${n.expected}`);
-      else network = [key, n.value];
+      else g.network = [key, n.value];
     } else if (
       lower[0] === 'http' &&
       parts.length >= 4 &&
       ['routers', 'services', 'middlewares'].includes(lower[1]!)
     ) {
-      const into = lower[1] === 'routers' ? routers : lower[1] === 'services' ? services : middlewares;
+      const into = lower[1] === 'routers' ? g.routers : lower[1] === 'services' ? g.services : g.middlewares;
       const opts = into.get(parts[2]!) ?? new Map();
       opts.set(lower.slice(3).join('.'), [key, value]);
       into.set(parts[2]!, opts);
@@ -92,9 +129,11 @@ export function parseTraefikLabels(c: ContainerInfo): DialectResult {
       );
     }
   }
-  if (!enabled) return { drafts: [], diagnostics: sink.list, disabled: true, used, quiet };
+  return g;
+}
 
-  // Service options first: a bad port is an error on the container whichever router uses it.
+/** Phase 2: each service's port and scheme. A bad one is an error on the container whichever router uses it. */
+function readServices(services: Map<string, Options>, sink: DiagnosticSink): Map<string, Service> {
   const svc = new Map<string, Service>();
   for (const [name, opts] of services) {
     const s: Service = { scheme: 'http', labels: [], bad: false };
@@ -119,193 +158,220 @@ export function parseTraefikLabels(c: ContainerInfo): DialectResult {
     }
     svc.set(name, s);
   }
+  return svc;
+}
 
-  const drafts: RouteDraft[] = [];
-  const compose = composeGroup(c.labels);
-  const referenced = new Set<string>();
-  const defaultName = c.name.replace(/^\//, '').replace(/[^A-Za-z0-9-]/g, '-');
+/** Phase 3: one router's drafts (one per path prefix of its rule), or none with the reason reported. */
+function readRouter(router: string, opts: Options, env: Env): RouteDraft[] {
+  const labels = routerOptions(opts, env.sink);
+  const ruleOpt = opts.get('rule');
+  if (!ruleOpt) {
+    const first = [...opts.values()][0]!;
+    env.sink.warning(
+      first[0],
+      first[1],
+      `not translated: router ${router} has no rule, and Traefik's default rule (Host from the container name) is not read; set traefik.http.routers.${router}.rule`,
+    );
+    return [];
+  }
+  const byPath = ruleHosts(router, ruleOpt, env.sink);
+  if (!byPath) return [];
+  const target = routerService(router, opts, ruleOpt, env);
+  if (!target) return [];
+  labels.push(...target.service.labels);
+  const mw = routerMiddlewares(router, opts, env, labels);
+  if (!mw) return [];
+  if (env.network) labels.push(env.network[0]);
 
-  for (const [router, opts] of routers) {
-    const labels: string[] = [];
-    const ruleOpt = opts.get('rule');
-    let skip: string | undefined;
-    for (const [opt, [key, value]] of opts) {
-      if (opt === 'rule' || opt === 'service' || opt === 'middlewares') continue;
-      if (opt === 'tls') {
-        labels.push(key);
-        continue;
-      }
-      if (opt === 'rulesyntax') {
-        labels.push(key);
-        continue;
-      }
-      const why =
-        opt === 'entrypoints'
-          ? 'entrypoints are not translated; the route is served on the front door’s own ports'
-          : opt.startsWith('tls.')
-            ? `TLS option ${opt} is not translated; certificates come from the front door (--tls)`
-            : `router option ${opt} is not translated; the route is made without it`;
-      sink.warning(key, value, why);
-    }
-    if (!ruleOpt) {
-      const first = [...opts.values()][0]!;
-      sink.warning(
-        first[0],
-        first[1],
-        `not translated: router ${router} has no rule, and Traefik's default rule (Host from the container name) is not read; set traefik.http.routers.${router}.rule`,
-      );
+  const svcLabel = `traefik.http.services.${target.name ?? env.defaultName}.loadbalancer.server.port`;
+  return [...byPath].map(([path, hosts], i) => ({
+    group: i === 0 ? router : `${router}#${i + 1}`,
+    hosts: [...hosts],
+    path,
+    stripPath: false,
+    scheme: target.service.scheme,
+    port: target.service.port,
+    portLabel: svcLabel,
+    portDefault: 'lowest' as const,
+    network: env.network?.[1],
+    lbGroup: env.compose,
+    ...(mw.allow ? { allow: mw.allow } : {}),
+    labels: [ruleOpt[0], ...labels],
+  }));
+}
+
+/** Router options Berth has no use for are warnings; the ones it reads (tls, ruleSyntax) are labels of the route. */
+function routerOptions(opts: Options, sink: DiagnosticSink): string[] {
+  const labels: string[] = [];
+  for (const [opt, [key, value]] of opts) {
+    if (opt === 'rule' || opt === 'service' || opt === 'middlewares') continue;
+    if (opt === 'tls' || opt === 'rulesyntax') {
+      labels.push(key);
       continue;
     }
-    const [ruleKey, rule] = ruleOpt;
-    const parsed = parseRule(rule);
-    if (!parsed.ok) {
-      if (parsed.untranslatable)
-        sink.warning(ruleKey, rule, `not translated: ${parsed.message}; router ${router} is not routed`);
-      else sink.error(ruleKey, rule, `expected ${EXPECTED_RULE}: ${parsed.message}`);
-      continue;
-    }
-    const byPath = new Map<string, Set<string>>();
-    let bad = false;
-    for (const t of parsed.terms) {
-      if (t.hosts.length === 0) {
-        sink.warning(
-          ruleKey,
-          rule,
-          `not translated: a rule part without Host(...) matches every hostname; router ${router} is not routed`,
-        );
-        skip = 'no host';
-        break;
-      }
-      const hs: string[] = [];
-      for (const h of t.hosts) {
-        const ch = checkHostname(h);
-        if (!ch.ok) {
-          sink.error(ruleKey, rule, `expected ${ch.expected} in Host(...) ("${h}" is not one)`);
-          bad = true;
-        } else hs.push(ch.value);
-      }
-      const cp = checkPath(t.path);
-      if (!cp.ok) {
-        sink.warning(
-          ruleKey,
-          rule,
-          `not translated: PathPrefix(\`${t.path}\`) is not ${cp.expected}; router ${router} is not routed`,
-        );
-        skip = 'bad path';
-        break;
-      }
-      const same = byPath.get(cp.value);
-      if (same) for (const h of hs) same.add(h);
-      else byPath.set(cp.value, new Set(hs));
-    }
-    if (bad || skip) continue;
+    const why =
+      opt === 'entrypoints'
+        ? 'entrypoints are not translated; the route is served on the front door’s own ports'
+        : opt.startsWith('tls.')
+          ? `TLS option ${opt} is not translated; certificates come from the front door (--tls)`
+          : `router option ${opt} is not translated; the route is made without it`;
+    sink.warning(key, value, why);
+  }
+  return labels;
+}
 
-    // The service: named, the only one defined here, or Traefik's implicit one.
-    let serviceName: string | undefined;
-    const svcOpt = opts.get('service');
-    if (svcOpt) {
-      labels.push(svcOpt[0]);
-      const [name, provider] = svcOpt[1].trim().split('@');
-      if (
-        (provider && provider !== 'docker') ||
-        (!svc.has(name!) && !(svc.size === 0 && name === defaultName))
-      ) {
-        sink.warning(
-          svcOpt[0],
-          svcOpt[1],
-          `not translated: service ${svcOpt[1]} is not defined on this container (Berth routes to the labelled container only); router ${router} is not routed`,
-        );
-        continue;
-      }
-      serviceName = svc.has(name!) ? name : undefined;
-    } else if (svc.size === 1) serviceName = [...svc.keys()][0];
-    else if (svc.size > 1) {
+/** The rule's hosts by path prefix; undefined when the router is not routed (the reason is reported). */
+function ruleHosts(
+  router: string,
+  [ruleKey, rule]: [string, string],
+  sink: DiagnosticSink,
+): Map<string, Set<string>> | undefined {
+  const parsed = parseRule(rule);
+  if (!parsed.ok) {
+    if (parsed.untranslatable)
+      sink.warning(ruleKey, rule, `not translated: ${parsed.message}; router ${router} is not routed`);
+    else sink.error(ruleKey, rule, `expected ${EXPECTED_RULE}: ${parsed.message}`);
+    return undefined;
+  }
+  const byPath = new Map<string, Set<string>>();
+  let bad = false;
+  for (const t of parsed.terms) {
+    if (t.hosts.length === 0) {
       sink.warning(
         ruleKey,
         rule,
-        `router ${router} names no service and the container defines several (${[...svc.keys()].join(', ')}); set traefik.http.routers.${router}.service (Traefik refuses this too)`,
+        `not translated: a rule part without Host(...) matches every hostname; router ${router} is not routed`,
       );
-      continue;
+      return undefined;
     }
-    if (serviceName) referenced.add(serviceName);
-    const s: Service = serviceName ? svc.get(serviceName)! : { scheme: 'http', labels: [], bad: false };
-    // A service label that failed its check is already an error; never fall back to a default port.
-    if (s.bad) continue;
-    labels.push(...s.labels);
+    const hs: string[] = [];
+    for (const h of t.hosts) {
+      const ch = checkHostname(h);
+      if (!ch.ok) {
+        sink.error(ruleKey, rule, `expected ${ch.expected} in Host(...) ("${h}" is not one)`);
+        bad = true;
+      } else hs.push(ch.value);
+    }
+    const cp = checkPath(t.path);
+    if (!cp.ok) {
+      sink.warning(
+        ruleKey,
+        rule,
+        `not translated: PathPrefix(\`${t.path}\`) is not ${cp.expected}; router ${router} is not routed`,
+      );
+      return undefined;
+    }
+    const same = byPath.get(cp.value);
+    if (same) for (const h of hs) same.add(h);
+    else byPath.set(cp.value, new Set(hs));
+  }
+  return bad ? undefined : byPath;
+}
 
-    // Middlewares: an IP allow-list defined here becomes `allow`; a guard withholds the router.
-    let allow: string[] | undefined;
-    const mwOpt = opts.get('middlewares');
-    if (mwOpt) {
-      for (const ref of mwOpt[1]
-        .split(',')
-        .map((m) => m.trim())
-        .filter(Boolean)) {
-        const [name, provider] = ref.split('@');
-        const def = !provider || provider === 'docker' ? middlewares.get(name!) : undefined;
-        const kind = def ? [...def.keys()][0]!.split('.')[0]! : undefined;
-        if (def && kind && GUARDS.has(kind)) {
-          sink.warning(
-            mwOpt[0],
-            mwOpt[1],
-            `not routed: middleware ${ref} (${kind}) protects router ${router} and Berth cannot apply it; serving it without would expose it`,
-          );
-          skip = 'guarded';
-          break;
-        }
-        const range = def && kind && ALLOW.has(kind) ? def.get(`${kind}.sourcerange`) : undefined;
-        if (range && !allow) {
-          const cidrs = checkCidrList(range[1]);
-          if (!cidrs.ok) {
-            sink.error(range[0], range[1], `expected ${cidrs.expected}`);
-            bad = true;
-            break;
-          }
-          allow = cidrs.value;
-          labels.push(mwOpt[0], range[0]);
-        } else {
-          sink.warning(
-            mwOpt[0],
-            mwOpt[1],
-            def
-              ? `not translated: middleware ${ref} (${kind}); router ${router} is served without it`
-              : `not translated: middleware ${ref} is defined outside this container; router ${router} is served without it`,
-          );
-        }
+/** The router's service: named, the only one defined here, or Traefik's implicit one. */
+function routerService(
+  router: string,
+  opts: Options,
+  [ruleKey, rule]: [string, string],
+  env: Env,
+): { name?: string; service: Service } | undefined {
+  const { sink, services: svc } = env;
+  let name: string | undefined;
+  const svcOpt = opts.get('service');
+  const labels: string[] = [];
+  if (svcOpt) {
+    labels.push(svcOpt[0]);
+    const [named, provider] = svcOpt[1].trim().split('@');
+    if (
+      (provider && provider !== 'docker') ||
+      (!svc.has(named!) && !(svc.size === 0 && named === env.defaultName))
+    ) {
+      sink.warning(
+        svcOpt[0],
+        svcOpt[1],
+        `not translated: service ${svcOpt[1]} is not defined on this container (Berth routes to the labelled container only); router ${router} is not routed`,
+      );
+      return undefined;
+    }
+    name = svc.has(named!) ? named : undefined;
+  } else if (svc.size === 1) name = [...svc.keys()][0];
+  else if (svc.size > 1) {
+    sink.warning(
+      ruleKey,
+      rule,
+      `router ${router} names no service and the container defines several (${[...svc.keys()].join(', ')}); set traefik.http.routers.${router}.service (Traefik refuses this too)`,
+    );
+    return undefined;
+  }
+  if (name) env.referenced.add(name);
+  const s: Service = name ? svc.get(name)! : { scheme: 'http', labels: [], bad: false };
+  // A service label that failed its check is already an error; never fall back to a default port.
+  if (s.bad) return undefined;
+  return { ...(name ? { name } : {}), service: { ...s, labels: [...labels, ...s.labels] } };
+}
+
+/**
+ * The router's middlewares: an IP allow-list defined here becomes `allow`; a guard withholds the
+ * router; others are warnings. Undefined when the router is not routed.
+ */
+function routerMiddlewares(
+  router: string,
+  opts: Options,
+  env: Env,
+  labels: string[],
+): { allow?: string[] } | undefined {
+  const { sink } = env;
+  let allow: string[] | undefined;
+  const mwOpt = opts.get('middlewares');
+  if (!mwOpt) return {};
+  for (const ref of mwOpt[1]
+    .split(',')
+    .map((m) => m.trim())
+    .filter(Boolean)) {
+    const [name, provider] = ref.split('@');
+    const def = !provider || provider === 'docker' ? env.middlewares.get(name!) : undefined;
+    const kind = def ? [...def.keys()][0]!.split('.')[0]! : undefined;
+    if (def && kind && GUARDS.has(kind)) {
+      sink.warning(
+        mwOpt[0],
+        mwOpt[1],
+        `not routed: middleware ${ref} (${kind}) protects router ${router} and Berth cannot apply it; serving it without would expose it`,
+      );
+      return undefined;
+    }
+    const range = def && kind && ALLOW.has(kind) ? def.get(`${kind}.sourcerange`) : undefined;
+    if (range && !allow) {
+      const cidrs = checkCidrList(range[1]);
+      if (!cidrs.ok) {
+        sink.error(range[0], range[1], `expected ${cidrs.expected}`);
+        return undefined;
       }
-    }
-    if (bad || skip) continue;
-    if (network) labels.push(network[0]);
-
-    const svcLabel = `traefik.http.services.${serviceName ?? defaultName}.loadbalancer.server.port`;
-    let i = 0;
-    for (const [path, hosts] of byPath) {
-      drafts.push({
-        group: i === 0 ? router : `${router}#${i + 1}`,
-        hosts: [...hosts],
-        path,
-        stripPath: false,
-        scheme: s.scheme,
-        port: serviceName ? svc.get(serviceName)!.port : undefined,
-        portLabel: svcLabel,
-        portDefault: 'lowest',
-        network: network?.[1],
-        lbGroup: compose,
-        ...(allow ? { allow } : {}),
-        labels: [ruleKey, ...labels],
-      });
-      i++;
+      allow = cidrs.value;
+      labels.push(mwOpt[0], range[0]);
+    } else {
+      sink.warning(
+        mwOpt[0],
+        mwOpt[1],
+        def
+          ? `not translated: middleware ${ref} (${kind}); router ${router} is served without it`
+          : `not translated: middleware ${ref} is defined outside this container; router ${router} is served without it`,
+      );
     }
   }
+  return allow ? { allow } : {};
+}
 
+/** Phase 4: what `berth explain` says about labels no route was made from. */
+function notes(c: ContainerInfo, g: Grouped, env: Env, drafts: RouteDraft[]): LabelNote[] {
+  const quiet: LabelNote[] = [];
   const drafted = new Set(drafts.flatMap((d) => d.labels ?? []));
-  for (const [router, opts] of routers) {
+  for (const [router, opts] of g.routers) {
     const rule = opts.get('rule')?.[0];
     if (rule && drafted.has(rule)) continue;
     for (const [key] of opts.values())
       quiet.push({ label: key, note: `router ${router} is not routed (see the notes on its other labels)` });
   }
-  for (const [name, opts] of middlewares) {
+  for (const [name, opts] of g.middlewares) {
     for (const [opt, [key]] of opts) {
       if (!drafted.has(key))
         quiet.push({
@@ -314,24 +380,23 @@ export function parseTraefikLabels(c: ContainerInfo): DialectResult {
         });
     }
   }
-  for (const [name, s] of svc) {
-    if (!referenced.has(name))
+  for (const [name, s] of env.services) {
+    if (!env.referenced.has(name))
       for (const key of s.labels) quiet.push({ label: key, note: `no router uses service ${name}` });
   }
-  if (routers.size === 0 && enabled) {
+  if (g.routers.size === 0) {
     const first = Object.keys(c.labels)
       .filter((k) => k.startsWith(P))
       .sort()[0];
-    if (first && (services.size > 0 || first.toLowerCase() === 'traefik.enable')) {
-      sink.warning(
+    if (first && (g.services.size > 0 || first.toLowerCase() === 'traefik.enable')) {
+      env.sink.warning(
         first,
         c.labels[first],
         'not translated: no traefik.http.routers.<name>.rule, and Traefik’s default rule (Host from the container name) is not read; no route',
       );
     }
   }
-  if (network) used.push({ label: network[0], note: `network "${network[1]}" for unpublished ports` });
-  return { drafts: dropRepeatedClaims(drafts, sink), diagnostics: sink.list, disabled: false, used, quiet };
+  return quiet;
 }
 
 /** One way a rule matches: an OR of these, each needing one of `hosts` and the path prefix. */
