@@ -146,7 +146,7 @@ const snapshotSchema = {
           upstream: {
             type: 'object',
             required: ['host', 'port', 'scheme'],
-            properties: { host: str, port, scheme: { enum: ['http', 'https'] } },
+            properties: { host: str, port, scheme: { enum: ['http', 'https', 'h2c'] } },
           },
           allow: cidrList,
           ...owner,
