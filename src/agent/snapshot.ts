@@ -2,8 +2,9 @@
 // one container may add (labels/fit.ts), and the whole inside the server's snapshot limits
 // (model/limits.ts). Pure, so the watcher and the label fuzz test build snapshots the same way.
 
+import { createHash } from 'node:crypto';
 import { jsonBytes } from '../labels/fit.js';
-import { type ExtractContext, extractRoutes } from '../labels/index.js';
+import { type ExtractContext, type Extracted, extractRoutes } from '../labels/index.js';
 import {
   clip,
   DEFAULT_MAX_MESSAGE_BYTES,
@@ -30,22 +31,39 @@ export type SnapshotContent = Pick<Snapshot, 'containers' | 'routes' | 'diagnost
 /** Room left in a message for its envelope (agent id, generation, …) and JSON punctuation. */
 const ENVELOPE = 64 * 1024;
 
+export interface SnapshotOptions {
+  /** The exec rules that apply to a container here (labels and the agent's policy file). */
+  execRules?: (c: ContainerInfo) => string[];
+  /**
+   * Unique to this agent (the watcher draws one at random): replicas grouped by their labels
+   * share traffic on this agent only, never with another agent's identical containers.
+   */
+  replicaScope?: string;
+}
+
 export function snapshotContent(
   containers: ContainerInfo[],
   ctx: ExtractContext,
-  execRules?: (c: ContainerInfo) => string[],
+  o: SnapshotOptions = {},
 ): SnapshotContent {
+  const read = containers.slice(0, MAX_CONTAINERS).map((c) => {
+    const extra: Diagnostic[] = [];
+    const service = serviceOf(c, extra);
+    const rules = reportedExecRules(c, o.execRules?.(c) ?? [], ctx.labelPrefix, extra);
+    return { c, service, rules, r: extractRoutes(c, ctx, extra) };
+  });
+  groupReplicas(
+    read.map((x) => x.r),
+    o.replicaScope ?? '',
+  );
+
   const routes: RouteSpec[] = [];
   const tcp: TcpRouteSpec[] = [];
   const diagnostics: Diagnostic[] = [];
   const summaries: ContainerSummary[] = [];
   let bytes = 0;
-  for (const c of containers) {
-    if (summaries.length >= MAX_CONTAINERS) break;
-    const extra: Diagnostic[] = [];
-    const service = serviceOf(c, extra);
-    const rules = reportedExecRules(c, execRules?.(c) ?? [], ctx.labelPrefix, extra);
-    let r = extractRoutes(c, ctx, extra);
+  for (const { c, service, rules, r: extracted } of read) {
+    let r = extracted;
     const summary: ContainerSummary = {
       id: clip(c.id, MAX_STRING),
       name: clip(c.name, MAX_STRING),
@@ -94,6 +112,22 @@ export function snapshotContent(
   }
   summaries.sort((a, b) => a.id.localeCompare(b.id));
   return { containers: summaries, routes, tcp, diagnostics };
+}
+
+/**
+ * caddy-docker-proxy and Traefik merge containers with identical labels into one upstream set.
+ * Here such containers of this agent get one load-balancing group (unless they have one, e.g.
+ * their compose service), named for this agent only: another agent's identical containers stay
+ * separate claims, so Berth's rules for who holds a host are unchanged across hosts.
+ */
+function groupReplicas(extracted: Extracted[], scope: string): void {
+  const count = new Map<string, number>();
+  for (const r of extracted) if (r.replicaKey) count.set(r.replicaKey, (count.get(r.replicaKey) ?? 0) + 1);
+  for (const r of extracted) {
+    if (!r.replicaKey || (count.get(r.replicaKey) ?? 0) < 2) continue;
+    const group = `replicas:${createHash('sha256').update(`${scope}\u0000${r.replicaKey}`).digest('hex').slice(0, 24)}`;
+    for (const route of r.routes) route.lbGroup ??= group;
+  }
 }
 
 /** The Swarm service (else the compose service) a container is a task of, for exec by service name. */

@@ -1,7 +1,7 @@
 // Watches one Docker engine and produces whole snapshots. Level-triggered: an event only wakes
 // a full re-list, a periodic re-list repairs anything missed, and a lost connection is retried
 // with backoff. While Docker is unreachable the last snapshot stands: an outage is not "no containers".
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { ExtractContext } from '../labels/index.js';
 import type { ContainerInfo, Snapshot } from '../model/types.js';
@@ -46,6 +46,8 @@ export class DockerWatcher {
   private stopped = false;
   private connected = false;
   private backoffMs = 250;
+  /** Names this agent's replica groups: its identical containers never join another agent's. */
+  private readonly replicaScope = randomUUID();
   dockerVersion?: string;
 
   constructor(private readonly o: WatcherOptions) {}
@@ -154,7 +156,10 @@ export class DockerWatcher {
       routes,
       tcp,
       diagnostics,
-    } = snapshotContent(containers, this.o.ctx, this.o.execRules);
+    } = snapshotContent(containers, this.o.ctx, {
+      execRules: this.o.execRules,
+      replicaScope: this.replicaScope,
+    });
     const body = JSON.stringify({ summaries, routes, tcp, diagnostics, hostIp: this.o.ctx.hostIp });
     const hash = createHash('sha256').update(body).digest('hex');
     if (hash === this.lastHash) return;

@@ -1,5 +1,5 @@
 import { MAX_HOSTS_PER_ROUTE, MAX_STRING } from '../model/limits.js';
-import type { ContainerInfo, Diagnostic, RouteSpec, TcpRouteSpec } from '../model/types.js';
+import type { ContainerInfo, Diagnostic, RouteSpec, TcpRouteSpec, UpstreamScheme } from '../model/types.js';
 import { type AddressContext, exposedPorts, onlyExposedPort, resolveAddress } from './upstream.js';
 
 /** A route as a dialect read it, before the container port is turned into an address. */
@@ -8,7 +8,7 @@ export interface RouteDraft {
   hosts: string[];
   path: string;
   stripPath: boolean;
-  scheme: 'http' | 'https';
+  scheme: UpstreamScheme;
   port?: number;
   /** The label to name when the port is missing or unreachable. */
   portLabel: string;
@@ -51,37 +51,56 @@ export interface DialectResult {
   quiet?: LabelNote[];
   /** The labels were refused before any parser read them (too big or too many). */
   unread?: boolean;
+  /** Errors among `diagnostics` that cost only their own router, not the container. */
+  scoped?: Set<Diagnostic>;
 }
 
 export class DiagnosticSink {
   readonly list: Diagnostic[] = [];
   private errorCount = 0;
-  constructor(private readonly c: ContainerInfo) {}
+  /**
+   * @param scoped errors that cost only the part they name (one Traefik router), not the whole
+   *   container; shared with the DialectResult so finishDrafts and explain tell them apart.
+   */
+  constructor(
+    private readonly c: ContainerInfo,
+    readonly scoped = new Set<Diagnostic>(),
+  ) {}
   error(label: string, value: string | undefined, message: string): void {
     this.add('error', label, value, message);
+  }
+  /** An error that keeps one part of the container (a router) out, and only that part. */
+  scopedError(label: string, value: string | undefined, message: string): void {
+    const d = this.make('error', label, value, message);
+    this.scoped.add(d);
+    this.push(d);
   }
   warning(label: string, value: string | undefined, message: string): void {
     this.add('warning', label, value, message);
   }
   private add(severity: Diagnostic['severity'], label: string, value: string | undefined, message: string) {
+    this.push(this.make(severity, label, value, message));
+  }
+  private make(severity: Diagnostic['severity'], label: string, value: string | undefined, message: string) {
     const d: Diagnostic = { severity, containerId: this.c.id, containerName: this.c.name, label, message };
     if (value !== undefined) d.value = shownValue(label, value);
-    this.push(d);
+    return d;
   }
   push(...ds: Diagnostic[]): void {
     for (const d of ds) {
       this.list.push(d);
-      if (d.severity === 'error') this.errorCount++;
+      if (d.severity === 'error' && !this.scoped.has(d)) this.errorCount++;
     }
   }
   /** The container's value of a label, for diagnostics raised away from where it was read. */
   valueOf(label: string): string | undefined {
     return this.c.labels[label];
   }
+  /** Errors that cost the container all its routes (scoped ones do not count). */
   get hasErrors(): boolean {
     return this.errorCount > 0;
   }
-  /** Errors so far: a reader compares counts to see whether one step of its own failed. */
+  /** Such errors so far: a reader compares counts to see whether one step of its own failed. */
   get errors(): number {
     return this.errorCount;
   }
@@ -90,13 +109,15 @@ export class DiagnosticSink {
 /**
  * Turns drafts into routes. Any error on the container (from the dialect or here) means it
  * contributes no route at all: half a container's routes would be a surprise worth avoiding.
+ * The exception is an error a dialect scoped to one part (a Traefik router, which Traefik too
+ * refuses on its own): that part has no draft, and the others route.
  */
 export function finishDrafts(
   c: ContainerInfo,
   result: DialectResult,
   ctx: AddressContext,
 ): { routes: RouteSpec[]; tcp: TcpRouteSpec[]; diagnostics: Diagnostic[] } {
-  const sink = new DiagnosticSink(c);
+  const sink = new DiagnosticSink(c, result.scoped);
   sink.push(...result.diagnostics);
   const routes: RouteSpec[] = [];
   const notReady = readiness(c);

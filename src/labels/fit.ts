@@ -96,12 +96,15 @@ export function routesTooBig(
 /**
  * Diagnostics and explanation clipped field by field to the schema's sizes, then to one budget
  * (MAX_REPORT_BYTES_PER_CONTAINER): diagnostics first (errors are never lost: the summary of the
- * ones left out is an error when any of them is), the explanation in what remains.
+ * ones left out is an error when any of them costs the container its routes), the explanation
+ * in what remains.
  */
 export function fitReport(
   c: { id: string; name: string },
   diagnostics: Diagnostic[],
   explain: Explanation | undefined,
+  /** Errors that cost one part (a router), not the container: left out, they do not make the summary an error. */
+  scoped?: ReadonlySet<Diagnostic>,
 ): { diagnostics: Diagnostic[]; explain?: Explanation } {
   // Room kept for the summary lines, whatever the diagnostics before them take.
   const reserve = 2 * 1024;
@@ -125,9 +128,10 @@ export function fitReport(
   if (i < diagnostics.length) {
     const rest = diagnostics.slice(i);
     const errors = rest.filter((d) => d.severity === 'error').length;
+    const sinking = rest.some((d) => d.severity === 'error' && !scoped?.has(d));
     diags.push(
       summary(
-        errors > 0 ? 'error' : 'warning',
+        sinking ? 'error' : 'warning',
         `${rest.length} more diagnostics (${errors} errors) are not reported: one container's diagnostics and explanation may take at most ${KIB(MAX_REPORT_BYTES_PER_CONTAINER)} of a snapshot; fix the ones shown first`,
       ),
     );

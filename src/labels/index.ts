@@ -1,5 +1,6 @@
 // labels → routes + diagnostics. Pure: the same container always gives the same answer.
 // Each container is read in one dialect: the first, in --dialects order, it carries routing labels of.
+import { createHash } from 'node:crypto';
 import { clip, MAX_EXPLAINED_LABELS, MAX_STRING } from '../model/limits.js';
 import type {
   ContainerInfo,
@@ -14,7 +15,7 @@ import { isCaddyLabel, parseCaddyLabels } from './caddy.js';
 import { isDockflareLabel, parseDockflareLabels } from './dockflare.js';
 import { type DialectResult, finishDrafts, shownValue } from './draft.js';
 import { EXPLAINED_NOTE, EXPLAINED_VALUE, fitReport, oversizeLabels, routesTooBig } from './fit.js';
-import { isTraefikLabel, parseTraefikLabels } from './traefik.js';
+import { type DefaultRule, isTraefikLabel, parseTraefikLabels } from './traefik.js';
 import type { AddressContext } from './upstream.js';
 
 export const DIALECTS = ['berth', 'caddy', 'traefik', 'dockflare'] as const;
@@ -22,24 +23,41 @@ export type DialectName = (typeof DIALECTS)[number];
 
 interface Dialect {
   /** A routing label of this dialect (`berth.exec.*` is not one). */
-  owns(key: string, prefix: string): boolean;
-  parse(c: ContainerInfo, prefix: string): DialectResult;
+  owns(key: string, ctx: ExtractContext): boolean;
+  parse(c: ContainerInfo, ctx: ExtractContext): DialectResult;
+  /**
+   * The other tool merges containers with the same labels into one load-balanced upstream set
+   * (caddy-docker-proxy merges equal site blocks, Traefik the servers of one service name).
+   */
+  mergesReplicas?: boolean;
 }
 
 const BY_NAME: Record<DialectName, Dialect> = {
   berth: {
-    owns: (k, prefix) => k.startsWith(`${prefix}.`) && !isBerthNamespace(k, prefix),
-    parse: parseBerthLabels,
+    owns: (k, ctx) => k.startsWith(`${ctx.labelPrefix}.`) && !isBerthNamespace(k, ctx.labelPrefix),
+    parse: (c, ctx) => parseBerthLabels(c, ctx.labelPrefix),
   },
-  caddy: { owns: isCaddyLabel, parse: parseCaddyLabels },
-  traefik: { owns: isTraefikLabel, parse: parseTraefikLabels },
-  dockflare: { owns: isDockflareLabel, parse: parseDockflareLabels },
+  caddy: {
+    owns: (k, ctx) => isCaddyLabel(k, ctx.caddyLabelPrefix),
+    parse: (c, ctx) => parseCaddyLabels(c, ctx.caddyLabelPrefix),
+    mergesReplicas: true,
+  },
+  traefik: {
+    owns: (k) => isTraefikLabel(k),
+    parse: (c, ctx) => parseTraefikLabels(c, { defaultRule: ctx.traefikDefaultRule }),
+    mergesReplicas: true,
+  },
+  dockflare: { owns: (k) => isDockflareLabel(k), parse: (c) => parseDockflareLabels(c) },
 };
 
 export interface ExtractContext extends AddressContext {
   labelPrefix: string;
   /** Dialects read, in precedence order (`--dialects`); default all of DIALECTS. */
   dialects?: readonly string[];
+  /** caddy-docker-proxy's label prefix (`--caddy-label-prefix`, its CADDY_DOCKER_LABEL_PREFIX); default caddy. */
+  caddyLabelPrefix?: string;
+  /** Traefik's defaultRule (`--traefik-default-rule`), compiled: routers without a rule get it. Off by default. */
+  traefikDefaultRule?: DefaultRule;
 }
 
 export interface Extracted {
@@ -50,6 +68,11 @@ export interface Extracted {
   labelled: boolean;
   /** How each routing label was read, when the container has any. */
   explain?: Explanation;
+  /**
+   * In dialects whose tool merges replicas: the same for every container with the same routing
+   * labels (a digest of the dialect and its labels), so the agent can group such containers.
+   */
+  replicaKey?: string;
 }
 
 export function extractRoutes(c: ContainerInfo, ctx: ExtractContext, extra: Diagnostic[] = []): Extracted {
@@ -58,7 +81,7 @@ export function extractRoutes(c: ContainerInfo, ctx: ExtractContext, extra: Diag
     .map((name) => ({
       name,
       keys: Object.keys(c.labels)
-        .filter((k) => BY_NAME[name].owns(k, ctx.labelPrefix))
+        .filter((k) => BY_NAME[name].owns(k, ctx))
         .sort(),
     }))
     .filter((d) => d.keys.length > 0);
@@ -72,7 +95,7 @@ export function extractRoutes(c: ContainerInfo, ctx: ExtractContext, extra: Diag
   const parsed: DialectResult =
     refused.length > 0
       ? { drafts: [], diagnostics: refused, disabled: false, unread: true }
-      : BY_NAME[chosen.name].parse(c, ctx.labelPrefix);
+      : BY_NAME[chosen.name].parse(c, ctx);
   const others = present.slice(1);
   for (const o of others) {
     const first = o.keys[0]!;
@@ -90,8 +113,23 @@ export function extractRoutes(c: ContainerInfo, ctx: ExtractContext, extra: Diag
   const tooBig = routesTooBig(c, finished.routes, finished.tcp);
   if (tooBig) finished = { routes: [], tcp: [], diagnostics: [...finished.diagnostics, tooBig] };
   const explain = explainLabels(c, chosen.name, chosen.keys, parsed, finished, others);
-  const fitted = fitReport(c, [...finished.diagnostics, ...extra], explain);
-  return { ...finished, diagnostics: fitted.diagnostics, labelled: true, explain: fitted.explain };
+  const fitted = fitReport(c, [...finished.diagnostics, ...extra], explain, parsed.scoped);
+  const out: Extracted = {
+    ...finished,
+    diagnostics: fitted.diagnostics,
+    labelled: true,
+    explain: fitted.explain,
+  };
+  if (BY_NAME[chosen.name].mergesReplicas && out.routes.length > 0)
+    out.replicaKey = replicaKey(chosen.name, chosen.keys, c.labels);
+  return out;
+}
+
+/** A digest of the dialect's labels, keys and values, in order: equal labels, equal key. */
+function replicaKey(dialect: string, keys: string[], labels: Record<string, string>): string {
+  const h = createHash('sha256').update(dialect);
+  for (const k of keys) h.update(`\u0000${k}\u0000${labels[k] ?? ''}`);
+  return h.digest('hex').slice(0, 32);
 }
 
 /** Every container of one host; each is read on its own, so one bad container affects no other. */
@@ -193,7 +231,8 @@ function explainLabels(
     if (!r) continue;
     for (const l of d.labels ?? []) routed.add(l, `tcp :${r.listen} → ${r.upstream.host}:${r.upstream.port}`);
   }
-  const failed = finished.diagnostics.some((d) => d.severity === 'error');
+  // Errors scoped to one router cost only that router: the others' labels still route.
+  const failed = finished.diagnostics.some((d) => d.severity === 'error' && !parsed.scoped?.has(d));
   const mine = [...new Set([...keys, ...used.keys(), ...quiet.keys()])].filter((k) => k in c.labels).sort();
   const labels: LabelExplanation[] = mine.map((key) => {
     const e = (use: LabelExplanation['use'], note?: string): LabelExplanation => ({

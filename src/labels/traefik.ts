@@ -1,14 +1,18 @@
 // Traefik's Docker provider labels: `traefik.http.routers.<r>.rule` (Host and PathPrefix, joined by
-// && and ||) sends to `traefik.http.services.<s>.loadbalancer.server.port` / `.scheme`. As in
-// Traefik: a router without `.service` uses the container's only service, a container without
-// services has one implicitly, and without a port label the lowest exposed port is used. Option
-// names are case-insensitive there, so they are compared in lower case here; names are not.
-import type { ContainerInfo } from '../model/types.js';
+// && and ||) sends to `traefik.http.services.<s>.loadbalancer.server.port` / `.scheme` / `.url`.
+// As in Traefik: a router without `.service` uses the container's only service, a container
+// without services has one implicitly, without a port label the lowest exposed port is used, and
+// a router without a rule gets the default rule (only with --traefik-default-rule; Traefik's own
+// default would claim a hostname made from every container's name). A problem with one router,
+// or with the service it uses, keeps out that router only, as Traefik does. Option names are
+// case-insensitive there, so they are compared in lower case here; names are not.
+import type { ContainerInfo, UpstreamScheme } from '../model/types.js';
 import {
   composeGroup,
   DiagnosticSink,
   type DialectResult,
   dropRepeatedClaims,
+  isSelfHost,
   type LabelNote,
   type RouteDraft,
 } from './draft.js';
@@ -19,7 +23,9 @@ import {
   checkName,
   checkPath,
   checkPort,
-  checkScheme,
+  checkUpstreamScheme,
+  defaultPort,
+  splitAddress,
 } from './validate.js';
 
 const P = 'traefik.';
@@ -27,19 +33,21 @@ const P = 'traefik.';
 const GUARDS = new Set(['basicauth', 'digestauth', 'forwardauth']);
 const ALLOW = new Set(['ipallowlist', 'ipwhitelist']);
 const EXPECTED_RULE = 'a rule such as Host(`app.example.com`) && PathPrefix(`/api`)';
+const SERVER = 'loadbalancer.server.';
 
 export function isTraefikLabel(key: string): boolean {
   return key.startsWith(P);
 }
 
-type Options = Map<string, [key: string, value: string]>;
+type Option = [key: string, value: string];
+type Options = Map<string, Option>;
 
 interface Service {
   port?: number;
-  scheme: 'http' | 'https';
+  scheme: UpstreamScheme;
   /** Label keys read for the service. */
   labels: string[];
-  /** A service label failed its check (already an error). */
+  /** A service label failed its check (already an error, scoped to the routers using it). */
   bad: boolean;
 }
 
@@ -59,32 +67,96 @@ interface Env {
   middlewares: Map<string, Options>;
   network?: [key: string, name: string];
   compose?: string;
-  /** The name of Traefik's implicit service when the container defines none. */
-  defaultName: string;
+  /** Names of Traefik's implicit service when the container defines none (Berth's and Traefik's spelling). */
+  implicit: string[];
+  defaultRule?: { rule: string; key: (router: string) => string };
   /** Services some router named or defaulted to, routed or not. */
   referenced: Set<string>;
+  /** Labels read as "not set" because they are empty, as Traefik reads them. */
+  quiet: LabelNote[];
+}
+
+export interface TraefikOptions {
+  /** `--traefik-default-rule`, compiled. */
+  defaultRule?: DefaultRule;
 }
 
 /** Traefik's labels in four phases: group them, read services, read each router, then note the rest. */
-export function parseTraefikLabels(c: ContainerInfo): DialectResult {
+export function parseTraefikLabels(c: ContainerInfo, o: TraefikOptions = {}): DialectResult {
   const sink = new DiagnosticSink(c);
   const used: LabelNote[] = [];
   const g = groupLabels(c, sink, used);
   if (!g.enabled) return { drafts: [], diagnostics: sink.list, disabled: true, used, quiet: [] };
+  const quiet: LabelNote[] = [];
+  const name = traefikName(c);
+  const rule = o.defaultRule?.render({
+    Name: name,
+    ContainerName: c.name.replace(/^\//, ''),
+    Labels: c.labels,
+  });
   const env: Env = {
     sink,
-    services: readServices(g.services, sink),
+    services: readServices(c, g.services, sink, quiet),
     middlewares: g.middlewares,
     network: g.network,
     compose: composeGroup(c.labels),
-    defaultName: c.name.replace(/^\//, '').replace(/[^A-Za-z0-9-]/g, '-'),
+    implicit: [...new Set([c.name.replace(/^\//, '').replace(/[^A-Za-z0-9-]/g, '-'), name])],
+    ...(rule === undefined
+      ? {}
+      : { defaultRule: { rule, key: (r: string) => `traefik.http.routers.${r}.rule` } }),
     referenced: new Set(),
+    quiet,
   };
+  // Traefik gives a container without routers one, named after it, when it has at most one service.
+  if (g.routers.size === 0 && env.defaultRule) {
+    if (g.services.size <= 1) g.routers.set(name, new Map());
+    else {
+      const [key, value] = [...g.services.values()][0]!.values().next().value!;
+      sink.warning(
+        key,
+        value,
+        `not translated: the container defines several services (${[...g.services.keys()].join(', ')}) and no router, and Traefik makes no default router for it either; no route`,
+      );
+    }
+  }
   const drafts: RouteDraft[] = [];
   for (const [router, opts] of g.routers) drafts.push(...readRouter(router, opts, env));
-  const quiet = notes(c, g, env, drafts);
+  quiet.push(...notes(c, g, env, drafts));
   if (g.network) used.push({ label: g.network[0], note: `network "${g.network[1]}" for unpublished ports` });
-  return { drafts: dropRepeatedClaims(drafts, sink), diagnostics: sink.list, disabled: false, used, quiet };
+  return {
+    drafts: dropRepeatedClaims(drafts, sink),
+    diagnostics: sink.list,
+    disabled: false,
+    used,
+    quiet,
+    scoped: sink.scoped,
+  };
+}
+
+/**
+ * Traefik's name for the container: `normalize` of its compose service and project
+ * (`<service>_<project>`), else of its name. The default router and service are called that,
+ * and it is `.Name` in the default rule.
+ */
+export function traefikName(c: ContainerInfo): string {
+  const service = c.labels['com.docker.compose.service'];
+  const project = c.labels['com.docker.compose.project'];
+  return normalize(service !== undefined && project !== undefined ? `${service}_${project}` : c.name);
+}
+
+/** Traefik's `normalize`: every run of characters that are not letters or digits becomes one "-". */
+export function normalize(s: string): string {
+  return s
+    .split(/[^\p{L}\p{N}]+/u)
+    .filter(Boolean)
+    .join('-');
+}
+
+/** An empty label Traefik reads as "not set": the option is as good as absent. */
+function present(opt: Option | undefined, env: Env, what: string): Option | undefined {
+  if (opt?.[1].trim() !== '') return opt;
+  env.quiet.push({ label: opt[0], note: `empty: not set, as Traefik reads it (${what})` });
+  return undefined;
 }
 
 /** Phase 1: `enable` and `docker.network` read; routers, services and middlewares grouped by name. */
@@ -132,28 +204,65 @@ function groupLabels(c: ContainerInfo, sink: DiagnosticSink, used: LabelNote[]):
   return g;
 }
 
-/** Phase 2: each service's port and scheme. A bad one is an error on the container whichever router uses it. */
-function readServices(services: Map<string, Options>, sink: DiagnosticSink): Map<string, Service> {
+/**
+ * Phase 2: each service's port and scheme, or its url. A service label that is wrong keeps out
+ * the routers using that service, not the others (in Traefik too the service alone fails).
+ */
+function readServices(
+  c: ContainerInfo,
+  services: Map<string, Options>,
+  sink: DiagnosticSink,
+  quiet: LabelNote[],
+): Map<string, Service> {
   const svc = new Map<string, Service>();
   for (const [name, opts] of services) {
     const s: Service = { scheme: 'http', labels: [], bad: false };
+    const fail = (key: string, value: string, why: string) => {
+      sink.scopedError(key, value, `routers using service ${name} are not routed: ${why}`);
+      s.bad = true;
+    };
+    const set: string[] = [];
+    let url: Option | undefined;
     for (const [opt, [key, value]] of opts) {
-      if (opt === 'loadbalancer.server.port') {
+      const empty = value.trim() === '';
+      if (opt.startsWith(SERVER) && empty && ['port', 'url'].includes(opt.slice(SERVER.length))) {
+        const what = opt.endsWith('port')
+          ? 'the lowest exposed port is used'
+          : 'the port and scheme are used';
+        quiet.push({ label: key, note: `empty: not set, as Traefik reads it (${what})` });
+      } else if (opt === `${SERVER}port`) {
         const p = checkPort(value);
-        if (!p.ok) sink.error(key, value, `expected ${p.expected}`);
+        if (!p.ok) fail(key, value, `expected ${p.expected}`);
         else s.port = p.value;
-        s.bad ||= !p.ok;
         s.labels.push(key);
-      } else if (opt === 'loadbalancer.server.scheme') {
-        const sc = checkScheme(value);
-        if (!sc.ok) sink.error(key, value, `expected ${sc.expected}`);
+        set.push('port');
+      } else if (opt === `${SERVER}scheme`) {
+        const sc = checkUpstreamScheme(value);
+        if (!sc.ok) fail(key, value, `expected ${sc.expected}`);
         else s.scheme = sc.value;
-        s.bad ||= !sc.ok;
         s.labels.push(key);
+        set.push('scheme');
+      } else if (opt === `${SERVER}url`) {
+        url = [key, value];
       } else if (opt === 'loadbalancer.passhostheader' && isTrue(value)) {
         s.labels.push(key);
       } else {
         sink.warning(key, value, `not translated: service option ${opt}; the service is used without it`);
+      }
+    }
+    if (url && set.length > 0) {
+      fail(
+        url[0],
+        url[1],
+        `loadbalancer.server.url cannot be set together with ${set.join(' or ')}, and Traefik refuses such a service too`,
+      );
+    } else if (url && !s.bad) {
+      const target = serverUrl(c, url[1]);
+      if ('problem' in target) fail(url[0], url[1], target.problem);
+      else {
+        s.port = target.port;
+        s.scheme = target.scheme;
+        s.labels.push(url[0]);
       }
     }
     svc.set(name, s);
@@ -161,29 +270,48 @@ function readServices(services: Map<string, Options>, sink: DiagnosticSink): Map
   return svc;
 }
 
+/**
+ * `loadbalancer.server.url`, honoured when it names this container (its name, id, compose
+ * service) or localhost: its port and scheme are then the route's. Anything else would send the
+ * traffic somewhere the container's labels have no say over, so it is refused, never rewritten.
+ */
+function serverUrl(
+  c: ContainerInfo,
+  raw: string,
+): { port: number; scheme: UpstreamScheme } | { problem: string } {
+  const parts = splitAddress(raw);
+  if (!parts || parts.scheme === undefined || parts.host === '')
+    return { problem: `expected a URL such as http://${c.name}:8080` };
+  const scheme = checkUpstreamScheme(parts.scheme);
+  if (!scheme.ok) return { problem: `expected a URL with scheme ${scheme.expected}, not ${parts.scheme}` };
+  if (!isSelfHost(c, parts.host)) {
+    return {
+      problem: `the URL names ${parts.host}, which is not this container: Berth routes a container's labels to that container only (use ${scheme.value}://${c.name}:<port>, its compose service or localhost)`,
+    };
+  }
+  if (parts.path !== undefined && parts.path !== '/')
+    return { problem: `the URL has the path ${parts.path}; Berth proxies to the upstream's root` };
+  if (parts.port === undefined) return { port: defaultPort(scheme.value), scheme: scheme.value };
+  const p = checkPort(parts.port);
+  if (!p.ok) return { problem: `expected ${p.expected} in the URL ("${parts.port}" is not one)` };
+  return { port: p.value, scheme: scheme.value };
+}
+
 /** Phase 3: one router's drafts (one per path prefix of its rule), or none with the reason reported. */
 function readRouter(router: string, opts: Options, env: Env): RouteDraft[] {
   const labels = routerOptions(opts, env.sink);
-  const ruleOpt = opts.get('rule');
-  if (!ruleOpt) {
-    const first = [...opts.values()][0]!;
-    env.sink.warning(
-      first[0],
-      first[1],
-      `not translated: router ${router} has no rule, and Traefik's default rule (Host from the container name) is not read; set traefik.http.routers.${router}.rule`,
-    );
-    return [];
-  }
-  const byPath = ruleHosts(router, ruleOpt, env.sink);
+  const rule = routerRule(router, opts, env);
+  if (!rule) return [];
+  const byPath = ruleHosts(router, rule, opts, env);
   if (!byPath) return [];
-  const target = routerService(router, opts, ruleOpt, env);
+  const target = routerService(router, opts, rule.opt, env);
   if (!target) return [];
   labels.push(...target.service.labels);
   const mw = routerMiddlewares(router, opts, env, labels);
   if (!mw) return [];
   if (env.network) labels.push(env.network[0]);
 
-  const svcLabel = `traefik.http.services.${target.name ?? env.defaultName}.loadbalancer.server.port`;
+  const svcLabel = `traefik.http.services.${target.name ?? env.implicit[0]}.loadbalancer.server.port`;
   return [...byPath].map(([path, hosts], i) => ({
     group: i === 0 ? router : `${router}#${i + 1}`,
     hosts: [...hosts],
@@ -196,8 +324,28 @@ function readRouter(router: string, opts: Options, env: Env): RouteDraft[] {
     network: env.network?.[1],
     lbGroup: env.compose,
     ...(mw.allow ? { allow: mw.allow } : {}),
-    labels: [ruleOpt[0], ...labels],
+    labels: [rule.opt[0], ...labels],
   }));
+}
+
+/** The router's rule: its label, else the default rule; undefined (with a warning) when it has none. */
+function routerRule(router: string, opts: Options, env: Env): { opt: Option; from?: string } | undefined {
+  const own = opts.get('rule');
+  const ruleOpt = present(own, env, 'the default rule applies');
+  if (ruleOpt) return { opt: ruleOpt };
+  if (env.defaultRule) {
+    return {
+      opt: [env.defaultRule.key(router), env.defaultRule.rule],
+      from: ' (the rule comes from --traefik-default-rule)',
+    };
+  }
+  const [key, value] = own ?? [...opts.values()][0]!;
+  env.sink.warning(
+    key,
+    value,
+    `not translated: router ${router} has no rule, and Traefik's default rule is read only with --traefik-default-rule; set traefik.http.routers.${router}.rule`,
+  );
+  return undefined;
 }
 
 /** Router options Berth has no use for are warnings; the ones it reads (tls, ruleSyntax) are labels of the route. */
@@ -220,27 +368,53 @@ function routerOptions(opts: Options, sink: DiagnosticSink): string[] {
   return labels;
 }
 
-/** The rule's hosts by path prefix; undefined when the router is not routed (the reason is reported). */
+/**
+ * The rule's hosts by path prefix, read in the router's rule syntax (`ruleSyntax`: v3, Traefik
+ * v3's default, or v2); undefined when the router is not routed (the reason is reported).
+ */
 function ruleHosts(
   router: string,
-  [ruleKey, rule]: [string, string],
-  sink: DiagnosticSink,
+  { opt: [ruleKey, rule], from = '' }: { opt: Option; from?: string },
+  opts: Options,
+  env: Env,
 ): Map<string, Set<string>> | undefined {
+  const { sink } = env;
+  const notRouted = `; router ${router} is not routed${from}`;
+  // Errors start with the router, so the reader (and a clipped message) still knows what they cost.
+  const refuse = (label: string, value: string, why: string) =>
+    sink.scopedError(label, value, `router ${router} is not routed: ${why}${from}`);
   const parsed = parseRule(rule);
   if (!parsed.ok) {
-    if (parsed.untranslatable)
-      sink.warning(ruleKey, rule, `not translated: ${parsed.message}; router ${router} is not routed`);
-    else sink.error(ruleKey, rule, `expected ${EXPECTED_RULE}: ${parsed.message}`);
+    if (parsed.untranslatable) sink.warning(ruleKey, rule, `not translated: ${parsed.message}${notRouted}`);
+    else refuse(ruleKey, rule, `expected ${EXPECTED_RULE}: ${parsed.message}`);
     return undefined;
+  }
+  const syntaxOpt = present(opts.get('rulesyntax'), env, 'Traefik’s default rule syntax, v3, applies');
+  const syntax = syntaxOpt?.[1].trim().toLowerCase();
+  if (syntaxOpt && syntax !== 'v2' && syntax !== 'v3') {
+    refuse(syntaxOpt[0], syntaxOpt[1], 'expected ruleSyntax v2 or v3');
+    return undefined;
+  }
+  const v2 = parsed.v2[0];
+  if (v2 && syntax === 'v3') {
+    refuse(ruleKey, rule, `ruleSyntax=v3, but ${v2.what} is Traefik v2 rule syntax (in v3, ${v2.instead})`);
+    return undefined;
+  }
+  if (v2 && syntax === undefined) {
+    sink.warning(
+      ruleKey,
+      rule,
+      `${v2.what} is Traefik v2 rule syntax: Berth routes it, but Traefik v3 refuses it unless traefik.http.routers.${router}.ruleSyntax=v2 (in v3, ${v2.instead})`,
+    );
   }
   const byPath = new Map<string, Set<string>>();
   let bad = false;
   for (const t of parsed.terms) {
-    if (t.hosts.length === 0) {
+    if (t.hosts.length === 0 || t.hosts.includes('*')) {
       sink.warning(
         ruleKey,
         rule,
-        `not translated: a rule part without Host(...) matches every hostname; router ${router} is not routed`,
+        `not translated: ${t.hosts.length === 0 ? 'a rule part without Host(...)' : 'Host(`*`)'} matches every hostname${notRouted}`,
       );
       return undefined;
     }
@@ -248,7 +422,7 @@ function ruleHosts(
     for (const h of t.hosts) {
       const ch = checkHostname(h);
       if (!ch.ok) {
-        sink.error(ruleKey, rule, `expected ${ch.expected} in Host(...) ("${h}" is not one)`);
+        refuse(ruleKey, rule, `expected ${ch.expected} in Host(...) ("${h}" is not one)`);
         bad = true;
       } else hs.push(ch.value);
     }
@@ -257,7 +431,7 @@ function ruleHosts(
       sink.warning(
         ruleKey,
         rule,
-        `not translated: PathPrefix(\`${t.path}\`) is not ${cp.expected}; router ${router} is not routed`,
+        `not translated: PathPrefix(\`${t.path}\`) is not ${cp.expected}${notRouted}`,
       );
       return undefined;
     }
@@ -272,19 +446,20 @@ function ruleHosts(
 function routerService(
   router: string,
   opts: Options,
-  [ruleKey, rule]: [string, string],
+  [ruleKey, rule]: Option,
   env: Env,
 ): { name?: string; service: Service } | undefined {
   const { sink, services: svc } = env;
   let name: string | undefined;
-  const svcOpt = opts.get('service');
   const labels: string[] = [];
+  const own = opts.get('service');
+  if (own) labels.push(own[0]);
+  const svcOpt = present(own, env, 'the container’s only service, or its implicit one, is used');
   if (svcOpt) {
-    labels.push(svcOpt[0]);
     const [named, provider] = svcOpt[1].trim().split('@');
     if (
       (provider && provider !== 'docker') ||
-      (!svc.has(named!) && !(svc.size === 0 && named === env.defaultName))
+      (!svc.has(named!) && !(svc.size === 0 && env.implicit.includes(named!)))
     ) {
       sink.warning(
         svcOpt[0],
@@ -343,7 +518,7 @@ function routerMiddlewares(
     if (range && !allow) {
       const cidrs = checkCidrList(range[1]);
       if (!cidrs.ok) {
-        sink.error(range[0], range[1], `expected ${cidrs.expected}`);
+        sink.scopedError(range[0], range[1], `router ${router} is not routed: expected ${cidrs.expected}`);
         return undefined;
       }
       allow = cidrs.value;
@@ -366,7 +541,7 @@ function notes(c: ContainerInfo, g: Grouped, env: Env, drafts: RouteDraft[]): La
   const quiet: LabelNote[] = [];
   const drafted = new Set(drafts.flatMap((d) => d.labels ?? []));
   for (const [router, opts] of g.routers) {
-    const rule = opts.get('rule')?.[0];
+    const rule = opts.get('rule')?.[0] ?? env.defaultRule?.key(router);
     if (rule && drafted.has(rule)) continue;
     for (const [key] of opts.values())
       quiet.push({ label: key, note: `router ${router} is not routed (see the notes on its other labels)` });
@@ -384,7 +559,7 @@ function notes(c: ContainerInfo, g: Grouped, env: Env, drafts: RouteDraft[]): La
     if (!env.referenced.has(name))
       for (const key of s.labels) quiet.push({ label: key, note: `no router uses service ${name}` });
   }
-  if (g.routers.size === 0) {
+  if (g.routers.size === 0 && !env.defaultRule) {
     const first = Object.keys(c.labels)
       .filter((k) => k.startsWith(P))
       .sort()[0];
@@ -392,7 +567,7 @@ function notes(c: ContainerInfo, g: Grouped, env: Env, drafts: RouteDraft[]): La
       env.sink.warning(
         first,
         c.labels[first],
-        'not translated: no traefik.http.routers.<name>.rule, and Traefik’s default rule (Host from the container name) is not read; no route',
+        'not translated: no traefik.http.routers.<name>.rule, and Traefik’s default rule is read only with --traefik-default-rule; no route',
       );
     }
   }
@@ -406,7 +581,16 @@ export interface Term {
   path: string;
 }
 
-type RuleResult = { ok: true; terms: Term[] } | { ok: false; untranslatable: boolean; message: string };
+/** What in a rule only Traefik's v2 rule syntax allows, and how v3 says it. */
+export interface V2Syntax {
+  what: string;
+  instead: string;
+}
+
+/** `v2`: what in the rule only Traefik's v2 rule syntax allows (a matcher given several values, HostHeader). */
+type RuleResult =
+  | { ok: true; terms: Term[]; v2: V2Syntax[] }
+  | { ok: false; untranslatable: boolean; message: string };
 
 /**
  * An atom of a rule in disjunctive normal form: a Host (any of its arguments), a PathPrefix, or
@@ -461,6 +645,7 @@ export function parseRule(rule: string): RuleResult {
   if (!tokens) return { ok: false, untranslatable: false, message: 'a quote (` or ") is not closed' };
   let i = 0;
   let depth = 0;
+  const v2: V2Syntax[] = [];
   const fail = (message: string): never => {
     throw new RuleError(message, false);
   };
@@ -518,6 +703,12 @@ export function parseRule(rule: string): RuleResult {
     i++;
     if (args.length === 0) fail(`${t}() needs an argument`);
     const name = t!.toLowerCase();
+    if (name === 'hostheader') v2.push({ what: `${t}(…)`, instead: 'write Host(…)' });
+    else if (args.length > 1 && (name === 'host' || name === 'pathprefix'))
+      v2.push({
+        what: `${t}(…) with ${args.length} values`,
+        instead: `each matcher takes one value: ${t}(\`a\`) || ${t}(\`b\`)`,
+      });
     if (name === 'host' || name === 'hostheader') return [[{ hosts: args.map((h) => h.toLowerCase()) }]];
     if (name === 'pathprefix') return args.map((p) => [{ prefix: p }]);
     return [[{ other: t! }]];
@@ -559,7 +750,7 @@ export function parseRule(rule: string): RuleResult {
     terms.push({ hosts: hosts ? [...hosts] : [], path });
   }
   if (terms.length === 0) return { ok: false, untranslatable: true, message: 'the rule can never match' };
-  return { ok: true, terms };
+  return { ok: true, terms, v2 };
 }
 
 /** A "double-quoted" argument (Go string syntax in Traefik; JSON's is close enough for hostnames). */
@@ -574,4 +765,151 @@ function unquote(token: string, matcher: string): string {
 function isTrue(value: string): boolean {
   const b = checkBool(value);
   return b.ok && b.value;
+}
+
+/** What Traefik's default rule template sees of a container. */
+export interface RuleModel {
+  /** Traefik's name for the container (see traefikName). */
+  Name: string;
+  ContainerName: string;
+  Labels: Record<string, string>;
+}
+
+/** `--traefik-default-rule`, compiled once at start-up. */
+export interface DefaultRule {
+  readonly template: string;
+  render(m: RuleModel): string;
+}
+
+type Expr = (m: RuleModel) => string;
+
+const FUNCS: Record<string, (s: string) => string> = {
+  normalize,
+  lower: (s) => s.toLowerCase(),
+  upper: (s) => s.toUpperCase(),
+};
+const TEMPLATE_HELP =
+  'Berth reads .Name, .ContainerName, index .Labels "<label>", string literals and the functions normalize, lower and upper, also in pipelines such as {{ .Name | normalize }}';
+
+/**
+ * Traefik's `defaultRule` is a Go template (with sprig functions); Berth reads the part real
+ * default rules use, e.g. ``Host(`{{ normalize .Name }}.example.com`)``, and refuses the rest
+ * with a message saying what it reads. Throws an Error naming the problem.
+ */
+export function compileDefaultRule(template: string): DefaultRule {
+  const parts: Expr[] = [];
+  let at = 0;
+  for (;;) {
+    const open = template.indexOf('{{', at);
+    const text = template.slice(at, open < 0 ? undefined : open);
+    parts.push(() => text);
+    if (open < 0) break;
+    const close = template.indexOf('}}', open + 2);
+    if (close < 0) throw new Error(`a "{{" at character ${open + 1} is not closed`);
+    parts.push(
+      action(
+        template
+          .slice(open + 2, close)
+          .replace(/^-\s/, '')
+          .replace(/\s-$/, ''),
+      ),
+    );
+    at = close + 2;
+  }
+  return { template, render: (m) => parts.map((p) => p(m)).join('') };
+}
+
+/** One `{{ … }}`: a pipeline of commands, each later one given the value before it. */
+function action(body: string): Expr {
+  const stages = splitPipeline(body);
+  let expr: Expr | undefined;
+  for (const stage of stages) {
+    const words = templateWords(stage, body);
+    if (words.length === 0) throw new Error(`{{${body}}}: an empty command; ${TEMPLATE_HELP}`);
+    expr = command(words, expr, body);
+  }
+  if (!expr) throw new Error(`{{${body}}}: an empty action; ${TEMPLATE_HELP}`);
+  return expr;
+}
+
+function command(words: string[], input: Expr | undefined, body: string): Expr {
+  const [head, ...args] = words;
+  const fn = FUNCS[head!];
+  if (fn) {
+    const operands = args.map((a) => operand(a, body));
+    if (input) operands.push(input);
+    if (operands.length !== 1) throw new Error(`{{${body}}}: ${head} takes one value; ${TEMPLATE_HELP}`);
+    const [x] = operands;
+    return (m) => fn(x!(m));
+  }
+  if (head === 'index') {
+    if (input || args.length !== 2 || args[0] !== '.Labels')
+      throw new Error(`{{${body}}}: expected index .Labels "<label>"; ${TEMPLATE_HELP}`);
+    const key = operand(args[1]!, body);
+    return (m) => m.Labels[key(m)] ?? '';
+  }
+  if (input || args.length > 0) throw new Error(`{{${body}}}: ${head} is not a function; ${TEMPLATE_HELP}`);
+  return operand(head!, body);
+}
+
+function operand(word: string, body: string): Expr {
+  if (word === '.Name') return (m) => m.Name;
+  if (word === '.ContainerName') return (m) => m.ContainerName;
+  if (word.startsWith('`')) {
+    const s = word.slice(1, -1);
+    return () => s;
+  }
+  if (word.startsWith('"')) {
+    let s: string;
+    try {
+      s = JSON.parse(word) as string;
+    } catch {
+      throw new Error(`{{${body}}}: cannot read the string ${word}`);
+    }
+    return () => s;
+  }
+  throw new Error(`{{${body}}}: ${word} is not something Berth reads; ${TEMPLATE_HELP}`);
+}
+
+/** The stages of a pipeline: split at `|` outside quotes. */
+function splitPipeline(body: string): string[] {
+  const stages: string[] = [];
+  let cur = '';
+  let quote: string | undefined;
+  for (let i = 0; i < body.length; i++) {
+    const ch = body[i]!;
+    if (quote) {
+      if (ch === '\\' && quote === '"') {
+        cur += ch + (body[++i] ?? '');
+        continue;
+      }
+      if (ch === quote) quote = undefined;
+    } else if (ch === '"' || ch === '`') quote = ch;
+    else if (ch === '|') {
+      stages.push(cur);
+      cur = '';
+      continue;
+    }
+    cur += ch;
+  }
+  if (quote) throw new Error(`{{${body}}}: a ${quote} is not closed`);
+  stages.push(cur);
+  return stages;
+}
+
+const WORD_RE = /\s*("(?:[^"\\]|\\.)*"|`[^`]*`|[^\s"`]+)\s*/y;
+
+function templateWords(stage: string, body: string): string[] {
+  const words: string[] = [];
+  WORD_RE.lastIndex = 0;
+  while (WORD_RE.lastIndex < stage.length) {
+    const at = WORD_RE.lastIndex;
+    const m = WORD_RE.exec(stage);
+    if (!m) {
+      if (/^\s*$/.test(stage.slice(at))) break;
+      throw new Error(`{{${body}}}: cannot read it; ${TEMPLATE_HELP}`);
+    }
+    words.push(m[1]!);
+  }
+  return words;
 }

@@ -55,7 +55,7 @@ describe('label dialects', () => {
         label: 'caddy.reverse_proxy',
         value: '{{upstreams eighty}}',
         message:
-          'expected {{upstreams [http|https] [port]}} with a port number from 1 to 65535 ("eighty" is not one)',
+          'expected {{upstreams [http|https|h2c] [port]}} with a port number from 1 to 65535 ("eighty" is not one)',
       },
     ]);
   });
@@ -114,7 +114,16 @@ describe('Traefik rules', () => {
     ],
     ['HostHeader("A.example.com")', [{ hosts: ['a.example.com'], path: '/' }]],
   ])('reads %s', (rule, terms) => {
-    expect(parseRule(rule)).toEqual({ ok: true, terms });
+    expect(parseRule(rule)).toMatchObject({ ok: true, terms });
+  });
+
+  it.each([
+    ['Host(`a`)', []],
+    ['Host(`a`, `b`) || HostHeader(`c`)', ['Host(…) with 2 values', 'HostHeader(…)']],
+    ['Host(`a`) && PathPrefix(`/x`, `/y`)', ['PathPrefix(…) with 2 values']],
+  ])('notes the Traefik v2 syntax in %s', (rule, v2) => {
+    const r = parseRule(rule);
+    expect(r.ok && r.v2.map((x) => x.what)).toEqual(v2);
   });
 
   it.each([

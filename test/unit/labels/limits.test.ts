@@ -20,7 +20,7 @@ const hosts = (n: number, len = 0) =>
   Array.from({ length: n }, (_, i) => `h${i}.${'x'.repeat(len)}${len ? '.' : ''}example.com`);
 
 function snapshot(cs: ContainerInfo[]) {
-  const content = snapshotContent(cs, ctx, (c) => rulesFor(c, DEFAULT_POLICY, 'berth'));
+  const content = snapshotContent(cs, ctx, { execRules: (c) => rulesFor(c, DEFAULT_POLICY, 'berth') });
   const raw = JSON.stringify({
     type: 'snapshot',
     snapshot: { agentId: 'a', generation: 1, hostIp: ctx.hostIp, takenAt: 1, ...content },
