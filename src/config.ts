@@ -150,6 +150,19 @@ export const FLAGS: FlagDef[] = [
     for: WATCH,
   },
   {
+    name: 'caddy-label-prefix',
+    kind: 'string',
+    default: 'caddy',
+    help: 'Prefix of caddy-docker-proxy labels, as its --label-prefix / CADDY_DOCKER_LABEL_PREFIX (caddy_ingress_network keeps its name)',
+    for: WATCH,
+  },
+  {
+    name: 'traefik-default-rule',
+    kind: 'string',
+    help: "Traefik's defaultRule, e.g. 'Host(`{{ normalize .Name }}.example.com`)': routers without a rule, and containers with Traefik labels but no router, get it. Off by default",
+    for: WATCH,
+  },
+  {
     name: 'resync-interval',
     kind: 'duration',
     default: 30_000,

@@ -6,6 +6,8 @@ import { resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { type Config, parseListen } from '../config.js';
 import { UserError } from '../errors.js';
+import type { ExtractContext } from '../labels/index.js';
+import { compileDefaultRule } from '../labels/traefik.js';
 import { type MetricFamily, renderMetrics, simple } from '../metrics.js';
 import { VERSION } from '../version.js';
 import { createDockerSource } from './docker.js';
@@ -35,6 +37,7 @@ export async function runAgent(config: Config, logger: Logger): Promise<RunningA
     throw new UserError('CONFIG_INVALID', `--server ${bad}: expected an http:// or https:// URL`);
   }
   const key = agentKey(config);
+  const dialects = dialectOptions(config);
   const endpoint = String(config.docker ?? 'unix:///var/run/docker.sock');
   const fixedIp = config['host-ip'] ? String(config['host-ip']) : undefined;
   const reportIntervalMs = Number(config['report-interval']);
@@ -93,6 +96,7 @@ export async function runAgent(config: Config, logger: Logger): Promise<RunningA
         labelPrefix: String(config['label-prefix']),
         network: config.network as string | undefined,
         dialects: config.dialects as string[] | undefined,
+        ...dialects,
       },
       logger: logger.child({ component: 'watcher' }),
       resyncIntervalMs: Number(config['resync-interval']),
@@ -191,4 +195,26 @@ async function serveMetrics(listen: string, families: () => MetricFamily[]): Pro
     server.listen({ host: host || '127.0.0.1', port }, resolve);
   });
   return server;
+}
+
+/**
+ * The dialect flags as the label parser takes them (`berth standalone` reads containers too, so
+ * its local agent passes the same). A default rule Berth cannot read stops the start, naming why.
+ */
+export function dialectOptions(
+  config: Config,
+): Pick<ExtractContext, 'caddyLabelPrefix' | 'traefikDefaultRule'> {
+  const rule = config['traefik-default-rule'] ? String(config['traefik-default-rule']) : undefined;
+  let traefikDefaultRule: ExtractContext['traefikDefaultRule'];
+  if (rule) {
+    try {
+      traefikDefaultRule = compileDefaultRule(rule);
+    } catch (err) {
+      throw new UserError('CONFIG_INVALID', `--traefik-default-rule: ${(err as Error).message}`);
+    }
+  }
+  return {
+    caddyLabelPrefix: String(config['caddy-label-prefix'] ?? 'caddy'),
+    ...(traefikDefaultRule ? { traefikDefaultRule } : {}),
+  };
 }
