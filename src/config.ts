@@ -7,6 +7,7 @@ import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { UserError } from './errors.js';
 import { DIALECTS, type DialectName } from './labels/index.js';
+import { compileDefaultRule, type DefaultRule } from './labels/traefik.js';
 
 type Kind = 'string' | 'bool' | 'list' | 'int' | 'duration' | 'size';
 
@@ -152,6 +153,19 @@ export const FLAGS: FlagDef[] = [
     default: [...DIALECTS],
     choices: [...DIALECTS],
     help: 'Label dialects read, comma-separated, in precedence order: a container labelled in two is read by the first',
+    for: WATCH,
+  },
+  {
+    name: 'caddy-label-prefix',
+    kind: 'string',
+    default: 'caddy',
+    help: 'Prefix of caddy-docker-proxy labels, as its --label-prefix / CADDY_DOCKER_LABEL_PREFIX (caddy_ingress_network keeps its name)',
+    for: WATCH,
+  },
+  {
+    name: 'traefik-default-rule',
+    kind: 'string',
+    help: "Traefik's defaultRule, e.g. 'Host(`{{ normalize .Name }}.example.com`)': routers without a rule, and containers with Traefik labels but no router, get it. Off by default",
     for: WATCH,
   },
   {
@@ -440,6 +454,10 @@ export interface WatchConfig {
   resyncIntervalMs: number;
   execPolicy?: string;
   name: string;
+  /** caddy-docker-proxy's label prefix (its --label-prefix). */
+  caddyLabelPrefix: string;
+  /** Traefik's defaultRule, compiled once; off unless given. */
+  traefikDefaultRule?: DefaultRule;
 }
 
 export interface ServeConfig extends Common {
@@ -542,10 +560,11 @@ function listen(flag: string, value: string, problems: string[]): Listen {
   }
 }
 
-function watchConfig(raw: RawConfig): WatchConfig {
+function watchConfig(raw: RawConfig, problems: string[]): WatchConfig {
   const w: WatchConfig = {
     docker: opt(raw.docker) ?? 'unix:///var/run/docker.sock',
     labelPrefix: str(raw['label-prefix']),
+    caddyLabelPrefix: opt(raw['caddy-label-prefix']) ?? 'caddy',
     dialects: list(raw.dialects) as DialectName[],
     resyncIntervalMs: num(raw['resync-interval']),
     name: opt(raw.name) ?? hostname(),
@@ -556,6 +575,14 @@ function watchConfig(raw: RawConfig): WatchConfig {
   if (network) w.network = network;
   const policy = opt(raw['exec-policy']);
   if (policy) w.execPolicy = policy;
+  const rule = opt(raw['traefik-default-rule']);
+  if (rule) {
+    try {
+      w.traefikDefaultRule = compileDefaultRule(rule);
+    } catch (err) {
+      problems.push(`--traefik-default-rule: ${(err as Error).message}`);
+    }
+  }
   return w;
 }
 
@@ -615,7 +642,7 @@ function serveConfig(
   if (accessLog) c.tcp.accessLog = resolve(accessLog);
   const token = opt(env.BERTH_ADMIN_TOKEN);
   if (token) c.adminToken = token;
-  if (command === 'standalone') c.watch = watchConfig(raw);
+  if (command === 'standalone') c.watch = watchConfig(raw, problems);
   return c;
 }
 
@@ -656,7 +683,7 @@ function agentConfig(
   }
   const c: AgentConfig = {
     ...common,
-    ...watchConfig(raw),
+    ...watchConfig(raw, problems),
     servers,
     key,
     keySource,

@@ -59,7 +59,14 @@ export class Agent {
     this.watcher = new DockerWatcher({
       agentId: 'self', // the link (or the server) puts the agent's own id in every snapshot
       source: this.source,
-      ctx: { hostIp, labelPrefix: watch.labelPrefix, network: watch.network, dialects: watch.dialects },
+      ctx: {
+        hostIp,
+        labelPrefix: watch.labelPrefix,
+        network: watch.network,
+        dialects: watch.dialects,
+        caddyLabelPrefix: watch.caddyLabelPrefix,
+        ...(watch.traefikDefaultRule ? { traefikDefaultRule: watch.traefikDefaultRule } : {}),
+      },
       logger: this.o.logger.child({ component: 'watcher' }),
       resyncIntervalMs: watch.resyncIntervalMs,
       execRules: (c) => rulesFor(c, this.policy, watch.labelPrefix),

@@ -1,11 +1,12 @@
 // Watches one Docker engine and produces whole snapshots. Level-triggered: an event only wakes
 // a full re-list, a periodic re-list repairs anything missed, and a lost connection is retried
 // with backoff. While Docker is unreachable the last snapshot stands: an outage is not "no containers".
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
-import { type ExtractContext, extractAll } from '../labels/index.js';
-import type { ContainerInfo, ContainerSummary, Snapshot } from '../model/types.js';
+import type { ExtractContext } from '../labels/index.js';
+import type { ContainerInfo, Snapshot } from '../model/types.js';
 import type { DockerSource } from './docker.js';
+import { snapshotContent } from './snapshot.js';
 
 const WAKE_ACTIONS = [
   'start',
@@ -45,6 +46,8 @@ export class DockerWatcher {
   private stopped = false;
   private connected = false;
   private backoffMs = 250;
+  /** Names this agent's replica groups: its identical containers never join another agent's. */
+  private readonly replicaScope = randomUUID();
   dockerVersion?: string;
 
   constructor(private readonly o: WatcherOptions) {}
@@ -148,22 +151,15 @@ export class DockerWatcher {
   }
 
   private publish(containers: ContainerInfo[]): void {
-    const { routes, tcp, diagnostics, explanations } = extractAll(containers, this.o.ctx);
-    const summaries: ContainerSummary[] = containers
-      .map((c) => ({
-        id: c.id,
-        name: c.name,
-        ...serviceOf(c.labels),
-        ...execRulesOf(c, this.o.execRules),
-        state: c.state,
-        health: c.health,
-        labelled:
-          routes.some((r) => r.containerId === c.id) ||
-          tcp.some((r) => r.containerId === c.id) ||
-          diagnostics.some((d) => d.containerId === c.id),
-        ...(explanations.has(c.id) ? { explain: explanations.get(c.id) } : {}),
-      }))
-      .sort((a, b) => a.id.localeCompare(b.id));
+    const {
+      containers: summaries,
+      routes,
+      tcp,
+      diagnostics,
+    } = snapshotContent(containers, this.o.ctx, {
+      execRules: this.o.execRules,
+      replicaScope: this.replicaScope,
+    });
     const body = JSON.stringify({ summaries, routes, tcp, diagnostics, hostIp: this.o.ctx.hostIp });
     const hash = createHash('sha256').update(body).digest('hex');
     if (hash === this.lastHash) return;
@@ -182,15 +178,4 @@ export class DockerWatcher {
     };
     this.o.onSnapshot(this.last);
   }
-}
-
-/** The Swarm service (else the compose service) a container is a task of, for exec by service name. */
-function serviceOf(labels: Record<string, string>): { service?: string } {
-  const service = labels['com.docker.swarm.service.name'] ?? labels['com.docker.compose.service'];
-  return service ? { service } : {};
-}
-
-function execRulesOf(c: ContainerInfo, fn?: (c: ContainerInfo) => string[]): { execRules?: string[] } {
-  const rules = fn?.(c) ?? [];
-  return rules.length > 0 ? { execRules: rules.slice(0, 64) } : {};
 }

@@ -1,8 +1,10 @@
 // caddy-docker-proxy labels: `caddy=<addresses>` opens a site block (`caddy_<n>` opens more), and
-// `reverse_proxy {{upstreams [http|https] [port]}}` in it, at the top or inside `handle`,
+// `reverse_proxy {{upstreams [http|https|h2c] [port]}}` in it, at the top or inside `handle`,
 // `handle_path` or `route`, becomes a route. Label keys nest with dots; a `<n>_` prefix orders a
 // directive and a `_<n>` suffix keeps same-named ones apart, so both are stripped to find its name.
-import type { ContainerInfo } from '../model/types.js';
+// The prefix `caddy` can be another one (`--caddy-label-prefix`, as caddy-docker-proxy's own
+// `--label-prefix`); `caddy_ingress_network` keeps its name whatever the prefix, as there.
+import type { ContainerInfo, UpstreamScheme } from '../model/types.js';
 import {
   composeGroup,
   DiagnosticSink,
@@ -14,17 +16,32 @@ import {
 } from './draft.js';
 import { checkHostname, checkName, checkPath, checkPort, defaultPort, splitAddress } from './validate.js';
 
-const BLOCK_RE = /^caddy(?:_(\d+))?(?:\.(.+))?$/;
+export const DEFAULT_CADDY_PREFIX = 'caddy';
 export const CADDY_NETWORK_LABEL = 'caddy_ingress_network';
 /** Directives that hold nested directives for a path: `handle_path` also strips the path. */
 const SCOPES = new Set(['handle', 'handle_path', 'route']);
 /** Serving a site without these would open what the labels protect: such a scope is not routed. */
 const GUARDS = new Set(['basicauth', 'basic_auth', 'forward_auth']);
-const UPSTREAMS_RE = /\{\{\s*upstreams\b([^}]*)\}\}/g;
-const EXPECTED_PROXY = 'reverse_proxy [<path matcher>] {{upstreams [http|https] [port]}}';
+// `[^{}]`, not `[^}]`: an unclosed `{{upstreams` must not make every later one rescan the rest.
+const UPSTREAMS_RE = /\{\{\s*upstreams\b([^{}]*)\}\}/g;
+const EXPECTED_UPSTREAMS = '{{upstreams [http|https|h2c] [port]}}';
+const EXPECTED_PROXY = `reverse_proxy [<path matcher>] ${EXPECTED_UPSTREAMS}`;
+const UPSTREAM_SCHEMES = new Set<string>(['http', 'https', 'h2c']);
 
-export function isCaddyLabel(key: string): boolean {
-  return key === CADDY_NETWORK_LABEL || BLOCK_RE.test(key);
+/** `<prefix>`, `<prefix>_<n>`, and either followed by `.<directive…>`, as caddy-docker-proxy matches them. */
+const blockRes = new Map<string, RegExp>();
+function blockRe(prefix: string): RegExp {
+  let re = blockRes.get(prefix);
+  if (!re) {
+    const quoted = prefix.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    re = new RegExp(`^${quoted}(?:_(\\d+))?(?:\\.(.+))?$`);
+    blockRes.set(prefix, re);
+  }
+  return re;
+}
+
+export function isCaddyLabel(key: string, prefix = DEFAULT_CADDY_PREFIX): boolean {
+  return key === CADDY_NETWORK_LABEL || blockRe(prefix).test(key);
 }
 
 /** One label-key segment of the directive tree. */
@@ -44,11 +61,11 @@ interface Block {
 }
 
 interface Target {
-  scheme: 'http' | 'https';
+  scheme: UpstreamScheme;
   port: number;
 }
 
-export function parseCaddyLabels(c: ContainerInfo): DialectResult {
+export function parseCaddyLabels(c: ContainerInfo, prefix = DEFAULT_CADDY_PREFIX): DialectResult {
   const sink = new DiagnosticSink(c);
   const used: LabelNote[] = [];
   const blocks = new Map<string, Block>();
@@ -64,9 +81,9 @@ export function parseCaddyLabels(c: ContainerInfo): DialectResult {
       }
       continue;
     }
-    const m = BLOCK_RE.exec(key);
+    const m = blockRe(prefix).exec(key);
     if (!m) continue;
-    const id = m[1] === undefined ? 'caddy' : `caddy_${m[1]}`;
+    const id = m[1] === undefined ? prefix : `${prefix}_${m[1]}`;
     const block: Block = blocks.get(id) ?? { id, root: { raw: id, name: id, children: new Map() } };
     blocks.set(id, block);
     if (m[2] === undefined) {
@@ -96,7 +113,7 @@ export function parseCaddyLabels(c: ContainerInfo): DialectResult {
         sink.warning(
           k,
           c.labels[k],
-          'not translated: a Caddy global option (a caddy label without a site address); Berth runs its own front door settings',
+          `not translated: a Caddy global option (a ${prefix} label without a site address); Berth runs its own front door settings`,
         );
       }
       continue;
@@ -115,7 +132,7 @@ export function parseCaddyLabels(c: ContainerInfo): DialectResult {
     if (hosts === undefined) continue;
     const siteKey = block.key;
 
-    const proxy = (node: Node, scope: Node, basePath: string, strip: boolean): void => {
+    const proxy = (node: Node, scope: Node, basePath: string, strip: boolean, also: string[] = []): void => {
       const to = node.children.get('to');
       const spec = [node.value ?? '', to?.value ?? ''].join(' ');
       for (const child of node.children.values()) {
@@ -146,6 +163,7 @@ export function parseCaddyLabels(c: ContainerInfo): DialectResult {
       }
       const labels = [label, ...(to?.key && to.key !== label ? [to.key] : []), siteKey];
       if (scope.key && scope !== block.root) labels.push(scope.key);
+      labels.push(...also);
       if (network) labels.push(CADDY_NETWORK_LABEL);
       if (hosts.length === 0) return;
       drafts.push({
@@ -175,9 +193,16 @@ export function parseCaddyLabels(c: ContainerInfo): DialectResult {
         }
         return;
       }
+      const uri = top ? undefined : stripIdiom(scope, basePath);
+      let uriApplied = false;
       for (const node of scope.children.values()) {
-        if (node.name === 'reverse_proxy') proxy(node, scope, basePath, strip);
-        else if (top && SCOPES.has(node.name)) {
+        if (node === uri) continue;
+        if (node.name === 'reverse_proxy') {
+          // `handle` sorts uri before reverse_proxy (Caddy's directive order); `route` keeps the written order.
+          const strips = uri !== undefined && (scope.name === 'handle' || runsBefore(uri, node));
+          uriApplied ||= strips;
+          proxy(node, scope, basePath, strip || strips, strips ? [uri!.key!] : []);
+        } else if (top && SCOPES.has(node.name)) {
           const matcher = (node.value ?? '').trim();
           const path = matcher === '' ? '/' : toPrefix(matcher);
           if (path === undefined) {
@@ -208,12 +233,21 @@ export function parseCaddyLabels(c: ContainerInfo): DialectResult {
           for (const k of labelsOf(node)) sink.warning(k, c.labels[k], `not translated: ${what}`);
         }
       }
+      if (uri && uriApplied) {
+        used.push({ label: uri.key!, note: `strips ${basePath} before proxying, as handle_path does` });
+      } else if (uri) {
+        sink.warning(
+          uri.key!,
+          uri.value,
+          `not translated: uri strip_prefix comes after reverse_proxy in this route, and a route runs its directives in the order written (give uri the lower <n>_ prefix); the path is routed unstripped`,
+        );
+      }
     };
 
     const before = drafts.length;
-    const errorsBefore = sink.list.filter((d) => d.severity === 'error').length;
+    const errorsBefore = sink.errors;
     readScope(block.root, '/', false, true);
-    const failed = sink.list.filter((d) => d.severity === 'error').length > errorsBefore;
+    const failed = sink.errors > errorsBefore;
     if (drafts.length === before && hosts.length > 0 && !guarded(block.root) && !failed) {
       sink.warning(siteKey, address, `no route: the site has no ${EXPECTED_PROXY} that Berth can translate`);
     }
@@ -224,7 +258,7 @@ export function parseCaddyLabels(c: ContainerInfo): DialectResult {
 
 /** The site address list: hostnames, each optionally with a scheme; anything else is reported. */
 function siteHosts(key: string, address: string, sink: DiagnosticSink): string[] | undefined {
-  const hosts: string[] = [];
+  const hosts = new Set<string>();
   for (const a of address.split(/[\s,]+/).filter(Boolean)) {
     const parts = splitAddress(a);
     if (!parts || parts.host === '') {
@@ -259,9 +293,9 @@ function siteHosts(key: string, address: string, sink: DiagnosticSink): string[]
         `site address "${a}" names port ${parts.port}; Berth serves every hostname on the front door's own ports`,
       );
     }
-    if (!hosts.includes(h.value)) hosts.push(h.value);
+    hosts.add(h.value);
   }
-  return hosts;
+  return [...hosts];
 }
 
 /**
@@ -282,18 +316,15 @@ function parseProxy(
   const matcher = lead && /^(\*|\/|@)/.test(lead) ? lead : undefined;
   const upstreams = matcher ? spec.trim().slice(matcher.length) : spec;
   const rest = upstreams.replace(UPSTREAMS_RE, (_m, args: string) => {
-    let scheme: 'http' | 'https' = 'http';
+    let scheme: UpstreamScheme = 'http';
     let port: number | undefined;
     for (const arg of args.trim().split(/\s+/).filter(Boolean)) {
-      if (arg === 'http' || arg === 'https') scheme = arg;
+      // caddy-docker-proxy's templates define http, https and h2c, each prefixing the scheme.
+      if (UPSTREAM_SCHEMES.has(arg)) scheme = arg as UpstreamScheme;
       else {
         const p = checkPort(arg);
         if (!p.ok) {
-          sink.error(
-            label,
-            value,
-            `expected {{upstreams [http|https] [port]}} with ${p.expected} ("${arg}" is not one)`,
-          );
+          sink.error(label, value, `expected ${EXPECTED_UPSTREAMS} with ${p.expected} ("${arg}" is not one)`);
           bad = true;
         } else port = p.value;
       }
@@ -308,8 +339,8 @@ function parseProxy(
       others.push(token);
     } else {
       const parts = splitAddress(token);
-      const scheme = parts?.scheme ?? 'http';
-      if (parts && isSelfHost(c, parts.host) && (scheme === 'http' || scheme === 'https') && !parts.path) {
+      const scheme = (parts?.scheme ?? 'http') as UpstreamScheme;
+      if (parts && isSelfHost(c, parts.host) && UPSTREAM_SCHEMES.has(scheme) && !parts.path) {
         const p =
           parts.port === undefined
             ? { ok: true as const, value: defaultPort(scheme) }
@@ -326,7 +357,7 @@ function parseProxy(
     sink.warning(
       label,
       value,
-      `not translated: upstream ${others.join(' ')} is not this container (Berth routes to the labelled container; use {{upstreams [http|https] [port]}})`,
+      `not translated: upstream ${others.join(' ')} is not this container (Berth routes to the labelled container; use ${EXPECTED_UPSTREAMS})`,
     );
   }
   if (targets.length === 0) {
@@ -361,4 +392,31 @@ function labelsOf(node: Node): string[] {
   const out: string[] = node.key ? [node.key] : [];
   for (const child of node.children.values()) out.push(...labelsOf(child));
   return out;
+}
+
+/**
+ * The caddy-docker-proxy spelling of handle_path inside `handle /p/*` or `route /p/*`: a `uri
+ * strip_prefix /p` of exactly the block's own prefix (Caddy documents handle_path as that).
+ */
+function stripIdiom(scope: Node, basePath: string): Node | undefined {
+  if (basePath === '/' || (scope.name !== 'handle' && scope.name !== 'route')) return undefined;
+  for (const n of scope.children.values()) {
+    if (n.name !== 'uri' || n.children.size > 0 || !n.key) continue;
+    const m = /^\s*strip_prefix\s+(\/\S*)\s*$/.exec(n.value ?? '');
+    if (m && (m[1]!.replace(/\/+$/, '') || '/') === basePath) return n;
+  }
+  return undefined;
+}
+
+/**
+ * Whether caddy-docker-proxy writes `a` before `b` in a block: `<n>_` directives first, by
+ * number, then the others alphabetically.
+ */
+function runsBefore(a: Node, b: Node): boolean {
+  const rank = (n: Node): [number, number, string] => {
+    const m = /^(\d+)_/.exec(n.raw);
+    return m ? [0, Number(m[1]), n.raw] : [1, 0, n.raw];
+  };
+  const [x, y] = [rank(a), rank(b)];
+  return x[0] !== y[0] ? x[0] < y[0] : x[1] !== y[1] ? x[1] < y[1] : x[2] < y[2];
 }

@@ -1,6 +1,9 @@
 // Value checks shared by every label dialect. Each returns either the parsed value or an
 // `expected` phrase that ends up in the diagnostic, so messages read the same everywhere.
+import { isIP } from 'node:net';
 import { parseCidrList } from '../model/cidr.js';
+import { MAX_CIDRS, MAX_STRING } from '../model/limits.js';
+import type { UpstreamScheme } from '../model/types.js';
 
 export type Check<T> = { ok: true; value: T } | { ok: false; expected: string };
 
@@ -13,7 +16,20 @@ export function checkHostname(raw: string): Check<string> {
   if (host.length > 0 && host.length <= 253 && (HOSTNAME_RE.test(host) || IPV4_RE.test(host))) {
     return { ok: true, value: host };
   }
+  const v6 = ipv6Literal(host);
+  if (v6) return { ok: true, value: v6 };
   return { ok: false, expected: 'a hostname such as app.example.com or *.example.com' };
+}
+
+/**
+ * An IPv6 address, bare or in brackets, written the one way a Host header names it once its
+ * brackets are off (compressed, lower case): `[0010::0010]` and `10::10` are both `10::10`.
+ * Zone ids (`%eth0`) name an interface of one machine, never a site, so they are refused.
+ */
+function ipv6Literal(host: string): string | undefined {
+  const inner = host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
+  if (inner.length > 45 || !inner.includes(':') || inner.includes('%') || isIP(inner) !== 6) return undefined;
+  return new URL(`http://[${inner}]/`).hostname.slice(1, -1);
 }
 
 export function checkHostList(raw: string): Check<string[]> {
@@ -21,13 +37,13 @@ export function checkHostList(raw: string): Check<string[]> {
   if (parts.length === 0 || parts.some((p) => p === '')) {
     return { ok: false, expected: 'a comma-separated list of hostnames with no empty entries' };
   }
-  const hosts: string[] = [];
+  const hosts = new Set<string>();
   for (const p of parts) {
     const c = checkHostname(p);
     if (!c.ok) return { ok: false, expected: `${c.expected} ("${p}" is not one)` };
-    if (!hosts.includes(c.value)) hosts.push(c.value);
+    hosts.add(c.value);
   }
-  return { ok: true, value: hosts };
+  return { ok: true, value: [...hosts] };
 }
 
 export function checkPort(raw: string): Check<number> {
@@ -44,6 +60,8 @@ const PATH_RE = /^\/[A-Za-z0-9._~!$&'()+,;=:@%/-]*$/;
 
 export function checkPath(raw: string): Check<string> {
   const s = raw.trim();
+  if (s.length > MAX_STRING)
+    return { ok: false, expected: `a path prefix of at most ${MAX_STRING} characters` };
   if (!PATH_RE.test(s) || s.includes('//')) {
     return { ok: false, expected: 'a path prefix starting with "/" with no spaces, "*", "?" or "#"' };
   }
@@ -85,7 +103,10 @@ export function checkCidrList(raw: string): Check<string[]> {
       expected: `a comma-separated list of networks such as 10.0.0.0/8, 100.64.0.0/10 or 127.0.0.1${which}`,
     };
   }
-  return { ok: true, value: [...new Set(cidrs.map((c) => c.text))] };
+  const unique = [...new Set(cidrs.map((c) => c.text))];
+  if (unique.length > MAX_CIDRS)
+    return { ok: false, expected: `at most ${MAX_CIDRS} networks (${unique.length} are given)` };
+  return { ok: true, value: unique };
 }
 
 /** `scheme://host:port/path`, each part optional but the host; parts are not checked here. */
@@ -110,7 +131,14 @@ export function splitAddress(raw: string): AddressParts | undefined {
   return parts;
 }
 
-/** The port an upstream URL means when it names none. */
-export function defaultPort(scheme: 'http' | 'https'): number {
+/** The port an upstream URL means when it names none (h2c is plain HTTP/2, so 80). */
+export function defaultPort(scheme: UpstreamScheme): number {
   return scheme === 'https' ? 443 : 80;
+}
+
+/** An upstream scheme the other tools' labels may name: http, https, or h2c (HTTP/2 without TLS). */
+export function checkUpstreamScheme(raw: string): Check<UpstreamScheme> {
+  const s = raw.trim().toLowerCase();
+  if (s === 'http' || s === 'https' || s === 'h2c') return { ok: true, value: s };
+  return { ok: false, expected: 'http, https or h2c' };
 }

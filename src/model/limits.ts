@@ -18,6 +18,13 @@ export const MAX_EXEC_RULES = 64;
 export const MAX_EXPLAINED_LABELS = 1_000;
 /** Client networks in one allow-list. */
 export const MAX_CIDRS = 256;
+/**
+ * Bytes (as JSON) of the routes one container adds to a snapshot: beyond it the container is an
+ * error. Together with the next one this bounds what one container can add to a snapshot.
+ */
+export const MAX_ROUTE_BYTES_PER_CONTAINER = 192 * 1024;
+/** Bytes (as JSON) of one container's diagnostics and explanation; beyond it the rest is summarised. */
+export const MAX_REPORT_BYTES_PER_CONTAINER = 64 * 1024;
 
 /** Whole-snapshot bounds. */
 export const MAX_CONTAINERS = 100_000;
@@ -28,7 +35,11 @@ export const MAX_DIAGNOSTICS = 100_000;
 /** One agent message, checked before it is parsed (`--agent-max-message` on the server). */
 export const DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
 
-/** Clips text to at most `max` characters, marking the cut. */
+/** Clips text to at most `max` characters, marking the cut (never inside a surrogate pair). */
 export function clip(s: string, max: number): string {
-  return s.length > max ? `${s.slice(0, max - 1)}…` : s;
+  if (s.length <= max) return s;
+  let end = max - 1;
+  const last = s.charCodeAt(end - 1);
+  if (last >= 0xd800 && last <= 0xdbff) end--;
+  return `${s.slice(0, end)}…`;
 }

@@ -171,7 +171,7 @@ const routeSchema = {
     upstream: {
       type: 'object',
       required: ['host', 'port', 'scheme'],
-      properties: { host: str, port, scheme: { enum: ['http', 'https'] } },
+      properties: { host: str, port, scheme: { enum: ['http', 'https', 'h2c'] } },
     },
     allow: cidrList,
     ...owner,

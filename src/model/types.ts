@@ -40,10 +40,13 @@ export interface Diagnostic {
   message: string;
 }
 
+/** How the front door talks to an upstream: HTTP/1.1 or HTTP/2 over TLS, or HTTP/2 in the clear. */
+export type UpstreamScheme = 'http' | 'https' | 'h2c';
+
 export interface Upstream {
   host: string;
   port: number;
-  scheme: 'http' | 'https';
+  scheme: UpstreamScheme;
 }
 
 /** One HTTP route extracted from one container's labels. */

@@ -79,10 +79,20 @@ describe('dynamic Caddy layout', () => {
       site('paths.test', { path: '/api' }),
       site('private.test', { allow: ['10.0.0.0/8'] }),
       site('tls.test', { upstreams: [{ host: '127.0.0.1', port: 443, scheme: 'https' }] }),
+      site('grpc.test', { upstreams: [{ host: '127.0.0.1', port: 50051, scheme: 'h2c' }] }),
+      // No DNS name can carry an IPv6 literal.
+      site('10::10'),
     ];
     const { dynamic, explicit } = splitSites(sites);
     expect(dynamic.map((s) => s.host)).toEqual(['simple.test']);
-    expect(explicit.map((s) => s.host)).toEqual(['paths.test', 'paths.test', 'private.test', 'tls.test']);
+    expect(explicit.map((s) => s.host)).toEqual([
+      'paths.test',
+      'paths.test',
+      'private.test',
+      'tls.test',
+      'grpc.test',
+      '10::10',
+    ]);
     const opts = {
       tls: 'off' as const,
       httpListen: ':80',

@@ -52,6 +52,8 @@ export function splitSites(sites: Site[]): { explicit: Site[]; dynamic: Site[] }
   for (const s of sites) {
     const simple =
       perHost.get(s.host) === 1 &&
+      // An IPv6 literal cannot be a DNS label of the responder's zone.
+      !s.host.includes(':') &&
       s.path === '/' &&
       !s.stripPath &&
       !s.allow?.length &&
@@ -199,7 +201,10 @@ function proxyHandler(s: Site): Json {
     handler: 'reverse_proxy',
     upstreams: s.upstreams.map((u) => ({ dial: dial(u.host, u.port) })),
   };
-  if (s.upstreams[0]?.scheme === 'https') proxy.transport = { protocol: 'http', tls: {} };
+  const scheme = s.upstreams[0]?.scheme;
+  if (scheme === 'https') proxy.transport = { protocol: 'http', tls: {} };
+  // HTTP/2 without TLS (gRPC and friends): Caddy speaks h2c when it is the only version offered.
+  else if (scheme === 'h2c') proxy.transport = { protocol: 'http', versions: ['h2c'] };
   return proxy;
 }
 

@@ -57,6 +57,21 @@ describe('buildCaddyParts', () => {
     expect(proxy.transport).toEqual({ protocol: 'http', tls: {} });
   });
 
+  it('speaks h2c to an h2c upstream, and matches an IPv6 literal host as Caddy sees it', () => {
+    const parts = buildCaddyParts(
+      [site('10::10', '/', { upstreams: [{ host: '127.0.0.1', port: 50051, scheme: 'h2c' }] })],
+      opts,
+    );
+    const route = parts.servers.berth_http.routes[0];
+    // Caddy's host matcher drops the brackets of a Host header such as [10::10]:8080.
+    expect(route.match).toEqual([{ host: ['10::10'] }]);
+    expect(route.handle[0]).toEqual({
+      handler: 'reverse_proxy',
+      upstreams: [{ dial: '127.0.0.1:50051' }],
+      transport: { protocol: 'http', versions: ['h2c'] },
+    });
+  });
+
   it('adds a 404 inside a host that has no root path', () => {
     const sub = buildCaddyParts([site('a.example.com', '/api')], opts).servers.berth_http.routes[0].handle[0]
       .routes;

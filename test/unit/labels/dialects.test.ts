@@ -55,7 +55,7 @@ describe('label dialects', () => {
         label: 'caddy.reverse_proxy',
         value: '{{upstreams eighty}}',
         message:
-          'expected {{upstreams [http|https] [port]}} with a port number from 1 to 65535 ("eighty" is not one)',
+          'expected {{upstreams [http|https|h2c] [port]}} with a port number from 1 to 65535 ("eighty" is not one)',
       },
     ]);
   });
@@ -98,13 +98,12 @@ describe('label dialects', () => {
 describe('Traefik rules', () => {
   it.each([
     ['Host(`a.example.com`)', [{ hosts: ['a.example.com'], path: '/' }]],
+    ['Host(`a.example.com`, `b.example.com`)', [{ hosts: ['a.example.com', 'b.example.com'], path: '/' }]],
     [
-      'Host(`a.example.com`, `b.example.com`)',
-      [
-        { hosts: ['a.example.com'], path: '/' },
-        { hosts: ['b.example.com'], path: '/' },
-      ],
+      'Host(`a.example.com`, `b.example.com`) && Host(`B.example.com`, `c.example.com`)',
+      [{ hosts: ['b.example.com'], path: '/' }],
     ],
+    [`${'('.repeat(64)}Host(\`a.example.com\`)${')'.repeat(64)}`, [{ hosts: ['a.example.com'], path: '/' }]],
     [
       'Host(`a.example.com`) && (PathPrefix(`/x`) || PathPrefix(`/y`))',
       [
@@ -118,7 +117,16 @@ describe('Traefik rules', () => {
     ],
     ['HostHeader("A.example.com")', [{ hosts: ['a.example.com'], path: '/' }]],
   ])('reads %s', (rule, terms) => {
-    expect(parseRule(rule)).toEqual({ ok: true, terms });
+    expect(parseRule(rule)).toMatchObject({ ok: true, terms });
+  });
+
+  it.each([
+    ['Host(`a`)', []],
+    ['Host(`a`, `b`) || HostHeader(`c`)', ['Host(…) with 2 values', 'HostHeader(…)']],
+    ['Host(`a`) && PathPrefix(`/x`, `/y`)', ['PathPrefix(…) with 2 values']],
+  ])('notes the Traefik v2 syntax in %s', (rule, v2) => {
+    const r = parseRule(rule);
+    expect(r.ok && r.v2.map((x) => x.what)).toEqual(v2);
   });
 
   it.each([
@@ -128,6 +136,13 @@ describe('Traefik rules', () => {
     ['Host(`a.example.com`', false, /Host\( is not closed/],
     ['Host(`a.example.com`) &&', false, /ends early/],
     ['Host(`a`) Host(`b`)', false, /unexpected "Host"/],
+    [`${'('.repeat(65)}Host(\`a\`)${')'.repeat(65)}`, false, /nest more than 64 deep/],
+    ['Host("a\\x")', false, /escape Berth cannot read/],
+    [
+      `(${Array.from({ length: 9 }, (_, i) => `Host(\`h${i}\`)`).join(' || ')}) && (${Array.from({ length: 8 }, (_, i) => `PathPrefix(\`/p${i}\`)`).join(' || ')})`,
+      true,
+      /too many combinations/,
+    ],
   ])('refuses %s', (rule, untranslatable, message) => {
     const r = parseRule(rule);
     expect(r.ok).toBe(false);
