@@ -4,7 +4,6 @@
 // a route, container or diagnostic that is wrong is refused on its container alone, never the
 // whole snapshot, so one bad container cannot freeze every route of its host.
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
-import { checkHostname, checkPath } from '../labels/validate.js';
 import {
   DEFAULT_MAX_MESSAGE_BYTES,
   MAX_CIDRS,
@@ -19,6 +18,7 @@ import {
   MAX_TCP_ROUTES,
 } from './limits.js';
 import type { Diagnostic, Snapshot } from './types.js';
+import { checkHostname, checkPath } from './validate.js';
 
 export const AGENT_PATH = '/agent/v1/connect';
 export const PROTOCOL_VERSION = 1;

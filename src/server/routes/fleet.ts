@@ -3,8 +3,8 @@ import type { FastifyPluginAsyncJsonSchemaToTs } from '@fastify/type-provider-js
 import { parseRule } from '../../agent/exec-policy.js';
 import { parseDuration } from '../../config.js';
 import { UserError } from '../../errors.js';
-import { checkCidrList, checkHostname } from '../../labels/validate.js';
 import { publicSuffixWildcard } from '../../model/domains.js';
+import { checkCidrList, checkHostname } from '../../model/validate.js';
 import type { Registry } from '../registry.js';
 import { ADMIN } from '../trust.js';
 
