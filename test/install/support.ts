@@ -180,10 +180,13 @@ export function ensureCompose(): void {
 export interface ProcessRss {
   pid: number;
   command: string;
+  /** Resident set size. */
   mib: number;
+  /** Proportional set size: shared pages (the node binary in three processes) split among sharers. */
+  pssMib: number;
 }
 
-/** Resident memory of every process in a container, read from /proc by host PID. */
+/** Resident memory (RSS and PSS) of every process in a container, read from /proc by host PID. */
 export async function containerRss(d: TestDockerd, container: string): Promise<ProcessRss[]> {
   const { stdout } = await d.run(['top', container, '-eo', 'pid,args']);
   return stdout
@@ -194,7 +197,8 @@ export async function containerRss(d: TestDockerd, container: string): Promise<P
       const [pid, ...cmd] = line.trim().split(/\s+/);
       const status = readFileSync(`/proc/${pid}/status`, 'utf8');
       const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
-      return { pid: Number(pid), command: cmd.join(' ').slice(0, 80), mib: kb / 1024 };
+      const pss = Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? 0);
+      return { pid: Number(pid), command: cmd.join(' ').slice(0, 80), mib: kb / 1024, pssMib: pss / 1024 };
     });
 }
 
