@@ -77,16 +77,20 @@ export async function runAgent(config: AgentConfig, logger: Logger): Promise<Run
   };
 }
 
-/** GET /metrics on its own small listener; the agent opens no other port. */
+/** GET /metrics and /healthz on their own small listener; the agent opens no other port. */
 async function serveMetrics(listen: Listen, families: () => MetricFamily[]): Promise<Server> {
   const { host, port } = listen;
   const server = createServer((req, res) => {
     if (req.method === 'GET' && req.url === '/metrics') {
       res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
       res.end(renderMetrics(families()));
+    } else if (req.method === 'GET' && req.url === '/healthz') {
+      // Liveness, as the server's /healthz: the image's HEALTHCHECK asks here.
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{"status":"ok"}\n');
     } else {
       res.writeHead(404, { 'content-type': 'text/plain' });
-      res.end('not found; try /metrics\n');
+      res.end('not found; try /metrics or /healthz\n');
     }
   });
   await new Promise<void>((resolve, reject) => {

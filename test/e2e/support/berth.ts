@@ -34,6 +34,8 @@ export interface BerthProcess {
 
 export interface BerthOptions {
   command?: 'standalone' | 'server';
+  /** Another installed CLI (e.g. the npm package's) instead of BERTH_BIN. */
+  bin?: string;
   docker?: string;
   dataDir?: string;
   args?: string[];
@@ -68,7 +70,7 @@ export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
   const apiPort = await freePort();
   const httpPort = o.httpPort ?? (await freePort());
   const args = [
-    BERTH_BIN,
+    o.bin ?? BERTH_BIN,
     o.command ?? 'standalone',
     '--data-dir',
     dataDir,
@@ -115,7 +117,7 @@ export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
       const r = await run(
         // Server and data dir right after the command: anything after `--` belongs to the command run.
         ...inNetns(o.netns, process.execPath, [
-          BERTH_BIN,
+          o.bin ?? BERTH_BIN,
           cliArgs[0]!,
           '--server',
           apiUrl,
@@ -196,6 +198,7 @@ export async function startAgent(o: {
   name: string;
   dataDir?: string;
   args?: string[];
+  bin?: string;
 }): Promise<AgentProcess> {
   const dataDir = o.dataDir ?? mkdtempSync(join(tmpdir(), 'ba-'));
   let proc: Awaited<ReturnType<typeof spawnLogged>> | undefined;
@@ -213,7 +216,7 @@ export async function startAgent(o: {
       proc = spawnLogged(
         process.execPath,
         [
-          BERTH_BIN,
+          o.bin ?? BERTH_BIN,
           'agent',
           '--server',
           o.server,

@@ -84,12 +84,27 @@ export function dockerCli(socket: string, args: string[], opts: DockerOptions = 
   });
 }
 
-/**
- * `netns: true` runs the daemon in a network namespace of its own (created here, deleted on
- * stop), for features that make Docker create networks, such as `swarm init`: their bridges then
- * exist only inside that namespace, never on the machine's own network.
- */
-export async function startDockerd(opts: { name?: string; netns?: boolean } = {}): Promise<TestDockerd> {
+export interface DockerdOptions {
+  name?: string;
+  /**
+   * Run the daemon in a network namespace of its own (created here, deleted on stop), for features
+   * that make Docker create networks, such as `swarm init`: their bridges then exist only inside
+   * that namespace, never on the machine's own network.
+   */
+  netns?: boolean;
+  /**
+   * With netns: let the daemon manage its bridge networks the way it does on a real host (iptables
+   * NAT, forwarding, published ports; all of it inside the namespace), for compose stacks. `pool`
+   * is the /16 its networks are carved from.
+   */
+  bridgeNetworks?: { pool: string };
+  /** Keep images and layers here across runs (e.g. a build cache); not deleted on stop. */
+  dataRoot?: string;
+}
+
+/** A private dockerd; see DockerdOptions for the namespace and network choices. */
+export async function startDockerd(opts: DockerdOptions = {}): Promise<TestDockerd> {
+  if (opts.bridgeNetworks && !opts.netns) throw new Error('bridgeNetworks needs netns: they stay inside it');
   const name = (opts.name ?? 'd').replace(/[^\w.-]/g, '').slice(0, 12);
   const dir = mkdtempSync(`${dockerdPrefix()}${name}-`);
   const netns = opts.netns ? `berth-${dir.slice(-6).replace(/[^\w]/g, 'x')}` : undefined;
@@ -102,7 +117,7 @@ export async function startDockerd(opts: { name?: string; netns?: boolean } = {}
   // No --containerd: dockerd starts its own containerd under the exec-root, so it is private too.
   const args = [
     '--data-root',
-    join(dir, 'data'),
+    opts.dataRoot ?? join(dir, 'data'),
     '--exec-root',
     execRoot,
     '--pidfile',
@@ -110,9 +125,11 @@ export async function startDockerd(opts: { name?: string; netns?: boolean } = {}
     '-H',
     `unix://${socket}`,
     '--bridge=none',
-    '--iptables=false',
-    '--ip-masq=false',
-    '--ip-forward=false',
+    ...(opts.bridgeNetworks
+      ? // NAT, forwarding and published ports for the networks it makes, all inside the namespace,
+        // from an address pool of the test's choosing (never Docker's 172.17.0.0/16 default).
+        ['--default-address-pool', `base=${opts.bridgeNetworks.pool},size=24`]
+      : ['--iptables=false', '--ip-masq=false', '--ip-forward=false']),
   ];
   let proc: Logged | undefined;
   let starts = 0;
@@ -181,6 +198,7 @@ export async function startDockerd(opts: { name?: string; netns?: boolean } = {}
       if (ids.length > 0) await dockerCli(socket, ['rm', '-f', ...ids]);
       await stopDaemon();
       unmountUnder(dir);
+      if (opts.dataRoot) unmountUnder(opts.dataRoot);
       rmSync(dir, { recursive: true, force: true });
       if (netns) execFileSync('ip', ['netns', 'del', netns]);
     },
