@@ -125,7 +125,7 @@ export async function runServer(
   let supervisor: CaddySupervisor | undefined;
   const targets: CaddyTarget[] = [];
   const adminUrls = config['caddy-admin'] as string[];
-  let reconciler: Reconciler | undefined;
+  let reconciler: Reconciler<CaddyTarget> | undefined;
   if (adminUrls.length === 0) {
     supervisor = new CaddySupervisor({
       bin: String(config['caddy-bin']),
@@ -341,10 +341,8 @@ export async function runServer(
   }
 
   const drift = setInterval(async () => {
-    for (const t of targets) {
-      if (leases && !leases.canApply(t)) await leases.probe(t);
-      else if (await t.drifted()) rec.wake();
-    }
+    for (const t of targets) if (leases && !leases.canApply(t)) await leases.probe(t);
+    await rec.checkDrift();
   }, Number(config['drift-interval']));
   // Time alone changes what serves (an offline grace ends): re-check once a second.
   let admittedKey = '';

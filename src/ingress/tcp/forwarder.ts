@@ -15,15 +15,8 @@ import { networkInterfaces } from 'node:os';
 import type { Logger } from 'pino';
 import { errorMessage } from '../../errors.js';
 import { type Cidr, cidrsContain, parseCidr } from '../../model/cidr.js';
-
-export interface TcpListenerSpec {
-  listen: number;
-  upstreams: { host: string; port: number }[];
-  /** Networks whose clients may connect; empty means everyone. */
-  allow: string[];
-  /** Route keys that put this listener here, for status reporting. */
-  routeKeys: string[];
-}
+import type { ListenerStatus } from '../../model/data-plane.js';
+import type { TcpListenerSite } from '../../model/desired.js';
 
 export interface TcpForwarderOptions {
   /** An IP address, or an interface name (resolved to its address, and re-resolved). */
@@ -49,17 +42,6 @@ export type CloseReason =
   | 'listener-removed'
   | 'shutdown';
 
-export interface ListenerStatus {
-  listen: number;
-  address?: string;
-  state: 'listening' | 'starting' | 'error';
-  error?: string;
-  upstreams: string[];
-  allow: string[];
-  active: number;
-  routeKeys: string[];
-}
-
 export interface ListenerCounters {
   accepted: number;
   denied: number;
@@ -70,7 +52,7 @@ export interface ListenerCounters {
 }
 
 interface Listener {
-  spec: TcpListenerSpec;
+  spec: TcpListenerSite;
   allow: Cidr[];
   server?: Server;
   address?: string;
@@ -115,7 +97,7 @@ export class TcpForwarder {
   }
 
   /** Makes the listener set match `specs`. Resolves once new listeners are bound (or failed). */
-  async sync(specs: TcpListenerSpec[]): Promise<void> {
+  async sync(specs: TcpListenerSite[]): Promise<void> {
     if (this.stopped) return;
     const wanted = new Map(specs.map((s) => [s.listen, s]));
     for (const [port, l] of this.listeners) {
