@@ -16,7 +16,7 @@ import type { CaddyBuildOptions } from '../src/ingress/caddy/config.js';
 import { CaddySupervisor } from '../src/ingress/caddy/supervisor.js';
 import { CaddyTarget } from '../src/ingress/caddy/target.js';
 import { DnsResponder, type HostTable } from '../src/ingress/dns/responder.js';
-import type { Site } from '../src/reconcile/desired.js';
+import type { Site } from '../src/model/desired.js';
 
 const arg = (name: string, dflt: string) => {
   const i = process.argv.indexOf(`--${name}`);

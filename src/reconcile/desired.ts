@@ -1,4 +1,5 @@
 // Desired state: every agent's routes merged into what the front door should serve. Pure.
+import type { Site, TcpListenerSite } from '../model/desired.js';
 import { domainCovers } from '../model/domains.js';
 import type { RouteSpec, TcpRouteSpec, Upstream } from '../model/types.js';
 import { type Claims, claimedSince, httpUnit, tcpUnit } from './claims.js';
@@ -17,26 +18,6 @@ export interface AgentRoutes {
   scope?: string;
   /** The key's `--domains`, when it has any. */
   grants?: string[];
-}
-
-/** One (host, path) the front door serves, and the routes that put it there. */
-export interface Site {
-  host: string;
-  path: string;
-  stripPath: boolean;
-  upstreams: Upstream[];
-  /** Client networks allowed (the winning route's); absent means everyone. */
-  allow?: string[];
-  /** Global route keys (`agentId:routeId`) whose upstreams are in this unit. */
-  routeKeys: string[];
-}
-
-/** One front-door TCP port and the containers behind it. */
-export interface TcpListenerSite {
-  listen: number;
-  upstreams: { host: string; port: number }[];
-  allow: string[];
-  routeKeys: string[];
 }
 
 export interface RouteOutcome {

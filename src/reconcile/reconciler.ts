@@ -2,9 +2,9 @@
 // costs one pass, and a pass that finds nothing new sends nothing. Failures retry with backoff.
 import type { Logger } from 'pino';
 import { errorMessage } from '../errors.js';
-import type { CaddyTarget } from '../ingress/caddy/target.js';
-import type { ListenerStatus, TcpListenerSpec } from '../ingress/tcp/forwarder.js';
-import type { AgentRoutes, Desired, Site } from './desired.js';
+import type { ListenerStatus } from '../model/data-plane.js';
+import type { DnsTableSync, HttpTarget, TcpListenerSync } from './data-plane.js';
+import type { AgentRoutes, Desired } from './desired.js';
 import { computeDesired } from './desired.js';
 
 export interface ReconcileState {
@@ -17,13 +17,13 @@ export interface ReconcileState {
   completedAt: number;
 }
 
-export interface ReconcilerOptions {
+export interface ReconcilerOptions<T extends HttpTarget = HttpTarget> {
   source: () => AgentRoutes[];
-  targets: CaddyTarget[];
+  targets: T[];
   /** Berth's TCP forwarder; synced first in every pass (it is cheap and independent of Caddy). */
-  tcp?: { sync(listeners: TcpListenerSpec[]): Promise<void>; status(): ListenerStatus[] };
+  tcp?: TcpListenerSync;
   /** The dynamic layout's DNS table: hosts served without a Caddy config change. */
-  dns?: { publish(sites: Site[], o?: { transition?: boolean }): void };
+  dns?: DnsTableSync;
   logger: Logger;
   /** Quiet time that gathers a burst into one pass, and the most a wake may wait. */
   debounceMs?: number;
@@ -38,13 +38,13 @@ export interface ReconcilerOptions {
    * holds the target's lease). The others still compute the desired state, and report for the
    * target what `standby` says the applying replica serves.
    */
-  canApply?: (t: CaddyTarget) => boolean;
-  standby?: (t: CaddyTarget, desired: Desired) => ReconcileState['targets'][number];
+  canApply?: (t: T) => boolean;
+  standby?: (t: T, desired: Desired) => ReconcileState['targets'][number];
   /** After every completed pass: when it started, and how long each Caddy apply took. */
   onPass?: (s: ReconcileState, info: { startedAt: number; applyMs: number[] }) => void;
 }
 
-export class Reconciler {
+export class Reconciler<T extends HttpTarget = HttpTarget> {
   private timer?: NodeJS.Timeout;
   private firstWakeAt = 0;
   private tokens = 3;
@@ -60,7 +60,7 @@ export class Reconciler {
   state?: ReconcileState;
   counters = { passes: 0, applies: 0, loads: 0, failures: 0 };
 
-  constructor(private readonly o: ReconcilerOptions) {}
+  constructor(private readonly o: ReconcilerOptions<T>) {}
 
   wake(opts: { force?: boolean } = {}): void {
     if (this.stopped) return;
@@ -139,16 +139,11 @@ export class Reconciler {
           await yieldToIo();
           const r = await t.apply(desired.sites);
           if (r.changed) {
-            applyMs.push(t.stats.lastApplyMs ?? 0);
+            applyMs.push(r.ms);
             this.counters.applies++;
             this.counters.loads += r.loads;
             this.o.logger.info(
-              {
-                admin: t.admin.display,
-                sites: desired.sites.length,
-                ms: t.stats.lastApplyMs,
-                quarantined: r.quarantined.size,
-              },
+              { admin: t.name, sites: desired.sites.length, ms: r.ms, quarantined: r.quarantined.size },
               'applied routes to caddy',
             );
           }
@@ -156,8 +151,7 @@ export class Reconciler {
         } catch (err) {
           failed = true;
           this.counters.failures++;
-          t.stats.lastError = errorMessage(err);
-          this.o.logger.warn({ admin: t.admin.display, err: errorMessage(err) }, 'apply failed; will retry');
+          this.o.logger.warn({ admin: t.name, err: errorMessage(err) }, 'apply failed; will retry');
           // What Caddy serves is unknown now: assume the previous state until a pass succeeds.
           const prev = this.state?.targets[results.length];
           results.push({
@@ -194,10 +188,21 @@ export class Reconciler {
     if (!this.running && !this.timer) for (const r of this.idleWaiters.splice(0)) r();
   }
 
-  /** Whether a site (by signature) is live on every target. */
-  static servedEverywhere(state: ReconcileState, sig: string): boolean {
-    return state.targets.length > 0 && state.targets.every((t) => t.served.has(sig));
+  /**
+   * Asks every target this replica applies to whether it still holds what it was given (Caddy
+   * restarted, or its config was edited); a target that does not is repaired by the pass this wakes.
+   */
+  async checkDrift(): Promise<void> {
+    for (const t of this.o.targets) {
+      if (this.o.canApply && !this.o.canApply(t)) continue;
+      if (await t.drifted()) this.wake();
+    }
   }
+}
+
+/** Whether a site (by signature) is live on every target. */
+export function servedEverywhere(state: ReconcileState, sig: string): boolean {
+  return state.targets.length > 0 && state.targets.every((t) => t.served.has(sig));
 }
 
 /** Lets pending I/O (agents' messages, API requests) run between the CPU-bound steps of a pass. */

@@ -6,7 +6,8 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { errorMessage } from '../errors.js';
-import { type CaddyTarget, siteSignature } from '../ingress/caddy/target.js';
+import type { CaddyTarget } from '../ingress/caddy/target.js';
+import { siteSignature } from '../model/desired.js';
 import type { Desired } from '../reconcile/desired.js';
 import type { ReconcilerOptions, ReconcileState } from '../reconcile/reconciler.js';
 import type { SharedStore, Store } from '../store/store.js';
@@ -104,7 +105,7 @@ export class CaddyLeases {
   }
 
   /** The reconciler's side: apply only under the lease, report the holder's result otherwise. */
-  gate(): Pick<ReconcilerOptions, 'canApply' | 'standby'> {
+  gate(): Pick<ReconcilerOptions<CaddyTarget>, 'canApply' | 'standby'> {
     return { canApply: (t) => this.canApply(t), standby: (t, desired) => this.standby(t, desired) };
   }
 

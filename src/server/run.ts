@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { ServeConfig } from '../config.js';
 import { errorMessage, UserError } from '../errors.js';
-import { siteSignature } from '../ingress/caddy/target.js';
+import type { CaddyTarget } from '../ingress/caddy/target.js';
 import { tcpMetrics } from '../metrics.js';
 import { domainAllowed } from '../model/domains.js';
 import { Reconciler } from '../reconcile/reconciler.js';
@@ -54,7 +54,7 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
   const api = config.apiListen;
   const apiUrl = `http://${api.host || '127.0.0.1'}:${api.port}`;
   const events = new EventBus();
-  let rec: Reconciler | undefined;
+  let rec: Reconciler<CaddyTarget> | undefined;
   const wake = () => rec?.wake();
   const plane = await buildDataPlane(config, { logger, store, apiUrl, wake });
   const registry = new Registry({
@@ -89,7 +89,7 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
       {
         agents: registry.reporting(),
         admitted: registry.admitted(),
-        applied: rec?.state && appliedFrom(rec.state, siteSignature),
+        applied: rec?.state && appliedFrom(rec.state),
       },
       o,
     );
@@ -133,10 +133,8 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
   reconciler.wake();
 
   const drift = setInterval(async () => {
-    for (const t of plane.targets) {
-      if (plane.leases && !plane.leases.canApply(t)) await plane.leases.probe(t);
-      else if (await t.drifted()) reconciler.wake();
-    }
+    for (const t of plane.targets) if (plane.leases && !plane.leases.canApply(t)) await plane.leases.probe(t);
+    await reconciler.checkDrift();
   }, config.driftIntervalMs);
   // Time alone changes what serves (an offline grace ends): re-check once a second.
   let admittedKey = '';

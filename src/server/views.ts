@@ -2,8 +2,9 @@
 // function of records, snapshots, admission and what the data plane applied, so the same inputs
 // always give the same listing, and every rule here has a table test.
 import type { AgentSummary, KeySummary, RouteStatus, RouteView } from '../model/api.js';
+import { type Site, siteSignature } from '../model/desired.js';
 import type { Diagnostic, Snapshot } from '../model/types.js';
-import { type Desired, routeKey, type Site } from '../reconcile/desired.js';
+import { routeKey } from '../reconcile/desired.js';
 import {
   type Admitted,
   type AgentView,
@@ -11,6 +12,7 @@ import {
   DEFAULT_MAX_ROUTES_PER_AGENT,
   type LivenessOptions,
 } from '../reconcile/policy.js';
+import { type ReconcileState, servedEverywhere } from '../reconcile/reconciler.js';
 import type { AgentRecord, KeyRecord, Presence } from '../store/store.js';
 
 /** Agents of one key waiting for approval at once, unless the key says otherwise. */
@@ -260,22 +262,15 @@ function byPlace(a: RouteView, b: RouteView): number {
  * What the last reconcile pass applied, as route statuses read it: a route is applied when every
  * Caddy serves each of its sites; a quarantined site carries Caddy's message.
  */
-export function appliedFrom(
-  state: {
-    desired: Desired;
-    targets: { served: Set<string>; quarantined: Map<string, string> }[];
-    tcp: Applied['tcp'];
-  },
-  signature: (site: Site) => string,
-): Applied {
+export function appliedFrom(state: ReconcileState): Applied {
   const quarantined = new Map<string, string>();
   for (const t of state.targets) for (const [sig, msg] of t.quarantined) quarantined.set(sig, msg);
   return {
     sites: state.desired.sites,
     outcomes: state.desired.outcomes,
     quarantined,
-    served: (sig) => state.targets.length > 0 && state.targets.every((t) => t.served.has(sig)),
-    signature,
+    served: (sig) => servedEverywhere(state, sig),
+    signature: siteSignature,
     tcp: state.tcp,
   };
 }

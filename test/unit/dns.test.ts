@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { buildCaddyParts, splitSites } from '../../src/ingress/caddy/config.js';
 import { DnsResponder, labelFor } from '../../src/ingress/dns/responder.js';
 import { tableFromSites } from '../../src/ingress/dns/sidecar.js';
-import type { Site } from '../../src/reconcile/desired.js';
+import type { Site } from '../../src/model/desired.js';
 
 /** A DNS query for one name and type, as Go's resolver sends it. */
 function query(name: string, type: number, id = 0x1234): Buffer {

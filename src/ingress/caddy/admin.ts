@@ -19,7 +19,18 @@ export class CaddyRejectedError extends Error {
   }
 }
 
-export class CaddyAdmin {
+/** What CaddyTarget and the lease holder use of the admin API (a fake in unit tests). */
+export interface CaddyAdminClient {
+  /** The admin address, for logs and status. */
+  readonly display: string;
+  request(method: string, path: string, body?: unknown): Promise<AdminResponse>;
+  /** The config at `path`; undefined when Caddy has none there. */
+  getConfig(path?: string): Promise<Json>;
+  /** Replaces Caddy's whole config; a CaddyRejectedError carries Caddy's reason. */
+  load(config: Json): Promise<void>;
+}
+
+export class CaddyAdmin implements CaddyAdminClient {
   readonly display: string;
   private readonly socketPath?: string;
   private readonly base?: string;

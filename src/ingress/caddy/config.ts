@@ -1,7 +1,7 @@
 // Desired sites → the parts of a Caddy JSON config that Berth owns. Pure, no I/O.
 // Berth owns only servers named `berth_*` (each with an `@id`) and one TLS automation policy
 // with `@id: berth_tls`; everything else in the operator's Caddy config is left as it is.
-import type { Site } from '../../reconcile/desired.js';
+import type { Site } from '../../model/desired.js';
 
 export type TlsMode = 'auto' | 'internal' | 'off';
 

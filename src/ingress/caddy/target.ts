@@ -4,8 +4,9 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { errorMessage } from '../../errors.js';
-import type { Site } from '../../reconcile/desired.js';
-import { type CaddyAdmin, CaddyRejectedError } from './admin.js';
+import type { ApplyResult } from '../../model/data-plane.js';
+import { type Site, siteSignature } from '../../model/desired.js';
+import { type CaddyAdminClient, CaddyRejectedError } from './admin.js';
 import {
   type BerthCaddyParts,
   buildCaddyParts,
@@ -16,20 +17,7 @@ import {
   splitSites,
 } from './config.js';
 
-export interface ApplyResult {
-  /** Whether a config was sent (false: Caddy already had it). */
-  changed: boolean;
-  /** Site signature → Caddy's error, for sites left out because Caddy rejected them. */
-  quarantined: Map<string, string>;
-  /** Signatures of the sites Caddy now serves. */
-  served: Set<string>;
-  loads: number;
-}
-
-/** A site's identity by content: equal sites give equal strings, without hashing. */
-export const siteSignature = (s: Site): string =>
-  `${s.host} ${s.path} ${s.stripPath ? 's' : '-'} ${s.upstreams.map((u) => `${u.scheme}://${u.host}:${u.port}`).join(',')}${s.allow ? ` allow=${s.allow.join(',')}` : ''}`;
-
+/** Implements the reconciler's `HttpTarget` (reconcile/data-plane.ts) for one Caddy. */
 export class CaddyTarget {
   /** What Caddy was last given: a key of the inputs, the version @id, and the parts themselves. */
   private sent?: { key: string; versionId: string; parts: BerthCaddyParts };
@@ -48,10 +36,14 @@ export class CaddyTarget {
   };
 
   constructor(
-    readonly admin: CaddyAdmin,
+    readonly admin: CaddyAdminClient,
     private readonly opts: CaddyBuildOptions,
     private readonly logger: Logger,
   ) {}
+
+  get name(): string {
+    return this.admin.display;
+  }
 
   /** Forget what Caddy has, so the next apply sends everything (e.g. after a restart). */
   invalidate(): void {
@@ -67,7 +59,13 @@ export class CaddyTarget {
     // In the dynamic layout, hosts served through DNS are not part of Caddy's config: changing
     // them costs no apply at all. They are served once the catch-all route is in place.
     const { explicit: sites, dynamic } = this.opts.dynamic ? splitSites(all) : { explicit: all, dynamic: [] };
-    const result = await this.applyExplicit(sites);
+    let result: ApplyResult;
+    try {
+      result = await this.applyExplicit(sites);
+    } catch (err) {
+      this.stats.lastError = errorMessage(err);
+      throw err;
+    }
     if (dynamic.length > 0 && this.sent) for (const s of dynamic) result.served.add(siteSignature(s));
     return result;
   }
@@ -82,7 +80,7 @@ export class CaddyTarget {
       else candidate.push(s);
     }
     if (this.inputKey(candidate) === this.sent?.key) {
-      return { changed: false, quarantined, served: new Set(this.served), loads: 0 };
+      return { changed: false, quarantined, served: new Set(this.served), loads: 0, ms: 0 };
     }
     const started = performance.now();
     let loads = 0;
@@ -147,7 +145,7 @@ export class CaddyTarget {
     this.stats.lastApplyMs = Math.round(performance.now() - started);
     this.stats.lastAppliedAt = Date.now();
     this.stats.lastError = '';
-    return { changed: true, quarantined, served: new Set(this.served), loads };
+    return { changed: true, quarantined, served: new Set(this.served), loads, ms: this.stats.lastApplyMs };
   }
 
   /** Sites are identified by content signatures, so equal inputs give equal keys. */

@@ -18,7 +18,7 @@ import { createServer, type Server } from 'node:http';
 import { connect, createServer as netServer } from 'node:net';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import type { Site } from '../../reconcile/desired.js';
+import type { Site } from '../../model/desired.js';
 import { splitSites } from '../caddy/config.js';
 import { alive, readPid, stopPid } from '../pid.js';
 import { DnsResponder, type HostTable } from './responder.js';
@@ -122,7 +122,10 @@ export interface SidecarOptions {
   logger: Logger;
 }
 
-/** The server's side: keeps the sidecar running, hands it tables, stops it on a clean exit. */
+/**
+ * The server's side: keeps the sidecar running, hands it tables, stops it on a clean exit. It is the
+ * reconciler's `DnsTableSync` (reconcile/data-plane.ts).
+ */
 export class DnsSidecar {
   private child?: ChildProcess;
   private adopted?: number;

@@ -15,15 +15,8 @@ import { networkInterfaces } from 'node:os';
 import type { Logger } from 'pino';
 import { errorMessage } from '../../errors.js';
 import { type Cidr, cidrsContain, parseCidr } from '../../model/cidr.js';
-
-export interface TcpListenerSpec {
-  listen: number;
-  upstreams: { host: string; port: number }[];
-  /** Networks whose clients may connect; empty means everyone. */
-  allow: string[];
-  /** Route keys that put this listener here, for status reporting. */
-  routeKeys: string[];
-}
+import type { ListenerStatus } from '../../model/data-plane.js';
+import type { TcpListenerSite } from '../../model/desired.js';
 
 export interface TcpForwarderOptions {
   /** An IP address, or an interface name (resolved to its address, and re-resolved). */
@@ -49,17 +42,6 @@ export type CloseReason =
   | 'listener-removed'
   | 'shutdown';
 
-export interface ListenerStatus {
-  listen: number;
-  address?: string;
-  state: 'listening' | 'starting' | 'error';
-  error?: string;
-  upstreams: string[];
-  allow: string[];
-  active: number;
-  routeKeys: string[];
-}
-
 export interface ListenerCounters {
   accepted: number;
   denied: number;
@@ -70,7 +52,7 @@ export interface ListenerCounters {
 }
 
 interface Listener {
-  spec: TcpListenerSpec;
+  spec: TcpListenerSite;
   allow: Cidr[];
   server?: Server;
   address?: string;
@@ -115,7 +97,7 @@ export class TcpForwarder {
   }
 
   /** Makes the listener set match `specs`. Resolves once new listeners are bound (or failed). */
-  async sync(specs: TcpListenerSpec[]): Promise<void> {
+  async sync(specs: TcpListenerSite[]): Promise<void> {
     if (this.stopped) return;
     const wanted = new Map(specs.map((s) => [s.listen, s]));
     for (const [port, l] of this.listeners) {
@@ -279,134 +261,189 @@ export class TcpForwarder {
     return new Promise((resolve) => (server ? server.close(() => resolve()) : resolve()));
   }
 
-  private accept(l: Listener, accepted: Socket): void {
-    const started = Date.now();
-    const clientAddr = accepted.remoteAddress ?? '';
-    const clientText = `${hostPort(clientAddr, accepted.remotePort ?? 0)}`;
-    const c = l.counters;
-    let upstreamText = '';
-    let upstream: Socket | undefined;
-    // The accepted socket, until withOnread() below hands its connection to a new one.
-    let client = accepted;
-    let finished = false;
-    const finish = (reason: CloseReason, detail?: string) => {
-      if (finished) return;
-      finished = true;
-      l.conns.delete(conn);
-      const bytesIn = client.bytesRead;
-      const bytesOut = upstream?.bytesRead ?? 0;
-      c.bytesIn += bytesIn;
-      c.bytesOut += bytesOut;
-      c.closed[reason] = (c.closed[reason] ?? 0) + 1;
-      client.destroy();
-      upstream?.destroy();
-      const line: Record<string, unknown> = {
-        time: new Date(started).toISOString(),
-        client: clientText,
-        listener: l.address ?? `:${l.spec.listen}`,
-        upstream: upstreamText || null,
-        bytesIn,
-        bytesOut,
-        durationMs: Date.now() - started,
-        reason,
-      };
-      if (detail) line.detail = detail;
-      this.o.accessLog(JSON.stringify(line));
-    };
-    const conn: Conn = {
-      end: finish,
-      moved: () => client.bytesRead + (upstream?.bytesRead ?? 0),
-      seen: 0,
-      quietSince: started,
-    };
+  /** Each connection goes through four steps: admit, dial, relay both ways, finish (see Forwarded). */
+  private accept(l: Listener, socket: Socket): void {
+    const conn = new Forwarded(l, socket, this.o);
+    const upstream = conn.admit();
+    if (upstream) conn.dial(upstream);
+  }
+}
 
-    if (l.allow.length > 0 && !cidrsContain(l.allow, clientAddr)) {
+/** One client's connection through a listener, from accept to its access-log line. */
+class Forwarded implements Conn {
+  seen = 0;
+  quietSince: number;
+  private readonly started: number;
+  private readonly clientAddr: string;
+  private readonly clientText: string;
+  /** The accepted socket, until relayBothWays() hands its connection to one that reads with onread. */
+  private client: Socket;
+  private upstream?: Socket;
+  private upstreamText = '';
+  private connectTimer?: NodeJS.Timeout;
+  private connected = false;
+  /** Sockets closed once connected: the connection is done when both are. */
+  private closes = 0;
+  private finished = false;
+
+  constructor(
+    private readonly l: Listener,
+    private readonly accepted: Socket,
+    private readonly o: TcpForwarderOptions,
+  ) {
+    this.started = Date.now();
+    this.quietSince = this.started;
+    this.clientAddr = accepted.remoteAddress ?? '';
+    this.clientText = hostPort(this.clientAddr, accepted.remotePort ?? 0);
+    this.client = accepted;
+  }
+
+  moved(): number {
+    return this.client.bytesRead + (this.upstream?.bytesRead ?? 0);
+  }
+
+  end(reason: CloseReason): void {
+    this.finish(reason);
+  }
+
+  /**
+   * Step 1: the allow-list, the listener's connection limit, and an upstream to send it to (the
+   * listener's upstreams take connections in turn). Returns that upstream, or refuses and finishes.
+   */
+  admit(): { host: string; port: number } | undefined {
+    const { l } = this;
+    const max = this.o.maxConnections;
+    const c = l.counters;
+    if (l.allow.length > 0 && !cidrsContain(l.allow, this.clientAddr)) {
       c.denied++;
-      finish('denied', `client ${clientAddr} is not in the allow-list (${l.spec.allow.join(', ')})`);
-      return;
+      this.finish(
+        'denied',
+        `client ${this.clientAddr} is not in the allow-list (${l.spec.allow.join(', ')})`,
+      );
+      return undefined;
     }
-    if (l.conns.size >= this.o.maxConnections) {
+    if (l.conns.size >= max) {
       c.denied++;
-      finish('limit', `listener has ${l.conns.size} connections (limit ${this.o.maxConnections})`);
-      return;
+      this.finish('limit', `listener has ${l.conns.size} connections (limit ${max})`);
+      return undefined;
     }
     const ups = l.spec.upstreams;
     if (ups.length === 0) {
       c.refused++;
-      finish('upstream-refused', 'no upstream');
-      return;
+      this.finish('upstream-refused', 'no upstream');
+      return undefined;
     }
     c.accepted++;
-    l.conns.add(conn);
-    const u = ups[l.next++ % ups.length]!;
-    upstreamText = hostPort(u.host, u.port);
+    l.conns.add(this);
+    return ups[l.next++ % ups.length]!;
+  }
+
+  /**
+   * Step 2: connect to the upstream. One that refuses, fails or does not answer within the connect
+   * timeout gets the client closed at once; the client stays paused (pauseOnConnect) until then.
+   */
+  dial(u: { host: string; port: number }): void {
+    this.upstreamText = hostPort(u.host, u.port);
     // Both directions read straight into a reused buffer and write each chunk on (see relay()).
     const up = connect({
       host: u.host,
       port: u.port,
       allowHalfOpen: true,
       noDelay: true,
-      onread: relay(() => client),
+      onread: relay(() => this.client),
     });
-    upstream = up;
-    const connectTimer = setTimeout(
-      () => finish('upstream-refused', `no answer from ${upstreamText} within the connect timeout`),
+    this.upstream = up;
+    this.connectTimer = setTimeout(
+      () => this.finish('upstream-refused', `no answer from ${this.upstreamText} within the connect timeout`),
       this.o.connectTimeoutMs ?? 5_000,
     );
-    let connected = false;
-    up.once('connect', () => {
-      connected = true;
-      clearTimeout(connectTimer);
-      // The client is still paused (pauseOnConnect): only now does it start reading. A full
-      // upstream stops the client's reads until it drains, and the other way round. An end from
-      // one side becomes a half-close towards the other, and each socket closes once both of its
-      // directions are done, so the connection is finished when both sockets have closed.
-      const adopted = withOnread(
-        accepted,
-        relay(() => up),
-      );
-      if (adopted) {
-        client = adopted;
-        watchClient(adopted);
-      } else {
-        client.on('data', (chunk: Buffer) => {
-          if (!up.write(chunk)) client.pause();
-        });
-      }
-      client.setNoDelay(true);
-      up.on('drain', () => client.resume());
-      client.on('drain', () => up.resume());
-      client.once('end', () => up.end());
-      up.once('end', () => client.end());
-      client.resume();
-    });
-    let closes = 0;
-    const closed = () => {
-      if (++closes === 2) finish('done');
-    };
-    up.once('close', closed);
-    const watchClient = (sock: Socket) => {
-      sock.once('close', () => {
-        if (sock !== client) return; // emptied by withOnread()
-        if (connected) closed();
-        else finish('client-error', 'the client left before the upstream answered');
-      });
-      sock.once('error', (err) => finish('client-error', errorMessage(err)));
-    };
-    watchClient(accepted);
+    up.once('connect', () => this.relayBothWays(up));
+    up.once('close', () => this.closed());
+    this.watchClient(this.accepted);
     up.once('error', (err) => {
-      clearTimeout(connectTimer);
-      if (!connected) {
-        c.refused++;
+      clearTimeout(this.connectTimer);
+      if (!this.connected) {
+        this.l.counters.refused++;
         this.o.logger.warn(
-          { listen: l.spec.listen, upstream: upstreamText, err: errorMessage(err) },
+          { listen: this.l.spec.listen, upstream: this.upstreamText, err: errorMessage(err) },
           'tcp upstream refused',
         );
-        finish('upstream-refused', errorMessage(err));
+        this.finish('upstream-refused', errorMessage(err));
         return;
       }
-      finish('upstream-error', errorMessage(err));
+      this.finish('upstream-error', errorMessage(err));
     });
+  }
+
+  /**
+   * Step 3, once the upstream answers: the client starts reading only now. A full upstream stops
+   * the client's reads until it drains, and the other way round. An end from one side becomes a
+   * half-close towards the other, and each socket closes once both of its directions are done, so
+   * the connection is finished when both sockets have closed.
+   */
+  private relayBothWays(up: Socket): void {
+    this.connected = true;
+    clearTimeout(this.connectTimer);
+    const adopted = withOnread(
+      this.accepted,
+      relay(() => up),
+    );
+    let client = this.client;
+    if (adopted) {
+      this.client = client = adopted;
+      this.watchClient(adopted);
+    } else {
+      client.on('data', (chunk: Buffer) => {
+        if (!up.write(chunk)) client.pause();
+      });
+    }
+    client.setNoDelay(true);
+    up.on('drain', () => client.resume());
+    client.on('drain', () => up.resume());
+    client.once('end', () => up.end());
+    up.once('end', () => client.end());
+    client.resume();
+  }
+
+  private watchClient(sock: Socket): void {
+    sock.once('close', () => {
+      if (sock !== this.client) return; // emptied by withOnread()
+      if (this.connected) this.closed();
+      else this.finish('client-error', 'the client left before the upstream answered');
+    });
+    sock.once('error', (err) => this.finish('client-error', errorMessage(err)));
+  }
+
+  private closed(): void {
+    if (++this.closes === 2) this.finish('done');
+  }
+
+  /** Step 4, once: both sockets closed, bytes and the reason counted, one access-log line. */
+  private finish(reason: CloseReason, detail?: string): void {
+    if (this.finished) return;
+    this.finished = true;
+    const { l, client, upstream } = this;
+    l.conns.delete(this);
+    const c = l.counters;
+    const bytesIn = client.bytesRead;
+    const bytesOut = upstream?.bytesRead ?? 0;
+    c.bytesIn += bytesIn;
+    c.bytesOut += bytesOut;
+    c.closed[reason] = (c.closed[reason] ?? 0) + 1;
+    client.destroy();
+    upstream?.destroy();
+    const line: Record<string, unknown> = {
+      time: new Date(this.started).toISOString(),
+      client: this.clientText,
+      listener: l.address ?? `:${l.spec.listen}`,
+      upstream: this.upstreamText || null,
+      bytesIn,
+      bytesOut,
+      durationMs: Date.now() - this.started,
+      reason,
+    };
+    if (detail) line.detail = detail;
+    this.o.accessLog(JSON.stringify(line));
   }
 }
 

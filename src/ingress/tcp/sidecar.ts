@@ -22,13 +22,10 @@ import { createServer, request, type Server } from 'node:http';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { errorMessage, UserError } from '../../errors.js';
+import type { ListenerStatus } from '../../model/data-plane.js';
+import type { TcpListenerSite } from '../../model/desired.js';
 import { alive, readPid, stopPid } from '../pid.js';
-import {
-  type ListenerCounters,
-  type ListenerStatus,
-  TcpForwarder,
-  type TcpListenerSpec,
-} from './forwarder.js';
+import { type ListenerCounters, TcpForwarder } from './forwarder.js';
 
 /** What `berth server` passes on from its flags. */
 export interface TcpSidecarConfig {
@@ -55,7 +52,7 @@ export const TCP_NODE_FLAGS = ['--single-threaded'];
 export function writeTcpServerFiles(
   dataDir: string,
   config: TcpSidecarConfig,
-  listeners?: TcpListenerSpec[],
+  listeners?: TcpListenerSite[],
 ): void {
   const p = paths(dataDir);
   mkdirSync(p.dir, { recursive: true, mode: 0o700 });
@@ -116,7 +113,7 @@ export async function runTcpServer(dataDir: string, logger: Logger): Promise<{ s
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
-      let specs: TcpListenerSpec[];
+      let specs: TcpListenerSite[];
       try {
         specs = parseSpecs(JSON.parse(Buffer.concat(chunks).toString('utf8')));
       } catch (err) {
@@ -160,7 +157,10 @@ export interface TcpSidecarOptions {
   onChange?: () => void;
 }
 
-/** The server's side: keeps the forwarder running, hands it listeners, reports its state. */
+/**
+ * The server's side: keeps the forwarder running, hands it listeners, reports its state. It is the
+ * reconciler's `TcpListenerSync` (reconcile/data-plane.ts).
+ */
 export class TcpSidecar {
   private child?: ChildProcess;
   private adopted?: number;
@@ -213,7 +213,7 @@ export class TcpSidecar {
   }
 
   /** Makes the forwarder's listeners match `specs`; resolves once new ones are bound or failed. */
-  async sync(specs: TcpListenerSpec[]): Promise<void> {
+  async sync(specs: TcpListenerSite[]): Promise<void> {
     const body = JSON.stringify(specs);
     const retry = this.cache.listeners.some((l) => l.state !== 'listening');
     if (body === this.confirmed && !retry) return;
@@ -336,7 +336,7 @@ function stateKey(s: TcpState): string {
   return JSON.stringify([s.bind, s.listeners.map((l) => [l.listen, l.state, l.address, l.error])]);
 }
 
-function parseSpecs(v: unknown): TcpListenerSpec[] {
+function parseSpecs(v: unknown): TcpListenerSite[] {
   if (!Array.isArray(v)) throw new Error('listeners must be a JSON array');
   return v.map((s, i) => {
     const ok =
@@ -352,11 +352,11 @@ function parseSpecs(v: unknown): TcpListenerSpec[] {
       s.allow.every((a: unknown) => typeof a === 'string') &&
       Array.isArray(s.routeKeys);
     if (!ok) throw new Error(`listener ${i} needs listen, upstreams [{host, port}], allow and routeKeys`);
-    return s as TcpListenerSpec;
+    return s as TcpListenerSite;
   });
 }
 
-function readListeners(file: string): TcpListenerSpec[] {
+function readListeners(file: string): TcpListenerSite[] {
   try {
     return parseSpecs(JSON.parse(readFileSync(file, 'utf8')));
   } catch {

@@ -5,7 +5,7 @@ import {
   extractParts,
   mergeIntoConfig,
 } from '../../../src/ingress/caddy/config.js';
-import type { Site } from '../../../src/reconcile/desired.js';
+import type { Site } from '../../../src/model/desired.js';
 
 const site = (host: string, path = '/', over: Partial<Site> = {}): Site => ({
   host,

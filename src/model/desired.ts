@@ -1,0 +1,31 @@
+// What the front door should serve: the reconciler's merge produces these, and the data-plane
+// adapters (Caddy, the DNS table, the TCP forwarder) consume them. Plain data, no behaviour.
+import type { Upstream } from './types.js';
+
+/** One (host, path) the front door serves, and the routes that put it there. */
+export interface Site {
+  host: string;
+  path: string;
+  stripPath: boolean;
+  upstreams: Upstream[];
+  /** Client networks allowed (the winning route's); absent means everyone. */
+  allow?: string[];
+  /** Global route keys (`agentId:routeId`) whose upstreams are in this unit. */
+  routeKeys: string[];
+}
+
+/** One front-door TCP port and the containers behind it. */
+export interface TcpListenerSite {
+  listen: number;
+  upstreams: { host: string; port: number }[];
+  /** Networks whose clients may connect; empty means everyone. */
+  allow: string[];
+  routeKeys: string[];
+}
+
+/**
+ * A site's identity by content: equal sites give equal strings, without hashing. What a target
+ * serves or quarantined is reported by these, so route views and replicas compare by them too.
+ */
+export const siteSignature = (s: Site): string =>
+  `${s.host} ${s.path} ${s.stripPath ? 's' : '-'} ${s.upstreams.map((u) => `${u.scheme}://${u.host}:${u.port}`).join(',')}${s.allow ? ` allow=${s.allow.join(',')}` : ''}`;
