@@ -47,6 +47,45 @@ afterAll(async () => {
 });
 
 describe('dynamic layout', () => {
+  it('serves a host at once when it was asked for before its route existed', async () => {
+    // A health checker asking before the container is up, and on: each answer, and whether the
+    // server already said the route was applied when the request went out.
+    let applied = false;
+    let stop = false;
+    const seen: { status: number; afterApplied: boolean }[] = [];
+    const asker = (async () => {
+      while (!stop) {
+        const afterApplied = applied;
+        const r = await get('early.test');
+        seen.push({ status: r.status, afterApplied });
+        if (afterApplied && r.status === 200) return;
+        await new Promise((res) => setTimeout(res, 20));
+      }
+    })();
+    await new Promise((r) => setTimeout(r, 300));
+    await web('early', 'early.test');
+    await waitUntil(
+      async () =>
+        (await berth.routes()).some((r) => r.hosts.includes('early.test') && r.status === 'applied'),
+      {
+        timeoutMs: 20_000,
+        intervalMs: 20,
+      },
+    );
+    applied = true;
+    await waitUntil(async () => seen.at(-1)?.status === 200, { timeoutMs: 5_000, intervalMs: 20 }).finally(
+      () => {
+        stop = true;
+      },
+    );
+    await asker;
+    expect(seen.slice(0, 5).map((s) => s.status)).toEqual([404, 404, 404, 404, 404]);
+    // Once the route is in place it serves, though the requests just before were answered "not
+    // found" — an answer Caddy would have kept for its 1 s refresh, 404 after 404.
+    const lateNotFound = seen.filter((s) => s.afterApplied && s.status === 404).length;
+    expect(lateNotFound).toBeLessThanOrEqual(2);
+  });
+
   it('serves hosts as they come and go without a Caddy apply, and 404s unknown or malformed hosts', async () => {
     await serves('nobody.test', 'berth: no route');
     const before = await applies();

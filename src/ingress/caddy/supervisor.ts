@@ -16,6 +16,8 @@ export interface SupervisorOptions {
   onRestart: () => void;
 }
 
+const PROXY_LOGGER = 'http.handlers.reverse_proxy';
+
 export class CaddySupervisor {
   private child?: ChildProcess;
   private adoptedPid?: number;
@@ -70,6 +72,19 @@ export class CaddySupervisor {
       admin: { listen: `unix/${this.o.socketPath}`, config: { persist: false } },
       // Berth's own Caddy must not try to edit the system trust store.
       apps: { pki: { certificate_authorities: { local: { install_trust: false } } } },
+      // The dynamic layout asks DNS per request for hosts it does not know yet, and Caddy logs an
+      // error for each (then serves the not-found listener, as it should): anyone sending
+      // random Host headers would fill the log. The proxy's lines are sampled: the first 10 of
+      // a kind each second, then one in a thousand.
+      logging: {
+        logs: {
+          default: { exclude: [PROXY_LOGGER] },
+          berth_proxy: {
+            include: [PROXY_LOGGER],
+            sampling: { interval: 1_000_000_000, first: 10, thereafter: 1_000 },
+          },
+        },
+      },
     };
   }
 

@@ -3,7 +3,8 @@
 // container starting, stopping or moving changes where traffic goes without touching Caddy's
 // config (no re-provision, no closed WebSockets). SRV targets are names under the zone that
 // this responder also answers with A/AAAA records, because Caddy dials them through the same
-// resolver. Unknown hosts get the not-found target: a listener that answers a clean 404.
+// resolver. Unknown hosts are a name error: Caddy then uses its static upstream, a listener that
+// answers a clean 404, and asks again on the next request (an error is never cached).
 // UDP and TCP (RFC 1035 framing), questions of one name, no recursion, no EDNS beyond ignoring it.
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { isIPv4, isIPv6, type Server, createServer as tcpServer } from 'node:net';
@@ -126,8 +127,13 @@ export class DnsResponder {
       if (type === TYPE.AAAA && isIPv6(addr)) return [rr(TYPE.AAAA, ttl, ipv6(addr))];
       return [];
     }
-    if (type !== TYPE.SRV && type !== TYPE.ANY) return this.lookup(label) ? [] : undefined;
-    const targets = this.lookup(label) ?? [this.o.notFound];
+    const targets = this.lookup(label);
+    // An unknown host is a name error, never an answer: Caddy caches answers for its refresh
+    // (1 s), and a "not found" answer cached for a host asked for just before its route existed
+    // kept the new route dark that long. An error is not cached: Caddy asks again next time and
+    // meanwhile sends the request to its static upstream, the not-found listener.
+    if (!targets) return undefined;
+    if (type !== TYPE.SRV && type !== TYPE.ANY) return [];
     return targets.map((t) => rr(TYPE.SRV, ttl, srv(t.port, `${labelFor(t.host)}.${this.zone}`)));
   }
 
