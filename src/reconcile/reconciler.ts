@@ -29,8 +29,9 @@ export interface ReconcilerOptions<T extends HttpTarget = HttpTarget> {
   debounceMs?: number;
   maxDelayMs?: number;
   /**
-   * Pass budget: a token bucket of `burst` passes refilled at `perSecond`. Single changes never
-   * wait for it; a long burst of changes costs at most ~`perSecond` applies a second.
+   * Apply budget: a token bucket of `burst` passes refilled at `perSecond`, charged only for
+   * passes that applied to Caddy. Single changes never wait for it; a long burst of changes
+   * costs at most ~`perSecond` applies a second.
    */
   budget?: { burst: number; perSecond: number };
   /**
@@ -162,6 +163,10 @@ export class Reconciler<T extends HttpTarget = HttpTarget> {
         }
       }
       if (!failed) this.o.dns?.publish(desired.sites);
+      // The budget is for Caddy applies (each re-provisions Caddy's whole config): a pass that
+      // changed only the DNS table or TCP listeners gives its token back, so containers starting
+      // one after another each go live at once.
+      if (applyMs.length === 0) this.tokens = Math.min(this.o.budget?.burst ?? 3, this.tokens + 1);
       this.counters.passes++;
       this.state = { desired, targets: results, tcp, passes: this.counters.passes, completedAt: Date.now() };
       await yieldToIo();

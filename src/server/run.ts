@@ -239,6 +239,7 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
         hub: hub.counters,
         exec: broker.counters,
         tcp: tcpMetrics(plane.tcp),
+        dns: plane.dns?.stats(),
       });
     },
     ui: { auth: new UiAuth(store, token.hash), events },

@@ -44,6 +44,8 @@ export interface MetricSources {
   };
   exec: { allowed: number; denied: number; errors: number };
   tcp: MetricFamily[];
+  /** The DNS responder's counters (dynamic layout only). */
+  dns?: { queries: number; answered: number; notFound: number; errors: number };
 }
 
 const count = <T>(list: T[], key: (x: T) => string, all: string[]) =>
@@ -86,6 +88,15 @@ export function serverFamilies(s: MetricSources): MetricFamily[] {
       [{ outcome: 'denied' }, s.exec.denied],
       [{ outcome: 'error' }, s.exec.errors],
     ]),
+    ...(s.dns
+      ? [
+          simple('berth_dns_queries_total', 'Queries the DNS responder answered, by result', 'counter', [
+            [{ result: 'answered' }, s.dns.answered],
+            [{ result: 'not_found' }, s.dns.notFound],
+            [{ result: 'error' }, s.dns.errors],
+          ]),
+        ]
+      : []),
     ...s.tcp,
   ];
 }

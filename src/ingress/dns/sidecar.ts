@@ -66,7 +66,13 @@ function toHostTable(t: TableFile): HostTable {
 
 const paths = (dataDir: string) => {
   const dir = join(dataDir, 'dns');
-  return { dir, config: join(dir, 'config.json'), table: join(dir, 'table.json'), pid: join(dir, 'dns.pid') };
+  return {
+    dir,
+    config: join(dir, 'config.json'),
+    table: join(dir, 'table.json'),
+    pid: join(dir, 'dns.pid'),
+    stats: join(dir, 'stats.json'),
+  };
 };
 
 /** `berth dns-server --data-dir D`: serve until SIGTERM. */
@@ -94,8 +100,26 @@ export async function runDnsServer(dataDir: string, logger: Logger): Promise<{ s
   };
   reload();
   await dns.listen(cfg.host, cfg.dnsPort);
-  const watcher = watch(p.dir, () => reload());
-  const poll = setInterval(reload, 1_000);
+  const watcher = watch(p.dir, (_event, file) => {
+    if (file !== 'stats.json') reload();
+  });
+  // Counters for the server's /metrics, written once a second when they moved.
+  let lastStats = '';
+  const writeStats = () => {
+    const text = JSON.stringify(dns.stats);
+    if (text === lastStats) return;
+    lastStats = text;
+    try {
+      writeFileSync(`${p.stats}.tmp`, text);
+      renameSync(`${p.stats}.tmp`, p.stats);
+    } catch (err) {
+      logger.debug({ err: (err as Error).message }, 'dns stats not written');
+    }
+  };
+  const poll = setInterval(() => {
+    reload();
+    writeStats();
+  }, 1_000);
   writeFileSync(p.pid, String(process.pid));
   logger.info(
     { dns: `${cfg.host}:${cfg.dnsPort}`, notFound: `${cfg.host}:${cfg.notFoundPort}` },
@@ -139,6 +163,15 @@ export class DnsSidecar {
   restarts = 0;
 
   constructor(private readonly o: SidecarOptions) {}
+
+  /** The responder's counters, as it last wrote them (once a second); zeros before it has. */
+  stats(): { queries: number; answered: number; notFound: number; errors: number } {
+    try {
+      return JSON.parse(readFileSync(paths(this.o.dataDir).stats, 'utf8'));
+    } catch {
+      return { queries: 0, answered: 0, notFound: 0, errors: 0 };
+    }
+  }
 
   /** The resolver and not-found addresses for Caddy's config. */
   get addresses(): { resolver: string; notFound: string } {

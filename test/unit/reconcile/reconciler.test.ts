@@ -211,6 +211,28 @@ describe('Reconciler: wakes', () => {
     expect(target.applied.map((s) => s.map((x) => x.host))).toEqual([['a.test'], ['a.test', 'b.test']]);
   });
 
+  it('charges the apply budget only for passes that applied to Caddy', async () => {
+    // A budget of two applies, refilled once an hour.
+    const { rec, world, target, passes } = setup({ budget: { burst: 2, perSecond: 1 / 3_600 } });
+    const passSoon = async () => {
+      const before = passes.length;
+      rec.wake();
+      for (let i = 0; i < 20 && passes.length === before; i++) await new Promise((r) => setTimeout(r, 5));
+      return passes.length > before;
+    };
+    expect(await passSoon()).toBe(true); // applies: one token left
+    expect(target.applied).toHaveLength(1);
+    // Passes that leave Caddy's config alone (most changes, in the dynamic layout) give their
+    // token back, so any number of them come at once.
+    for (let i = 0; i < 5; i++) expect(await passSoon()).toBe(true);
+    expect(target.applied).toHaveLength(1);
+    world.routes = [route('a.test'), route('b.test')];
+    expect(await passSoon()).toBe(true); // applies: the last token
+    expect(target.applied).toHaveLength(2);
+    expect(await passSoon()).toBe(false); // the budget is spent: the next pass waits for it
+    rec.stop();
+  });
+
   it('does nothing after stop()', async () => {
     const { rec, world } = setup();
     rec.stop();
