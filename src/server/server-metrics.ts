@@ -44,6 +44,8 @@ export interface MetricSources {
   };
   exec: { allowed: number; denied: number; errors: number };
   tcp: MetricFamily[];
+  /** The berth_http_* families (per route host), when Caddy streams request lines. */
+  http?: MetricFamily[];
 }
 
 const count = <T>(list: T[], key: (x: T) => string, all: string[]) =>
@@ -87,5 +89,6 @@ export function serverFamilies(s: MetricSources): MetricFamily[] {
       [{ outcome: 'error' }, s.exec.errors],
     ]),
     ...s.tcp,
+    ...(s.http ?? []),
   ];
 }
