@@ -106,7 +106,8 @@ export interface HostTraffic {
   /** Since each replica started. */
   total: {
     requests: number;
-    byClass: Record<'1xx' | '2xx' | '3xx' | '4xx' | '5xx', number>;
+    /** `none`: no response was written (the client left before one). */
+    byClass: Record<'none' | '1xx' | '2xx' | '3xx' | '4xx' | '5xx', number>;
     bytesIn: number;
     bytesOut: number;
   };

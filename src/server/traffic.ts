@@ -16,7 +16,8 @@ export const WINDOW_SLOTS = 180;
 /** Request duration buckets, seconds (Prometheus `le` bounds; the charts' percentiles too). */
 export const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 export const OTHER = 'other';
-const CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const;
+/** Status classes; `none`: no response was written (the client left before one). */
+const CLASSES = ['none', '1xx', '2xx', '3xx', '4xx', '5xx'] as const;
 
 /** A slot: [requests, 5xx, bytes in, bytes out, count per latency bucket (the last one +Inf)]. */
 type Slot = number[];
@@ -166,10 +167,10 @@ export class Traffic {
   private count(label: string, slotIndex: number, a: HttpAccess): void {
     let t = this.totals.get(label);
     if (!t) {
-      t = { classes: [0, 0, 0, 0, 0], bytesIn: 0, bytesOut: 0, buckets: newBuckets(), durationSum: 0 };
+      t = { classes: CLASSES.map(() => 0), bytesIn: 0, bytesOut: 0, buckets: newBuckets(), durationSum: 0 };
       this.totals.set(label, t);
     }
-    const cls = Math.min(4, Math.max(0, Math.floor(a.status / 100) - 1));
+    const cls = a.status < 100 ? 0 : Math.min(5, Math.floor(a.status / 100));
     t.classes[cls]!++;
     t.bytesIn += a.bytesIn;
     t.bytesOut += a.bytesOut;
@@ -394,11 +395,11 @@ export function trafficReport(o: {
   const hostNames = new Set(o.replicas.flatMap((r) => Object.keys(r.hosts)));
   const hosts: HostTraffic[] = [...hostNames].map((host) => {
     const parts = o.replicas.map((r) => r.hosts[host]).filter((x) => x !== undefined);
-    const classes = [0, 0, 0, 0, 0];
+    const classes = CLASSES.map(() => 0);
     let bytesIn = 0;
     let bytesOut = 0;
     for (const p of parts) {
-      for (let i = 0; i < 5; i++) classes[i]! += p.classes[i] ?? 0;
+      for (let i = 0; i < CLASSES.length; i++) classes[i]! += p.classes[i] ?? 0;
       bytesIn += p.bytesIn;
       bytesOut += p.bytesOut;
     }

@@ -85,16 +85,19 @@ export const ACCESS_LOG = 'berth_access';
 export const ACCESS_LOGGER = `http.log.access.${ACCESS_LOG}`;
 
 /**
- * Caddy 2.6's access log has no field for the upstream that served a request, and none for the
- * request body's size. `user_id` is filled from the `http.auth.user.id` placeholder when the line
- * is written, and Berth's routes never authenticate, so a `map` handler (resolved lazily, at log
- * time) defines that placeholder as "<upstream host:port> <Content-Length>".
+ * Caddy 2.6's access log has no field for the upstream that served a request, none for the
+ * request body's size, and status 0 for an upgraded (WebSocket) connection. `user_id` is filled
+ * from the `http.auth.user.id` placeholder when the line is written, and Berth's routes never
+ * authenticate, so a `map` handler (resolved lazily, at log time) defines that placeholder as
+ * "<upstream host:port> <Content-Length> <Upgrade>".
  */
 export const TRAFFIC_MAP = {
   handler: 'map',
   source: '{http.request.host}',
   destinations: ['{http.auth.user.id}'],
-  defaults: ['{http.reverse_proxy.upstream.hostport} {http.request.header.Content-Length}'],
+  defaults: [
+    '{http.reverse_proxy.upstream.hostport} {http.request.header.Content-Length} {http.request.header.Upgrade}',
+  ],
 };
 
 function trafficLog(t: TrafficLog): Json {

@@ -16,6 +16,7 @@ export interface HttpAccess {
   /** The URI as Caddy logged it (its query string already removed unless asked for). */
   path: string;
   proto: string;
+  /** 0 when no response was written (the client left first). */
   status: number;
   /** Request body bytes as declared by Content-Length (0 when not declared). */
   bytesIn: number;
@@ -49,7 +50,10 @@ export function parseCaddyAccess(line: string, o: ParseOptions = {}): HttpAccess
   const r = v?.request;
   if (!r || typeof v.ts !== 'number' || typeof v.status !== 'number') return undefined;
   const durationMs = typeof v.duration === 'number' ? v.duration * 1000 : 0;
-  const [hostport = '', length = ''] = typeof v.user_id === 'string' ? splitLast(v.user_id) : [];
+  // "<upstream> <Content-Length> <Upgrade>" (see TRAFFIC_MAP): the first two never hold spaces.
+  const [hostport = '', length = '', ...upgrade] = typeof v.user_id === 'string' ? v.user_id.split(' ') : [];
+  // Caddy 2.6 logs status 0 for a connection it handed over to an upgraded protocol.
+  const status = v.status === 0 && upgrade.join(' ').trim() !== '' && hostport ? 101 : v.status;
   return {
     start: Math.round(v.ts * 1000 - durationMs),
     client: hostPort(String(r.remote_ip ?? ''), String(r.remote_port ?? '')),
@@ -57,17 +61,12 @@ export function parseCaddyAccess(line: string, o: ParseOptions = {}): HttpAccess
     method: String(r.method ?? ''),
     path: String(r.uri ?? ''),
     proto: String(r.proto ?? ''),
-    status: v.status,
+    status,
     bytesIn: /^\d+$/.test(length) ? Number(length) : 0,
     bytesOut: typeof v.size === 'number' ? v.size : 0,
     durationMs: Math.round(durationMs * 1000) / 1000,
     upstream: upstreamOf(hostport, o),
   };
-}
-
-function splitLast(s: string): [string, string] {
-  const i = s.lastIndexOf(' ');
-  return i < 0 ? [s, ''] : [s.slice(0, i), s.slice(i + 1)];
 }
 
 function upstreamOf(hostport: string, o: ParseOptions): string | null {

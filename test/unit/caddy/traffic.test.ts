@@ -53,6 +53,13 @@ describe('Caddy request lines', () => {
     expect(parseCaddyAccess(staticLine, {})?.upstream).toBe('10.1.2.3:80');
   });
 
+  it('reads status 0 of an upgraded connection as 101, and keeps 0 for a client that left', () => {
+    const ws = LINE.replace('"status":201', '"status":0').replace('.:8080 16"', '.:8080  websocket"');
+    expect(parseCaddyAccess(ws, { zone: 'berth.internal' })?.status).toBe(101);
+    const left = LINE.replace('"status":201', '"status":0');
+    expect(parseCaddyAccess(left, { zone: 'berth.internal' })?.status).toBe(0);
+  });
+
   it('refuses what is not a request line', () => {
     for (const bad of ['', 'nope', '{}', '{"ts":1}', '{"ts":1,"status":200}', '[1]'])
       expect(parseCaddyAccess(bad), bad).toBeUndefined();
@@ -76,7 +83,9 @@ describe('Caddy config with request lines', () => {
           handler: 'map',
           source: '{http.request.host}',
           destinations: ['{http.auth.user.id}'],
-          defaults: ['{http.reverse_proxy.upstream.hostport} {http.request.header.Content-Length}'],
+          defaults: [
+            '{http.reverse_proxy.upstream.hostport} {http.request.header.Content-Length} {http.request.header.Upgrade}',
+          ],
         },
       ],
     });

@@ -161,7 +161,7 @@ describe('Traffic', () => {
     const h = r.hosts[0]!;
     expect(h.host).toBe('a.test');
     expect(h.total.requests).toBe(4);
-    expect(h.total.byClass).toEqual({ '1xx': 0, '2xx': 3, '3xx': 0, '4xx': 0, '5xx': 1 });
+    expect(h.total.byClass).toEqual({ none: 0, '1xx': 0, '2xx': 3, '3xx': 0, '4xx': 0, '5xx': 1 });
     expect(h.owners).toEqual([{ agent: 'host-a', container: 'web', path: '/' }]);
     expect(h.series.requestsPerSecond.slice(-3)).toEqual([0, 3 / 5, 1 / 5]);
     expect(h.series.errorsPerSecond.at(-2)).toBe(1 / 5);
