@@ -131,9 +131,10 @@ export const FLAGS: FlagDef[] = [
   },
   {
     name: 'traffic',
-    kind: 'bool',
-    default: true,
-    help: 'Caddy streams one line per request to Berth: the HTTP access log, per-route metrics and the Traffic charts (false: none of them, no cost per request)',
+    kind: 'string',
+    default: 'on',
+    choices: ['on', 'off'],
+    help: 'on: Caddy streams one line per request to Berth for the HTTP access log, per-route metrics and the Traffic charts; off: none of them, no cost per request',
     for: SERVE,
   },
   {
@@ -706,7 +707,7 @@ function serveConfig(
       maxConnections: num(raw['tcp-max-connections']),
     },
     traffic: {
-      enabled: raw.traffic === true,
+      enabled: str(raw.traffic) === 'on',
       accessLog: ['stdout', 'off'].includes(str(raw['access-log']))
         ? str(raw['access-log'])
         : resolve(str(raw['access-log'])),

@@ -146,7 +146,7 @@ export interface TcpTraffic {
 /** `GET /api/traffic`. */
 export interface TrafficReport {
   at: number;
-  /** False when Caddy streams no request lines (`--traffic false`, or a Caddy Berth cannot reach). */
+  /** False when Caddy streams no request lines (`--traffic off`, or a Caddy Berth cannot reach). */
   enabled: boolean;
   slotSeconds: number;
   windowSeconds: number;

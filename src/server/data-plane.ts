@@ -23,7 +23,7 @@ export interface DataPlane {
   supervisor?: CaddySupervisor;
   dns?: DnsSidecar;
   tcp: TcpSidecar;
-  /** Where Caddy streams its request lines; absent with --traffic false or a Caddy out of reach. */
+  /** Where Caddy streams its request lines; absent with --traffic off or a Caddy out of reach. */
   traffic?: TrafficListener;
   leases?: CaddyLeases;
   /** The server's own listeners: API, front door, DNS responder, Caddy admin, Redis. */

@@ -684,7 +684,7 @@ async function trafficPage() {
       : h(
           'p',
           { class: 'error-box' },
-          'Caddy streams no request lines to Berth (--traffic false, or a Caddy on another machine): no HTTP figures.',
+          'Caddy streams no request lines to Berth (--traffic off, or a Caddy on another machine): no HTTP figures.',
         ),
     h(
       'div',
