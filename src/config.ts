@@ -24,7 +24,18 @@ export interface FlagDef {
 }
 
 const SERVE = ['standalone', 'server'];
-const CLIENT = ['routes', 'status', 'reconcile', 'keys', 'agents', 'exec', 'audit', 'password', 'explain'];
+const CLIENT = [
+  'routes',
+  'status',
+  'reconcile',
+  'keys',
+  'agents',
+  'exec',
+  'audit',
+  'password',
+  'explain',
+  'top',
+];
 /** Commands that watch a Docker engine. */
 const WATCH = ['standalone', 'agent'];
 
@@ -116,6 +127,48 @@ export const FLAGS: FlagDef[] = [
     name: 'tcp-access-log',
     kind: 'string',
     help: 'File for TCP access-log lines (one JSON line per connection); default stdout',
+    for: SERVE,
+  },
+  {
+    name: 'traffic',
+    kind: 'string',
+    default: 'on',
+    choices: ['on', 'off'],
+    help: 'on: Caddy streams one line per request to Berth for the HTTP access log, per-route metrics and the Traffic charts; off: none of them, no cost per request',
+    for: SERVE,
+  },
+  {
+    name: 'access-log',
+    kind: 'string',
+    default: 'stdout',
+    help: 'HTTP access log (one JSON line per request): a file, stdout or off',
+    for: SERVE,
+  },
+  {
+    name: 'access-log-max-size',
+    kind: 'size',
+    help: 'Rotate the access-log files (HTTP and --tcp-access-log) when one would grow past this size (e.g. 100MiB); default never (logrotate, then SIGHUP)',
+    for: SERVE,
+  },
+  {
+    name: 'access-log-keep',
+    kind: 'int',
+    default: 5,
+    help: 'Rotated access-log files kept (FILE.1 … FILE.N)',
+    for: SERVE,
+  },
+  {
+    name: 'access-log-query',
+    kind: 'bool',
+    default: false,
+    help: 'Keep query strings in the HTTP access log (off: they often carry tokens)',
+    for: SERVE,
+  },
+  {
+    name: 'metrics-max-hosts',
+    kind: 'int',
+    default: 1000,
+    help: 'Route hosts with series of their own in /metrics and the Traffic page; more are counted as host="other"',
     for: SERVE,
   },
   {
@@ -313,7 +366,14 @@ export const FLAGS: FlagDef[] = [
     help: 'Kill the command after this long',
     for: ['exec'],
   },
-  { name: 'limit', kind: 'int', default: 100, help: 'How many entries to show', for: ['audit'] },
+  { name: 'limit', kind: 'int', default: 100, help: 'How many entries to show', for: ['audit', 'top'] },
+  {
+    name: 'interval',
+    kind: 'duration',
+    default: 2_000,
+    help: 'How often the figures refresh',
+    for: ['top'],
+  },
   {
     name: 'overlap',
     kind: 'duration',
@@ -477,7 +537,22 @@ export interface ServeConfig extends Common {
     tls: TlsMode;
     dnsListen: string;
   };
-  tcp: { bind: string; accessLog?: string; idleTimeoutMs: number; maxConnections: number };
+  tcp: {
+    bind: string;
+    accessLog?: string;
+    idleTimeoutMs: number;
+    maxConnections: number;
+    rotate?: { maxBytes: number; keep: number };
+  };
+  /** Caddy's request lines: the HTTP access log and per-route figures. */
+  traffic: {
+    enabled: boolean;
+    /** 'stdout', 'off' or an absolute file path. */
+    accessLog: string;
+    rotate?: { maxBytes: number; keep: number };
+    query: boolean;
+    maxHosts: number;
+  };
   driftIntervalMs: number;
   offlineGraceMs: number;
   agentHeartbeatMs: number;
@@ -511,6 +586,7 @@ export interface ClientConfig extends Common {
   agent?: string;
   timeoutMs: number;
   limit: number;
+  intervalMs: number;
   overlapMs: number;
   force: boolean;
 }
@@ -630,6 +706,14 @@ function serveConfig(
       idleTimeoutMs: num(raw['tcp-idle-timeout']),
       maxConnections: num(raw['tcp-max-connections']),
     },
+    traffic: {
+      enabled: str(raw.traffic) === 'on',
+      accessLog: ['stdout', 'off'].includes(str(raw['access-log']))
+        ? str(raw['access-log'])
+        : resolve(str(raw['access-log'])),
+      query: raw['access-log-query'] === true,
+      maxHosts: num(raw['metrics-max-hosts']),
+    },
     driftIntervalMs: num(raw['drift-interval']),
     offlineGraceMs: num(raw['offline-grace']),
     agentHeartbeatMs: num(raw['agent-heartbeat']),
@@ -640,6 +724,12 @@ function serveConfig(
   if (httpBind) c.caddy.httpBind = httpBind;
   const accessLog = opt(raw['tcp-access-log']);
   if (accessLog) c.tcp.accessLog = resolve(accessLog);
+  if (typeof raw['access-log-max-size'] === 'number') {
+    const rotate = { maxBytes: raw['access-log-max-size'], keep: num(raw['access-log-keep']) };
+    c.traffic.rotate = rotate;
+    c.tcp.rotate = rotate;
+  }
+  if (c.traffic.maxHosts < 1) problems.push('--metrics-max-hosts: expected at least 1');
   const token = opt(env.BERTH_ADMIN_TOKEN);
   if (token) c.adminToken = token;
   if (command === 'standalone') c.watch = watchConfig(raw, problems);
@@ -703,6 +793,7 @@ function clientConfig(raw: RawConfig, env: NodeJS.ProcessEnv, common: Common): C
     execAllow: list(raw['exec-allow']),
     timeoutMs: num(raw.timeout),
     limit: num(raw.limit),
+    intervalMs: num(raw.interval),
     overlapMs: num(raw.overlap),
     force: raw.force === true,
   };

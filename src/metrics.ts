@@ -58,18 +58,29 @@ export class Histogram {
       name: this.name,
       help: this.help,
       type: 'histogram',
-      samples: [
-        ...this.buckets.map((b, i) => ({
-          suffix: '_bucket',
-          labels: { le: String(b) },
-          value: this.counts[i]!,
-        })),
-        { suffix: '_bucket', labels: { le: '+Inf' }, value: this.count },
-        { suffix: '_sum', labels: {}, value: Math.round(this.sum * 1e6) / 1e6 },
-        { suffix: '_count', labels: {}, value: this.count },
-      ],
+      samples: histogramSamples(this.buckets, this.counts, this.sum, this.count, {}),
     };
   }
+}
+
+/** One histogram's samples: `cumulative[i]` counts observations ≤ buckets[i]. */
+export function histogramSamples(
+  buckets: readonly number[],
+  cumulative: readonly number[],
+  sum: number,
+  count: number,
+  labels: Record<string, string | number>,
+): Sample[] {
+  return [
+    ...buckets.map((b, i) => ({
+      suffix: '_bucket',
+      labels: { ...labels, le: String(b) },
+      value: cumulative[i] ?? 0,
+    })),
+    { suffix: '_bucket', labels: { ...labels, le: '+Inf' }, value: count },
+    { suffix: '_sum', labels, value: Math.round(sum * 1e6) / 1e6 },
+    { suffix: '_count', labels, value: count },
+  ];
 }
 
 /** A family of one unlabelled value, or one value per label set. */

@@ -15,6 +15,7 @@ import { agentsCommand, keysCommand } from './fleet.js';
 import { escapeLines, json, line, ours, stderr, stdout } from './format.js';
 import { routesCommand } from './routes.js';
 import { statusCommand } from './status.js';
+import { topCommand } from './top.js';
 
 type Sidecar = (dataDir: string, logger: pino.Logger) => Promise<{ stop(): Promise<void> }>;
 
@@ -40,6 +41,7 @@ const COMMANDS: Record<string, string> = {
   explain:
     "Show how a container's labels were read: dialect, each label's use, routes: explain [--agent A] <container>",
   status: 'Show server, agent and Caddy status (--json)',
+  top: 'Live traffic per route: requests/s, 5xx, p50/p99, bytes, busiest first (--interval 2s, --json: one snapshot)',
   reconcile: 'Ask the server to reconcile now (--force re-sends everything)',
   version: 'Print the version',
   help: 'Show this help',
@@ -119,6 +121,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
         return await explainCommand(config, api, rest, out);
       case 'status':
         return await statusCommand(config, api, out);
+      case 'top':
+        return await topCommand(config, api, out);
       case 'reconcile': {
         const r = await api.post<{ passes: number }>('/api/reconcile', { force: config.force });
         out(config.json ? json(r) : line`reconciled (pass ${r.passes})`);

@@ -97,3 +97,62 @@ export interface BerthEvent {
   message: string;
   data?: Record<string, unknown>;
 }
+
+/** One route host's traffic (`GET /api/traffic`), summed over every replica's front door. */
+export interface HostTraffic {
+  /** The route's host (a wildcard route's pattern), or "other". */
+  host: string;
+  owners: { agent: string; container: string; path: string }[];
+  /** Since each replica started. */
+  total: {
+    requests: number;
+    /** `none`: no response was written (the client left before one). */
+    byClass: Record<'none' | '1xx' | '2xx' | '3xx' | '4xx' | '5xx', number>;
+    bytesIn: number;
+    bytesOut: number;
+  };
+  /** Over the last minute. */
+  now: {
+    requestsPerSecond: number;
+    errorsPerSecond: number;
+    /** 5xx responses / requests, 0..1. */
+    errorRate: number;
+    p50Ms: number | null;
+    p99Ms: number | null;
+    bytesInPerSecond: number;
+    bytesOutPerSecond: number;
+  };
+  /** One value per slot (`slotSeconds` each), oldest first, the last slot still filling. */
+  series: {
+    requestsPerSecond: number[];
+    errorsPerSecond: number[];
+    p50Ms: (number | null)[];
+    p99Ms: (number | null)[];
+    bytesInPerSecond: number[];
+    bytesOutPerSecond: number[];
+  };
+}
+
+/** One TCP listener's traffic (connections and bytes are counted when a connection ends). */
+export interface TcpTraffic {
+  /** The listening port. */
+  listener: string;
+  active: number;
+  total: { connections: number; bytesIn: number; bytesOut: number };
+  now: { connectionsPerSecond: number; bytesInPerSecond: number; bytesOutPerSecond: number };
+  series: { connectionsPerSecond: number[]; bytesInPerSecond: number[]; bytesOutPerSecond: number[] };
+}
+
+/** `GET /api/traffic`. */
+export interface TrafficReport {
+  at: number;
+  /** False when Caddy streams no request lines (`--traffic off`, or a Caddy Berth cannot reach). */
+  enabled: boolean;
+  slotSeconds: number;
+  windowSeconds: number;
+  /** The replicas whose figures are summed here (one without a shared store). */
+  replicas: { replica: string; at: number; self: boolean }[];
+  /** Busiest first (requests per second over the last minute). */
+  hosts: HostTraffic[];
+  tcp: TcpTraffic[];
+}

@@ -80,7 +80,12 @@ export function buildApp(deps: AppDeps) {
       return { ready: s.ready, notReady: s.notReady };
     },
   });
-  void app.register(stateRoutes, { routes: deps.routes, status: deps.status, reconcile: deps.reconcile });
+  void app.register(stateRoutes, {
+    routes: deps.routes,
+    status: deps.status,
+    reconcile: deps.reconcile,
+    ...(deps.traffic ? { traffic: deps.traffic } : {}),
+  });
   if (deps.ui) void app.register(uiRoutes, { ...deps.ui, registry: deps.registry });
   const registry = deps.registry;
   if (registry) {

@@ -10,6 +10,7 @@ import { CaddyAdmin } from '../ingress/caddy/admin.js';
 import type { CaddyBuildOptions } from '../ingress/caddy/config.js';
 import { CaddySupervisor } from '../ingress/caddy/supervisor.js';
 import { CaddyTarget } from '../ingress/caddy/target.js';
+import { type HttpAccess, TrafficListener } from '../ingress/caddy/traffic.js';
 import { DnsSidecar, ZONE } from '../ingress/dns/sidecar.js';
 import { TcpSidecar } from '../ingress/tcp/sidecar.js';
 import type { ProtectedEndpoint } from '../reconcile/upstreams.js';
@@ -22,6 +23,8 @@ export interface DataPlane {
   supervisor?: CaddySupervisor;
   dns?: DnsSidecar;
   tcp: TcpSidecar;
+  /** Where Caddy streams its request lines; absent with --traffic off or a Caddy out of reach. */
+  traffic?: TrafficListener;
   leases?: CaddyLeases;
   /** The server's own listeners: API, front door, DNS responder, Caddy admin, Redis. */
   protected: ProtectedEndpoint[];
@@ -38,6 +41,8 @@ export async function buildDataPlane(
     apiUrl: string;
     /** Something changed below the server (Caddy restarted, a lease taken): reconcile. */
     wake: () => void;
+    /** Requests Caddy logged (with --traffic). */
+    onRequests: (requests: HttpAccess[]) => void;
   },
 ): Promise<DataPlane> {
   const { logger, store } = o;
@@ -76,13 +81,34 @@ export async function buildDataPlane(
     buildOpts.dynamic = { ...dns.addresses, zone: ZONE, refresh: '1s', ask: `${o.apiUrl}/caddy/ask` };
   }
 
+  // Caddy writes request lines to a unix socket Berth listens on, so Caddy must be on this machine.
+  let traffic: TrafficListener | undefined;
+  const remote = c.admin.filter(
+    (url) => !/^unix:|^https?:\/\/(127\.[\d.]+|localhost|\[::1\])(:|\/|$)/.test(url),
+  );
+  if (config.traffic.enabled && remote.length > 0) {
+    logger.warn(
+      { caddy: remote },
+      'Caddy on another machine cannot reach the unix socket Berth reads request lines from: no HTTP access log or per-route metrics',
+    );
+  } else if (config.traffic.enabled) {
+    traffic = new TrafficListener({
+      socketPath: socketPathFor(config.dataDir, 'traffic.sock'),
+      parse: dns ? { zone: ZONE, notFound: dns.addresses.notFound } : {},
+      onRequests: o.onRequests,
+    });
+    // Before any apply: Caddy refuses a config whose log writer it cannot connect to.
+    await traffic.start();
+    buildOpts.traffic = { address: traffic.address, query: config.traffic.query };
+  }
+
   let supervisor: CaddySupervisor | undefined;
   const targets: CaddyTarget[] = [];
   if (c.admin.length === 0) {
     supervisor = new CaddySupervisor({
       bin: c.bin,
       dataDir: config.dataDir,
-      socketPath: socketPathFor(config.dataDir),
+      socketPath: socketPathFor(config.dataDir, 'caddy-admin.sock'),
       logger: logger.child({ component: 'caddy' }),
       onRestart: () => {
         for (const t of targets) t.invalidate();
@@ -127,6 +153,7 @@ export async function buildDataPlane(
       idleTimeoutMs: config.tcp.idleTimeoutMs,
       maxConnections: config.tcp.maxConnections,
       ...(config.tcp.accessLog ? { accessLog: config.tcp.accessLog } : {}),
+      ...(config.tcp.rotate ? { rotate: config.tcp.rotate } : {}),
     },
     command,
     logger: logger.child({ component: 'tcp' }),
@@ -141,6 +168,7 @@ export async function buildDataPlane(
     supervisor,
     dns,
     tcp,
+    traffic,
     leases,
     protected: protectedEndpoints,
     async start() {
@@ -152,6 +180,7 @@ export async function buildDataPlane(
       await tcp.close();
       await supervisor?.stop();
       await dns?.stop();
+      await traffic?.stop();
     },
   };
 }
@@ -174,8 +203,10 @@ function storeEndpoint(url: string | undefined): ProtectedEndpoint[] {
 }
 
 /** Unix socket paths are limited to 107 bytes; a deep data dir falls back to /tmp. */
-function socketPathFor(dataDir: string): string {
-  const p = join(dataDir, 'caddy-admin.sock');
+function socketPathFor(dataDir: string, name: string): string {
+  const p = join(dataDir, name);
   if (Buffer.byteLength(p) < 100) return p;
-  return `/tmp/berth-${createHash('sha256').update(dataDir).digest('hex').slice(0, 12)}.sock`;
+  // The admin socket's fallback name predates the others: kept, so a running Caddy is still adopted.
+  const key = name === 'caddy-admin.sock' ? dataDir : `${dataDir}/${name}`;
+  return `/tmp/berth-${createHash('sha256').update(key).digest('hex').slice(0, 12)}.sock`;
 }

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { ServeConfig } from '../config.js';
 import { errorMessage, UserError } from '../errors.js';
+import { AccessLogWriter } from '../ingress/access-log.js';
 import type { CaddyTarget } from '../ingress/caddy/target.js';
 import { tcpMetrics } from '../metrics.js';
 import { domainAllowed } from '../model/domains.js';
@@ -25,6 +26,8 @@ import { ReplicaFollower } from './replicas.js';
 import { RouteEvents } from './route-events.js';
 import { ServerMetrics, serverFamilies } from './server-metrics.js';
 import { statusReport } from './status.js';
+import { SLOT_MS, Traffic, trafficReport } from './traffic.js';
+import { TrafficExchange } from './traffic-replicas.js';
 import { UiAuth } from './ui-auth.js';
 import { appliedFrom, routeViews } from './views.js';
 
@@ -56,7 +59,18 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
   const events = new EventBus();
   let rec: Reconciler<CaddyTarget> | undefined;
   const wake = () => rec?.wake();
-  const plane = await buildDataPlane(config, { logger, store, apiUrl, wake });
+  const accessLog = new AccessLogWriter(
+    { to: config.traffic.enabled ? config.traffic.accessLog : 'off', ...(config.traffic.rotate ?? {}) },
+    (err) => logger.warn({ err }, 'HTTP access log not written'),
+  );
+  const traffic = new Traffic({ maxHosts: config.traffic.maxHosts, log: accessLog });
+  const plane = await buildDataPlane(config, {
+    logger,
+    store,
+    apiUrl,
+    wake,
+    onRequests: (requests) => traffic.record(requests),
+  });
   const registry = new Registry({
     store,
     liveness: {
@@ -114,6 +128,8 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
       for (const t of state.targets)
         if (t.error) events.emit('caddy.failed', `Caddy apply failed: ${t.error}`, { error: t.error });
       routeEvents.passed(state.desired.sites.length, state.desired.tcp.length);
+      // Who owns each host, for the access log: the routes as served after this pass.
+      if (plane.traffic) traffic.setRoutes(routesNow());
     },
   });
   rec = reconciler;
@@ -145,6 +161,24 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
       reconciler.wake();
     }
   }, 1_000);
+
+  // Traffic: 5-second slots for the charts (TCP sampled from the forwarder), and with a shared
+  // store, this replica's summary out and the others' in.
+  const exchange = store.shared
+    ? new TrafficExchange({ shared: store.shared, traffic, logger: logger.child({ component: 'traffic' }) })
+    : undefined;
+  const trafficTick = setInterval(() => {
+    traffic.tick(plane.tcp.counters(), new Map(plane.tcp.status().map((l) => [l.listen, l.active])));
+    void exchange?.exchange();
+  }, SLOT_MS);
+  trafficTick.unref();
+  // logrotate moved the access logs away: open new files (the TCP forwarder's too).
+  const onHangup = () => {
+    accessLog.reopen();
+    plane.tcp.reopenLog();
+    logger.info('access logs reopened (SIGHUP)');
+  };
+  process.on('SIGHUP', onHangup);
 
   const broker: ExecBroker = new ExecBroker({
     registry,
@@ -240,6 +274,17 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
         exec: broker.counters,
         tcp: tcpMetrics(plane.tcp),
         dns: plane.dns?.stats(),
+        http: plane.traffic ? traffic.families(plane.traffic.counters) : [],
+      });
+    },
+    traffic: () => {
+      const self = store.shared?.replicaId ?? 'local';
+      return trafficReport({
+        replicas: [traffic.snapshot(self), ...(exchange?.replicas() ?? [])],
+        self,
+        now: Date.now(),
+        owners: traffic.owners(),
+        enabled: plane.traffic !== undefined,
       });
     },
     ui: { auth: new UiAuth(store, token.hash), events },
@@ -261,6 +306,8 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
     async stop() {
       clearInterval(drift);
       clearInterval(liveness);
+      clearInterval(trafficTick);
+      process.off('SIGHUP', onHangup);
       local?.stop();
       hub.close();
       reconciler.stop();
@@ -268,6 +315,7 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
       await follower?.close();
       await app.close();
       await plane.stop();
+      accessLog.close();
       await store.close();
     },
   };

@@ -46,6 +46,8 @@ export interface MetricSources {
   tcp: MetricFamily[];
   /** The DNS responder's counters (dynamic layout only). */
   dns?: { queries: number; answered: number; notFound: number; errors: number };
+  /** The berth_http_* families (per route host), when Caddy streams request lines. */
+  http?: MetricFamily[];
 }
 
 const count = <T>(list: T[], key: (x: T) => string, all: string[]) =>
@@ -98,5 +100,6 @@ export function serverFamilies(s: MetricSources): MetricFamily[] {
         ]
       : []),
     ...s.tcp,
+    ...(s.http ?? []),
   ];
 }

@@ -3,7 +3,8 @@
 // record; a replica that lost messages (its connection dropped) is told to reload everything.
 // Keys live under a prefix (`berth:` by default): meta, agents, keys, keyhash (secret hash → key
 // id), snapshots, snapgen (agent → generation), audit (a capped list), presence (agent → the
-// replica holding its connection), replica:<id> (alive, short TTL) and lease:<name>.
+// replica holding its connection), replica:<id> (alive, short TTL), lease:<name> and traffic
+// (replica → its latest traffic summary).
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { Redis, type RedisOptions } from 'ioredis';
@@ -425,6 +426,19 @@ export class RedisStore implements Store, SharedStore {
       [this.replicaId, ttlMs],
     )) as [number, string, number];
     return { held: held === 1, holder, ttlMs: Math.max(0, Number(ttl)) };
+  }
+
+  async publishTraffic(summary: string): Promise<void> {
+    await this.redis.hset(this.k('traffic'), this.replicaId, summary);
+  }
+
+  async listTraffic(): Promise<Map<string, string>> {
+    const all = Object.entries(await this.redis.hgetall(this.k('traffic')));
+    if (all.length === 0) return new Map();
+    const alive = await this.redis.mget(...all.map(([r]) => this.k(`replica:${r}`)));
+    const dead = all.filter((_, i) => alive[i] === null).map(([r]) => r);
+    if (dead.length > 0) await this.redis.hdel(this.k('traffic'), ...dead);
+    return new Map(all.filter((_, i) => alive[i] !== null));
   }
 
   async releaseLease(name: string): Promise<void> {

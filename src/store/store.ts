@@ -115,6 +115,10 @@ export interface SharedStore {
   acquireLease(name: string, ttlMs: number): Promise<LeaseState>;
   /** Gives the lease up if this replica holds it, and tells the others at once. */
   releaseLease(name: string): Promise<void>;
+  /** This replica's latest traffic figures (a small JSON summary), replacing its previous ones. */
+  publishTraffic(summary: string): Promise<void>;
+  /** Every live replica's latest summary by replica id (this one's included); dead ones' are dropped. */
+  listTraffic(): Promise<Map<string, string>>;
 }
 
 export interface Store {

@@ -3,7 +3,14 @@
 // label errors, command output) is attacker-controllable, so it only ever goes in via
 // textContent, never as HTML.
 
-import type { AgentSummary, BerthEvent, ContainerListing, RouteView } from '../model/api.js';
+import type {
+  AgentSummary,
+  BerthEvent,
+  ContainerListing,
+  HostTraffic,
+  RouteView,
+  TrafficReport,
+} from '../model/api.js';
 
 type Json = Record<string, unknown>;
 type Agent = AgentSummary;
@@ -15,7 +22,15 @@ let csrf = '';
 let events: BerthEvent[] = [];
 let source: EventSource | undefined;
 let refreshTimer: number | undefined;
-const ui = { routeFilter: '', routeStatus: '', routePage: 0, execAgent: '', execContainer: '' };
+const ui = {
+  routeFilter: '',
+  routeStatus: '',
+  routePage: 0,
+  execAgent: '',
+  execContainer: '',
+  trafficSort: 'traffic' as 'traffic' | 'errors',
+  trafficHost: '',
+};
 
 // ---- DOM helpers
 
@@ -178,6 +193,7 @@ async function render() {
   try {
     if (page === 'agents') await agentsPage();
     else if (page === 'routes') await routesPage();
+    else if (page === 'traffic') await trafficPage();
     else if (page === 'exec') await execPage();
     else if (page === 'audit') await auditPage();
     else if (page === 'events') eventsPage();
@@ -462,6 +478,268 @@ async function routesPage() {
         'Next ›',
       ),
     ),
+  );
+}
+
+// ---- traffic
+
+const SVG = 'http://www.w3.org/2000/svg';
+
+/**
+ * A chart drawn by the page itself: one polyline per series over the window, scaled to the
+ * largest value shown; gaps (no requests, so no latency) break the line.
+ */
+function chart(series: { values: (number | null)[]; cls: string }[], w: number, hgt: number, label: string) {
+  const svg = document.createElementNS(SVG, 'svg');
+  svg.setAttribute('viewBox', `0 0 ${w} ${hgt}`);
+  svg.setAttribute('width', String(w));
+  svg.setAttribute('height', String(hgt));
+  svg.setAttribute('class', 'chart');
+  svg.setAttribute('role', 'img');
+  svg.setAttribute('aria-label', label);
+  const max = Math.max(0, ...series.flatMap((s) => s.values.filter((v): v is number => v !== null)));
+  const n = Math.max(1, (series[0]?.values.length ?? 1) - 1);
+  for (const s of series) {
+    let points: string[] = [];
+    const flush = () => {
+      if (points.length > 0) {
+        const line = document.createElementNS(SVG, 'polyline');
+        line.setAttribute('points', points.length === 1 ? `${points[0]} ${points[0]}` : points.join(' '));
+        line.setAttribute('class', s.cls);
+        svg.append(line);
+      }
+      points = [];
+    };
+    s.values.forEach((v, i) => {
+      if (v === null) {
+        flush();
+        return;
+      }
+      const x = (i / n) * w;
+      const y = hgt - 1 - (max > 0 ? (v / max) * (hgt - 2) : 0);
+      points.push(`${x.toFixed(1)},${y.toFixed(1)}`);
+    });
+    flush();
+  }
+  const title = document.createElementNS(SVG, 'title');
+  title.textContent = `${label} (max ${fmt(max)})`;
+  svg.append(title);
+  return svg;
+}
+
+const fmt = (v: number) => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
+const fmtMs = (v: number | null) => (v === null ? '—' : `${fmt(v)} ms`);
+function fmtBytes(v: number): string {
+  if (v < 1000) return `${Math.round(v)} B/s`;
+  if (v < 1e6) return `${(v / 1e3).toFixed(1)} KB/s`;
+  return `${(v / 1e6).toFixed(1)} MB/s`;
+}
+const fmtPct = (v: number) => `${(v * 100).toFixed(v > 0 && v < 0.01 ? 2 : 1)}%`;
+
+let trafficTimer: number | undefined;
+
+async function trafficPage() {
+  const r = await api<TrafficReport>('/api/traffic');
+  // Live: the page fetches again every 2 s while it is shown.
+  window.clearTimeout(trafficTimer);
+  trafficTimer = window.setTimeout(() => {
+    if (currentPage() === 'traffic') void render();
+  }, 2_000);
+  const hosts = [...r.hosts].sort((a, b) =>
+    ui.trafficSort === 'errors'
+      ? b.now.errorRate - a.now.errorRate || b.now.errorsPerSecond - a.now.errorsPerSecond
+      : b.now.requestsPerSecond - a.now.requestsPerSecond || b.total.requests - a.total.requests,
+  );
+  const sortButton = (key: 'traffic' | 'errors', text: string) =>
+    h(
+      'button',
+      {
+        type: 'button',
+        id: `sort-${key}`,
+        class: ui.trafficSort === key ? 'primary' : '',
+        onclick: () => {
+          ui.trafficSort = key;
+          void render();
+        },
+      },
+      text,
+    );
+  const owners = (t: HostTraffic) =>
+    [...new Set(t.owners.map((o) => `${o.agent} / ${o.container}`))].join(', ') || '—';
+  const rows = hosts.map((t) =>
+    h(
+      'tr',
+      {
+        'data-host': t.host,
+        class: t.host === ui.trafficHost ? 'selected' : '',
+        onclick: () => {
+          ui.trafficHost = ui.trafficHost === t.host ? '' : t.host;
+          void render();
+        },
+      },
+      h('td', {}, h('a', { href: '#/traffic' }, t.host)),
+      h('td', {}, owners(t)),
+      h(
+        'td',
+        { class: 'num', 'data-field': 'rps' },
+        fmt(t.now.requestsPerSecond),
+        chart([{ values: t.series.requestsPerSecond, cls: 'req' }], 90, 22, `${t.host} requests/s`),
+      ),
+      h(
+        'td',
+        { class: t.now.errorRate > 0 ? 'num err' : 'num', 'data-field': 'errors' },
+        fmtPct(t.now.errorRate),
+        chart([{ values: t.series.errorsPerSecond, cls: 'err' }], 90, 22, `${t.host} 5xx/s`),
+      ),
+      h('td', { class: 'num', 'data-field': 'p50' }, fmtMs(t.now.p50Ms)),
+      h(
+        'td',
+        { class: 'num', 'data-field': 'p99' },
+        fmtMs(t.now.p99Ms),
+        chart([{ values: t.series.p99Ms, cls: 'lat' }], 90, 22, `${t.host} p99 ms`),
+      ),
+      h('td', { class: 'num', 'data-field': 'in' }, fmtBytes(t.now.bytesInPerSecond)),
+      h('td', { class: 'num', 'data-field': 'out' }, fmtBytes(t.now.bytesOutPerSecond)),
+      h('td', { class: 'num', 'data-field': 'total' }, String(t.total.requests)),
+      ...(['2xx', '3xx', '4xx', '5xx'] as const).map((c) =>
+        h('td', { class: 'num', 'data-field': c }, String(t.total.byClass[c])),
+      ),
+    ),
+  );
+  const selected = hosts.find((t) => t.host === ui.trafficHost);
+  const minutes = Math.round(r.windowSeconds / 60);
+  const panel = selected
+    ? h(
+        'section',
+        { class: 'route-panel', id: 'route-panel', 'data-host': selected.host },
+        h('h3', {}, `${selected.host} — last ${minutes} minutes`),
+        h(
+          'div',
+          { class: 'charts' },
+          ...[
+            ['Requests/s', [{ values: selected.series.requestsPerSecond, cls: 'req' }]],
+            ['5xx/s', [{ values: selected.series.errorsPerSecond, cls: 'err' }]],
+            [
+              'Latency p50 / p99 (ms)',
+              [
+                { values: selected.series.p50Ms, cls: 'lat50' },
+                { values: selected.series.p99Ms, cls: 'lat' },
+              ],
+            ],
+            [
+              'Bytes/s in / out',
+              [
+                { values: selected.series.bytesInPerSecond, cls: 'bin' },
+                { values: selected.series.bytesOutPerSecond, cls: 'bout' },
+              ],
+            ],
+          ].map(([title, series]) =>
+            h(
+              'figure',
+              {},
+              chart(
+                series as { values: (number | null)[]; cls: string }[],
+                320,
+                90,
+                `${selected.host} ${title}`,
+              ),
+              h('figcaption', {}, title as string),
+            ),
+          ),
+        ),
+      )
+    : null;
+  const tcpRows = r.tcp.map((t) =>
+    h(
+      'tr',
+      { 'data-listener': t.listener },
+      h('td', {}, `tcp :${t.listener}`),
+      h('td', { class: 'num', 'data-field': 'active' }, String(t.active)),
+      h(
+        'td',
+        { class: 'num', 'data-field': 'cps' },
+        fmt(t.now.connectionsPerSecond),
+        chart(
+          [{ values: t.series.connectionsPerSecond, cls: 'req' }],
+          90,
+          22,
+          `:${t.listener} connections/s`,
+        ),
+      ),
+      h('td', { class: 'num' }, fmtBytes(t.now.bytesInPerSecond)),
+      h(
+        'td',
+        { class: 'num' },
+        fmtBytes(t.now.bytesOutPerSecond),
+        chart([{ values: t.series.bytesOutPerSecond, cls: 'bout' }], 90, 22, `:${t.listener} bytes out/s`),
+      ),
+      h('td', { class: 'num', 'data-field': 'connections' }, String(t.total.connections)),
+    ),
+  );
+  const summed = r.replicas.length > 1 ? `, ${r.replicas.length} replicas summed` : '';
+  show(
+    h('h2', {}, `Traffic (rates over the last minute${summed})`),
+    r.enabled
+      ? null
+      : h(
+          'p',
+          { class: 'error-box' },
+          'Caddy streams no request lines to Berth (--traffic off, or a Caddy on another machine): no HTTP figures.',
+        ),
+    h(
+      'div',
+      { class: 'toolbar' },
+      'Sort: ',
+      sortButton('traffic', 'by traffic'),
+      sortButton('errors', 'by error rate'),
+    ),
+    panel,
+    h(
+      'table',
+      { id: 'traffic' },
+      h(
+        'thead',
+        {},
+        h(
+          'tr',
+          {},
+          ...[
+            'Host',
+            'Owner',
+            'Req/s',
+            '5xx',
+            'p50',
+            'p99',
+            'In',
+            'Out',
+            'Requests',
+            '2xx',
+            '3xx',
+            '4xx',
+            '5xx',
+          ].map((t) => h('th', {}, t)),
+        ),
+      ),
+      h('tbody', {}, ...rows),
+    ),
+    rows.length === 0 ? h('p', { class: 'muted' }, 'No HTTP requests yet.') : null,
+    h('h2', {}, 'TCP listeners'),
+    tcpRows.length === 0
+      ? h('p', { class: 'muted' }, 'No TCP listeners.')
+      : h(
+          'table',
+          { id: 'traffic-tcp' },
+          h(
+            'thead',
+            {},
+            h(
+              'tr',
+              {},
+              ...['Listener', 'Open', 'Conn/s', 'In', 'Out', 'Connections'].map((t) => h('th', {}, t)),
+            ),
+          ),
+          h('tbody', {}, ...tcpRows),
+        ),
   );
 }
 

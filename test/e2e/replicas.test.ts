@@ -103,6 +103,37 @@ describe('server replicas on one Redis store', () => {
     expect(h.a).toBe(h.b);
   });
 
+  it("counts each replica's own front door, and each replica's Traffic view sums them all", async () => {
+    for (let i = 0; i < 5; i++) expect((await get('app.rep.test')).status).toBe(200);
+    const h = await holders();
+    const [holder, other] = h.mineA ? [a, b] : [b, a];
+    const requests = async (r: BerthProcess) =>
+      (await (await fetch(`${r.apiUrl}/metrics`)).text())
+        .split('\n')
+        .filter((l) => l.startsWith('berth_http_requests_total{host="app.rep.test"'))
+        .reduce((n, l) => n + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
+    // The shared Caddy streams its request lines to the replica that applied its config.
+    await waitUntil(async () => (await requests(holder)) >= 5, { message: 'the holder counted nothing' });
+    const counted = await requests(holder);
+    expect(await requests(other)).toBe(0);
+    // Both replicas' views show the sum, from the summaries they exchange through Redis.
+    for (const r of [holder, other]) {
+      await waitUntil(
+        async () => {
+          const t = await (
+            await fetch(`${r.apiUrl}/api/traffic`, { headers: { authorization: `Bearer ${TOKEN}` } })
+          ).json();
+          const host = t.hosts.find((x: { host: string }) => x.host === 'app.rep.test');
+          return t.replicas.length === 2 && host?.total.requests === counted;
+        },
+        {
+          timeoutMs: 15_000,
+          message: `replica ${r.apiUrl} never showed ${counted} requests summed over 2 replicas`,
+        },
+      );
+    }
+  });
+
   it('revokes a key on every replica within a second', async () => {
     const k = await json(b, ['keys', 'create', '--name', 'rep3', '--auto-approve']);
     // Connected to A; the key is revoked through B.

@@ -22,9 +22,22 @@ export interface DynamicLayout {
   ask?: string;
 }
 
+/**
+ * One JSON line per request, streamed to Berth (its access log and per-route metrics). Caddy
+ * writes them with a `net` writer; its filter encoder drops request and response headers (and
+ * with them Authorization and Cookie) and the query string before a line leaves Caddy.
+ */
+export interface TrafficLog {
+  /** Caddy network address Berth reads from, e.g. "unix//var/lib/berth/traffic.sock". */
+  address: string;
+  /** Keep query strings in `request.uri` (off by default: they often carry tokens). */
+  query: boolean;
+}
+
 export interface CaddyBuildOptions {
   tls: TlsMode;
   dynamic?: DynamicLayout;
+  traffic?: TrafficLog;
   /** Listen addresses already include `--http-bind` when one is given. */
   httpListen: string;
   httpsListen: string;
@@ -38,6 +51,8 @@ export interface BerthCaddyParts {
   tlsPolicy?: Json;
   /** apps.tls.automation.on_demand, for certificates of hosts Caddy's config does not name. */
   onDemand?: Json;
+  /** Berth's own entries of `logging.logs` (named `berth_*`). */
+  logs?: Record<string, Json>;
 }
 
 /**
@@ -65,6 +80,44 @@ export function splitSites(sites: Site[]): { explicit: Site[]; dynamic: Site[] }
 
 export const SERVER_PREFIX = 'berth_';
 export const TLS_POLICY_ID = 'berth_tls';
+/** The logger Berth's servers log requests to, and the `logging.logs` entry that writes it. */
+export const ACCESS_LOG = 'berth_access';
+export const ACCESS_LOGGER = `http.log.access.${ACCESS_LOG}`;
+
+/**
+ * Caddy 2.6's access log has no field for the upstream that served a request, none for the
+ * request body's size, and status 0 for an upgraded (WebSocket) connection. `user_id` is filled
+ * from the `http.auth.user.id` placeholder when the line is written, and Berth's routes never
+ * authenticate, so a `map` handler (resolved lazily, at log time) defines that placeholder as
+ * "<upstream host:port> <Content-Length> <Upgrade>".
+ */
+export const TRAFFIC_MAP = {
+  handler: 'map',
+  source: '{http.request.host}',
+  destinations: ['{http.auth.user.id}'],
+  defaults: [
+    '{http.reverse_proxy.upstream.hostport} {http.request.header.Content-Length} {http.request.header.Upgrade}',
+  ],
+};
+
+function trafficLog(t: TrafficLog): Json {
+  const fields: Json = {
+    'request>headers': { filter: 'delete' },
+    'request>tls': { filter: 'delete' },
+    resp_headers: { filter: 'delete' },
+  };
+  if (!t.query) fields['request>uri'] = { filter: 'regexp', regexp: '\\?.*$', value: '' };
+  return {
+    writer: { output: 'net', address: t.address, dial_timeout: '2s' },
+    encoder: {
+      format: 'filter',
+      // Leaner lines: no level, logger name or message (always the same here).
+      wrap: { format: 'json', message_key: '', level_key: '', name_key: '' },
+      fields,
+    },
+    include: [ACCESS_LOGGER],
+  };
+}
 
 const NOT_FOUND = {
   handler: 'static_response',
@@ -85,6 +138,10 @@ export function buildCaddyParts(sites: Site[], opts: CaddyBuildOptions, versionI
   const routes: Json[] = hosts.map((h) => hostRoute(h, byHost.get(h)!));
   const last = opts.dynamic ? { handle: [dynamicProxy(opts.dynamic)] } : { handle: [NOT_FOUND] };
   routes.push(versionId ? { '@id': versionId, ...last } : last);
+  if (opts.traffic) routes.unshift({ handle: [TRAFFIC_MAP] });
+  // Only the server that routes logs requests (plain HTTP only redirects when TLS is on).
+  const logs = opts.traffic ? { logs: { default_logger_name: ACCESS_LOG } } : {};
+  const logParts = opts.traffic ? { logs: { [ACCESS_LOG]: trafficLog(opts.traffic) } } : {};
 
   if (opts.tls === 'off') {
     return {
@@ -94,8 +151,10 @@ export function buildCaddyParts(sites: Site[], opts: CaddyBuildOptions, versionI
           listen: [opts.httpListen],
           routes,
           automatic_https: { disable: true },
+          ...logs,
         },
       },
+      ...logParts,
     };
   }
   const parts: BerthCaddyParts = {
@@ -106,6 +165,7 @@ export function buildCaddyParts(sites: Site[], opts: CaddyBuildOptions, versionI
         routes,
         // The dynamic layout names no hosts, so TLS must be switched on explicitly.
         ...(opts.dynamic ? { tls_connection_policies: [{}] } : {}),
+        ...logs,
       },
       // Plain HTTP only redirects; Caddy answers ACME HTTP challenges on it before any route.
       berth_http: {
@@ -129,6 +189,7 @@ export function buildCaddyParts(sites: Site[], opts: CaddyBuildOptions, versionI
         automatic_https: { disable_redirects: true },
       },
     },
+    ...logParts,
   };
   if (opts.dynamic) {
     // Hosts Caddy's config never names get certificates on demand, if Berth says they are routed.
@@ -249,7 +310,35 @@ export function mergeIntoConfig(current: Json, parts: BerthCaddyParts): Json {
     cfg.apps.tls = { ...(tls ?? {}), automation: { ...(tls?.automation ?? {}), policies } };
     if (parts.onDemand) cfg.apps.tls.automation.on_demand = parts.onDemand;
   }
+  mergeLogs(cfg, parts.logs);
   return cfg;
+}
+
+/**
+ * Berth's `berth_*` log entries replace the old ones. The default log would also write every
+ * request line (to stderr), so it excludes Berth's logger while Berth logs requests; an operator's
+ * default log that includes only other namespaces needs no exclusion.
+ */
+function mergeLogs(cfg: Json, own: Record<string, Json> | undefined): void {
+  const before: Json = cfg.logging?.logs;
+  if (!before && !own) return;
+  const logs: Json = { ...(before ?? {}) };
+  for (const name of Object.keys(logs)) if (name.startsWith(SERVER_PREFIX)) delete logs[name];
+  Object.assign(logs, own ?? {});
+  const dflt: Json = { ...(logs.default ?? {}) };
+  const exclude: string[] = (dflt.exclude ?? []).filter((n: string) => n !== ACCESS_LOGGER);
+  const includes: string[] | undefined = dflt.include;
+  const covered =
+    !includes?.length || includes.some((n) => ACCESS_LOGGER === n || ACCESS_LOGGER.startsWith(`${n}.`));
+  if (own && covered) exclude.push(ACCESS_LOGGER);
+  if (exclude.length > 0) dflt.exclude = exclude;
+  else delete dflt.exclude;
+  if (Object.keys(dflt).length > 0) logs.default = dflt;
+  else delete logs.default;
+  cfg.logging = { ...(cfg.logging ?? {}) };
+  if (Object.keys(logs).length > 0) cfg.logging.logs = logs;
+  else delete cfg.logging.logs;
+  if (Object.keys(cfg.logging).length === 0) delete cfg.logging;
 }
 
 /** Berth's parts as found in a live config, for drift checks. */
@@ -264,6 +353,8 @@ export function extractParts(current: Json): BerthCaddyParts {
   const parts: BerthCaddyParts = policy ? { servers, tlsPolicy: policy } : { servers };
   const onDemand = current?.apps?.tls?.automation?.on_demand;
   if (policy?.on_demand && onDemand) parts.onDemand = onDemand;
+  const logs = Object.entries(current?.logging?.logs ?? {}).filter(([n]) => n.startsWith(SERVER_PREFIX));
+  if (logs.length > 0) parts.logs = Object.fromEntries(logs);
   return parts;
 }
 

@@ -75,11 +75,12 @@ export class CaddySupervisor {
       // The dynamic layout asks DNS per request for hosts it does not know yet, and Caddy logs an
       // error for each (then serves the not-found listener, as it should): anyone sending
       // random Host headers would fill the log. The proxy's lines are sampled: the first 10 of
-      // a kind each second, then one in a thousand.
+      // a kind each second, then one in a thousand. (Not named berth_*: those are the entries the
+      // config builder replaces on every apply.)
       logging: {
         logs: {
           default: { exclude: [PROXY_LOGGER] },
-          berth_proxy: {
+          proxy_sampled: {
             include: [PROXY_LOGGER],
             sampling: { interval: 1_000_000_000, first: 10, thereafter: 1_000 },
           },

@@ -156,7 +156,7 @@ export function labelFor(ip: string): string {
   return isIPv4(ip) ? `ip-${ip.replace(/\./g, '-')}` : `ip6-${ip.toLowerCase().replace(/:/g, '-')}`;
 }
 
-function addressFromLabel(label: string): string | undefined {
+export function addressFromLabel(label: string): string | undefined {
   if (label.startsWith('ip-')) {
     const ip = label.slice(3).replace(/-/g, '.');
     return isIPv4(ip) ? ip : undefined;

@@ -8,22 +8,14 @@
 // The server drives it over a unix socket in the data dir: PUT /listeners (resolves once new
 // listeners are bound) and GET /state (listeners, bind address, counters).
 import { type ChildProcess, spawn } from 'node:child_process';
-import {
-  chmodSync,
-  createWriteStream,
-  existsSync,
-  mkdirSync,
-  readFileSync,
-  renameSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, request, type Server } from 'node:http';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { errorMessage, UserError } from '../../errors.js';
 import type { ListenerStatus } from '../../model/data-plane.js';
 import type { TcpListenerSite } from '../../model/desired.js';
+import { AccessLogWriter } from '../access-log.js';
 import { alive, readPid, stopPid } from '../pid.js';
 import { type ListenerCounters, TcpForwarder } from './forwarder.js';
 
@@ -34,12 +26,19 @@ export interface TcpSidecarConfig {
   maxConnections: number;
   /** --tcp-access-log; without it, lines go to the stdout of the server that started the forwarder. */
   accessLog?: string;
+  /**
+   * --access-log-max-size and --access-log-keep, only when set: an unchanged config lets an
+   * upgraded server adopt a running forwarder instead of replacing it.
+   */
+  rotate?: { maxBytes: number; keep: number };
 }
 
 export interface TcpState {
   bind: { bind: string; address?: string; error?: string };
   listeners: ListenerStatus[];
   counters: [number, ListenerCounters][];
+  /** The forwarder reopens its access log on SIGHUP (one from before this existed dies of it). */
+  logReopen?: boolean;
 }
 
 /** V8 flags for the forwarder process (see the top of this file). */
@@ -86,12 +85,16 @@ export async function runTcpServer(dataDir: string, logger: Logger): Promise<{ s
   // The server's stdout and stderr may be gone (it crashed): lose those lines, not the forwarder.
   process.stdout.on('error', () => {});
   process.stderr.on('error', () => {});
-  const log = cfg.accessLog ? createWriteStream(cfg.accessLog, { flags: 'a', mode: 0o640 }) : process.stdout;
-  log.on('error', (err) => logger.warn({ err: errorMessage(err) }, 'tcp access log not written'));
+  const log = new AccessLogWriter({ to: cfg.accessLog ?? 'stdout', ...(cfg.rotate ?? {}) }, (err) =>
+    logger.warn({ err }, 'tcp access log not written'),
+  );
+  // logrotate moved the file: start a new one (the server passes its SIGHUP on).
+  const reopen = () => log.reopen();
+  process.on('SIGHUP', reopen);
   const fw = new TcpForwarder({
     bind: cfg.bind,
     logger,
-    accessLog: (line) => log.write(`${line}\n`),
+    accessLog: (line) => log.write(line),
     idleTimeoutMs: cfg.idleTimeoutMs,
     maxConnections: cfg.maxConnections,
   });
@@ -101,6 +104,7 @@ export async function runTcpServer(dataDir: string, logger: Logger): Promise<{ s
     bind: fw.bindStatus(),
     listeners: fw.status(),
     counters: [...fw.counters()],
+    logReopen: true,
   });
   let queue = Promise.resolve();
   const control: Server = createServer((req, res) => {
@@ -142,7 +146,8 @@ export async function runTcpServer(dataDir: string, logger: Logger): Promise<{ s
       await fw.close();
       // A clean stop: a later start begins from what the server asks for, not from these.
       for (const file of [p.listeners, p.socket, p.pid]) rmSync(file, { force: true });
-      if (log !== process.stdout) await new Promise<void>((resolve) => log.end(resolve));
+      process.off('SIGHUP', reopen);
+      log.close();
     },
   };
 }
@@ -255,6 +260,17 @@ export class TcpSidecar {
 
   bindStatus(): TcpState['bind'] {
     return this.cache.bind;
+  }
+
+  /** Asks the forwarder to reopen its access-log file (after logrotate moved it). */
+  reopenLog(): void {
+    const pid = this.child?.pid ?? this.adopted;
+    if (!pid || !this.o.config.accessLog || !this.cache.logReopen) return;
+    try {
+      process.kill(pid, 'SIGHUP');
+    } catch {
+      // gone: its replacement opens the file afresh
+    }
   }
 
   /** Stops the forwarder: listeners close and open connections end ('shutdown' in the log). */
