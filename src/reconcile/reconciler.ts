@@ -41,6 +41,8 @@ export interface ReconcilerOptions<T extends HttpTarget = HttpTarget> {
    */
   canApply?: (t: T) => boolean;
   standby?: (t: T, desired: Desired) => ReconcileState['targets'][number];
+  /** Each pass's desired state, before any of it is published or applied. */
+  onDesired?: (d: Desired) => void;
   /** After every completed pass: when it started, and how long each Caddy apply took. */
   onPass?: (s: ReconcileState, info: { startedAt: number; applyMs: number[] }) => void;
 }
@@ -118,6 +120,8 @@ export class Reconciler<T extends HttpTarget = HttpTarget> {
     const applyMs: number[] = [];
     try {
       const desired = computeDesired(this.o.source());
+      // Before anything serves it: whoever must know the new state first (the traffic counter).
+      this.o.onDesired?.(desired);
       // Hosts moving into Caddy's config stay in DNS until every apply below has landed.
       this.o.dns?.publish(desired.sites, { transition: true });
       await yieldToIo();

@@ -10,12 +10,12 @@ import { CaddyAdmin } from '../ingress/caddy/admin.js';
 import type { CaddyBuildOptions } from '../ingress/caddy/config.js';
 import { CaddySupervisor } from '../ingress/caddy/supervisor.js';
 import { CaddyTarget } from '../ingress/caddy/target.js';
-import { type HttpAccess, TrafficListener } from '../ingress/caddy/traffic.js';
 import { DnsSidecar, ZONE } from '../ingress/dns/sidecar.js';
 import { TcpSidecar } from '../ingress/tcp/sidecar.js';
 import type { ProtectedEndpoint } from '../reconcile/upstreams.js';
 import type { Store } from '../store/store.js';
 import { CaddyLeases } from './caddy-lease.js';
+import { TrafficThread } from './traffic-thread.js';
 
 export interface DataPlane {
   targets: CaddyTarget[];
@@ -23,8 +23,8 @@ export interface DataPlane {
   supervisor?: CaddySupervisor;
   dns?: DnsSidecar;
   tcp: TcpSidecar;
-  /** Where Caddy streams its request lines; absent with --traffic off or a Caddy out of reach. */
-  traffic?: TrafficListener;
+  /** Reads, counts and logs Caddy's request lines, in a thread of its own; absent with --traffic off or a Caddy out of reach. */
+  traffic?: TrafficThread;
   leases?: CaddyLeases;
   /** The server's own listeners: API, front door, DNS responder, Caddy admin, Redis. */
   protected: ProtectedEndpoint[];
@@ -41,8 +41,6 @@ export async function buildDataPlane(
     apiUrl: string;
     /** Something changed below the server (Caddy restarted, a lease taken): reconcile. */
     wake: () => void;
-    /** Requests Caddy logged (with --traffic). */
-    onRequests: (requests: HttpAccess[]) => void;
   },
 ): Promise<DataPlane> {
   const { logger, store } = o;
@@ -82,7 +80,7 @@ export async function buildDataPlane(
   }
 
   // Caddy writes request lines to a unix socket Berth listens on, so Caddy must be on this machine.
-  let traffic: TrafficListener | undefined;
+  let traffic: TrafficThread | undefined;
   const remote = c.admin.filter(
     (url) => !/^unix:|^https?:\/\/(127\.[\d.]+|localhost|\[::1\])(:|\/|$)/.test(url),
   );
@@ -92,14 +90,17 @@ export async function buildDataPlane(
       'Caddy on another machine cannot reach the unix socket Berth reads request lines from: no HTTP access log or per-route metrics',
     );
   } else if (config.traffic.enabled) {
-    traffic = new TrafficListener({
-      socketPath: socketPathFor(config.dataDir, 'traffic.sock'),
-      parse: dns ? { zone: ZONE, notFound: dns.addresses.notFound } : {},
-      onRequests: o.onRequests,
-    });
+    traffic = new TrafficThread(
+      {
+        socketPath: socketPathFor(config.dataDir, 'traffic.sock'),
+        parse: dns ? { zone: ZONE, notFound: dns.addresses.notFound } : {},
+        maxHosts: config.traffic.maxHosts,
+        log: { to: config.traffic.accessLog, ...(config.traffic.rotate ?? {}) },
+      },
+      logger,
+    );
     // Before any apply: Caddy refuses a config whose log writer it cannot connect to.
-    await traffic.start();
-    buildOpts.traffic = { address: traffic.address, query: config.traffic.query };
+    buildOpts.traffic = { address: await traffic.start(), query: config.traffic.query };
   }
 
   let supervisor: CaddySupervisor | undefined;

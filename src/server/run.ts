@@ -7,10 +7,10 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { ServeConfig } from '../config.js';
 import { errorMessage, UserError } from '../errors.js';
-import { AccessLogWriter } from '../ingress/access-log.js';
 import type { CaddyTarget } from '../ingress/caddy/target.js';
 import { tcpMetrics } from '../metrics.js';
 import { domainAllowed } from '../model/domains.js';
+import { type Desired, routeKey } from '../reconcile/desired.js';
 import { Reconciler } from '../reconcile/reconciler.js';
 import { openStore } from '../store/open.js';
 import { AgentHub } from './agent-hub.js';
@@ -26,7 +26,7 @@ import { ReplicaFollower } from './replicas.js';
 import { RouteEvents } from './route-events.js';
 import { ServerMetrics, serverFamilies } from './server-metrics.js';
 import { statusReport } from './status.js';
-import { SLOT_MS, Traffic, trafficReport } from './traffic.js';
+import { SLOT_MS, trafficReport, trafficRoutes } from './traffic.js';
 import { TrafficExchange } from './traffic-replicas.js';
 import { UiAuth } from './ui-auth.js';
 import { appliedFrom, routeViews } from './views.js';
@@ -59,18 +59,8 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
   const events = new EventBus();
   let rec: Reconciler<CaddyTarget> | undefined;
   const wake = () => rec?.wake();
-  const accessLog = new AccessLogWriter(
-    { to: config.traffic.enabled ? config.traffic.accessLog : 'off', ...(config.traffic.rotate ?? {}) },
-    (err) => logger.warn({ err }, 'HTTP access log not written'),
-  );
-  const traffic = new Traffic({ maxHosts: config.traffic.maxHosts, log: accessLog });
-  const plane = await buildDataPlane(config, {
-    logger,
-    store,
-    apiUrl,
-    wake,
-    onRequests: (requests) => traffic.record(requests),
-  });
+  const plane = await buildDataPlane(config, { logger, store, apiUrl, wake });
+  const traffic = plane.traffic;
   const registry = new Registry({
     store,
     liveness: {
@@ -108,6 +98,22 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
       o,
     );
   const routeEvents = new RouteEvents({ events, errors: () => routesNow({ onlyErrors: true }) });
+  // Who owns each host, for the traffic counter: after a pass that changed the desired state,
+  // before the next request of a new host is counted (a later update would count it as "other").
+  let routesFor: Desired | undefined;
+  const sendTrafficRoutes = (desired: Desired) => {
+    if (desired === routesFor) return;
+    routesFor = desired;
+    const owners = new Map<string, { agent: string; container: string; upstream: string }>();
+    for (const a of registry.reporting())
+      for (const r of a.snapshot.routes)
+        owners.set(routeKey(a.id, r.id), {
+          agent: a.name,
+          container: r.containerName,
+          upstream: `${r.upstream.host}:${r.upstream.port}`,
+        });
+    traffic?.setRoutes(trafficRoutes(desired.sites, (k) => owners.get(k)));
+  };
   const reconciler = new Reconciler({
     source: () => registry.admitted().agentRoutes,
     targets: plane.targets,
@@ -115,6 +121,9 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
     dns: plane.dns,
     logger,
     ...plane.leases?.gate(),
+    onDesired: (desired) => {
+      if (traffic) sendTrafficRoutes(desired);
+    },
     onPass: (state, info) => {
       plane.leases?.report(state);
       metrics.passed(info.startedAt, info.applyMs);
@@ -128,8 +137,6 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
       for (const t of state.targets)
         if (t.error) events.emit('caddy.failed', `Caddy apply failed: ${t.error}`, { error: t.error });
       routeEvents.passed(state.desired.sites.length, state.desired.tcp.length);
-      // Who owns each host, for the access log: the routes as served after this pass.
-      if (plane.traffic) traffic.setRoutes(routesNow());
     },
   });
   rec = reconciler;
@@ -164,17 +171,18 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
 
   // Traffic: 5-second slots for the charts (TCP sampled from the forwarder), and with a shared
   // store, this replica's summary out and the others' in.
-  const exchange = store.shared
-    ? new TrafficExchange({ shared: store.shared, traffic, logger: logger.child({ component: 'traffic' }) })
-    : undefined;
+  const exchange =
+    store.shared && traffic
+      ? new TrafficExchange({ shared: store.shared, traffic, logger: logger.child({ component: 'traffic' }) })
+      : undefined;
   const trafficTick = setInterval(() => {
-    traffic.tick(plane.tcp.counters(), new Map(plane.tcp.status().map((l) => [l.listen, l.active])));
+    traffic?.tick(plane.tcp.counters(), new Map(plane.tcp.status().map((l) => [l.listen, l.active])));
     void exchange?.exchange();
   }, SLOT_MS);
   trafficTick.unref();
   // logrotate moved the access logs away: open new files (the TCP forwarder's too).
   const onHangup = () => {
-    accessLog.reopen();
+    traffic?.reopen();
     plane.tcp.reopenLog();
     logger.info('access logs reopened (SIGHUP)');
   };
@@ -274,17 +282,18 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
         exec: broker.counters,
         tcp: tcpMetrics(plane.tcp),
         dns: plane.dns?.stats(),
-        http: plane.traffic ? traffic.families(plane.traffic.counters) : [],
+        http: traffic ? await traffic.families() : [],
       });
     },
-    traffic: () => {
+    traffic: async () => {
       const self = store.shared?.replicaId ?? 'local';
+      const empty = { replica: self, at: Date.now(), hosts: {}, tcp: {} };
       return trafficReport({
-        replicas: [traffic.snapshot(self), ...(exchange?.replicas() ?? [])],
+        replicas: [traffic ? await traffic.snapshot(self) : empty, ...(exchange?.replicas() ?? [])],
         self,
         now: Date.now(),
-        owners: traffic.owners(),
-        enabled: plane.traffic !== undefined,
+        owners: traffic ? await traffic.owners() : new Map(),
+        enabled: traffic !== undefined,
       });
     },
     ui: { auth: new UiAuth(store, token.hash), events },
@@ -315,7 +324,6 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
       await follower?.close();
       await app.close();
       await plane.stop();
-      accessLog.close();
       await store.close();
     },
   };

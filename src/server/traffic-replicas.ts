@@ -4,7 +4,7 @@
 import type { Logger } from 'pino';
 import { errorMessage } from '../errors.js';
 import type { SharedStore } from '../store/store.js';
-import { foldReplica, type ReplicaTraffic, type Traffic } from './traffic.js';
+import { foldReplica, type ReplicaTraffic } from './traffic.js';
 
 /** Slots a summary carries: enough that a reader missing one exchange loses nothing. */
 const RECENT_SLOTS = 3;
@@ -13,13 +13,20 @@ export class TrafficExchange {
   private readonly others = new Map<string, ReplicaTraffic>();
   private failing = false;
 
-  constructor(private readonly o: { shared: SharedStore; traffic: Traffic; logger: Logger }) {}
+  constructor(
+    private readonly o: {
+      shared: SharedStore;
+      /** This replica's own figures (the traffic thread answers). */
+      traffic: { snapshot(replica: string, recentSlots: number): ReplicaTraffic | Promise<ReplicaTraffic> };
+      logger: Logger;
+    },
+  ) {}
 
   /** Publishes this replica's summary and folds in the others' latest ones. */
   async exchange(): Promise<void> {
     const { shared, traffic } = this.o;
     try {
-      await shared.publishTraffic(JSON.stringify(traffic.snapshot(shared.replicaId, RECENT_SLOTS)));
+      await shared.publishTraffic(JSON.stringify(await traffic.snapshot(shared.replicaId, RECENT_SLOTS)));
       const all = await shared.listTraffic();
       for (const id of this.others.keys()) if (!all.has(id)) this.others.delete(id);
       for (const [id, text] of all) {

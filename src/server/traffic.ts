@@ -9,7 +9,7 @@ import type { AccessLogWriter } from '../ingress/access-log.js';
 import type { HttpAccess } from '../ingress/caddy/traffic.js';
 import type { ListenerCounters } from '../ingress/tcp/forwarder.js';
 import { histogramSamples, type MetricFamily } from '../metrics.js';
-import type { HostTraffic, RouteView, TcpTraffic, TrafficReport } from '../model/api.js';
+import type { HostTraffic, TcpTraffic, TrafficReport } from '../model/api.js';
 
 export const SLOT_MS = 5_000;
 export const WINDOW_SLOTS = 180;
@@ -63,6 +63,27 @@ interface RouteEntry {
   owners: (Owner & { upstream: string })[];
 }
 
+/** What the traffic counter needs to know of one site: its host and path, and who serves it. */
+export type TrafficRoute = RouteEntry;
+
+/**
+ * The sites the front door serves, with their owners (agent, container, upstream host:port), for
+ * the access log's `owner`. Pure; `ownerOf` finds a route by its key (`agentId:routeId`).
+ */
+export function trafficRoutes(
+  sites: readonly { host: string; path: string; routeKeys: string[] }[],
+  ownerOf: (routeKey: string) => (Owner & { upstream: string }) | undefined,
+): TrafficRoute[] {
+  return sites.map((s) => ({
+    host: s.host,
+    path: s.path,
+    owners: s.routeKeys.flatMap((k) => {
+      const o = ownerOf(k);
+      return o ? [o] : [];
+    }),
+  }));
+}
+
 export interface TrafficOptions {
   maxHosts: number;
   log: AccessLogWriter;
@@ -87,24 +108,14 @@ export class Traffic {
   }
 
   /** The routes being served now (after each reconcile pass): who owns which host and path. */
-  setRoutes(views: RouteView[]): void {
+  setRoutes(routes: TrafficRoute[]): void {
     const byHost = new Map<string, RouteEntry[]>();
-    for (const r of views) {
-      if (r.kind !== 'http' || r.status !== 'applied') continue;
-      for (const host of r.hosts) {
-        const list = byHost.get(host) ?? [];
-        let e = list.find((x) => x.path === r.path);
-        if (!e) {
-          e = { host, path: r.path, owners: [] };
-          list.push(e);
-        }
-        e.owners.push({
-          agent: r.agentName,
-          container: r.container.name,
-          upstream: (r.upstreams[0] ?? '').replace(/^[a-z0-9]+:\/\//, ''),
-        });
-        byHost.set(host, list);
-      }
+    for (const r of routes) {
+      const list = byHost.get(r.host) ?? [];
+      const same = list.find((e) => e.path === r.path);
+      if (same) same.owners.push(...r.owners);
+      else list.push({ host: r.host, path: r.path, owners: [...r.owners] });
+      byHost.set(r.host, list);
     }
     for (const list of byHost.values()) list.sort((a, b) => b.path.length - a.path.length);
     this.routes = byHost;

@@ -8,7 +8,7 @@ export interface StateOptions {
   status: () => StatusReport;
   reconcile: (force: boolean) => Promise<{ passes: number }>;
   /** The front door's traffic, every replica's summed (the Traffic page, `berth top`). */
-  traffic?: () => TrafficReport;
+  traffic?: () => TrafficReport | Promise<TrafficReport>;
 }
 
 export const stateRoutes: FastifyPluginAsyncJsonSchemaToTs<{ Options: StateOptions }> = async (app, o) => {

@@ -6,8 +6,15 @@ import { topScreen } from '../../../src/cli/top.js';
 import { AccessLogWriter } from '../../../src/ingress/access-log.js';
 import type { HttpAccess } from '../../../src/ingress/caddy/traffic.js';
 import { renderMetrics } from '../../../src/metrics.js';
-import type { RouteView } from '../../../src/model/api.js';
-import { foldReplica, quantileMs, SLOT_MS, Traffic, trafficReport } from '../../../src/server/traffic.js';
+import {
+  foldReplica,
+  quantileMs,
+  SLOT_MS,
+  Traffic,
+  type TrafficRoute,
+  trafficReport,
+  trafficRoutes,
+} from '../../../src/server/traffic.js';
 
 const req = (host: string, over: Partial<HttpAccess> = {}): HttpAccess => ({
   start: 1_000,
@@ -24,19 +31,20 @@ const req = (host: string, over: Partial<HttpAccess> = {}): HttpAccess => ({
   ...over,
 });
 
-const route = (host: string, over: Partial<RouteView> = {}): RouteView => ({
-  id: `${host}/r`,
-  agentId: 'a1',
-  agentName: 'host-a',
-  kind: 'http',
-  hosts: [host],
-  path: '/',
-  stripPath: false,
-  upstreams: ['http://10.0.0.1:80'],
-  container: { id: 'c1', name: 'web' },
-  status: 'applied',
-  errors: [],
-  ...over,
+/** A site and its one owner, as the server hands them over (several of one host and path add up). */
+const route = (
+  host: string,
+  over: { path?: string; container?: { id: string; name: string }; upstreams?: string[] } = {},
+): TrafficRoute => ({
+  host,
+  path: over.path ?? '/',
+  owners: [
+    {
+      agent: 'host-a',
+      container: over.container?.name ?? 'web',
+      upstream: (over.upstreams?.[0] ?? 'http://10.0.0.1:80').replace(/^[a-z0-9]+:\/\//, ''),
+    },
+  ],
 });
 
 const off = new AccessLogWriter({ to: 'off' });
@@ -47,6 +55,19 @@ const metric = (text: string, name: string) =>
       .filter((l) => l.startsWith(`${name}{`))
       .map((l) => [l.slice(name.length, l.lastIndexOf(' ')), Number(l.slice(l.lastIndexOf(' ') + 1))]),
   );
+
+describe('trafficRoutes', () => {
+  it('names each site with the owners of its route keys, leaving out keys no agent reports', () => {
+    const owners = new Map([
+      ['a1:c1/default', { agent: 'host-a', container: 'web', upstream: '10.0.0.1:80' }],
+    ]);
+    expect(
+      trafficRoutes([{ host: 'a.test', path: '/', routeKeys: ['a1:c1/default', 'gone:x'] }], (k) =>
+        owners.get(k),
+      ),
+    ).toEqual([{ host: 'a.test', path: '/', owners: [owners.get('a1:c1/default')] }]);
+  });
+});
 
 describe('Traffic', () => {
   it('counts requests per route host and status class, with a histogram and bytes', () => {
