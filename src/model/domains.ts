@@ -29,3 +29,24 @@ export function publicSuffixWildcard(host: string): string | undefined {
   if (p.publicSuffix === base && (p.isIcann === true || p.isPrivate === true)) return base;
   return undefined;
 }
+
+/**
+ * Which hostnames a set of route hosts (exact, or `*.` wildcards) covers, answered in time
+ * proportional to the name's labels rather than to the number of routes.
+ */
+export class HostIndex {
+  private readonly hosts: Set<string>;
+
+  constructor(hosts: Iterable<string>) {
+    this.hosts = new Set(hosts);
+  }
+
+  covers(name: string): boolean {
+    if (this.hosts.has(name)) return true;
+    // A wildcard covers every name below its base: a.b.example.com → *.b.example.com, *.example.com.
+    for (let dot = name.indexOf('.'); dot >= 0; dot = name.indexOf('.', dot + 1)) {
+      if (this.hosts.has(`*${name.slice(dot)}`)) return true;
+    }
+    return false;
+  }
+}

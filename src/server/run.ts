@@ -9,9 +9,10 @@ import type { ServeConfig } from '../config.js';
 import { errorMessage, UserError } from '../errors.js';
 import type { CaddyTarget } from '../ingress/caddy/target.js';
 import { tcpMetrics } from '../metrics.js';
-import { domainAllowed } from '../model/domains.js';
+import { siteSignature } from '../model/desired.js';
+import { HostIndex } from '../model/domains.js';
 import { type Desired, routeKey } from '../reconcile/desired.js';
-import { Reconciler } from '../reconcile/reconciler.js';
+import { Reconciler, type ReconcileState, servedEverywhere } from '../reconcile/reconciler.js';
 import { openStore } from '../store/open.js';
 import { AgentHub } from './agent-hub.js';
 import { buildApp } from './app.js';
@@ -97,6 +98,19 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
       },
       o,
     );
+  // Hostnames every Caddy serves after the last pass, for Caddy's on-demand TLS ask. Built once
+  // per pass when first asked: a handshake with a random name must not cost a route listing.
+  let served: { state?: ReconcileState; hosts: HostIndex } = { hosts: new HostIndex([]) };
+  const servedHosts = (): HostIndex => {
+    const state = rec?.state;
+    if (state && served.state !== state) {
+      const hosts = state.desired.sites
+        .filter((site) => servedEverywhere(state, siteSignature(site)))
+        .map((x) => x.host);
+      served = { state, hosts: new HostIndex(hosts) };
+    }
+    return served.hosts;
+  };
   const routeEvents = new RouteEvents({ events, errors: () => routesNow({ onlyErrors: true }) });
   // Who owns each host, for the traffic counter: after a pass that changed the desired state,
   // before the next request of a new host is counted (a later update would count it as "other").
@@ -298,8 +312,7 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
     },
     ui: { auth: new UiAuth(store, token.hash), events },
     // Certificates on demand only for hostnames some route serves.
-    askDomain: (domain) =>
-      routesNow().some((r) => r.status === 'applied' && r.hosts.some((h) => domainAllowed(domain, [h]))),
+    askDomain: (domain) => servedHosts().covers(domain),
     reconcile: async (force) => {
       reconciler.wake({ force });
       await reconciler.idle();
