@@ -10,10 +10,13 @@ import type { Snapshot } from '../model/types.js';
 import { nextClaims, unitsOf } from '../reconcile/claims.js';
 import {
   type Admitted,
+  type AgentAdmission,
   type AgentView,
-  admitRoutes,
+  admitAgent,
   agentStatus,
+  combine,
   type LivenessOptions,
+  withheldBecause,
 } from '../reconcile/policy.js';
 import type { AgentRecord, KeyRecord, Presence, Store } from '../store/store.js';
 import { hashToken } from './auth.js';
@@ -78,6 +81,14 @@ export class Registry {
   /** Bumped on every change: what caches of derived views are keyed on. */
   private version = 0;
   private admittedCache?: { version: number; at: number; value: Admitted };
+  /**
+   * Each agent's last admission and what it was computed from: a change to one agent (or a
+   * heartbeat) re-admits that agent alone, not every route of every agent.
+   */
+  private readonly admissions = new Map<
+    string,
+    { inputs: string; snapshot?: Snapshot; value: AgentAdmission }
+  >();
   /** Recent enrolment times per key, for ENROLMENTS_PER_MINUTE. */
   private readonly enrolments = new Map<string, number[]>();
 
@@ -584,8 +595,40 @@ export class Registry {
     const now = this.clock();
     const c = this.admittedCache;
     if (c && c.version === this.version && now - c.at < ADMITTED_TTL_MS) return c.value;
-    const value = admitRoutes(this.views(), now, this.liveness);
+    const parts: AgentAdmission[] = [];
+    const seen = new Set<string>();
+    for (const record of this.agents.values()) {
+      seen.add(record.id);
+      parts.push(this.admitOne(this.view(record), now));
+    }
+    for (const id of this.admissions.keys()) if (!seen.has(id)) this.admissions.delete(id);
+    const value = combine(parts);
     this.admittedCache = { version: this.version, at: now, value };
+    return value;
+  }
+
+  /** One agent's admission, computed again only when something it reads has changed. */
+  private admitOne(v: AgentView, now: number): AgentAdmission {
+    const withheld = v.snapshot ? withheldBecause(v, now, this.liveness) : undefined;
+    const r = v.record;
+    const k = v.key;
+    // Records and keys change in place, so their fields are part of the inputs; a snapshot is
+    // replaced whole on every change, so its identity stands for its content.
+    const inputs = JSON.stringify([
+      withheld,
+      r.name,
+      r.kind,
+      r.seenFrom,
+      k?.id,
+      k?.name,
+      k?.domains,
+      k?.upstreams,
+      k?.maxRoutes,
+    ]);
+    const c = this.admissions.get(r.id);
+    if (c && c.inputs === inputs && c.snapshot === v.snapshot) return c.value;
+    const value = admitAgent(v, now, this.liveness);
+    this.admissions.set(r.id, { inputs, snapshot: v.snapshot, value });
     return value;
   }
 

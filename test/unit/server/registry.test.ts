@@ -177,6 +177,27 @@ describe('Registry', () => {
     expect(two.agentRoutes[0]!.routes).toHaveLength(1);
   });
 
+  it('re-admits only the agent that changed, and an agent whose key changed in place', async () => {
+    const { registry } = setup();
+    const k = await keyed(registry, 'k', { autoApprove: true });
+    const a = await registry.register(k, { name: 'h1' });
+    const b = await registry.register(k, { name: 'h2' });
+    await registry.replaceAgentState(snapshot(a.id, 1, [route('web')]));
+    await registry.replaceAgentState(snapshot(b.id, 1, [route('api')]));
+    const entryOf = (id: string) => registry.admitted().agentRoutes.find((e) => e.agentId === id)!;
+    const aBefore = entryOf(a.id);
+    const bBefore = entryOf(b.id);
+    await registry.replaceAgentState(snapshot(b.id, 2, [route('api'), route('api2')]));
+    expect(entryOf(a.id)).toBe(aBefore);
+    expect(entryOf(b.id)).not.toBe(bBefore);
+    expect(entryOf(b.id).routes).toHaveLength(2);
+    // The key record changes in place: its new domains must still reach both agents at once.
+    await registry.updateKey('k', { domains: ['*.other.test'] });
+    const after = registry.admitted();
+    expect(after.agentRoutes.every((e) => e.routes.length === 0)).toBe(true);
+    expect([...after.errors.values()].flat().join('\n')).toMatch(/outside the domains allowed for key k/);
+  });
+
   it('never removes the local agent, and counts it online while it heartbeats', async () => {
     const { registry, advance } = setup();
     await registry.registerLocal('local', 'box', '0.1.0');
