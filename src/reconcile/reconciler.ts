@@ -119,9 +119,15 @@ export class Reconciler<T extends HttpTarget = HttpTarget> {
     const startedAt = Date.now();
     const applyMs: number[] = [];
     try {
-      const desired = computeDesired(this.o.source());
+      // Each step of a big pass is tens of milliseconds: between them, requests and agents'
+      // messages are answered, so a pass over 10k routes never holds the loop for all of it.
+      const source = this.o.source();
+      await yieldToIo();
+      const desired = computeDesired(source);
+      await yieldToIo();
       // Before anything serves it: whoever must know the new state first (the traffic counter).
       this.o.onDesired?.(desired);
+      await yieldToIo();
       // Hosts moving into Caddy's config stay in DNS until every apply below has landed.
       this.o.dns?.publish(desired.sites, { transition: true });
       await yieldToIo();
@@ -166,7 +172,10 @@ export class Reconciler<T extends HttpTarget = HttpTarget> {
           });
         }
       }
-      if (!failed) this.o.dns?.publish(desired.sites);
+      if (!failed) {
+        await yieldToIo();
+        this.o.dns?.publish(desired.sites);
+      }
       // The budget is for Caddy applies (each re-provisions Caddy's whole config): a pass that
       // changed only the DNS table or TCP listeners gives its token back, so containers starting
       // one after another each go live at once.

@@ -56,6 +56,13 @@ const newId = (prefix: string) => `${prefix}_${randomBytes(6).toString('hex')}`;
 export const ENROLMENTS_PER_MINUTE = 60;
 /** How long an admission result is reused when nothing changed. */
 const ADMITTED_TTL_MS = 250;
+/**
+ * Snapshots are written behind, at most once per agent per this, the latest state each time: an
+ * agent sending its whole state back to back (8 MiB each, at worst) costs one write of it, not
+ * one per message, and the write never runs inside the handling of a message. Routing reads
+ * memory, so nothing waits for the store; a restart finds at most this much less.
+ */
+export const SNAPSHOT_SAVE_EVERY_MS = 500;
 
 export interface RegistryOptions {
   store: Store;
@@ -89,6 +96,10 @@ export class Registry {
     string,
     { inputs: string; snapshot?: Snapshot; value: AgentAdmission }
   >();
+  /** Snapshots not yet written, with their timers, and when each agent's was last written. */
+  private readonly unsaved = new Map<string, { snapshot: Snapshot; timer: NodeJS.Timeout }>();
+  private readonly savedAt = new Map<string, number>();
+  private readonly writing = new Set<Promise<void>>();
   /** Recent enrolment times per key, for ENROLMENTS_PER_MINUTE. */
   private readonly enrolments = new Map<string, number[]>();
 
@@ -177,12 +188,50 @@ export class Registry {
     }
   }
 
-  private async saveSnapshot(s: Snapshot): Promise<void> {
-    try {
-      await this.store.saveSnapshot(s);
-    } finally {
-      this.wrote(`snapshot:${s.agentId}`);
+  /** Writes the agent's snapshot soon (SNAPSHOT_SAVE_EVERY_MS); a later one replaces it. */
+  private saveSnapshot(s: Snapshot): void {
+    const pending = this.unsaved.get(s.agentId);
+    if (pending) {
+      pending.snapshot = s;
+      return;
     }
+    const wait = Math.max(0, SNAPSHOT_SAVE_EVERY_MS - (Date.now() - (this.savedAt.get(s.agentId) ?? 0)));
+    const timer = setTimeout(() => this.track(this.writeSnapshot(s.agentId)), wait);
+    this.unsaved.set(s.agentId, { snapshot: s, timer });
+  }
+
+  private track(p: Promise<void>): void {
+    this.writing.add(p);
+    void p.finally(() => this.writing.delete(p));
+  }
+
+  private async writeSnapshot(agentId: string): Promise<void> {
+    const pending = this.unsaved.get(agentId);
+    if (!pending) return;
+    clearTimeout(pending.timer);
+    this.unsaved.delete(agentId);
+    this.savedAt.set(agentId, Date.now());
+    try {
+      await this.store.saveSnapshot(pending.snapshot);
+    } catch (err) {
+      // Still served from memory; the agent's next change (or a flush) writes it again.
+      this.o.logger?.warn({ agentId, err: errorMessage(err) }, 'could not store the agent’s snapshot');
+    } finally {
+      this.wrote(`snapshot:${agentId}`);
+    }
+  }
+
+  /** Writes every snapshot not yet written (before the store closes). */
+  async flush(): Promise<void> {
+    for (const id of [...this.unsaved.keys()]) this.track(this.writeSnapshot(id));
+    await Promise.all([...this.writing]);
+  }
+
+  /** Forgets an agent's unwritten snapshot (the agent is gone). */
+  private dropUnsaved(agentId: string): void {
+    clearTimeout(this.unsaved.get(agentId)?.timer);
+    this.unsaved.delete(agentId);
+    this.savedAt.delete(agentId);
   }
 
   // ---- keys
@@ -436,6 +485,7 @@ export class Registry {
     this.agents.delete(a.id);
     this.snapshots.delete(a.id);
     this.live.delete(a.id);
+    this.dropUnsaved(a.id);
     try {
       await this.store.deleteAgent(a.id);
       await this.store.deleteSnapshot(a.id);
@@ -522,7 +572,7 @@ export class Registry {
         a.hostIp = s.hostIp;
         await this.saveAgent(a);
       }
-      await this.saveSnapshot(s);
+      this.saveSnapshot(s);
     } finally {
       // Served from memory even when the store is away (the caller logs the failure).
       this.notifyChanged();

@@ -336,6 +336,7 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
       routeEvents.stop();
       await follower?.close();
       await app.close();
+      await registry.flush();
       await plane.stop();
       await store.close();
     },
