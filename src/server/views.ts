@@ -134,7 +134,8 @@ export interface RouteViewInput {
 
 /**
  * Every route with its status, plus one entry per container whose labels were rejected.
- * `onlyErrors` leaves out the rest, and skips the work only statuses need (the events feed's scan).
+ * `onlyErrors` leaves out the rest, and skips the work only statuses need (the events feed's scan):
+ * those come in agent and snapshot order, unsorted.
  */
 export function routeViews(input: RouteViewInput, o: { onlyErrors?: boolean } = {}): RouteView[] {
   const { admitted, applied } = input;
@@ -216,7 +217,7 @@ export function routeViews(input: RouteViewInput, o: { onlyErrors?: boolean } = 
     }
     views.push(...rejectedContainers(agentId, agentName, s.diagnostics));
   }
-  return views.sort(byPlace);
+  return o.onlyErrors ? views : views.sort(byPlace);
 }
 
 /** One entry per container whose labels (or items, refused by the server) were errors. */
