@@ -242,4 +242,5 @@ console.log(
 );
 console.table(rows);
 // The summary, one line and last, for scripts comparing runs.
-if (JSON_OUT) console.log(JSON.stringify({ bench: 'caddy-layouts', cpus: cpus().length, requests: REQUESTS, rows }));
+if (JSON_OUT)
+  console.log(JSON.stringify({ bench: 'caddy-layouts', cpus: cpus().length, requests: REQUESTS, rows }));

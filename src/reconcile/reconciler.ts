@@ -5,7 +5,7 @@ import { errorMessage } from '../errors.js';
 import type { ListenerStatus } from '../model/data-plane.js';
 import type { DnsTableSync, HttpTarget, TcpListenerSync } from './data-plane.js';
 import type { AgentRoutes, Desired } from './desired.js';
-import { computeDesired } from './desired.js';
+import { DesiredModel } from './desired.js';
 
 export interface ReconcileState {
   desired: Desired;
@@ -47,8 +47,16 @@ export interface ReconcilerOptions<T extends HttpTarget = HttpTarget> {
   onPass?: (s: ReconcileState, info: { startedAt: number; applyMs: number[] }) => void;
 }
 
+/**
+ * Every this many passes (and on every forced pass: drift repair, a restarted Caddy) the desired
+ * state is computed from scratch instead of patched: the level-triggered guarantee, whatever an
+ * incremental update might have missed.
+ */
+export const FULL_PASS_EVERY = 100;
+
 export class Reconciler<T extends HttpTarget = HttpTarget> {
   private timer?: NodeJS.Timeout;
+  private model = new DesiredModel();
   private firstWakeAt = 0;
   private tokens = 3;
   private refilledAt = Date.now();
@@ -123,7 +131,8 @@ export class Reconciler<T extends HttpTarget = HttpTarget> {
       // messages are answered, so a pass over 10k routes never holds the loop for all of it.
       const source = this.o.source();
       await yieldToIo();
-      const desired = computeDesired(source);
+      if (force || this.counters.passes % FULL_PASS_EVERY === 0) this.model = new DesiredModel();
+      const desired = this.model.update(source);
       await yieldToIo();
       // Before anything serves it: whoever must know the new state first (the traffic counter).
       this.o.onDesired?.(desired);

@@ -91,9 +91,13 @@ export class RouteEvents {
       );
     }
     if (more > 0)
-      this.o.events.emit('route.rejected', `and ${more} more routes newly rejected (berth routes lists them all)`, {
-        more,
-      });
+      this.o.events.emit(
+        'route.rejected',
+        `and ${more} more routes newly rejected (berth routes lists them all)`,
+        {
+          more,
+        },
+      );
     this.lastErrors = now;
   }
 }
