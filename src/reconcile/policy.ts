@@ -101,7 +101,9 @@ export function admitAgent(a: AgentView, now: number, o: LivenessOptions): Agent
   const errors = new Map<string, string[]>();
   const refuse = (routeId: string, message: string) => {
     const k = routeKey(id, routeId);
-    errors.set(k, [...(errors.get(k) ?? []), message]);
+    const list = errors.get(k);
+    if (list) list.push(message);
+    else errors.set(k, [message]);
   };
   const domains = a.key?.domains ?? [];
   const subject = {
@@ -117,14 +119,23 @@ export function admitAgent(a: AgentView, now: number, o: LivenessOptions): Agent
     return !no;
   };
   let routes = snapshot.routes.filter((r) => {
-    const wide = r.hosts.map((h) => [h, publicSuffixWildcard(h)]).filter(([, s]) => s !== undefined);
-    if (wide.length > 0) {
+    // Per route of up to 10k: no arrays made unless something is wrong.
+    let wide: string[] | undefined;
+    let suffix: string | undefined;
+    for (const h of r.hosts) {
+      const s = h.startsWith('*.') ? publicSuffixWildcard(h) : undefined;
+      if (s === undefined) continue;
+      suffix ??= s;
+      (wide ??= []).push(h);
+    }
+    if (wide) {
       refuse(
         r.id,
-        `${wide.map(([h]) => h).join(', ')} would claim every name under the public suffix ${wide[0]![1]}; no agent may claim that`,
+        `${wide.join(', ')} would claim every name under the public suffix ${suffix}; no agent may claim that`,
       );
       return false;
     }
+    if (domains.length === 0) return upstreamOk(r);
     const outside = r.hosts.filter((h) => !domainAllowed(h, domains));
     if (outside.length > 0) {
       refuse(

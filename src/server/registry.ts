@@ -63,6 +63,8 @@ const ADMITTED_TTL_MS = 250;
  * memory, so nothing waits for the store; a restart finds at most this much less.
  */
 export const SNAPSHOT_SAVE_EVERY_MS = 500;
+/** …and after a write that took long (a snapshot of 8 MiB), at most this share of the time. */
+const SNAPSHOT_SAVE_SHARE = 0.1;
 
 export interface RegistryOptions {
   store: Store;
@@ -98,7 +100,7 @@ export class Registry {
   >();
   /** Snapshots not yet written, with their timers, and when each agent's was last written. */
   private readonly unsaved = new Map<string, { snapshot: Snapshot; timer: NodeJS.Timeout }>();
-  private readonly savedAt = new Map<string, number>();
+  private readonly savedAt = new Map<string, { at: number; ms: number }>();
   private readonly writing = new Set<Promise<void>>();
   /** Recent enrolment times per key, for ENROLMENTS_PER_MINUTE. */
   private readonly enrolments = new Map<string, number[]>();
@@ -195,7 +197,9 @@ export class Registry {
       pending.snapshot = s;
       return;
     }
-    const wait = Math.max(0, SNAPSHOT_SAVE_EVERY_MS - (Date.now() - (this.savedAt.get(s.agentId) ?? 0)));
+    const last = this.savedAt.get(s.agentId);
+    const every = Math.max(SNAPSHOT_SAVE_EVERY_MS, (last?.ms ?? 0) / SNAPSHOT_SAVE_SHARE);
+    const wait = Math.max(0, every - (Date.now() - (last?.at ?? 0)));
     const timer = setTimeout(() => this.track(this.writeSnapshot(s.agentId)), wait);
     this.unsaved.set(s.agentId, { snapshot: s, timer });
   }
@@ -210,13 +214,14 @@ export class Registry {
     if (!pending) return;
     clearTimeout(pending.timer);
     this.unsaved.delete(agentId);
-    this.savedAt.set(agentId, Date.now());
+    const at = Date.now();
     try {
       await this.store.saveSnapshot(pending.snapshot);
     } catch (err) {
       // Still served from memory; the agent's next change (or a flush) writes it again.
       this.o.logger?.warn({ agentId, err: errorMessage(err) }, 'could not store the agent’s snapshot');
     } finally {
+      this.savedAt.set(agentId, { at, ms: Date.now() - at });
       this.wrote(`snapshot:${agentId}`);
     }
   }
