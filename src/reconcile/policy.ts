@@ -126,7 +126,8 @@ export function admitAgent(a: AgentView, now: number, o: LivenessOptions): Agent
       const s = h.startsWith('*.') ? publicSuffixWildcard(h) : undefined;
       if (s === undefined) continue;
       suffix ??= s;
-      (wide ??= []).push(h);
+      wide ??= [];
+      wide.push(h);
     }
     if (wide) {
       refuse(
