@@ -59,23 +59,32 @@ export interface BerthCaddyParts {
  * Which sites the dynamic layout serves through DNS: a host with a single root site, plain
  * http upstreams, no path handling and no allow-list. Everything else needs per-route config.
  */
-export function splitSites(sites: Site[]): { explicit: Site[]; dynamic: Site[] } {
-  const perHost = new Map<string, number>();
-  for (const s of sites) perHost.set(s.host, (perHost.get(s.host) ?? 0) + 1);
+export function splitSites(sites: readonly Site[]): { explicit: Site[]; dynamic: Site[] } {
+  const perHost = sitesPerHost(sites);
   const explicit: Site[] = [];
   const dynamic: Site[] = [];
-  for (const s of sites) {
-    const simple =
-      perHost.get(s.host) === 1 &&
-      // An IPv6 literal cannot be a DNS label of the responder's zone.
-      !s.host.includes(':') &&
-      s.path === '/' &&
-      !s.stripPath &&
-      !s.allow?.length &&
-      s.upstreams.every((u) => u.scheme === 'http');
-    (simple ? dynamic : explicit).push(s);
-  }
+  for (const s of sites) (servedByDns(s, perHost) ? dynamic : explicit).push(s);
   return { explicit, dynamic };
+}
+
+/** How many sites each host has. */
+export function sitesPerHost(sites: readonly Site[]): Map<string, number> {
+  const perHost = new Map<string, number>();
+  for (const s of sites) perHost.set(s.host, (perHost.get(s.host) ?? 0) + 1);
+  return perHost;
+}
+
+/** Whether the dynamic layout serves this site through DNS (see splitSites). */
+export function servedByDns(s: Site, perHost: ReadonlyMap<string, number>): boolean {
+  return (
+    perHost.get(s.host) === 1 &&
+    // An IPv6 literal cannot be a DNS label of the responder's zone.
+    !s.host.includes(':') &&
+    s.path === '/' &&
+    !s.stripPath &&
+    !s.allow?.length &&
+    s.upstreams.every((u) => u.scheme === 'http')
+  );
 }
 
 export const SERVER_PREFIX = 'berth_';

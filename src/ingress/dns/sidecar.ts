@@ -19,7 +19,7 @@ import { connect, createServer as netServer } from 'node:net';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Site } from '../../model/desired.js';
-import { splitSites } from '../caddy/config.js';
+import { servedByDns, sitesPerHost } from '../caddy/config.js';
 import { alive, readPid, stopPid } from '../pid.js';
 import { DnsResponder, type HostTable } from './responder.js';
 
@@ -40,24 +40,49 @@ type TableFile = Record<string, [string, number][]>;
  * moves into Caddy's own config (it gained a path, say) keeps its old entry until that config has
  * landed: until then the catch-all still serves it, instead of a 404.
  */
-export function tableFromSites(sites: Site[], keep?: TableFile): TableFile {
-  return buildTable(sites, keep).table;
+export function tableFromSites(sites: readonly Site[], keep?: TableFile): TableFile {
+  const kept = keep && new Map(Object.entries(keep).map(([host, ups]) => [host, entryText(host, ups)]));
+  return JSON.parse(buildTable(sites, kept).text) as TableFile;
 }
 
-function buildTable(sites: Site[], keep?: TableFile): { table: TableFile; kept: number } {
-  const table: TableFile = {};
+/** `"host":[[ip,port],…]`, the table file's text for one host. */
+const entryText = (host: string, ups: [string, number][]) => `${JSON.stringify(host)}:${JSON.stringify(ups)}`;
+
+/** Each site's entry text, made once per site object: the desired state keeps sites it did not touch. */
+const entries = new WeakMap<Site, string>();
+function entryOf(s: Site): string {
+  let e = entries.get(s);
+  if (e === undefined) {
+    e = entryText(
+      s.host,
+      s.upstreams.map((u) => [u.host, u.port]),
+    );
+    entries.set(s, e);
+  }
+  return e;
+}
+
+/**
+ * The table as text (host → entry text, and the whole file), at 50k hosts a join of entries
+ * mostly made in earlier passes rather than a new JSON.stringify of every host.
+ */
+function buildTable(
+  sites: readonly Site[],
+  keep?: ReadonlyMap<string, string>,
+): { table: Map<string, string>; text: string; kept: number } {
+  const perHost = sitesPerHost(sites);
+  const table = new Map<string, string>();
+  for (const s of sites) if (servedByDns(s, perHost)) table.set(s.host, entryOf(s));
   let kept = 0;
-  for (const s of splitSites(sites).dynamic) table[s.host] = s.upstreams.map((u) => [u.host, u.port]);
   if (keep) {
-    const hosts = new Set(sites.map((s) => s.host));
-    for (const [host, ups] of Object.entries(keep)) {
-      if (!(host in table) && hosts.has(host)) {
-        table[host] = ups;
+    for (const [host, e] of keep) {
+      if (!table.has(host) && perHost.has(host)) {
+        table.set(host, e);
         kept++;
       }
     }
   }
-  return { table, kept };
+  return { table, text: `{${[...table.values()].join(',')}}`, kept };
 }
 
 function toHostTable(t: TableFile): HostTable {
@@ -157,8 +182,8 @@ export class DnsSidecar {
   private stopping = false;
   private cfg?: SidecarConfig;
   private lastTable = '';
-  private lastObject: TableFile = {};
-  private lastSites?: Site[];
+  private lastEntries = new Map<string, string>();
+  private lastSites?: readonly Site[];
   private keptAside = false;
   restarts = 0;
 
@@ -207,20 +232,19 @@ export class DnsSidecar {
    * Writes the table for the sidecar (atomically); unchanged tables are not rewritten. Before an
    * apply (`transition`), hosts leaving the table for Caddy's config keep their entries.
    */
-  publish(sites: Site[], o: { transition?: boolean } = {}): void {
+  publish(sites: readonly Site[], o: { transition?: boolean } = {}): void {
     // The usual pass publishes the same sites twice (before and after applying); when the first
     // kept no host aside, the second would write the same table: skip building it (50k hosts).
     if (!o.transition && sites === this.lastSites && !this.keptAside) return;
-    const { table, kept } = buildTable(sites, o.transition ? this.lastObject : undefined);
+    const { table, text, kept } = buildTable(sites, o.transition ? this.lastEntries : undefined);
     this.lastSites = sites;
     this.keptAside = kept > 0;
-    const text = JSON.stringify(table);
     if (text === this.lastTable) return;
     const p = paths(this.o.dataDir);
     writeFileSync(`${p.table}.tmp`, text);
     renameSync(`${p.table}.tmp`, p.table);
     this.lastTable = text;
-    this.lastObject = table;
+    this.lastEntries = table;
   }
 
   async stop(): Promise<void> {
