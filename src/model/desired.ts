@@ -14,6 +14,17 @@ export interface Site {
   routeKeys: string[];
 }
 
+/**
+ * How a site list differs from an earlier one (`since`, by identity): sites are never changed in
+ * place, so a site that changed is a removed object and an added one. Consumers that kept state
+ * for `since` patch it; any other consumer reads the whole list.
+ */
+export interface SiteChanges {
+  since: readonly Site[];
+  added: readonly Site[];
+  removed: readonly Site[];
+}
+
 /** One front-door TCP port and the containers behind it. */
 export interface TcpListenerSite {
   listen: number;

@@ -1,5 +1,5 @@
 // Desired state: every agent's routes merged into what the front door should serve. Pure.
-import type { Site, TcpListenerSite } from '../model/desired.js';
+import type { Site, SiteChanges, TcpListenerSite } from '../model/desired.js';
 import { domainCovers } from '../model/domains.js';
 import type { RouteSpec, TcpRouteSpec, Upstream } from '../model/types.js';
 import { type Claims, claimedSince, httpUnit, tcpUnit } from './claims.js';
@@ -31,6 +31,8 @@ export interface RouteOutcome {
 
 export interface Desired {
   sites: Site[];
+  /** What changed since the previous update of the same model (absent from a fresh one). */
+  changes?: SiteChanges;
   tcp: TcpListenerSite[];
   outcomes: Map<string, RouteOutcome>;
 }
@@ -118,6 +120,7 @@ export class DesiredModel {
   private readonly routes = new Map<string, RouteSpec>();
   private readonly outcomes = new Map<string, RouteOutcome>();
   private sites: Site[] = [];
+  private updated = false;
 
   update(agents: readonly AgentRoutes[]): Desired {
     const dirty = new Set<string>();
@@ -155,9 +158,13 @@ export class DesiredModel {
       const r = this.routes.get(key);
       if (r) this.outcomes.set(key, this.outcomeOf(key, r));
     }
+    const since = this.sites;
     if (dirty.size > 0) this.sites = this.sitesAfter(dirty.size, replaced, changed);
     const outcomes = new Map(this.outcomes);
-    return { sites: this.sites, tcp: computeTcp(agents, outcomes), outcomes };
+    const d: Desired = { sites: this.sites, tcp: computeTcp(agents, outcomes), outcomes };
+    if (this.updated) d.changes = { since, added: changed, removed: [...replaced] };
+    this.updated = true;
+    return d;
   }
 
   private add(a: AgentRoutes, dirty: Set<string>, touched: Set<string>): void {

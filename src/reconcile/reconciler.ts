@@ -138,7 +138,7 @@ export class Reconciler<T extends HttpTarget = HttpTarget> {
       this.o.onDesired?.(desired);
       await yieldToIo();
       // Hosts moving into Caddy's config stay in DNS until every apply below has landed.
-      this.o.dns?.publish(desired.sites, { transition: true });
+      this.o.dns?.publish(desired.sites, { transition: true }, desired.changes);
       await yieldToIo();
       let tcp = new Map<number, ListenerStatus>();
       if (this.o.tcp) {
@@ -157,7 +157,7 @@ export class Reconciler<T extends HttpTarget = HttpTarget> {
         }
         try {
           await yieldToIo();
-          const r = await t.apply(desired.sites);
+          const r = await t.apply(desired.sites, desired.changes);
           if (r.changed) {
             applyMs.push(r.ms);
             this.counters.applies++;

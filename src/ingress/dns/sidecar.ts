@@ -18,8 +18,8 @@ import { createServer, type Server } from 'node:http';
 import { connect, createServer as netServer } from 'node:net';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import type { Site } from '../../model/desired.js';
-import { servedByDns, sitesPerHost } from '../caddy/config.js';
+import type { Site, SiteChanges } from '../../model/desired.js';
+import { SiteSplit } from '../caddy/config.js';
 import { alive, readPid, stopPid } from '../pid.js';
 import { DnsResponder, type HostTable } from './responder.js';
 
@@ -41,48 +41,72 @@ type TableFile = Record<string, [string, number][]>;
  * landed: until then the catch-all still serves it, instead of a 404.
  */
 export function tableFromSites(sites: readonly Site[], keep?: TableFile): TableFile {
-  const kept = keep && new Map(Object.entries(keep).map(([host, ups]) => [host, entryText(host, ups)]));
-  return JSON.parse(buildTable(sites, kept).text) as TableFile;
+  const t = new DnsTable();
+  if (keep) for (const [host, ups] of Object.entries(keep)) t.entries.set(host, entryText(host, ups));
+  return JSON.parse(t.update(sites, { transition: keep !== undefined }) ?? t.text()) as TableFile;
 }
 
 /** `"host":[[ip,port],…]`, the table file's text for one host. */
 const entryText = (host: string, ups: [string, number][]) => `${JSON.stringify(host)}:${JSON.stringify(ups)}`;
 
 /** Each site's entry text, made once per site object: the desired state keeps sites it did not touch. */
-const entries = new WeakMap<Site, string>();
+const entryTexts = new WeakMap<Site, string>();
 function entryOf(s: Site): string {
-  let e = entries.get(s);
+  let e = entryTexts.get(s);
   if (e === undefined) {
     e = entryText(
       s.host,
       s.upstreams.map((u) => [u.host, u.port]),
     );
-    entries.set(s, e);
+    entryTexts.set(s, e);
   }
   return e;
 }
 
 /**
- * The table as text (host → entry text, and the whole file), at 50k hosts a join of entries
- * mostly made in earlier passes rather than a new JSON.stringify of every host.
+ * The table, kept between passes: with the changes since the sites it last saw, only the hosts
+ * they touch are looked at again (and those it kept aside for a transition).
  */
-function buildTable(
-  sites: readonly Site[],
-  keep?: ReadonlyMap<string, string>,
-): { table: Map<string, string>; text: string; kept: number } {
-  const perHost = sitesPerHost(sites);
-  const table = new Map<string, string>();
-  for (const s of sites) if (servedByDns(s, perHost)) table.set(s.host, entryOf(s));
-  let kept = 0;
-  if (keep) {
-    for (const [host, e] of keep) {
-      if (!table.has(host) && perHost.has(host)) {
-        table.set(host, e);
-        kept++;
+export class DnsTable {
+  private readonly split = new SiteSplit();
+  /** Host → entry text: what the file holds (or will, once written). */
+  readonly entries = new Map<string, string>();
+  /** Hosts kept at their old entry while they move into Caddy's config. */
+  private keptAside = new Set<string>();
+
+  /** The new file text, or undefined when nothing in it changed. */
+  update(sites: readonly Site[], o: { transition?: boolean }, changes?: SiteChanges): string | undefined {
+    const hosts = this.split.update(sites, changes);
+    const kept = new Set<string>();
+    let changed = false;
+    const place = (host: string) => {
+      const site = this.split.dynamic.get(host);
+      const before = this.entries.get(host);
+      let after: string | undefined;
+      if (site) after = entryOf(site);
+      else if (o.transition && before !== undefined && this.split.has(host)) {
+        after = before;
+        kept.add(host);
       }
+      if (after === before) return;
+      changed = true;
+      if (after === undefined) this.entries.delete(host);
+      else this.entries.set(host, after);
+    };
+    if (hosts === undefined) {
+      for (const host of [...this.entries.keys()]) if (!this.split.dynamic.has(host)) place(host);
+      for (const host of this.split.dynamic.keys()) place(host);
+    } else {
+      for (const host of hosts) place(host);
+      for (const host of this.keptAside) if (!hosts.has(host)) place(host);
     }
+    this.keptAside = kept;
+    return changed || hosts === undefined ? this.text() : undefined;
   }
-  return { table, text: `{${[...table.values()].join(',')}}`, kept };
+
+  text(): string {
+    return `{${[...this.entries.values()].join(',')}}`;
+  }
 }
 
 function toHostTable(t: TableFile): HostTable {
@@ -182,9 +206,7 @@ export class DnsSidecar {
   private stopping = false;
   private cfg?: SidecarConfig;
   private lastTable = '';
-  private lastEntries = new Map<string, string>();
-  private lastSites?: readonly Site[];
-  private keptAside = false;
+  private readonly table = new DnsTable();
   restarts = 0;
 
   constructor(private readonly o: SidecarOptions) {}
@@ -232,19 +254,13 @@ export class DnsSidecar {
    * Writes the table for the sidecar (atomically); unchanged tables are not rewritten. Before an
    * apply (`transition`), hosts leaving the table for Caddy's config keep their entries.
    */
-  publish(sites: readonly Site[], o: { transition?: boolean } = {}): void {
-    // The usual pass publishes the same sites twice (before and after applying); when the first
-    // kept no host aside, the second would write the same table: skip building it (50k hosts).
-    if (!o.transition && sites === this.lastSites && !this.keptAside) return;
-    const { table, text, kept } = buildTable(sites, o.transition ? this.lastEntries : undefined);
-    this.lastSites = sites;
-    this.keptAside = kept > 0;
-    if (text === this.lastTable) return;
+  publish(sites: readonly Site[], o: { transition?: boolean } = {}, changes?: SiteChanges): void {
+    const text = this.table.update(sites, o, changes);
+    if (text === undefined || text === this.lastTable) return;
     const p = paths(this.o.dataDir);
     writeFileSync(`${p.table}.tmp`, text);
     renameSync(`${p.table}.tmp`, p.table);
     this.lastTable = text;
-    this.lastEntries = table;
   }
 
   async stop(): Promise<void> {

@@ -2,6 +2,9 @@
 // fleets change one step at a time (agents added, removed, re-reporting, or unchanged), and after
 // every step the model's answer is compared with a fresh computeDesired of the same fleet.
 import { describe, expect, it } from 'vitest';
+import { SiteSplit, splitSites } from '../../../src/ingress/caddy/config.js';
+import { DnsTable, tableFromSites } from '../../../src/ingress/dns/sidecar.js';
+import type { Site } from '../../../src/model/desired.js';
 import type { RouteSpec, TcpRouteSpec } from '../../../src/model/types.js';
 import {
   type AgentRoutes,
@@ -87,11 +90,15 @@ const plain = (d: Desired) => ({
 });
 
 describe('DesiredModel', () => {
-  it('equals the full recomputation after every step of 2,000 random histories', () => {
+  it('equals the full recomputation after every step of 2,000 random histories, and so do the split and the DNS table patched from its changes', () => {
     let steps = 0;
     for (let seed = 1; seed <= 2_000; seed++) {
       const r = rng(seed);
       const model = new DesiredModel();
+      const split = new SiteSplit();
+      const dns = new DnsTable();
+      let prevSites: readonly Site[] = [];
+      let prevTable: Record<string, [string, number][]> = {};
       let fleet: AgentRoutes[] = [];
       let version = 0;
       for (let step = 0; step < 12; step++) {
@@ -107,6 +114,25 @@ describe('DesiredModel', () => {
         const want = computeDesired(fleet);
         if (JSON.stringify(plain(got)) !== JSON.stringify(plain(want)))
           expect({ seed, step, ...plain(got) }).toEqual({ seed, step, ...plain(want) });
+        // The changes lead from the previous list to this one, and what the data plane keeps
+        // from them (the split, the DNS table in both phases) equals what the whole list gives.
+        if (step > 0) {
+          expect(got.changes?.since).toBe(prevSites);
+          const after = new Set<Site>(prevSites);
+          for (const x of got.changes!.removed) after.delete(x);
+          for (const x of got.changes!.added) after.add(x);
+          expect(after).toEqual(new Set(got.sites));
+        }
+        split.update(got.sites, got.changes);
+        const full = splitSites(got.sites);
+        expect(split.explicit).toEqual(full.explicit);
+        expect(new Map(full.dynamic.map((x) => [x.host, x]))).toEqual(split.dynamic);
+        const during = dns.update(got.sites, { transition: true }, got.changes) ?? dns.text();
+        expect(JSON.parse(during)).toEqual(tableFromSites(got.sites, prevTable));
+        const settled = dns.update(got.sites, {}, got.changes) ?? dns.text();
+        prevTable = JSON.parse(settled);
+        expect(prevTable).toEqual(tableFromSites(got.sites));
+        prevSites = got.sites;
         steps++;
       }
     }
