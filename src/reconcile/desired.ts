@@ -120,6 +120,7 @@ export class DesiredModel {
   private readonly routes = new Map<string, RouteSpec>();
   private readonly outcomes = new Map<string, RouteOutcome>();
   private sites: Site[] = [];
+  private tcpKeys: string[] = [];
   private updated = false;
 
   update(agents: readonly AgentRoutes[]): Desired {
@@ -160,8 +161,12 @@ export class DesiredModel {
     }
     const since = this.sites;
     if (dirty.size > 0) this.sites = this.sitesAfter(dirty.size, replaced, changed);
-    const outcomes = new Map(this.outcomes);
-    const d: Desired = { sites: this.sites, tcp: computeTcp(agents, outcomes), outcomes };
+    // TCP routes are few (one per front-door port): worked out whole each time, in the same map.
+    for (const key of this.tcpKeys) this.outcomes.delete(key);
+    const tcp = computeTcp(agents, this.outcomes);
+    this.tcpKeys = agents.flatMap((a) => (a.tcp ?? []).map((r) => routeKey(a.agentId, r.id)));
+    // The outcomes map is the model's own, changed by its next update: readers use the latest.
+    const d: Desired = { sites: this.sites, tcp, outcomes: this.outcomes };
     if (this.updated) d.changes = { since, added: changed, removed: [...replaced] };
     this.updated = true;
     return d;
@@ -219,14 +224,23 @@ export class DesiredModel {
       return [...this.results.values()].flatMap((r) => (r.site ? [r.site] : [])).sort(bySite);
     const kept = replaced.size > 0 ? this.sites.filter((s) => !replaced.has(s)) : this.sites;
     changed.sort(bySite);
+    // Each changed site's place by binary search (a few comparisons each), then the runs of kept
+    // sites between them copied whole: not a comparison per site of the fleet.
     const out: Site[] = [];
-    let i = 0;
-    let j = 0;
-    while (i < kept.length || j < changed.length) {
-      if (j >= changed.length || (i < kept.length && bySite(kept[i]!, changed[j]!) <= 0))
-        out.push(kept[i++]!);
-      else out.push(changed[j++]!);
+    let from = 0;
+    for (const c of changed) {
+      let lo = from;
+      let hi = kept.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if (bySite(kept[mid]!, c) <= 0) lo = mid + 1;
+        else hi = mid;
+      }
+      for (let i = from; i < lo; i++) out.push(kept[i]!);
+      out.push(c);
+      from = lo;
     }
+    for (let i = from; i < kept.length; i++) out.push(kept[i]!);
     return out;
   }
 }
