@@ -48,15 +48,16 @@ export interface ReconcilerOptions<T extends HttpTarget = HttpTarget> {
 }
 
 /**
- * Every this many passes (and on every forced pass: drift repair, a restarted Caddy) the desired
+ * At least this often (and on every forced pass: drift repair, a restarted Caddy) the desired
  * state is computed from scratch instead of patched: the level-triggered guarantee, whatever an
- * incremental update might have missed.
+ * incremental update might have missed. It costs about a second at 50k routes, so not often.
  */
-export const FULL_PASS_EVERY = 100;
+export const FULL_PASS_EVERY_MS = 5 * 60_000;
 
 export class Reconciler<T extends HttpTarget = HttpTarget> {
   private timer?: NodeJS.Timeout;
   private model = new DesiredModel();
+  private fullPassAt = 0;
   private firstWakeAt = 0;
   private tokens = 3;
   private refilledAt = Date.now();
@@ -131,7 +132,10 @@ export class Reconciler<T extends HttpTarget = HttpTarget> {
       // messages are answered, so a pass over 10k routes never holds the loop for all of it.
       const source = this.o.source();
       await yieldToIo();
-      if (force || this.counters.passes % FULL_PASS_EVERY === 0) this.model = new DesiredModel();
+      if (force || startedAt - this.fullPassAt >= FULL_PASS_EVERY_MS) {
+        this.model = new DesiredModel();
+        this.fullPassAt = startedAt;
+      }
       const desired = this.model.update(source);
       await yieldToIo();
       // Before anything serves it: whoever must know the new state first (the traffic counter).
