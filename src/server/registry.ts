@@ -65,6 +65,8 @@ const ADMITTED_TTL_MS = 250;
 export const SNAPSHOT_SAVE_EVERY_MS = 500;
 /** …and after a write that took long (a snapshot of 8 MiB), at most this share of the time. */
 const SNAPSHOT_SAVE_SHARE = 0.1;
+/** How stale a stored last-seen time may be (the record is written then with no other change). */
+export const LAST_SEEN_WRITE_MS = 60_000;
 
 export interface RegistryOptions {
   store: Store;
@@ -102,6 +104,8 @@ export class Registry {
   private readonly unsaved = new Map<string, { snapshot: Snapshot; timer: NodeJS.Timeout }>();
   private readonly savedAt = new Map<string, { at: number; ms: number }>();
   private readonly writing = new Set<Promise<void>>();
+  /** When each agent's record was last written by a heartbeat. */
+  private readonly seenWritten = new Map<string, number>();
   /** Recent enrolment times per key, for ENROLMENTS_PER_MINUTE. */
   private readonly enrolments = new Map<string, number[]>();
 
@@ -530,8 +534,14 @@ export class Registry {
     });
     // With a shared store the agent record is rewritten only when something in it changed, so a
     // heartbeat cannot undo an approval made on another replica (presence carries the rest).
-    if (!this.store.shared || before !== `${a.version} ${a.dockerVersion} ${a.hostIp}`)
+    // Alone, its last-seen time is written too, but at most every LAST_SEEN_WRITE_MS (1000
+    // agents beating every 15 s would be 67 writes a second for a time nobody reads to the ms).
+    const changed = before !== `${a.version} ${a.dockerVersion} ${a.hostIp}`;
+    const seenDue = !this.store.shared && now - (this.seenWritten.get(agentId) ?? 0) >= LAST_SEEN_WRITE_MS;
+    if (changed || seenDue) {
+      this.seenWritten.set(agentId, now);
       await this.saveAgent(a);
+    }
   }
 
   disconnected(agentId: string): void {

@@ -115,17 +115,15 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
   const routeEvents = new RouteEvents({ events, errors: () => routesNow({ onlyErrors: true }) });
   // Who owns each host, for the traffic counter: after a pass that changed the desired state,
   // before the next request of a new host is counted (a later update would count it as "other").
-  // The desired state keeps a site it did not touch as the same object, so what changed is found
-  // by identity, and only that (with its owners, looked up for it alone) goes to the thread.
-  let sentSites = new Set<Site>();
+  // Only what changed since the list last sent goes to the thread (the desired state says what it
+  // added and removed), with owners looked up for those sites alone; else the whole list.
   let sentFrom: readonly Site[] | undefined;
   const sendTrafficRoutes = (desired: Desired) => {
     if (!traffic || desired.sites === sentFrom) return;
+    const patch = desired.changes && desired.changes.since === sentFrom ? desired.changes : undefined;
     sentFrom = desired.sites;
-    const next = new Set(desired.sites);
-    const removed = [...sentSites].filter((s) => !next.has(s));
-    const added = desired.sites.filter((s) => !sentSites.has(s));
-    sentSites = next;
+    const removed = patch?.removed ?? [];
+    const added = patch?.added ?? desired.sites;
     const agents = new Map<string, { name?: string; routes: Map<string, RouteSpec> }>();
     const ownerOf = (key: string) => {
       const colon = key.indexOf(':');
@@ -144,6 +142,7 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
     traffic.patchRoutes(
       removed.map((s) => ({ host: s.host, path: s.path })),
       trafficRoutes(added, ownerOf),
+      { reset: patch === undefined },
     );
   };
   const reconciler = new Reconciler({

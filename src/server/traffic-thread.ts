@@ -44,9 +44,17 @@ export class TrafficThread {
     return this.ready;
   }
 
-  /** What changed in the routes served: only that crosses to the thread (50k hosts would cost ~100 ms a pass). */
-  patchRoutes(removed: { host: string; path: string }[], added: TrafficRoute[]): void {
-    if (removed.length > 0 || added.length > 0) this.post({ type: 'routes', removed, added });
+  /**
+   * What changed in the routes served: only that crosses to the thread (50k hosts would cost
+   * ~100 ms a pass); with `reset`, `added` is the whole list.
+   */
+  patchRoutes(
+    removed: { host: string; path: string }[],
+    added: TrafficRoute[],
+    o: { reset?: boolean } = {},
+  ): void {
+    if (o.reset || removed.length > 0 || added.length > 0)
+      this.post({ type: 'routes', removed, added, reset: o.reset === true });
   }
 
   tick(tcp: Map<number, ListenerCounters>, active: Map<number, number>): void {

@@ -151,7 +151,12 @@ export function routeViews(
       for (const k of site.routeKeys) sitesByKey.set(k, [...(sitesByKey.get(k) ?? []), sig]);
     }
   }
+  const withErrors = o.onlyErrors ? agentsWithErrors(admitted, applied) : undefined;
   for (const { id: agentId, name: agentName, snapshot: s } of input.agents) {
+    if (withErrors && !withErrors.has(agentId)) {
+      views.push(...rejectedContainers(agentId, agentName, s.diagnostics));
+      continue;
+    }
     const withheld = admitted.withheld.get(agentId);
     const note = (notReady: string | undefined) => (withheld ? `not served: ${withheld}` : notReady);
     for (const r of s.routes) {
@@ -222,6 +227,23 @@ export function routeViews(
     views.push(...rejectedContainers(agentId, agentName, s.diagnostics));
   }
   return o.onlyErrors || o.unordered ? views : byPlace(views);
+}
+
+/**
+ * Agents with at least one route in error: the events feed's scan runs every second, and at 50k
+ * routes looking at every route of every agent to find a few errors cost more than the pass.
+ */
+function agentsWithErrors(admitted: Admitted, applied: Applied | undefined): Set<string> {
+  const agents = new Set<string>();
+  const add = (key: string) => agents.add(key.slice(0, key.indexOf(':')));
+  for (const k of admitted.errors.keys()) add(k);
+  if (!applied) return agents;
+  for (const [k, out] of applied.outcomes) if (out.errors.length > 0) add(k);
+  if (applied.quarantined.size > 0)
+    for (const site of applied.sites)
+      if (applied.quarantined.has(applied.signature(site))) for (const k of site.routeKeys) add(k);
+  for (const l of applied.tcp.values()) if (l.state === 'error') for (const k of l.routeKeys) add(k);
+  return agents;
 }
 
 /** One entry per container whose labels (or items, refused by the server) were errors. */

@@ -221,6 +221,29 @@ describe('Registry', () => {
     expect(again.snapshotOf(a.id)?.routes.map((r) => r.id)).toEqual(['w21/default']);
   });
 
+  it('writes an agent’s record on a heartbeat only when it changed or its last-seen time is a minute old', async () => {
+    const { registry, store, advance } = setup();
+    const k = await keyed(registry, 'k', { autoApprove: true });
+    const a = await registry.register(k, { name: 'h1' });
+    let writes = 0;
+    const save = store.upsertAgent.bind(store);
+    store.upsertAgent = async (r) => {
+      writes++;
+      await save(r);
+    };
+    await registry.heartbeat(a.id, { version: '1' });
+    for (let i = 0; i < 10; i++) {
+      advance(5_000);
+      await registry.heartbeat(a.id, { version: '1' });
+    }
+    expect(writes).toBe(1); // the version was new; 50 s since
+    advance(10_000);
+    await registry.heartbeat(a.id, { version: '1' });
+    expect(writes).toBe(2); // a minute since the last write
+    await registry.heartbeat(a.id, { version: '2' });
+    expect(writes).toBe(3); // changed
+  });
+
   it('never removes the local agent, and counts it online while it heartbeats', async () => {
     const { registry, advance } = setup();
     await registry.registerLocal('local', 'box', '0.1.0');

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import type { RouteView } from '../../../src/model/api.js';
 import type { RouteSpec, Snapshot } from '../../../src/model/types.js';
 import type { Admitted, AgentView } from '../../../src/reconcile/policy.js';
 import {
@@ -292,6 +293,33 @@ describe('routeViews', () => {
           .map((r) => r.status),
       ),
     ).toEqual(new Set(['pending']));
+  });
+
+  it('finds the same errors through its shortcut as the whole listing, however they arise', () => {
+    const clean = { id: 'a2', name: 'host2', snapshot: { ...snapshot, agentId: 'a2', diagnostics: [] } };
+    // Each way a2, otherwise clean, can have an error: a claim lost, its listener failed, its
+    // site rejected by Caddy.
+    const lost: Applied = {
+      ...applied,
+      outcomes: new Map([['a2:alpha/default', { errors: ['alpha.example.com is already claimed'] }]]),
+    };
+    const failedTcp: Applied = {
+      ...applied,
+      tcp: new Map([[5432, { routeKeys: ['a2:db/tcp/pg'], state: 'error', error: 'address in use' }]]),
+    };
+    const rejected: Applied = {
+      ...applied,
+      sites: applied.sites.map((x) =>
+        x.host === 'bad.example.com' ? { ...x, routeKeys: ['a2:bad/default'] } : x,
+      ),
+    };
+    for (const a of [applied, lost, failedTcp, rejected]) {
+      const input = { agents: [...agents, clean], admitted, applied: a };
+      const ids = (v: RouteView[]) => v.map((r) => `${r.agentId} ${r.kind} ${r.id}`).sort();
+      expect(ids(routeViews(input, { onlyErrors: true }))).toEqual(
+        ids(routeViews(input).filter((r) => r.status === 'error')),
+      );
+    }
   });
 
   it('says why a withheld agent’s routes do not serve', () => {
