@@ -46,6 +46,13 @@ export class SqliteStore implements Store {
       .run(key, value);
   }
 
+  async claimMeta(key: string, value: string): Promise<string> {
+    this.db
+      .prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING')
+      .run(key, value);
+    return (await this.getMeta(key)) ?? value;
+  }
+
   async upsertAgent(a: AgentRecord): Promise<void> {
     this.db
       .prepare(
