@@ -164,8 +164,15 @@ export class ServerLink {
         if (body.length < MAX_REFUSAL_BODY)
           body += c.toString('utf8').slice(0, MAX_REFUSAL_BODY - body.length);
       });
-      res.on('error', () => {});
+      // The answer is read before the connection goes: over TLS its body can arrive after the headers.
+      const giveUp = setTimeout(() => ws.terminate(), 5_000);
+      const finish = () => {
+        clearTimeout(giveUp);
+        ws.terminate();
+      };
+      res.on('error', finish);
       res.on('end', () => {
+        finish();
         let message = body;
         try {
           const m = JSON.parse(body).error.message;
@@ -180,7 +187,6 @@ export class ServerLink {
           `server refused the agent: ${clip(message, MAX_MESSAGE)}`,
         );
       });
-      ws.terminate();
     });
     ws.on('open', () => {
       this.connects++;
