@@ -52,11 +52,14 @@ import {
   sleep,
 } from './lib.js';
 
+const AGENTS_PER_KEY = 50;
+
 interface WorkerConfig {
   apiUrl: string;
   /** --tls: the agent listener (https://…) and the CA its chain must reach. */
   agentTls?: { url: string; ca: string };
-  key: string;
+  /** Agent i uses keys[floor(i / AGENTS_PER_KEY)]. */
+  keys: string[];
   from: number;
   to: number;
   containers: number;
@@ -249,7 +252,7 @@ function worker(): void {
     private open(): void {
       if (this.stopped) return;
       const headers: Record<string, string> = {
-        authorization: `Bearer ${cfg.key}`,
+        authorization: `Bearer ${cfg.keys[Math.floor(this.index / AGENTS_PER_KEY)]}`,
         'x-berth-agent-name': this.name,
         'x-berth-agent-version': 'soak-sim',
       };
@@ -530,10 +533,19 @@ async function main(): Promise<void> {
       if (!res.ok) throw new Error(`GET ${path}: ${res.status} ${await res.text()}`);
       return res.json();
     };
-    const k = await berth.cli(['keys', 'create', '--name', 'soak', '--auto-approve', '--json']);
-    if (k.code !== 0) throw new Error(`keys create: ${k.stderr}`);
-    // The secret only: these simulated agents send what the real agent sends, never the pin.
-    const key = (JSON.parse(k.stdout).secret as string).split('.')[0]!;
+    // A key enrols at most 60 new agents a minute (ENROLMENTS_PER_MINUTE): one key per 50 agents,
+    // so that the ramp measures the server rather than that limit.
+    const keys: string[] = [];
+    for (let i = 0; i < Math.ceil(AGENTS / AGENTS_PER_KEY); i++) {
+      const res = await fetch(`${berth.apiUrl}/api/keys`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${berth.token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ name: `soak-${i}`, autoApprove: true }),
+      });
+      if (!res.ok) throw new Error(`POST /api/keys: ${res.status} ${await res.text()}`);
+      // The secret only: these simulated agents send what the real agent sends, never the pin.
+      keys.push(((await res.json()) as { secret: string }).secret.split('.')[0]!);
+    }
     const agentTls = TLS ? { url: berth.agentUrl, ca: await presentedCa(berth.agentUrl) } : undefined;
 
     // Upstreams for every route: a few tiny HTTP servers on 127.0.0.1 that name the host asked for.
@@ -574,7 +586,7 @@ async function main(): Promise<void> {
         config: {
           apiUrl: berth.apiUrl,
           ...(agentTls ? { agentTls } : {}),
-          key,
+          keys,
           from: w * per,
           to: Math.min(AGENTS, (w + 1) * per),
           containers: CONTAINERS,
