@@ -88,6 +88,12 @@ export const FLAGS: FlagDef[] = [
     for: SERVE,
   },
   {
+    name: 'ui-host',
+    kind: 'string',
+    help: 'Serve the API and web UI at the front door under this hostname, with its TLS (for remote operators); --api-listen stays as it is',
+    for: SERVE,
+  },
+  {
     name: 'docker',
     kind: 'string',
     help: 'Docker endpoint (unix:///path or tcp://host:port); default DOCKER_HOST, then the local socket',
@@ -605,6 +611,8 @@ export interface ServeConfig extends Common {
     certFile?: string;
     keyFile?: string;
   };
+  /** --ui-host: the API and UI at the front door under this name. */
+  uiHost?: string;
   /** The local agent of `berth standalone`. */
   watch?: WatchConfig;
 }
@@ -792,6 +800,15 @@ function serveConfig(
       !/^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62})?)*$/.test(v)
     )
       problems.push(`--public-name ${n}: expected a DNS name or an IP address`);
+  }
+  const uiHost = opt(raw['ui-host']);
+  if (uiHost !== undefined) {
+    if (
+      !/^[A-Za-z0-9]([A-Za-z0-9-]{0,62})?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62})?)*$/.test(uiHost) ||
+      isIP(uiHost)
+    )
+      problems.push(`--ui-host ${uiHost}: expected a DNS name such as berth.example.com`);
+    else c.uiHost = uiHost.toLowerCase();
   }
   const tlsCert = opt(raw['agent-tls-cert']);
   const tlsKey = opt(raw['agent-tls-key']);

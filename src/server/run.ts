@@ -316,7 +316,7 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
     ui: { auth: new UiAuth(store, token.hash), events },
     agentTls: () => agentTls?.info,
     // Certificates on demand only for hostnames some route serves.
-    askDomain: (domain) => servedHosts().covers(domain),
+    askDomain: (domain) => domain === config.uiHost || servedHosts().covers(domain),
     reconcile: async (force) => {
       reconciler.wake({ force });
       await reconciler.idle();
