@@ -139,7 +139,14 @@ export async function prepareAgentTls(
       if (!server) return;
       const s = server;
       s.closeAllConnections?.();
-      await new Promise<void>((resolve) => s.close(() => resolve()));
+      // Agents were told to go (1001); one that does not answer must not hold the stop up.
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 2_000);
+        s.close(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
     },
   };
 }

@@ -3,7 +3,7 @@
 // the veth address with nothing but the printed key. A relay in the test records the raw bytes on
 // that wire; a TLS endpoint with another CA plays the man in the middle.
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createTcpServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -356,5 +356,78 @@ describe('agents over TLS with a shared Redis store', () => {
     const k = await b!.cli(['keys', 'create', '--name', 'replicated', '--json']);
     expect(JSON.parse(k.stdout).secret.split('.')[1]).toBe(pa);
     await Promise.all([a!.stop(), b!.stop()]);
+  });
+});
+
+describe('an operator chain (--agent-tls-cert) and --ca-file', () => {
+  it('presents the operator chain, keys pin its last certificate, and an agent with --ca-file and an old key joins', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'btls-op-'));
+    registerCleanup(() => rmSync(dir, { recursive: true, force: true }));
+    const ca = createCa({ commonName: 'Operator CA' });
+    const leaf = issueServerCert(ca, { names: ['127.0.0.1'] });
+    writeFileSync(join(dir, 'chain.pem'), leaf.cert);
+    writeFileSync(join(dir, 'key.pem'), leaf.key, { mode: 0o600 });
+    writeFileSync(join(dir, 'ca.pem'), ca.cert);
+    const b = await startBerth({
+      command: 'server',
+      args: ['--agent-tls-cert', join(dir, 'chain.pem'), '--agent-tls-key', join(dir, 'key.pem')],
+    });
+    const u = new URL(b.agentUrl);
+    expect(await presentedPin(u.hostname, Number(u.port))).toBe(spkiPin(ca.cert));
+    const k = JSON.parse(
+      (await b.cli(['keys', 'create', '--name', 'op', '--auto-approve', '--json'])).stdout,
+    );
+    expect(k.secret.split('.')[1]).toBe(spkiPin(ca.cert));
+    expect((await b.cli(['keys', 'show', 'op'])).stdout).toMatch(/the last certificate of --agent-tls-cert/);
+    // A rotation prints a new pinned key; the old one stays valid for the overlap.
+    const rotated = await b.cli(['keys', 'rotate', 'op']);
+    expect(rotated.stdout).toMatch(new RegExp(`berth_agent_[A-Za-z0-9_-]{32}\\.${spkiPin(ca.cert)}`));
+
+    // An agent from before pins: the old key string (no pin), the operator's CA in --ca-file.
+    const oldKey = k.secret.split('.')[0];
+    const adir = mkdtempSync(join(tmpdir(), 'btls-opa-'));
+    registerCleanup(() => rmSync(adir, { recursive: true, force: true }));
+    const p = spawnLogged(
+      process.execPath,
+      [
+        BERTH_BIN,
+        'agent',
+        '--server',
+        b.agentUrl,
+        '--ca-file',
+        join(dir, 'ca.pem'),
+        '--docker',
+        `unix://${join(adir, 'no-docker.sock')}`,
+        '--data-dir',
+        adir,
+        '--name',
+        'op-agent',
+      ],
+      { env: { ...process.env, BERTH_AGENT_KEY: oldKey } },
+    );
+    registerCleanup(() => p.stop('SIGTERM', 10_000));
+    await p.waitFor(/registered with server/, 20_000);
+    expect(p.output()).not.toMatch(/carries no server pin/); // --ca-file is the check here
+    await p.stop();
+    // Without --ca-file, that old key checks the system CAs, which do not know this one.
+    const q = spawnLogged(
+      process.execPath,
+      [
+        BERTH_BIN,
+        'agent',
+        '--server',
+        b.agentUrl,
+        '--docker',
+        `unix://${join(adir, 'no-docker.sock')}`,
+        '--data-dir',
+        adir,
+      ],
+      { env: { ...process.env, BERTH_AGENT_KEY: oldKey } },
+    );
+    registerCleanup(() => q.stop('SIGTERM', 10_000));
+    await q.waitFor(/this agent key carries no server pin/, 10_000);
+    await q.waitFor(/the server's certificate is not trusted: .*this key has no pin/, 20_000);
+    await q.stop();
+    await b.stop();
   });
 });
