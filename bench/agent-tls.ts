@@ -222,8 +222,8 @@ async function main(): Promise<void> {
   if (asJson) console.log(JSON.stringify(summary));
   else {
     const row = (label: string, f: (k: Kind) => string) =>
-      console.log(`  ${label.padEnd(44)} ${f('tls').padStart(10)} ${f('plain').padStart(10)}`);
-    console.log(`\n  ${''.padEnd(44)} ${'TLS'.padStart(10)} ${'plain'.padStart(10)}`);
+      console.log(`  ${label.padEnd(52)} ${f('tls').padStart(10)} ${f('plain').padStart(10)}`);
+    console.log(`\n  ${''.padEnd(52)} ${'TLS'.padStart(10)} ${'plain'.padStart(10)}`);
     const s = summary as Record<Kind, Record<string, number>>;
     row('TCP + TLS handshake, pin checked (plain: -), p50 ms', (k) => s[k].handshakeMsP50!.toFixed(2));
     row('upgrade to welcome (plain: with TCP), p50 ms', (k) => s[k].welcomeMsP50!.toFixed(2));

@@ -98,7 +98,15 @@ export class ServerLink {
     if (this.stopped) return;
     const server = this.server;
     const url = `${server.replace(/^http/, 'ws').replace(/\/$/, '')}${AGENT_PATH}`;
-    const parsed = new URL(url);
+    let parsed: URL;
+    try {
+      parsed = new URL(url);
+    } catch (err) {
+      this.o.logger.error({ server, err: errorMessage(err) }, 'cannot connect to the server: not a URL');
+      this.current = (this.current + 1) % this.o.serverUrls.length;
+      this.retry = setTimeout(() => this.connect(), this.nextDelay());
+      return;
+    }
     if (parsed.protocol === 'ws:') {
       if (!isLoopbackHost(parsed.hostname))
         this.o.logger.warn(

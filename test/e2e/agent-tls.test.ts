@@ -194,6 +194,7 @@ describe('agents over TLS', () => {
     // The CA's private key is in no API answer.
     const json = await berth.cli(['keys', 'show', 'tls-hosts', '--json']);
     expect(json.stdout).not.toMatch(/PRIVATE KEY/);
+    expect(berth.output()).not.toMatch(/PRIVATE KEY/);
   });
 
   it('an agent in another namespace joins with only the key, and its routes serve at the front door', async () => {
