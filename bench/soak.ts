@@ -16,8 +16,8 @@
 // forwarder runs as its own process). Asserts nothing.
 //
 // With --tls the agents connect over TLS to the server's --agent-listen (the chain checked against
-// the server's CA), as real agents do; --compare-tls runs the whole soak twice in a row, plain then
-// TLS, and prints both side by side (each run's figures also as one JSON line with --json).
+// the server's CA), as real agents do; --compare-tls runs the whole soak twice in a row, in clear
+// then over TLS, each in a process of its own, and prints both side by side.
 //
 //   npm run build && npx tsx bench/soak.ts [--agents 1000] [--containers 50] [--minutes 10]
 //     [--workers 2] [--change-every 120] [--report 15] [--tls | --compare-tls] [--json]
@@ -52,13 +52,17 @@ import {
   sleep,
 } from './lib.js';
 
+/**
+ * Agents per key: a key enrols at most ENROLMENTS_PER_MINUTE (60) agents a minute, so a fleet
+ * that connects at once uses one key per this many agents, as an operator enrolling many hosts would.
+ */
 const AGENTS_PER_KEY = 50;
 
 interface WorkerConfig {
   apiUrl: string;
   /** --tls: the agent listener (https://…) and the CA its chain must reach. */
   agentTls?: { url: string; ca: string };
-  /** Agent i uses keys[floor(i / AGENTS_PER_KEY)]. */
+  /** One per AGENTS_PER_KEY agents, in agent order. */
   keys: string[];
   from: number;
   to: number;
@@ -262,8 +266,8 @@ function worker(): void {
         : `${cfg.apiUrl.replace(/^http/, 'ws')}${AGENT_PATH}`;
       const ws = new WebSocket(url, {
         headers,
-        handshakeTimeout: 120_000,
         ...(cfg.agentTls ? { ca: cfg.agentTls.ca } : {}),
+        handshakeTimeout: 120_000,
       });
       this.ws = ws;
       ws.on('message', (data) => this.onMessage(data.toString()));
@@ -461,10 +465,10 @@ function presentedCa(url: string): Promise<string> {
   });
 }
 
-/** --compare-tls: the same soak twice, plain then TLS, each in a process of its own; both printed. */
+/** --compare-tls: the same soak twice, in clear then over TLS, each in a process of its own. */
 async function compareTls(): Promise<void> {
   const args = process.argv.slice(2).filter((a) => a !== '--compare-tls' && a !== '--json');
-  const results: Record<string, Record<string, number | string>> = {};
+  const results: Record<string, Record<string, unknown>> = {};
   for (const mode of ['plain', 'tls']) {
     console.log(`\n==== soak ${mode === 'tls' ? 'over TLS' : 'in clear'}`);
     const child = fork(process.argv[1]!, [...args, ...(mode === 'tls' ? ['--tls'] : []), '--json'], {
@@ -476,16 +480,18 @@ async function compareTls(): Promise<void> {
       process.stdout.write(d);
     });
     await new Promise((r) => child.once('exit', r));
-    const line = out.split('\n').find((l) => l.startsWith('{"soak":'));
+    const line = out.split('\n').find((l) => l.startsWith('{"bench":"soak"'));
     if (!line) throw new Error(`the ${mode} soak printed no summary`);
-    results[mode] = JSON.parse(line).soak;
+    results[mode] = JSON.parse(line);
   }
-  console.log('\nsoak, plain against TLS (same machine, one after the other):');
+  const show = (v: unknown) =>
+    typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toFixed(1)) : String(v);
+  console.log('\nsoak, in clear against over TLS (same machine, one after the other):');
   for (const k of Object.keys(results.tls!))
     console.log(
-      `  ${k.padEnd(28)} ${String(results.plain![k]).padStart(12)} ${String(results.tls![k]).padStart(12)}`,
+      `  ${k.padEnd(22)} ${show(results.plain![k]).padStart(14)} ${show(results.tls![k]).padStart(14)}`,
     );
-  if (process.argv.includes('--json')) console.log(JSON.stringify({ compareTls: results }));
+  if (process.argv.includes('--json')) console.log(JSON.stringify({ bench: 'soak-compare-tls', ...results }));
 }
 
 async function main(): Promise<void> {
@@ -533,8 +539,6 @@ async function main(): Promise<void> {
       if (!res.ok) throw new Error(`GET ${path}: ${res.status} ${await res.text()}`);
       return res.json();
     };
-    // A key enrols at most 60 new agents a minute (ENROLMENTS_PER_MINUTE): one key per 50 agents,
-    // so that the ramp measures the server rather than that limit.
     const keys: string[] = [];
     for (let i = 0; i < Math.ceil(AGENTS / AGENTS_PER_KEY); i++) {
       const res = await fetch(`${berth.apiUrl}/api/keys`, {
@@ -543,7 +547,7 @@ async function main(): Promise<void> {
         body: JSON.stringify({ name: `soak-${i}`, autoApprove: true }),
       });
       if (!res.ok) throw new Error(`POST /api/keys: ${res.status} ${await res.text()}`);
-      // The secret only: these simulated agents send what the real agent sends, never the pin.
+      // The secret only: the agent sends only that, never the pin after the dot.
       keys.push(((await res.json()) as { secret: string }).secret.split('.')[0]!);
     }
     const agentTls = TLS ? { url: berth.agentUrl, ca: await presentedCa(berth.agentUrl) } : undefined;
@@ -745,27 +749,6 @@ async function main(): Promise<void> {
     console.log(
       `\nsoak of ${AGENTS} simulated agents × ${CONTAINERS} containers, ${(soakSeconds / 60).toFixed(1)} min, ${TLS ? 'over TLS (--agent-listen)' : 'in clear (--api-listen)'} (dynamic layout; load ${loadBefore} before, ${loadAfter} after)`,
     );
-    if (process.argv.includes('--json'))
-      console.log(
-        JSON.stringify({
-          soak: {
-            transport: TLS ? 'tls' : 'plain',
-            agents: AGENTS,
-            routes: AGENTS * CONTAINERS,
-            minutes: Number((soakSeconds / 60).toFixed(1)),
-            rampSeconds: Number((rampMs / 1000).toFixed(1)),
-            serverRssMbMedian: Number(pct(rss, 50).toFixed(0)),
-            serverRssMbMax: Number(Math.max(...rss).toFixed(0)),
-            serverCpuPctMean: Number(((delta('server') / soakSeconds) * 100).toFixed(1)),
-            heartbeatRttMsP50: Number(pct(rtts, 50).toFixed(1)),
-            heartbeatRttMsP99: Number(pct(rtts, 99).toFixed(1)),
-            heartbeatDelayMsP99: Number((histogramQuantile(hb, 0.99) * 1000).toFixed(1)),
-            lostSnapshots: cmp.bad.length,
-            disconnects: all.reduce((n, r) => n + r.disconnects, 0),
-            load: loadAfter,
-          },
-        }),
-      );
     console.log(
       `  berth server RSS: min ${Math.min(...rss).toFixed(0)} / median ${pct(rss, 50).toFixed(0)} / max ${Math.max(...rss).toFixed(0)} MiB (${rss.length} samples every 10 s; VmHWM ${end.server?.hwmMb.toFixed(0)} MiB)`,
     );
@@ -815,6 +798,38 @@ async function main(): Promise<void> {
     console.log(
       `  API at this size: GET /metrics ${fmtS(metricsMs)} before, ${fmtS(metricsMs2)} after; GET /api/routes ${fmtS(cmp.ms)} (${cmp.total} routes); GET /api/agents ${fmtS(agentsMs)}`,
     );
+    if (process.argv.includes('--json'))
+      console.log(
+        JSON.stringify({
+          bench: 'soak',
+          bin: process.env.BERTH_BIN ?? 'dist',
+          transport: TLS ? 'tls' : 'plain',
+          agents: AGENTS,
+          containers: CONTAINERS,
+          minutes: soakSeconds / 60,
+          rampS: rampMs / 1000,
+          serverRssMinMiB: Math.min(...rss),
+          serverRssMedianMiB: pct(rss, 50),
+          serverRssMaxMiB: Math.max(...rss),
+          serverCpuPct: (delta('server') / soakSeconds) * 100,
+          serverCpuPeakPct: Math.max(...cpuPct),
+          heartbeatRttP50Ms: pct(rtts, 50),
+          heartbeatRttP99Ms: pct(rtts, 99),
+          heartbeatP50Ms: histogramQuantile(hb, 0.5) * 1000,
+          heartbeatP99Ms: histogramQuantile(hb, 0.99) * 1000,
+          convergenceP50Ms: histogramQuantile(convergence, 0.5) * 1000,
+          convergenceP99Ms: histogramQuantile(convergence, 0.99) * 1000,
+          tcpProbeP50Ms: pct(probed.samples, 50),
+          tcpProbeP99Ms: pct(probed.samples, 99),
+          lostSnapshots: cmp.bad.length,
+          disconnects: all.reduce((n, r) => n + r.disconnects, 0),
+          sampledOk: ok,
+          sampled,
+          metricsMs: metricsMs2,
+          routesMs: cmp.ms,
+          agentsMs,
+        }),
+      );
   } catch (err) {
     console.error(err);
     process.exitCode = 1;

@@ -69,6 +69,17 @@ export interface Admitted {
   withheld: Map<string, string>;
 }
 
+/** What admission decided for one agent. */
+export interface AgentAdmission {
+  agentId: string;
+  /** Its routes that may serve; absent when none may (withheld, or no snapshot). */
+  entry?: AgentRoutes;
+  /** Route key → why it is not served. */
+  errors: [string, string[]][];
+  /** Why none of its routes are served. */
+  withheld?: string;
+}
+
 /**
  * Keeps only routes that may serve: from agents that are approved, unrevoked and online (or
  * within the offline grace), only for hostnames their key allows (never a wildcard over a public
@@ -76,84 +87,106 @@ export interface Admitted {
  * refused claim is an error on that route alone.
  */
 export function admitRoutes(agents: AgentView[], now: number, o: LivenessOptions): Admitted {
+  return combine(agents.map((a) => admitAgent(a, now, o)));
+}
+
+/** One agent's admission, alone: what admitRoutes does for each agent. */
+export function admitAgent(a: AgentView, now: number, o: LivenessOptions): AgentAdmission {
+  const agentId = a.record.id;
+  if (!a.snapshot) return { agentId, errors: [] };
+  const why = withheldBecause(a, now, o);
+  if (why) return { agentId, errors: [], withheld: why };
+  const snapshot = a.snapshot;
+  const id = a.record.id;
+  const errors = new Map<string, string[]>();
+  const refuse = (routeId: string, message: string) => {
+    const k = routeKey(id, routeId);
+    const list = errors.get(k);
+    if (list) list.push(message);
+    else errors.set(k, [message]);
+  };
+  const domains = a.key?.domains ?? [];
+  const subject = {
+    kind: a.record.kind,
+    seenFrom: a.record.seenFrom,
+    hostIp: snapshot.hostIp,
+    upstreams: a.key?.upstreams,
+  };
+  const check = o.upstreams && upstreamChecker(subject, o.upstreams);
+  const upstreamOk = (r: { id: string; upstream: { host: string; port: number } }) => {
+    const no = check?.(r.upstream.host, r.upstream.port);
+    if (no) refuse(r.id, no);
+    return !no;
+  };
+  let routes = snapshot.routes.filter((r) => {
+    // Per route of up to 10k: no arrays made unless something is wrong.
+    let wide: string[] | undefined;
+    let suffix: string | undefined;
+    for (const h of r.hosts) {
+      const s = h.startsWith('*.') ? publicSuffixWildcard(h) : undefined;
+      if (s === undefined) continue;
+      suffix ??= s;
+      wide ??= [];
+      wide.push(h);
+    }
+    if (wide) {
+      refuse(
+        r.id,
+        `${wide.join(', ')} would claim every name under the public suffix ${suffix}; no agent may claim that`,
+      );
+      return false;
+    }
+    if (domains.length === 0) return upstreamOk(r);
+    const outside = r.hosts.filter((h) => !domainAllowed(h, domains));
+    if (outside.length > 0) {
+      refuse(
+        r.id,
+        `${outside.join(', ')} ${outside.length === 1 ? 'is' : 'are'} outside the domains allowed for key ${a.key?.name} (${domains.join(', ')})`,
+      );
+      return false;
+    }
+    return upstreamOk(r);
+  });
+  // A key limited to domains names what its hosts may claim; front-door ports are not in it.
+  let tcp = (snapshot.tcp ?? []).filter((r) => {
+    if (domains.length > 0) {
+      refuse(
+        r.id,
+        `TCP port ${r.listen}: key ${a.key?.name} is limited to domains (${domains.join(', ')}), so its agents may not claim TCP ports; use a key without --domains`,
+      );
+      return false;
+    }
+    return upstreamOk(r);
+  });
+  const limit =
+    a.record.kind === 'local' ? Number.POSITIVE_INFINITY : (a.key?.maxRoutes ?? DEFAULT_MAX_ROUTES_PER_AGENT);
+  if (routes.length + tcp.length > limit) {
+    const kept = withinLimit(routes, tcp, snapshot, limit);
+    for (const r of [...routes, ...tcp]) {
+      if (kept.has(r.containerId)) continue;
+      refuse(
+        r.id,
+        `the agent has ${routes.length + tcp.length} routes and key ${a.key?.name} allows ${limit} per agent; container ${r.containerName}'s are not served (berth keys update ${a.key?.name} --max-routes N)`,
+      );
+    }
+    routes = routes.filter((r) => kept.has(r.containerId));
+    tcp = tcp.filter((r) => kept.has(r.containerId));
+  }
+  const entry: AgentRoutes = { agentId: id, agentName: a.record.name, routes, tcp, scope: a.key?.id ?? id };
+  if (snapshot.claims) entry.claims = snapshot.claims;
+  if (domains.length > 0) entry.grants = domains;
+  return { agentId, entry, errors: [...errors] };
+}
+
+/** Every agent's admission as one. */
+export function combine(parts: AgentAdmission[]): Admitted {
   const agentRoutes: AgentRoutes[] = [];
   const errors = new Map<string, string[]>();
   const withheld = new Map<string, string>();
-  for (const a of agents) {
-    if (!a.snapshot) continue;
-    const why = withheldBecause(a, now, o);
-    if (why) {
-      withheld.set(a.record.id, why);
-      continue;
-    }
-    const id = a.record.id;
-    const refuse = (routeId: string, message: string) => {
-      const k = routeKey(id, routeId);
-      errors.set(k, [...(errors.get(k) ?? []), message]);
-    };
-    const domains = a.key?.domains ?? [];
-    const subject = {
-      kind: a.record.kind,
-      seenFrom: a.record.seenFrom,
-      hostIp: a.snapshot.hostIp,
-      upstreams: a.key?.upstreams,
-    };
-    const check = o.upstreams && upstreamChecker(subject, o.upstreams);
-    const upstreamOk = (r: { id: string; upstream: { host: string; port: number } }) => {
-      const no = check?.(r.upstream.host, r.upstream.port);
-      if (no) refuse(r.id, no);
-      return !no;
-    };
-    let routes = a.snapshot.routes.filter((r) => {
-      const wide = r.hosts.map((h) => [h, publicSuffixWildcard(h)]).filter(([, s]) => s !== undefined);
-      if (wide.length > 0) {
-        refuse(
-          r.id,
-          `${wide.map(([h]) => h).join(', ')} would claim every name under the public suffix ${wide[0]![1]}; no agent may claim that`,
-        );
-        return false;
-      }
-      const outside = r.hosts.filter((h) => !domainAllowed(h, domains));
-      if (outside.length > 0) {
-        refuse(
-          r.id,
-          `${outside.join(', ')} ${outside.length === 1 ? 'is' : 'are'} outside the domains allowed for key ${a.key?.name} (${domains.join(', ')})`,
-        );
-        return false;
-      }
-      return upstreamOk(r);
-    });
-    // A key limited to domains names what its hosts may claim; front-door ports are not in it.
-    let tcp = (a.snapshot.tcp ?? []).filter((r) => {
-      if (domains.length > 0) {
-        refuse(
-          r.id,
-          `TCP port ${r.listen}: key ${a.key?.name} is limited to domains (${domains.join(', ')}), so its agents may not claim TCP ports; use a key without --domains`,
-        );
-        return false;
-      }
-      return upstreamOk(r);
-    });
-    const limit =
-      a.record.kind === 'local'
-        ? Number.POSITIVE_INFINITY
-        : (a.key?.maxRoutes ?? DEFAULT_MAX_ROUTES_PER_AGENT);
-    if (routes.length + tcp.length > limit) {
-      const kept = withinLimit(routes, tcp, a.snapshot, limit);
-      for (const r of [...routes, ...tcp]) {
-        if (kept.has(r.containerId)) continue;
-        refuse(
-          r.id,
-          `the agent has ${routes.length + tcp.length} routes and key ${a.key?.name} allows ${limit} per agent; container ${r.containerName}'s are not served (berth keys update ${a.key?.name} --max-routes N)`,
-        );
-      }
-      routes = routes.filter((r) => kept.has(r.containerId));
-      tcp = tcp.filter((r) => kept.has(r.containerId));
-    }
-    const entry: AgentRoutes = { agentId: id, agentName: a.record.name, routes, tcp, scope: a.key?.id ?? id };
-    if (a.snapshot.claims) entry.claims = a.snapshot.claims;
-    if (domains.length > 0) entry.grants = domains;
-    agentRoutes.push(entry);
+  for (const p of parts) {
+    if (p.entry) agentRoutes.push(p.entry);
+    for (const [k, v] of p.errors) errors.set(k, v);
+    if (p.withheld) withheld.set(p.agentId, p.withheld);
   }
   return { agentRoutes, errors, withheld };
 }
