@@ -77,6 +77,7 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
           return localAddresses();
         },
       },
+      ...(config.uiHost ? { reservedHosts: new Set([config.uiHost]) } : {}),
     },
     events,
     logger: logger.child({ component: 'registry' }),

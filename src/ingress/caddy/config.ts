@@ -305,7 +305,7 @@ export function buildCaddyParts(sites: Site[], opts: CaddyBuildOptions, versionI
 }
 
 /**
- * The UI host, before every agent's route (a route an agent claims on it never serves). Agent
+ * The UI host, before every agent's route (admission refuses agents' claims on it). Agent
  * links are refused here: through Caddy, every config change would close them.
  */
 function uiRoute(ui: UiSite): Json {
