@@ -361,7 +361,7 @@ describe('agents over TLS with a shared Redis store', () => {
 });
 
 describe('an operator chain (--agent-tls-cert) and --ca-file', () => {
-  it('presents the operator chain, keys pin its last certificate, and an agent with --ca-file and an old key joins', async () => {
+  it('presents the operator chain, keys pin its last certificate, an old key joins with --ca-file, an uncovered address is refused', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'btls-op-'));
     registerCleanup(() => rmSync(dir, { recursive: true, force: true }));
     const ca = createCa({ commonName: 'Operator CA' });
@@ -429,6 +429,32 @@ describe('an operator chain (--agent-tls-cert) and --ca-file', () => {
     await q.waitFor(/this agent key carries no server pin/, 10_000);
     await q.waitFor(/the server's certificate is not trusted: .*this key has no pin/, 20_000);
     await q.stop();
+
+    // The right CA, but an address its certificate does not cover (127.0.0.3, through a relay).
+    const detour = await startRelay('127.0.0.3', { host: u.hostname, port: Number(u.port) });
+    const w = spawnLogged(
+      process.execPath,
+      [
+        BERTH_BIN,
+        'agent',
+        '--server',
+        `https://127.0.0.3:${detour.port}`,
+        '--docker',
+        `unix://${join(adir, 'no-docker.sock')}`,
+        '--data-dir',
+        adir,
+        '--name',
+        'wrong-address',
+      ],
+      { env: { ...process.env, BERTH_AGENT_KEY: k.secret } },
+    );
+    registerCleanup(() => w.stop('SIGTERM', 10_000));
+    await w.waitFor(
+      /does not cover 127\.0\.0\.3 \(it covers IP Address:127\.0\.0\.1\).*--public-name 127\.0\.0\.3/,
+      20_000,
+    );
+    await w.stop();
+    expect(await agentNames(b)).not.toContain('wrong-address');
     await b.stop();
   });
 });
