@@ -12,7 +12,15 @@ import type { Logger } from 'pino';
 import type { Listen } from '../config.js';
 import { errorMessage, UserError } from '../errors.js';
 import type { Store } from '../store/store.js';
-import { type CertKey, createCa, issueServerCert, showPin, spkiPin, splitPem } from '../tls/ca.js';
+import {
+  type CertKey,
+  createCa,
+  issueServerCert,
+  showPin,
+  spkiPin,
+  splitPem,
+  subjectAltNames,
+} from '../tls/ca.js';
 
 /** Where the CA lives in the store's meta area: `{"cert": PEM, "key": PEM}`. */
 export const CA_META_KEY = 'agent_tls_ca';
@@ -192,8 +200,14 @@ export function certificateNames(publicNames: readonly string[], listenHost: str
   else {
     for (const list of Object.values(networkInterfaces()))
       for (const a of list ?? []) if (!a.address.startsWith('fe80:')) out.add(a.address);
+    // The machine's name, when a certificate can carry it (found, not given: never fatal).
     const h = hostname();
-    if (/^[A-Za-z0-9.-]+$/.test(h)) out.add(h);
+    try {
+      subjectAltNames([h]);
+      out.add(h);
+    } catch {
+      // e.g. an underscore: agents use an address or --public-name
+    }
   }
   out.add('localhost');
   out.add('127.0.0.1');
