@@ -2,7 +2,7 @@
 // costs one pass, and a pass that finds nothing new sends nothing. Failures retry with backoff.
 import type { Logger } from 'pino';
 import { errorMessage } from '../errors.js';
-import type { ListenerStatus } from '../model/data-plane.js';
+import type { ListenerStatus, ServedSites } from '../model/data-plane.js';
 import type { DnsTableSync, HttpTarget, TcpListenerSync } from './data-plane.js';
 import type { AgentRoutes, Desired } from './desired.js';
 import { DesiredModel } from './desired.js';
@@ -10,7 +10,7 @@ import { DesiredModel } from './desired.js';
 export interface ReconcileState {
   desired: Desired;
   /** Per target: signatures it serves, and those it rejected with Caddy's message. */
-  targets: { served: Set<string>; quarantined: Map<string, string>; error?: string }[];
+  targets: { served: ServedSites; quarantined: Map<string, string>; error?: string }[];
   /** TCP listeners by port, as the forwarder reported them after the pass. */
   tcp: Map<number, ListenerStatus>;
   passes: number;

@@ -69,8 +69,19 @@ export class CaddyTarget {
       this.stats.lastError = errorMessage(err);
       throw err;
     }
-    if (this.opts.dynamic && this.sent)
-      for (const s of this.split.dynamic.values()) result.served.add(siteSignature(s));
+    if (this.opts.dynamic && this.sent) {
+      // Hosts served through DNS are served once the catch-all is in place: asked of the split
+      // (by the host a signature starts with), not copied into a set of 50k each pass.
+      const explicit = result.served;
+      const dynamic = this.split.dynamic;
+      result.served = {
+        has: (sig) => {
+          if (explicit.has(sig)) return true;
+          const site = dynamic.get(sig.slice(0, sig.indexOf(' ')));
+          return site !== undefined && siteSignature(site) === sig;
+        },
+      };
+    }
     return result;
   }
 
