@@ -98,14 +98,17 @@ async function main() {
 
   // The compose stacks: server on host A, agent (+ socket proxy) on host B.
   const t1 = Date.now();
-  await compose(a.d, 'berth-server', 'deploy/compose.server.yml', ['up', '-d'], { BERTH_TLS: 'off' });
+  await compose(a.d, 'berth-server', 'deploy/compose.server.yml', ['up', '-d'], {
+    BERTH_TLS: 'off',
+    BERTH_PUBLIC_NAME: a.ip,
+  });
   out.serverComposeUpToReadyMs = await until(a, t1, `http://${a.ip}:7080/readyz`, (s) => s === 200);
   say(`server stack: docker-compose up → /readyz 200 in ${out.serverComposeUpToReadyMs} ms`);
   const server = await serviceContainer(a.d, 'berth-server', 'berth');
   const key = await createAgentKey(a, server, 'host-b');
   await runLabelledWeb(b, 'web', 8282, 'web.test');
   const agentEnv = {
-    BERTH_SERVER: `http://${a.ip}:7080`,
+    BERTH_SERVER: `https://${a.ip}:7443`,
     BERTH_AGENT_KEY: key,
     BERTH_HOST_IP: b.ip,
     DOCKER_SOCKET: b.d.socket,

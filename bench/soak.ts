@@ -15,8 +15,12 @@
 // every 10 ms, so the figures show whether reconcile passes at this size reach TCP traffic (the
 // forwarder runs as its own process). Asserts nothing.
 //
+// With --tls the agents connect over TLS to the server's --agent-listen (the chain checked against
+// the server's CA), as real agents do; --compare-tls runs the whole soak twice in a row, in clear
+// then over TLS, each in a process of its own, and prints both side by side.
+//
 //   npm run build && npx tsx bench/soak.ts [--agents 1000] [--containers 50] [--minutes 10]
-//     [--workers 2] [--change-every 120] [--report 15]
+//     [--workers 2] [--change-every 120] [--report 15] [--tls | --compare-tls] [--json]
 import { type ChildProcess, fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
@@ -24,9 +28,11 @@ import { createServer, request, type Server } from 'node:http';
 import { connect, createServer as createNetServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
 import WebSocket from 'ws';
 import { AGENT_PATH } from '../src/model/protocol.js';
 import type { Snapshot } from '../src/model/types.js';
+import { peerChain } from '../src/tls/verify.js';
 import { startBerth } from '../test/e2e/support/berth.js';
 import { registerCleanup } from '../test/e2e/support/cleanup.js';
 import { freePort } from '../test/e2e/support/ports.js';
@@ -54,6 +60,8 @@ const AGENTS_PER_KEY = 50;
 
 interface WorkerConfig {
   apiUrl: string;
+  /** --tls: the agent listener (https://…) and the CA its chain must reach. */
+  agentTls?: { url: string; ca: string };
   /** One per AGENTS_PER_KEY agents, in agent order. */
   keys: string[];
   from: number;
@@ -253,8 +261,12 @@ function worker(): void {
         'x-berth-agent-version': 'soak-sim',
       };
       if (this.agentId) headers['x-berth-agent-id'] = this.agentId;
-      const ws = new WebSocket(`${cfg.apiUrl.replace(/^http/, 'ws')}${AGENT_PATH}`, {
+      const url = cfg.agentTls
+        ? `${cfg.agentTls.url.replace(/^https/, 'wss')}${AGENT_PATH}`
+        : `${cfg.apiUrl.replace(/^http/, 'ws')}${AGENT_PATH}`;
+      const ws = new WebSocket(url, {
         headers,
+        ...(cfg.agentTls ? { ca: cfg.agentTls.ca } : {}),
         handshakeTimeout: 120_000,
       });
       this.ws = ws;
@@ -440,7 +452,51 @@ function worker(): void {
 
 // ---------------------------------------------------------------- the benchmark (parent)
 
+/** The CA certificate (PEM) at the end of the chain a TLS listener presents. */
+function presentedCa(url: string): Promise<string> {
+  const u = new URL(url);
+  return new Promise((resolve, reject) => {
+    const s = tlsConnect({ host: u.hostname, port: Number(u.port), rejectUnauthorized: false }, () => {
+      const chain = peerChain(s.getPeerCertificate(true));
+      s.destroy();
+      resolve(chain[chain.length - 1]!.toString());
+    });
+    s.on('error', reject);
+  });
+}
+
+/** --compare-tls: the same soak twice, in clear then over TLS, each in a process of its own. */
+async function compareTls(): Promise<void> {
+  const args = process.argv.slice(2).filter((a) => a !== '--compare-tls' && a !== '--json');
+  const results: Record<string, Record<string, unknown>> = {};
+  for (const mode of ['plain', 'tls']) {
+    console.log(`\n==== soak ${mode === 'tls' ? 'over TLS' : 'in clear'}`);
+    const child = fork(process.argv[1]!, [...args, ...(mode === 'tls' ? ['--tls'] : []), '--json'], {
+      stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
+    });
+    let out = '';
+    child.stdout?.on('data', (d: Buffer) => {
+      out += d.toString();
+      process.stdout.write(d);
+    });
+    await new Promise((r) => child.once('exit', r));
+    const line = out.split('\n').find((l) => l.startsWith('{"bench":"soak"'));
+    if (!line) throw new Error(`the ${mode} soak printed no summary`);
+    results[mode] = JSON.parse(line);
+  }
+  const show = (v: unknown) =>
+    typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toFixed(1)) : String(v);
+  console.log('\nsoak, in clear against over TLS (same machine, one after the other):');
+  for (const k of Object.keys(results.tls!))
+    console.log(
+      `  ${k.padEnd(22)} ${show(results.plain![k]).padStart(14)} ${show(results.tls![k]).padStart(14)}`,
+    );
+  if (process.argv.includes('--json')) console.log(JSON.stringify({ bench: 'soak-compare-tls', ...results }));
+}
+
 async function main(): Promise<void> {
+  if (process.argv.includes('--compare-tls')) return compareTls();
+  const TLS = process.argv.includes('--tls');
   const AGENTS = flag('agents', 1000);
   const CONTAINERS = flag('containers', 50);
   const MINUTES = flag('minutes', 10);
@@ -491,8 +547,10 @@ async function main(): Promise<void> {
         body: JSON.stringify({ name: `soak-${i}`, autoApprove: true }),
       });
       if (!res.ok) throw new Error(`POST /api/keys: ${res.status} ${await res.text()}`);
-      keys.push(((await res.json()) as { secret: string }).secret);
+      // The secret only: the agent sends only that, never the pin after the dot.
+      keys.push(((await res.json()) as { secret: string }).secret.split('.')[0]!);
     }
+    const agentTls = TLS ? { url: berth.agentUrl, ca: await presentedCa(berth.agentUrl) } : undefined;
 
     // Upstreams for every route: a few tiny HTTP servers on 127.0.0.1 that name the host asked for.
     const upstreams: number[] = [];
@@ -531,6 +589,7 @@ async function main(): Promise<void> {
         type: 'config',
         config: {
           apiUrl: berth.apiUrl,
+          ...(agentTls ? { agentTls } : {}),
           keys,
           from: w * per,
           to: Math.min(AGENTS, (w + 1) * per),
@@ -688,7 +747,7 @@ async function main(): Promise<void> {
     const ms = (s: number) => `${(s * 1000).toFixed(1)} ms`;
 
     console.log(
-      `\nsoak of ${AGENTS} simulated agents × ${CONTAINERS} containers, ${(soakSeconds / 60).toFixed(1)} min (dynamic layout; load ${loadBefore} before, ${loadAfter} after)`,
+      `\nsoak of ${AGENTS} simulated agents × ${CONTAINERS} containers, ${(soakSeconds / 60).toFixed(1)} min, ${TLS ? 'over TLS (--agent-listen)' : 'in clear (--api-listen)'} (dynamic layout; load ${loadBefore} before, ${loadAfter} after)`,
     );
     console.log(
       `  berth server RSS: min ${Math.min(...rss).toFixed(0)} / median ${pct(rss, 50).toFixed(0)} / max ${Math.max(...rss).toFixed(0)} MiB (${rss.length} samples every 10 s; VmHWM ${end.server?.hwmMb.toFixed(0)} MiB)`,
@@ -744,6 +803,7 @@ async function main(): Promise<void> {
         JSON.stringify({
           bench: 'soak',
           bin: process.env.BERTH_BIN ?? 'dist',
+          transport: TLS ? 'tls' : 'plain',
           agents: AGENTS,
           containers: CONTAINERS,
           minutes: soakSeconds / 60,

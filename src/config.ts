@@ -8,6 +8,7 @@ import { join, resolve } from 'node:path';
 import { UserError } from './errors.js';
 import { DIALECTS, type DialectName } from './labels/index.js';
 import { compileDefaultRule, type DefaultRule } from './labels/traefik.js';
+import { type AgentKey, parseAgentKey } from './model/agent-key.js';
 
 type Kind = 'string' | 'bool' | 'list' | 'int' | 'duration' | 'size';
 
@@ -58,6 +59,38 @@ export const FLAGS: FlagDef[] = [
     kind: 'string',
     default: '127.0.0.1:7080',
     help: 'HTTP API address (host:port)',
+    for: SERVE,
+  },
+  {
+    name: 'agent-listen',
+    kind: 'string',
+    default: '0.0.0.0:7443',
+    help: "Agents' TLS address (host:port), serving only the agent WebSocket, with Berth's own CA or --agent-tls-cert; off: none (agents then use --api-listen)",
+    for: SERVE,
+  },
+  {
+    name: 'public-name',
+    kind: 'list',
+    default: [],
+    help: 'Names and addresses agents use to reach this server (comma-separated); the agent certificate covers them, and keys create shows them',
+    for: SERVE,
+  },
+  {
+    name: 'agent-tls-cert',
+    kind: 'string',
+    help: "PEM chain for --agent-listen instead of Berth's own CA (leaf first; the last certificate is the one keys pin)",
+    for: SERVE,
+  },
+  {
+    name: 'agent-tls-key',
+    kind: 'string',
+    help: 'PEM private key of --agent-tls-cert',
+    for: SERVE,
+  },
+  {
+    name: 'ui-host',
+    kind: 'string',
+    help: 'Serve the API and web UI at the front door under this hostname, with its TLS (for remote operators); --api-listen stays as it is',
     for: SERVE,
   },
   {
@@ -274,6 +307,19 @@ export const FLAGS: FlagDef[] = [
     name: 'key-file',
     kind: 'string',
     help: 'File holding the agent key (keeps it off the command line)',
+    for: ['agent'],
+  },
+  {
+    name: 'ca-file',
+    kind: 'string',
+    help: "PEM CA the server's certificate must chain to (an operator CA), instead of the pin in the key",
+    for: ['agent'],
+  },
+  {
+    name: 'insecure-transport',
+    kind: 'bool',
+    default: false,
+    help: 'Allow http:// or ws:// to a server that is not on loopback: the key, snapshots and exec output cross the network in clear (a warning at every connect)',
     for: ['agent'],
   },
   {
@@ -558,6 +604,15 @@ export interface ServeConfig extends Common {
   agentHeartbeatMs: number;
   agentMaxMessageBytes: number;
   trustedProxies: string[];
+  /** The agent channel's TLS listener; listen undefined: `--agent-listen off`. */
+  agentTls: {
+    listen?: Listen;
+    publicNames: string[];
+    certFile?: string;
+    keyFile?: string;
+  };
+  /** --ui-host: the API and UI at the front door under this name. */
+  uiHost?: string;
   /** The local agent of `berth standalone`. */
   watch?: WatchConfig;
 }
@@ -569,6 +624,16 @@ export interface AgentConfig extends Common, WatchConfig {
   keySource: string;
   reportIntervalMs: number;
   metricsListen?: Listen;
+  /** How the agent checks the server over https:// (wss://). */
+  trust: {
+    /** SHA-256 of the server CA's public key, from the key string. */
+    pin?: string;
+    /** --ca-file's PEM. */
+    ca?: string;
+    caFile?: string;
+    /** --insecure-transport: http:// to a non-loopback server was allowed. */
+    insecureTransport: boolean;
+  };
 }
 
 export interface ClientConfig extends Common {
@@ -719,7 +784,42 @@ function serveConfig(
     agentHeartbeatMs: num(raw['agent-heartbeat']),
     agentMaxMessageBytes: num(raw['agent-max-message']),
     trustedProxies: list(raw['trusted-proxies']),
+    agentTls: {
+      publicNames: list(raw['public-name'])
+        .flatMap((v) => v.split(','))
+        .map((v) => v.trim())
+        .filter(Boolean),
+    },
   };
+  const agentListen = str(raw['agent-listen']);
+  if (agentListen !== 'off') c.agentTls.listen = listen('agent-listen', agentListen, problems);
+  for (const n of c.agentTls.publicNames) {
+    const v = n.replace(/^\[|\]$/g, '');
+    if (
+      isIP(v) === 0 &&
+      !/^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62})?)*$/.test(v)
+    )
+      problems.push(`--public-name ${n}: expected a DNS name or an IP address`);
+  }
+  const uiHost = opt(raw['ui-host']);
+  if (uiHost !== undefined) {
+    if (
+      !/^[A-Za-z0-9]([A-Za-z0-9-]{0,62})?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62})?)*$/.test(uiHost) ||
+      isIP(uiHost)
+    )
+      problems.push(`--ui-host ${uiHost}: expected a DNS name such as berth.example.com`);
+    else c.uiHost = uiHost.toLowerCase();
+  }
+  const tlsCert = opt(raw['agent-tls-cert']);
+  const tlsKey = opt(raw['agent-tls-key']);
+  if (Boolean(tlsCert) !== Boolean(tlsKey))
+    problems.push(
+      "--agent-tls-cert and --agent-tls-key go together: give both, or neither for Berth's own CA",
+    );
+  if (tlsCert && tlsKey) {
+    c.agentTls.certFile = resolve(tlsCert);
+    c.agentTls.keyFile = resolve(tlsKey);
+  }
   if (store) c.store = store;
   if (httpBind) c.caddy.httpBind = httpBind;
   const accessLog = opt(raw['tcp-access-log']);
@@ -751,8 +851,22 @@ function agentConfig(
       '--server is required: the Berth server URL, e.g. https://berth.example.com (several replicas: comma-separated)',
     );
   }
-  const bad = servers.find((u) => !/^https?:\/\/[^/\s]+/.test(u));
-  if (bad !== undefined) problems.push(`--server ${bad}: expected an http:// or https:// URL`);
+  const bad = servers.find((u) => !/^(https?|wss?):\/\/[^/\s]+/.test(u));
+  if (bad !== undefined) problems.push(`--server ${bad}: expected an https:// (or http://) URL`);
+  const insecureTransport = raw['insecure-transport'] === true;
+  for (const u of servers) {
+    if (!/^(http|ws):\/\//.test(u) || insecureTransport) continue;
+    let host = '';
+    try {
+      host = new URL(u).hostname.replace(/^\[|\]$/g, '');
+    } catch {
+      continue; // reported above
+    }
+    if (!isLoopbackHost(host))
+      problems.push(
+        `--server ${u}: plain ${u.split(':')[0]}:// to ${host} would send the agent key, snapshots and exec output in clear; use https://${host}:7443 (the server's --agent-listen), or --insecure-transport to accept that`,
+      );
+  }
   let key = '';
   let keySource = '';
   const keyFile = opt(raw['key-file']);
@@ -771,14 +885,37 @@ function agentConfig(
       'an agent key is required: --key-file, BERTH_AGENT_KEY or --key (berth keys create prints one)',
     );
   }
+  let parsed: AgentKey = { secret: key };
+  if (key) {
+    try {
+      parsed = parseAgentKey(key);
+    } catch (err) {
+      problems.push(
+        `${keySource === '--key-file' ? `--key-file ${keyFile}` : keySource}: ${(err as Error).message}`,
+      );
+    }
+  }
   const c: AgentConfig = {
     ...common,
     ...watchConfig(raw, problems),
     servers,
-    key,
+    key: parsed.secret,
     keySource,
     reportIntervalMs: num(raw['report-interval']),
+    trust: { insecureTransport },
   };
+  if (parsed.pin) c.trust.pin = parsed.pin;
+  const caFile = opt(raw['ca-file']);
+  if (caFile) {
+    try {
+      const pem = readFileSync(caFile, 'utf8');
+      if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new Error('no PEM certificate in it');
+      c.trust.ca = pem;
+      c.trust.caFile = resolve(caFile);
+    } catch (err) {
+      problems.push(`--ca-file ${caFile}: ${(err as Error).message}`);
+    }
+  }
   const metrics = opt(raw['metrics-listen']);
   if (metrics) c.metricsListen = listen('metrics-listen', metrics, problems);
   return c;
@@ -886,6 +1023,18 @@ export function parseSize(s: string): number | undefined {
   const unit = (m[2] ?? 'b').toLowerCase()[0] as 'b' | 'k' | 'm' | 'g';
   const bytes = Math.round(Number(m[1]) * { b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[unit]);
   return bytes >= 1 && Number.isSafeInteger(bytes) ? bytes : undefined;
+}
+
+/** 127.0.0.0/8, ::1 and localhost: where clear text never leaves the machine. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
+  return (
+    h === 'localhost' ||
+    h.endsWith('.localhost') ||
+    h === '::1' ||
+    /^127\.\d+\.\d+\.\d+$/.test(h) ||
+    h === '::ffff:127.0.0.1'
+  );
 }
 
 /** `host:port` or `:port` → parts, for listen flags. */

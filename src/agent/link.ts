@@ -3,20 +3,27 @@
 // No inbound port is opened on the agent's host.
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import WebSocket from 'ws';
+import { isLoopbackHost } from '../config.js';
 import { errorMessage } from '../errors.js';
 import { LogGate } from '../log-gate.js';
 import { clip, DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE } from '../model/limits.js';
 import { AGENT_PATH, type ExecEvent, type ExecRequest, type Heartbeat } from '../model/protocol.js';
 import { isAgentId, MAX_SERVER_MESSAGE_BYTES, parseServerMessage } from '../model/server-protocol.js';
 import type { Snapshot } from '../model/types.js';
+import { DialError, type ServerTrust, secureDial } from './dial.js';
 import { fitSnapshot } from './fit.js';
 
 export interface LinkOptions {
   /** One URL, or several replicas' URLs: each (re)connect after a failure tries the next. */
   serverUrls: string[];
   key: string;
+  /** How https:// (wss://) servers are checked: the key's pin, --ca-file or the system's CAs. */
+  trust?: ServerTrust;
+  /** --insecure-transport: http:// to a non-loopback server, with a warning at every connect. */
+  insecureTransport?: boolean;
   name: string;
   version: string;
   dataDir: string;
@@ -31,6 +38,8 @@ export interface LinkOptions {
 
 /** Bytes of a refusing server's HTTP answer that are read for the log line. */
 const MAX_REFUSAL_BODY = 64 * 1024;
+/** A server whose certificate does not match the pin is asked again at most this often. */
+export const PIN_MISMATCH_RETRY_MS = 30_000;
 
 export class ServerLink {
   /** The largest message the server reads (it says so in its welcome). */
@@ -89,6 +98,44 @@ export class ServerLink {
     if (this.stopped) return;
     const server = this.server;
     const url = `${server.replace(/^http/, 'ws').replace(/\/$/, '')}${AGENT_PATH}`;
+    let parsed: URL;
+    try {
+      parsed = new URL(url);
+    } catch (err) {
+      this.o.logger.error({ server, err: errorMessage(err) }, 'cannot connect to the server: not a URL');
+      this.current = (this.current + 1) % this.o.serverUrls.length;
+      this.retry = setTimeout(() => this.connect(), this.nextDelay());
+      return;
+    }
+    if (parsed.protocol === 'ws:') {
+      if (!isLoopbackHost(parsed.hostname))
+        this.o.logger.warn(
+          { server, insecureTransport: this.o.insecureTransport === true },
+          `connecting to ${parsed.host} without TLS (--insecure-transport): the agent key, snapshots and exec output cross the network in clear`,
+        );
+      this.open(server, url);
+      return;
+    }
+    secureDial(parsed, this.o.trust ?? {}).then(
+      (socket) => {
+        if (this.stopped) socket.destroy();
+        else this.open(server, url, socket);
+      },
+      (err: unknown) => {
+        if (this.stopped) return;
+        const e = err instanceof DialError ? err : new DialError('network', errorMessage(err));
+        // Another server (or someone in between) will not start matching soon: no fast retries.
+        const delay = Math.max(this.nextDelay(), e.problem === 'pin-mismatch' ? PIN_MISMATCH_RETRY_MS : 0);
+        const log = e.problem === 'network' ? 'warn' : 'error';
+        this.o.logger[log]({ server, problem: e.problem, retryInMs: delay }, e.message);
+        this.current = (this.current + 1) % this.o.serverUrls.length;
+        this.retry = setTimeout(() => this.connect(), delay);
+      },
+    );
+  }
+
+  /** The WebSocket, over a TLS socket already checked (wss) or a plain connection (ws). */
+  private open(server: string, url: string, socket?: TLSSocket): void {
     const headers: Record<string, string> = {
       authorization: `Bearer ${this.o.key}`,
       'x-berth-agent-name': this.o.name,
@@ -98,8 +145,14 @@ export class ServerLink {
     let ws: WebSocket;
     try {
       // maxPayload: a larger frame is refused from its header, before it is buffered.
-      ws = new WebSocket(url, { headers, handshakeTimeout: 10_000, maxPayload: MAX_SERVER_MESSAGE_BYTES });
+      ws = new WebSocket(url, {
+        headers,
+        handshakeTimeout: 10_000,
+        maxPayload: MAX_SERVER_MESSAGE_BYTES,
+        ...(socket ? { createConnection: () => socket } : {}),
+      });
     } catch (err) {
+      socket?.destroy();
       this.o.logger.error({ server, err: errorMessage(err) }, 'cannot connect to the server');
       this.retry = setTimeout(() => this.connect(), this.nextDelay());
       return;
@@ -119,8 +172,15 @@ export class ServerLink {
         if (body.length < MAX_REFUSAL_BODY)
           body += c.toString('utf8').slice(0, MAX_REFUSAL_BODY - body.length);
       });
-      res.on('error', () => {});
+      // The answer is read before the connection goes: over TLS its body can arrive after the headers.
+      const giveUp = setTimeout(() => ws.terminate(), 5_000);
+      const finish = () => {
+        clearTimeout(giveUp);
+        ws.terminate();
+      };
+      res.on('error', finish);
       res.on('end', () => {
+        finish();
         let message = body;
         try {
           const m = JSON.parse(body).error.message;
@@ -135,7 +195,6 @@ export class ServerLink {
           `server refused the agent: ${clip(message, MAX_MESSAGE)}`,
         );
       });
-      ws.terminate();
     });
     ws.on('open', () => {
       this.connects++;

@@ -21,6 +21,10 @@ export async function runAgent(config: AgentConfig, logger: Logger): Promise<Run
         '(/proc/PID/cmdline, ps); use --key-file FILE or the BERTH_AGENT_KEY environment variable instead',
     );
   }
+  if (config.servers.some((u) => /^(https|wss):/.test(u)) && !config.trust.pin && !config.trust.ca)
+    logger.warn(
+      'this agent key carries no server pin (a key from before pins): the server is checked against the system CAs only; get the pin with berth keys show ID, or use --ca-file',
+    );
   let link: ServerLink | undefined;
   const agent = new Agent({
     watch: config,
@@ -30,6 +34,8 @@ export async function runAgent(config: AgentConfig, logger: Logger): Promise<Run
   link = new ServerLink({
     serverUrls: config.servers,
     key: config.key,
+    trust: config.trust,
+    insecureTransport: config.trust.insecureTransport,
     name: config.name,
     version: VERSION,
     dataDir: config.dataDir,

@@ -18,7 +18,7 @@ export async function keysCommand(
       const name = config.name;
       if (!name) throw new UserError('CONFIG_INVALID', 'berth keys create needs --name NAME');
       const domains = config.domains ?? [];
-      const r = await api.post<{ key: KeySummary; secret: string }>('/api/keys', {
+      const r = await api.post<Issued>('/api/keys', {
         ...keyLimits(config),
         name,
         domains,
@@ -33,7 +33,40 @@ export async function keysCommand(
           out(
             line`Without --domains, its agents may claim any hostname that no other agent holds (berth keys update --domains limits it).\n`,
           );
-        out(agentHowTo(api.baseUrl));
+        out(agentHowTo(r.agentUrls?.[0] ?? api.baseUrl));
+        if (!r.pin)
+          out(
+            line`\nThis server has no agent TLS listener (--agent-listen off): the key carries no pin, and agents on other machines need TLS in front of the API.`,
+          );
+      }
+      return 0;
+    }
+    case 'show': {
+      if (!ref) throw new UserError('CONFIG_INVALID', 'berth keys show needs a key id or name');
+      const r = await api.get<{
+        key: KeySummary;
+        pin?: string;
+        agentUrls?: string[];
+        ca?: string;
+        certificateNames?: string[];
+        certificateValidTo?: string;
+      }>(`/api/keys/${encodeURIComponent(ref)}`);
+      if (asJson) out(json(r));
+      else {
+        out(
+          line`key ${r.key.name} (${r.key.id}): ${r.key.revoked ? 'revoked' : 'active'}; ${describeLimits(r.key)}`,
+        );
+        if (r.pin) {
+          out(
+            line`server pin: sha256:${r.pin} (${r.ca === 'operator' ? 'the last certificate of --agent-tls-cert' : "Berth's own agent CA"})
+agents connect to: ${(r.agentUrls ?? []).join(', ')}
+
+Only the key's hash is kept, so the key cannot be shown again. A key made before pins gets the pin by
+appending it after a dot, in the agent's key file or BERTH_AGENT_KEY:
+  <the key you have>.${r.pin}
+or make a new pinned key now: berth keys rotate ${r.key.name} (the old one stays valid for --overlap).`,
+          );
+        } else out(line`this server has no agent TLS listener (--agent-listen off): keys carry no pin`);
       }
       return 0;
     }
@@ -70,10 +103,7 @@ export async function keysCommand(
     case 'rotate': {
       if (!ref) throw new UserError('CONFIG_INVALID', 'berth keys rotate needs a key id or name');
       const overlap = `${Math.round(config.overlapMs / 1000)}s`;
-      const r = await api.post<{ key: KeySummary; secret: string }>(
-        `/api/keys/${encodeURIComponent(ref)}/rotate`,
-        { overlap },
-      );
+      const r = await api.post<Issued>(`/api/keys/${encodeURIComponent(ref)}/rotate`, { overlap });
       if (asJson) out(json(r));
       else
         out(
@@ -97,9 +127,17 @@ export async function keysCommand(
     default:
       throw new UserError(
         'CONFIG_INVALID',
-        `unknown "berth keys ${verb}": use create, list, update, revoke or rotate`,
+        `unknown "berth keys ${verb}": use create, list, show, update, revoke or rotate`,
       );
   }
+}
+
+/** A new key as create and rotate answer: `secret` is the whole key string (with the pin). */
+interface Issued {
+  key: KeySummary;
+  secret: string;
+  pin?: string;
+  agentUrls?: string[];
 }
 
 /** What a key allows, from flags, as the API takes it (only what was given). */
@@ -146,7 +184,7 @@ export async function agentsCommand(
             agents.map((a) => [
               a.id,
               a.name,
-              a.status,
+              a.cleartext ? `${a.status}, no TLS` : a.status,
               a.heartbeatAgeSeconds === undefined ? '-' : `${a.heartbeatAgeSeconds}s ago`,
               a.version ?? '-',
               a.hostIp ?? '-',

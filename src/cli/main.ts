@@ -32,7 +32,7 @@ const COMMANDS: Record<string, string> = {
   standalone: 'Run the server with an in-process agent for the local Docker (single host)',
   server: 'Run the server only (routes come from agents)',
   agent: "Watch this host's Docker and report to a server (--server, --key-file or BERTH_AGENT_KEY)",
-  keys: 'Agent keys: create --name N [--domains …] [--auto-approve] | list | revoke ID | rotate ID',
+  keys: 'Agent keys: create --name N [--domains …] [--auto-approve] | list | show ID | revoke ID | rotate ID',
   agents: 'Agents: list | approve ID | remove ID',
   exec: 'Run an allowed command in a container on any host: exec [--agent A] <container|service> -- <argv…>',
   audit: 'List exec requests, allowed or denied (--json)',

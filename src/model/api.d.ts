@@ -23,6 +23,8 @@ export interface AgentSummary {
   containers: number;
   /** Why none of its routes serve, when so. */
   withheld?: string;
+  /** Connected without TLS from a non-loopback address: its key and snapshots cross the network in clear. */
+  cleartext?: true;
 }
 
 /** One agent key, as `GET /api/keys` lists it (never its secret). */

@@ -32,6 +32,8 @@ export interface LivenessOptions {
   offlineGraceMs: number;
   /** Where routes may point; without it upstreams are not checked (unit tests of other rules). */
   upstreams?: UpstreamRules;
+  /** Hostnames Berth serves itself (`--ui-host`), lower case: no agent may claim them. */
+  reservedHosts?: ReadonlySet<string>;
 }
 
 export function agentStatus(a: AgentView, now: number, o: LivenessOptions): AgentStatus {
@@ -134,6 +136,13 @@ export function admitAgent(a: AgentView, now: number, o: LivenessOptions): Agent
         r.id,
         `${wide.join(', ')} would claim every name under the public suffix ${suffix}; no agent may claim that`,
       );
+      return false;
+    }
+    const reserved = o.reservedHosts?.size
+      ? r.hosts.find((h) => o.reservedHosts!.has(h.toLowerCase()))
+      : undefined;
+    if (reserved !== undefined) {
+      refuse(r.id, `${reserved} is where Berth serves its own API and UI (--ui-host); no agent may claim it`);
       return false;
     }
     if (domains.length === 0) return upstreamOk(r);

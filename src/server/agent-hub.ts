@@ -6,8 +6,10 @@
 // paced (the latest one wins), so one agent sending its worst cannot stall the server.
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { type RawData, type WebSocket, WebSocketServer } from 'ws';
+import { isLoopbackHost } from '../config.js';
 import { errorMessage, UserError } from '../errors.js';
 import { LogGate } from '../log-gate.js';
 import { Histogram } from '../metrics.js';
@@ -25,6 +27,7 @@ import {
 import {
   clientAddress,
   DEFAULT_TRUSTED_PROXIES,
+  normaliseAddress,
   type TrustedProxies,
   trustedProxies,
 } from './client-address.js';
@@ -216,18 +219,30 @@ export class AgentHub {
         m ? 'unknown, revoked or expired agent key' : 'missing agent key',
       );
     }
+    // In clear across a network: not TLS here, not TLS at a trusted proxy in front, not loopback.
+    const encrypted = (req.socket as Partial<TLSSocket>).encrypted === true;
+    const proxiedTls =
+      req.headers['x-forwarded-proto'] === 'https' &&
+      this.trusted(normaliseAddress(req.socket.remoteAddress ?? ''));
+    const cleartext = !encrypted && !proxiedTls && !isLoopbackHost(ip);
     const name = cleanHeader(req.headers['x-berth-agent-name'], 128) || ip;
     const agentId = cleanHeader(req.headers['x-berth-agent-id'], 64) || undefined;
     const version = cleanHeader(req.headers['x-berth-agent-version'], 64) || undefined;
     let agent: Awaited<ReturnType<Registry['register']>>;
     try {
-      agent = await this.o.registry.register(key, { agentId, name, version, seenFrom: ip });
+      agent = await this.o.registry.register(key, { agentId, name, version, seenFrom: ip, cleartext });
     } catch (err) {
       if (!(err instanceof UserError)) throw err;
       this.counters.rateLimited++;
       this.gate.warn(`enrol:${key.id}:${err.code}`, { ip, key: key.name }, `agent refused: ${err.message}`);
       return refuse(socket, err.status, err.code, err.message);
     }
+    if (cleartext)
+      this.gate.warn(
+        `cleartext:${agent.id}`,
+        { agentId: agent.id, name, ip },
+        `agent ${name} connected without TLS from ${ip}: its key, snapshots and exec output cross the network in clear; point it at this server's --agent-listen (https://…:7443)`,
+      );
     this.wss.handleUpgrade(req, socket, head, (ws) => this.connection(ws, agent.id, ip));
   }
 

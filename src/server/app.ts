@@ -11,7 +11,7 @@ import { openapi } from './openapi.js';
 import type { Registry } from './registry.js';
 import { type ExecOptions, execRoutes } from './routes/exec.js';
 import { explainRoutes } from './routes/explain.js';
-import { fleetRoutes } from './routes/fleet.js';
+import { type FleetOptions, fleetRoutes } from './routes/fleet.js';
 import { type HealthOptions, healthRoutes } from './routes/health.js';
 import { type StateOptions, stateRoutes } from './routes/state.js';
 import { uiRoutes } from './routes/ui.js';
@@ -26,6 +26,8 @@ export interface AppDeps extends StateOptions, Omit<HealthOptions, 'ready'> {
   /** Keys and agents; absent in tests that exercise only the core routes. */
   registry?: Registry;
   exec?: Omit<ExecOptions, 'registry'>;
+  /** The agent channel's pin and URLs (key strings carry the pin). */
+  agentTls?: FleetOptions['agentTls'];
   /** The web UI: sign-in and live events. */
   ui?: { auth: UiAuth; events: EventBus };
 }
@@ -89,7 +91,7 @@ export function buildApp(deps: AppDeps) {
   if (deps.ui) void app.register(uiRoutes, { ...deps.ui, registry: deps.registry });
   const registry = deps.registry;
   if (registry) {
-    void app.register(fleetRoutes, { registry });
+    void app.register(fleetRoutes, { registry, ...(deps.agentTls ? { agentTls: deps.agentTls } : {}) });
     if (deps.exec) {
       void app.register(execRoutes, { ...deps.exec, registry });
       void app.register(explainRoutes, { broker: deps.exec.broker, registry, routeViews: deps.routes });

@@ -59,6 +59,18 @@ export async function buildDataPlane(
     ...storeEndpoint(config.store),
   ];
   const buildOpts: CaddyBuildOptions = { tls: c.tls, httpListen: c.httpListen, httpsListen: c.httpsListen };
+  if (config.uiHost) {
+    const host = config.apiListen.host;
+    const reach =
+      !host || host === '0.0.0.0'
+        ? '127.0.0.1'
+        : host === '::'
+          ? '[::1]'
+          : host.includes(':')
+            ? `[${host}]`
+            : host;
+    buildOpts.ui = { host: config.uiHost, upstream: `${reach}:${config.apiListen.port}` };
+  }
 
   let dns: DnsSidecar | undefined;
   if (c.layout === 'dynamic') {

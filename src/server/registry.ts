@@ -284,6 +284,11 @@ export class Registry {
     return keySummary(k, [...this.agents.values()], this.clock());
   }
 
+  /** One key, by id or name. */
+  showKey(ref: string): KeySummary {
+    return this.summaryOfKey(this.findKey(ref));
+  }
+
   /** The exec rules the server allows for an agent's key; undefined means no narrowing. */
   execRulesFor(agentId: string): string[] | undefined {
     const keyId = this.agents.get(agentId)?.keyId;
@@ -359,7 +364,8 @@ export class Registry {
 
   /** The key a secret belongs to, if it is valid now. Unknown secrets leave no trace. */
   async authenticate(secret: string): Promise<KeyRecord | undefined> {
-    const k = await this.store.findKeyByHash(hashToken(secret), this.clock());
+    // A pinned key string given whole (by an agent older than pins) still names its secret.
+    const k = await this.store.findKeyByHash(hashToken(secret.split('.')[0]!), this.clock());
     if (!k || k.revokedAt !== undefined) return undefined;
     this.keys.set(k.id, k);
     return k;
@@ -373,7 +379,7 @@ export class Registry {
    */
   async register(
     key: KeyRecord,
-    o: { agentId?: string; name: string; version?: string; seenFrom?: string },
+    o: { agentId?: string; name: string; version?: string; seenFrom?: string; cleartext?: boolean },
   ): Promise<AgentRecord> {
     const now = this.clock();
     let a = o.agentId ? (this.agents.get(o.agentId) ?? (await this.fetchAgent(o.agentId))) : undefined;
@@ -394,6 +400,8 @@ export class Registry {
     a.lastSeenAt = now;
     if (o.version) a.version = o.version;
     if (o.seenFrom) a.seenFrom = o.seenFrom;
+    if (o.cleartext) a.cleartext = true;
+    else delete a.cleartext;
     this.agents.set(a.id, a);
     await this.saveAgent(a);
     this.connected(a, now);

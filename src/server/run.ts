@@ -16,6 +16,7 @@ import type { Desired } from '../reconcile/desired.js';
 import { Reconciler, type ReconcileState, servedEverywhere } from '../reconcile/reconciler.js';
 import { openStore } from '../store/open.js';
 import { AgentHub } from './agent-hub.js';
+import { prepareAgentTls } from './agent-tls.js';
 import { buildApp } from './app.js';
 import { ensureAdminToken } from './auth.js';
 import { trustedProxies } from './client-address.js';
@@ -56,6 +57,8 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
       `\nBerth admin token (shown once; also saved to ${join(dataDir, 'admin.token')} with mode 0600):\n  ${token.generated}\n\n`,
     );
   }
+  // The agent CA (made at first start, shared through the store) and this start's certificate.
+  const agentTls = await prepareAgentTls(config.agentTls, store, logger.child({ component: 'agent-tls' }));
   const api = config.apiListen;
   const apiUrl = `http://${api.host || '127.0.0.1'}:${api.port}`;
   const events = new EventBus();
@@ -74,6 +77,7 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
           return localAddresses();
         },
       },
+      ...(config.uiHost ? { reservedHosts: new Set([config.uiHost]) } : {}),
     },
     events,
     logger: logger.child({ component: 'registry' }),
@@ -328,8 +332,9 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
       });
     },
     ui: { auth: new UiAuth(store, token.hash), events },
+    agentTls: () => agentTls?.info,
     // Certificates on demand only for hostnames some route serves.
-    askDomain: (domain) => servedHosts().covers(domain),
+    askDomain: (domain) => domain === config.uiHost || servedHosts().covers(domain),
     reconcile: async (force) => {
       reconciler.wake({ force });
       await reconciler.idle();
@@ -338,7 +343,16 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
   });
   hub.attach(app.server);
   await app.listen({ host: api.host || '0.0.0.0', port: api.port });
-  logger.info({ api: apiUrl, dataDir, caddy: plane.targets.map((t) => t.admin.display) }, 'berth is running');
+  await agentTls?.listen((server) => hub.attach(server));
+  logger.info(
+    {
+      api: apiUrl,
+      agents: agentTls?.info.urls ?? 'over --api-listen only (--agent-listen off)',
+      dataDir,
+      caddy: plane.targets.map((t) => t.admin.display),
+    },
+    'berth is running',
+  );
 
   return {
     apiUrl,
@@ -349,6 +363,7 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
       process.off('SIGHUP', onHangup);
       local?.stop();
       hub.close();
+      await agentTls?.close();
       reconciler.stop();
       routeEvents.stop();
       await follower?.close();

@@ -72,6 +72,7 @@ export function agentSummary(
   if (v.lastHeartbeatAt) out.heartbeatAgeSeconds = Math.round((now - v.lastHeartbeatAt) / 100) / 10;
   const withheld = admitted.withheld.get(a.id);
   if (withheld) out.withheld = withheld;
+  if (a.cleartext && out.status !== 'offline' && out.status !== 'revoked') out.cleartext = true;
   return out;
 }
 

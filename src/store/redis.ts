@@ -280,6 +280,15 @@ export class RedisStore implements Store, SharedStore {
     await this.write({ kind: 'meta', key }, (m) => m.hset(this.k('meta'), key, value));
   }
 
+  async claimMeta(key: string, value: string): Promise<string> {
+    const set = await this.redis.hsetnx(this.k('meta'), key, value);
+    if (set === 1) {
+      await this.redis.publish(this.channel, this.message({ kind: 'meta', key }));
+      return value;
+    }
+    return (await this.getMeta(key)) ?? value;
+  }
+
   async upsertAgent(a: AgentRecord): Promise<void> {
     await this.write({ kind: 'agent', id: a.id }, (m) => m.hset(this.k('agents'), a.id, JSON.stringify(a)));
   }

@@ -53,6 +53,13 @@ export class SqliteStore implements Store {
     ).run(key, value);
   }
 
+  async claimMeta(key: string, value: string): Promise<string> {
+    this.db
+      .prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING')
+      .run(key, value);
+    return (await this.getMeta(key)) ?? value;
+  }
+
   async upsertAgent(a: AgentRecord): Promise<void> {
     this.sql(
       'INSERT INTO agents (id, body) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET body = excluded.body',

@@ -14,6 +14,8 @@ export interface AgentRecord {
   hostIp?: string;
   /** The address the server saw the agent's last connection come from (through trusted proxies). */
   seenFrom?: string;
+  /** Its last connection came without TLS from a non-loopback address. */
+  cleartext?: boolean;
   version?: string;
   dockerVersion?: string;
 }
@@ -124,6 +126,12 @@ export interface SharedStore {
 export interface Store {
   getMeta(key: string): Promise<string | undefined>;
   setMeta(key: string, value: string): Promise<void>;
+  /**
+   * Sets the value only if the key has none, atomically, and returns the value the key holds
+   * afterwards (this one, or the one another replica set first): for things made once and
+   * shared, such as the agent CA.
+   */
+  claimMeta(key: string, value: string): Promise<string>;
   upsertAgent(agent: AgentRecord): Promise<void>;
   deleteAgent(id: string): Promise<void>;
   listAgents(): Promise<AgentRecord[]>;

@@ -227,7 +227,24 @@ async function agentsPage() {
       'tr',
       { 'data-agent': a.name },
       h('td', {}, a.name, a.kind === 'local' ? h('span', { class: 'muted' }, ' (local)') : null),
-      statusCell(a.status),
+      a.cleartext
+        ? h(
+            'td',
+            {},
+            h('span', { class: `status ${a.status}`, 'data-status': a.status }, a.status),
+            ' ',
+            h(
+              'span',
+              {
+                class: 'status error',
+                'data-cleartext': 'true',
+                title:
+                  'connected without TLS from another machine: its key and snapshots cross the network in clear',
+              },
+              'no TLS',
+            ),
+          )
+        : statusCell(a.status),
       h('td', {}, ago(a.heartbeatAgeSeconds)),
       h('td', {}, a.version ?? '—'),
       h('td', {}, a.hostIp ?? '—'),
@@ -279,11 +296,11 @@ async function agentsPage() {
             .map((x) => x.trim())
             .filter(Boolean);
           if (d.length) body.domains = d;
-          const r = await api<{ key: { name: string }; secret: string }>('/api/keys', {
+          const r = await api<{ key: { name: string }; secret: string; agentUrls?: string[] }>('/api/keys', {
             method: 'POST',
             body,
           });
-          created.replaceChildren(keyPanel(r.key.name, r.secret));
+          created.replaceChildren(keyPanel(r.key.name, r.secret, r.agentUrls?.[0]));
         } catch (err) {
           created.replaceChildren(errorBox(err));
         }
@@ -331,8 +348,9 @@ async function agentsPage() {
 /** Where the key lives on the Docker host: read by docker/compose, never on a command line. */
 const KEY_ENV_FILE = '/etc/berth/agent.env';
 
-function keyPanel(name: string, secret: string): HTMLElement {
-  const server = location.origin;
+function keyPanel(name: string, secret: string, agentUrl?: string): HTMLElement {
+  // The agent TLS listener when the server has one (the key pins its CA), else this page's origin.
+  const server = agentUrl ?? location.origin;
   // The key goes in an env file, not in the commands: any local user can read a process's
   // command line (/proc/PID/cmdline, ps), and shell history keeps it too.
   const envFile = `BERTH_AGENT_KEY=${secret}\n`;

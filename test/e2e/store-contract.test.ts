@@ -116,6 +116,16 @@ describe.each(adapters)('store contract: $name', ({ open }) => {
     expect(await store.getMeta('admin_token_sha256')).toBe('bb');
   });
 
+  it('claims a meta value once: the first claim wins, later ones get it back', async () => {
+    expect(await store.claimMeta('agent_tls_ca', 'first')).toBe('first');
+    expect(await store.claimMeta('agent_tls_ca', 'second')).toBe('first');
+    expect(await store.getMeta('agent_tls_ca')).toBe('first');
+    // Claims racing each other agree on one value.
+    const racing = await Promise.all(['a', 'b', 'c'].map((v) => store.claimMeta('raced', v)));
+    expect(new Set(racing).size).toBe(1);
+    expect(await store.getMeta('raced')).toBe(racing[0]);
+  });
+
   it('upserts, lists (by id) and deletes agents', async () => {
     await store.upsertAgent(agent('ag_b'));
     await store.upsertAgent(agent('ag_a', { hostIp: '127.0.0.3', version: '0.1.0' }));

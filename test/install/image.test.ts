@@ -148,7 +148,7 @@ describe('the image', () => {
 
 describe('the compose stacks', () => {
   const agentEnv = (key: string) => ({
-    BERTH_SERVER: `http://${a.ip}:7080`,
+    BERTH_SERVER: `https://${a.ip}:7443`,
     BERTH_AGENT_KEY: key,
     BERTH_HOST_IP: b.ip,
     BERTH_NAME: 'host-b',
@@ -171,7 +171,10 @@ describe('the compose stacks', () => {
 
   it('serve a container on one host through the front door of a server stack on another', async () => {
     expect(built, 'the build failed').toBeDefined();
-    await compose(a.d, 'berth-server', 'deploy/compose.server.yml', ['up', '-d'], { BERTH_TLS: 'off' });
+    await compose(a.d, 'berth-server', 'deploy/compose.server.yml', ['up', '-d'], {
+      BERTH_TLS: 'off',
+      BERTH_PUBLIC_NAME: a.ip,
+    });
     const server = await serviceContainer(a.d, 'berth-server', 'berth');
     await waitUntil(async () => (await getFrom(a.netns, `http://${a.ip}:7080/readyz`)).status === 200, {
       timeoutMs: 60_000,

@@ -164,3 +164,73 @@ describe('--dialects', () => {
     expect(() => loadConfig('server', ['--dialects', 'berth'], {})).toThrowError(/unknown flag --dialects/);
   });
 });
+
+describe('the agent channel (TLS)', () => {
+  const PINNED = 'berth_agent_G1TlPJBJDPi-FJTWkncYpv9K6_2E1aov.01CPLJ_giURkJBLWJ1trg915B4VZ2H7demTV3zuyEeQ';
+  const agentAt = (server: string, argv: string[] = []) => {
+    const l = loadConfig('agent', ['--server', server, '--key', PINNED, ...argv], {});
+    if (l.kind !== 'agent') throw new Error('not an agent');
+    return l.config;
+  };
+
+  it('serves agents on 0.0.0.0:7443 by default; off, another address, public names', () => {
+    expect(serve([]).agentTls).toEqual({ listen: { host: '0.0.0.0', port: 7443 }, publicNames: [] });
+    expect(serve(['--agent-listen', 'off']).agentTls.listen).toBeUndefined();
+    expect(
+      serve(['--agent-listen', '10.0.0.1:8443', '--public-name', 'berth.example.com,10.0.0.1']).agentTls,
+    ).toEqual({ listen: { host: '10.0.0.1', port: 8443 }, publicNames: ['berth.example.com', '10.0.0.1'] });
+    expect(serve([], { BERTH_PUBLIC_NAME: 'a.example.com, b.example.com' }).agentTls.publicNames).toEqual([
+      'a.example.com',
+      'b.example.com',
+    ]);
+  });
+
+  it('reports bad TLS flags together', () => {
+    expect(() =>
+      serve(['--agent-listen', 'nowhere', '--public-name', 'bad name', '--agent-tls-cert', '/x/cert.pem']),
+    ).toThrowError(
+      /--agent-listen nowhere: expected host:port[\s\S]*--public-name bad name: expected a DNS name or an IP address[\s\S]*--agent-tls-cert and --agent-tls-key go together/,
+    );
+  });
+
+  it('splits a pinned key into the secret (what is sent) and the pin (what is checked)', () => {
+    const c = agentAt('https://berth.example.com:7443');
+    expect(c.key).toBe('berth_agent_G1TlPJBJDPi-FJTWkncYpv9K6_2E1aov');
+    expect(c.trust).toEqual({ pin: '01CPLJ_giURkJBLWJ1trg915B4VZ2H7demTV3zuyEeQ', insecureTransport: false });
+  });
+
+  it('refuses a malformed key without repeating it', () => {
+    expect(() => loadConfig('agent', ['--server', 'https://b:7443', '--key', `${PINNED}x`], {})).toThrowError(
+      /--key: the agent key's pin \(after the dot\) is malformed/,
+    );
+  });
+
+  it('refuses clear text to another machine unless --insecure-transport; loopback is fine', () => {
+    for (const url of ['http://10.0.0.5:7080', 'ws://berth.example.com:7080']) {
+      expect(() => agentAt(url)).toThrowError(/would send the agent key, snapshots and exec output in clear/);
+      expect(agentAt(url, ['--insecure-transport']).trust.insecureTransport).toBe(true);
+    }
+    for (const url of ['http://127.0.0.1:7080', 'http://localhost:7080', 'http://[::1]:7080', 'wss://b:7443'])
+      expect(agentAt(url).servers).toEqual([url]);
+    expect(() => agentAt('https://a:7443,http://10.0.0.6:7080')).toThrowError(
+      /http:\/\/10\.0\.0\.6:7080: plain/,
+    );
+  });
+
+  it('reads --ca-file, and says when it is missing or not PEM', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'bca-'));
+    try {
+      writeFileSync(join(dir, 'ca.pem'), '-----BEGIN CERTIFICATE-----\nMII=\n-----END CERTIFICATE-----\n');
+      writeFileSync(join(dir, 'junk'), 'not a certificate');
+      expect(agentAt('https://b:7443', ['--ca-file', join(dir, 'ca.pem')]).trust.caFile).toBe(
+        join(dir, 'ca.pem'),
+      );
+      expect(() => agentAt('https://b:7443', ['--ca-file', join(dir, 'junk')])).toThrowError(
+        /--ca-file .*junk: no PEM certificate in it/,
+      );
+      expect(() => agentAt('https://b:7443', ['--ca-file', join(dir, 'none')])).toThrowError(/ENOENT/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -2,6 +2,7 @@
 // Berth owns only servers named `berth_*` (each with an `@id`) and one TLS automation policy
 // with `@id: berth_tls`; everything else in the operator's Caddy config is left as it is.
 import type { Site, SiteChanges } from '../../model/desired.js';
+import { AGENT_PATH } from '../../model/protocol.js';
 
 export type TlsMode = 'auto' | 'internal' | 'off';
 
@@ -34,8 +35,16 @@ export interface TrafficLog {
   query: boolean;
 }
 
+/** `--ui-host`: the API and web UI served at the front door, proxied to the API listener. */
+export interface UiSite {
+  host: string;
+  /** The API listener, host:port. */
+  upstream: string;
+}
+
 export interface CaddyBuildOptions {
   tls: TlsMode;
+  ui?: UiSite;
   dynamic?: DynamicLayout;
   traffic?: TrafficLog;
   /** Listen addresses already include `--http-bind` when one is given. */
@@ -229,6 +238,7 @@ export function buildCaddyParts(sites: Site[], opts: CaddyBuildOptions, versionI
   const routes: Json[] = hosts.map((h) => hostRoute(h, byHost.get(h)!));
   const last = opts.dynamic ? { handle: [dynamicProxy(opts.dynamic)] } : { handle: [NOT_FOUND] };
   routes.push(versionId ? { '@id': versionId, ...last } : last);
+  if (opts.ui) routes.unshift(uiRoute(opts.ui));
   if (opts.traffic) routes.unshift({ handle: [TRAFFIC_MAP] });
   // Only the server that routes logs requests (plain HTTP only redirects when TLS is on).
   const logs = opts.traffic ? { logs: { default_logger_name: ACCESS_LOG } } : {};
@@ -287,10 +297,41 @@ export function buildCaddyParts(sites: Site[], opts: CaddyBuildOptions, versionI
     parts.tlsPolicy = { '@id': TLS_POLICY_ID, on_demand: true };
     if (opts.tls === 'internal') parts.tlsPolicy.issuers = [{ module: 'internal' }];
     if (opts.dynamic.ask) parts.onDemand = { ask: opts.dynamic.ask };
-  } else if (opts.tls === 'internal' && hosts.length > 0) {
-    parts.tlsPolicy = { '@id': TLS_POLICY_ID, subjects: hosts, issuers: [{ module: 'internal' }] };
+  } else if (opts.tls === 'internal' && (hosts.length > 0 || opts.ui)) {
+    const subjects = opts.ui && !hosts.includes(opts.ui.host) ? [opts.ui.host, ...hosts] : hosts;
+    parts.tlsPolicy = { '@id': TLS_POLICY_ID, subjects, issuers: [{ module: 'internal' }] };
   }
   return parts;
+}
+
+/**
+ * The UI host, before every agent's route (admission refuses agents' claims on it). Agent
+ * links are refused here: through Caddy, every config change would close them.
+ */
+function uiRoute(ui: UiSite): Json {
+  return {
+    match: [{ host: [ui.host] }],
+    handle: [
+      {
+        handler: 'subroute',
+        routes: [
+          {
+            match: [{ path: [AGENT_PATH, `${AGENT_PATH.slice(0, AGENT_PATH.indexOf('/', 1))}/*`] }],
+            handle: [
+              {
+                handler: 'static_response',
+                status_code: 404,
+                headers: { 'Content-Type': ['text/plain; charset=utf-8'] },
+                body: "berth: agents connect to the server's agent listener (--agent-listen, :7443), not through the front door\n",
+              },
+            ],
+          },
+          { handle: [{ handler: 'reverse_proxy', upstreams: [{ dial: ui.upstream }] }] },
+        ],
+      },
+    ],
+    terminal: true,
+  };
 }
 
 function dynamicProxy(d: DynamicLayout): Json {

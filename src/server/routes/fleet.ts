@@ -3,8 +3,10 @@ import type { FastifyPluginAsyncJsonSchemaToTs } from '@fastify/type-provider-js
 import { parseRule } from '../../agent/exec-policy.js';
 import { parseDuration } from '../../config.js';
 import { UserError } from '../../errors.js';
+import { formatAgentKey } from '../../model/agent-key.js';
 import { publicSuffixWildcard } from '../../model/domains.js';
 import { checkCidrList, checkHostname } from '../../model/validate.js';
+import type { AgentTlsInfo } from '../agent-tls.js';
 import type { Registry } from '../registry.js';
 import { ADMIN } from '../trust.js';
 
@@ -48,11 +50,47 @@ function checkUpstreams(list: readonly string[] | undefined): string[] | undefin
   return c.value;
 }
 
-export const fleetRoutes: FastifyPluginAsyncJsonSchemaToTs<{ Options: { registry: Registry } }> = async (
+export interface FleetOptions {
+  registry: Registry;
+  /** The agent channel's CA pin and URLs; undefined with `--agent-listen off`. */
+  agentTls?: () => AgentTlsInfo | undefined;
+}
+
+export const fleetRoutes: FastifyPluginAsyncJsonSchemaToTs<{ Options: FleetOptions }> = async (
   app,
-  { registry },
+  { registry, agentTls },
 ) => {
+  /**
+   * A new secret as the key string agents take: with the CA pin when agents have a TLS listener.
+   * `secret` keeps its name (older CLIs and UIs print it as the key).
+   */
+  const issued = (r: { key: unknown; secret: string }) => {
+    const tls = agentTls?.();
+    return {
+      ...r,
+      secret: formatAgentKey({ secret: r.secret, ...(tls ? { pin: tls.pin } : {}) }),
+      ...(tls ? { pin: tls.pin, agentUrls: tls.urls } : {}),
+    };
+  };
+
   app.get('/api/keys', ADMIN, async () => ({ keys: registry.listKeys() }));
+
+  // The key itself cannot be shown (only its hash is kept); its pin and where agents connect can.
+  app.get('/api/keys/:id', { ...ADMIN, schema: { params: idParam } as const }, async (req) => {
+    const tls = agentTls?.();
+    return {
+      key: registry.showKey(req.params.id),
+      ...(tls
+        ? {
+            pin: tls.pin,
+            agentUrls: tls.urls,
+            ca: tls.ca,
+            certificateNames: tls.names,
+            certificateValidTo: tls.validTo,
+          }
+        : {}),
+    };
+  });
 
   app.post(
     '/api/keys',
@@ -90,7 +128,7 @@ export const fleetRoutes: FastifyPluginAsyncJsonSchemaToTs<{ Options: { registry
         maxRoutes: body.maxRoutes,
         maxPending: body.maxPending,
       });
-      return reply.status(201).send(created);
+      return reply.status(201).send(issued(created));
     },
   );
 
@@ -142,7 +180,7 @@ export const fleetRoutes: FastifyPluginAsyncJsonSchemaToTs<{ Options: { registry
           'BAD_REQUEST',
           `invalid request: body.overlap: "${overlap}" is not a duration such as 24h`,
         );
-      return registry.rotateKey(req.params.id, ms);
+      return issued(await registry.rotateKey(req.params.id, ms));
     },
   );
 

@@ -16,6 +16,8 @@ export const BERTH_BIN = process.env.BERTH_BIN ?? resolve(import.meta.dirname, '
 export interface BerthProcess {
   dataDir: string;
   apiUrl: string;
+  /** The agent TLS listener (`https://127.0.0.1:<port>`), unless the test's args move or disable it. */
+  agentUrl: string;
   httpPort: number;
   token: string;
   pid: number;
@@ -69,6 +71,8 @@ export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
   const dataDir = o.dataDir ?? mkdtempSync(join(tmpdir(), 'bd-'));
   const apiPort = await freePort();
   const httpPort = o.httpPort ?? (await freePort());
+  // Never the default 0.0.0.0:7443: many servers run at once, and nothing listens beyond loopback.
+  const agentPort = await freePort();
   const args = [
     o.bin ?? BERTH_BIN,
     o.command ?? 'standalone',
@@ -80,6 +84,8 @@ export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
     `127.0.0.1:${httpPort}`,
     '--tls',
     'off',
+    '--agent-listen',
+    `127.0.0.1:${agentPort}`,
     '--log-level',
     'debug',
     ...(o.docker ? ['--docker', o.docker, '--host-ip', '127.0.0.1'] : []),
@@ -139,6 +145,7 @@ export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
   const b: BerthProcess = {
     dataDir,
     apiUrl,
+    agentUrl: `https://127.0.0.1:${agentPort}`,
     httpPort,
     token,
     get pid() {

@@ -96,6 +96,27 @@ describe('buildCaddyParts', () => {
   });
 });
 
+describe('--ui-host', () => {
+  const ui = { host: 'berth.example.com', upstream: '127.0.0.1:7080' };
+
+  it('serves the API before every agent route, refusing the agent path there', () => {
+    const parts = buildCaddyParts([site('berth.example.com'), site('b.example.com')], { ...opts, ui });
+    const routes = parts.servers.berth_http.routes;
+    expect(routes[0].match).toEqual([{ host: ['berth.example.com'] }]);
+    expect(routes[0].terminal).toBe(true);
+    const [agentPath, proxy] = routes[0].handle[0].routes;
+    expect(agentPath.match).toEqual([{ path: ['/agent/v1/connect', '/agent/*'] }]);
+    expect(agentPath.handle[0]).toMatchObject({ handler: 'static_response', status_code: 404 });
+    expect(proxy.handle[0]).toEqual({ handler: 'reverse_proxy', upstreams: [{ dial: '127.0.0.1:7080' }] });
+  });
+
+  it('gets a certificate from the internal CA even when no agent route exists yet', () => {
+    const parts = buildCaddyParts([], { ...opts, tls: 'internal', ui });
+    expect(parts.tlsPolicy.subjects).toEqual(['berth.example.com']);
+    expect(parts.servers.berth_https.routes[0].match).toEqual([{ host: ['berth.example.com'] }]);
+  });
+});
+
 describe('mergeIntoConfig', () => {
   it("replaces only Berth's servers and policy and keeps the operator's config", () => {
     const operator = {

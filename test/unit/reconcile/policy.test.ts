@@ -113,6 +113,18 @@ describe('admitRoutes: what no key allows', () => {
     expect(r.errors.get('a1:c3/default')![0]).toMatch(/public suffix github\.io/);
   });
 
+  it('refuses the UI host (--ui-host) on that route alone, whatever its case', () => {
+    const v = view({
+      snapshot: snapshot([['Berth.Example.com'], ['a.example.com'], ['x.test', 'berth.example.com']]),
+    });
+    const r = admitRoutes([v], now, { ...o, reservedHosts: new Set(['berth.example.com']) });
+    expect(r.agentRoutes[0]!.routes.map((x) => x.id)).toEqual(['c1/default']);
+    expect(r.errors.get('a1:c0/default')).toEqual([
+      'Berth.Example.com is where Berth serves its own API and UI (--ui-host); no agent may claim it',
+    ]);
+    expect(r.errors.get('a1:c2/default')![0]).toMatch(/^berth\.example\.com is where Berth serves/);
+  });
+
   it('refuses upstreams that are not the agent’s host, with the rules it is given', () => {
     const rules = {
       protected: [{ host: '127.0.0.1', port: 7080, what: 'admin API' }],

@@ -1,0 +1,75 @@
+// The agent's TLS connection to the server, made and checked before the WebSocket handshake
+// (which carries the key) is written: with a pin, the chain must hold the pinned CA; with
+// --ca-file, it must chain to that CA; otherwise to the system's CAs. Only a socket that passed
+// is handed to the WebSocket.
+import { isIP } from 'node:net';
+import { connect, type TLSSocket } from 'node:tls';
+import { ChainError, type ChainProblem, peerChain, verifyPinnedChain } from '../tls/verify.js';
+
+export interface ServerTrust {
+  pin?: string;
+  ca?: string;
+  caFile?: string;
+}
+
+export class DialError extends Error {
+  constructor(
+    readonly problem: ChainProblem | 'untrusted' | 'network',
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** A TLS socket to `url`'s host and port whose certificate passed the agent's check. */
+export function secureDial(url: URL, trust: ServerTrust, timeoutMs = 10_000): Promise<TLSSocket> {
+  const host = url.hostname.replace(/^\[|\]$/g, '');
+  const port = Number(url.port || 443);
+  const pinned = trust.pin !== undefined && trust.ca === undefined;
+  return new Promise((resolve, reject) => {
+    const socket = connect({
+      host,
+      port,
+      ...(isIP(host) ? {} : { servername: host }),
+      ALPNProtocols: ['http/1.1'],
+      // With a pin the chain is checked below, against the pin, before anything is written.
+      rejectUnauthorized: !pinned,
+      ...(trust.ca ? { ca: trust.ca } : {}),
+    });
+    const timer = setTimeout(
+      () => fail(new DialError('network', `TLS handshake with ${host}:${port} timed out`)),
+      timeoutMs,
+    );
+    const fail = (err: Error) => {
+      clearTimeout(timer);
+      socket.destroy();
+      reject(err);
+    };
+    socket.once('error', (err: Error & { code?: string }) => {
+      if (err instanceof DialError) return fail(err);
+      const tlsProblem = err.code && /CERT|SELF_SIGNED|UNABLE_TO|HOSTNAME|ERR_TLS/.test(err.code);
+      fail(
+        tlsProblem
+          ? new DialError(
+              'untrusted',
+              `the server's certificate is not trusted: ${err.message}${trust.caFile ? ` (checked against --ca-file ${trust.caFile})` : trust.pin ? '' : " (checked against the system's CAs: this key has no pin; use a key from berth keys create or berth keys show, or --ca-file)"}`,
+            )
+          : new DialError('network', `cannot reach ${host}:${port}: ${err.message}`),
+      );
+    });
+    socket.once('secureConnect', () => {
+      if (pinned) {
+        try {
+          verifyPinnedChain(peerChain(socket.getPeerCertificate(true)), trust.pin!, host);
+        } catch (err) {
+          if (err instanceof ChainError) return fail(new DialError(err.problem, err.message));
+          return fail(err as Error);
+        }
+      }
+      clearTimeout(timer);
+      socket.removeAllListeners('error');
+      socket.on('error', () => {}); // the WebSocket's own handler reports what follows
+      resolve(socket);
+    });
+  });
+}

@@ -1,0 +1,98 @@
+// The server's side of the agent channel: the CA made once and kept in the store, the names its
+// certificate covers, an operator chain, and a store whose CA cannot be read.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import { CA_META_KEY, certificateNames, prepareAgentTls } from '../../../src/server/agent-tls.js';
+import { SqliteStore } from '../../../src/store/sqlite.js';
+import { createCa, issueServerCert, spkiPin } from '../../../src/tls/ca.js';
+
+const logger = pino({ level: 'silent' });
+const dirs: string[] = [];
+const tmp = () => {
+  const d = mkdtempSync(join(tmpdir(), 'batls-'));
+  dirs.push(d);
+  return d;
+};
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+const listen = { host: '127.0.0.1', port: 7443 };
+
+describe('certificateNames', () => {
+  it('covers the public names, a specific listen address and loopback', () => {
+    expect(certificateNames(['berth.example.com', '[2001:db8::1]'], '10.0.0.1')).toEqual([
+      'berth.example.com',
+      '2001:db8::1',
+      '10.0.0.1',
+      'localhost',
+      '127.0.0.1',
+      '::1',
+    ]);
+  });
+
+  it('covers every address of the machine when listening on all of them', () => {
+    const names = certificateNames([], '0.0.0.0');
+    expect(names).toContain('127.0.0.1');
+    expect(names.some((n) => n.startsWith('fe80:'))).toBe(false);
+  });
+});
+
+describe('prepareAgentTls', () => {
+  it('makes the CA once: a second start (same store) has the same pin, and the key stays out of the info', async () => {
+    const store = SqliteStore.openDataDir(tmp());
+    const a = await prepareAgentTls({ listen, publicNames: [] }, store, logger);
+    const b = await prepareAgentTls({ listen, publicNames: ['berth.example.com'] }, store, logger);
+    expect(a!.info.pin).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    expect(b!.info.pin).toBe(a!.info.pin);
+    expect(b!.info).toMatchObject({ ca: 'berth', urls: ['https://berth.example.com:7443'] });
+    expect(JSON.stringify(b!.info)).not.toMatch(/PRIVATE KEY/);
+    expect(JSON.parse((await store.getMeta(CA_META_KEY))!).key).toMatch(/PRIVATE KEY/);
+    await store.close();
+  });
+
+  it('is off with --agent-listen off', async () => {
+    const store = SqliteStore.openDataDir(tmp());
+    expect(await prepareAgentTls({ publicNames: [] }, store, logger)).toBeUndefined();
+    await store.close();
+  });
+
+  it('says the stored CA is unreadable without printing any of it', async () => {
+    const store = SqliteStore.openDataDir(tmp());
+    await store.setMeta(
+      CA_META_KEY,
+      '{"cert":"-----BEGIN CERTIFICATE-----\\nxx","key":"SECRET-KEY-MATERIAL"}',
+    );
+    const err = await prepareAgentTls({ listen, publicNames: [] }, store, logger).catch((e) => e);
+    expect(err.message).toMatch(/the agent CA in the store is unreadable/);
+    expect(err.message).not.toContain('SECRET-KEY-MATERIAL');
+    await store.close();
+  });
+
+  it("pins an operator chain's last certificate, and refuses a key that does not match", async () => {
+    const dir = tmp();
+    const ca = createCa();
+    const leaf = issueServerCert(ca, { names: ['127.0.0.1'] });
+    writeFileSync(join(dir, 'chain.pem'), leaf.cert);
+    writeFileSync(join(dir, 'key.pem'), leaf.key);
+    writeFileSync(join(dir, 'other.pem'), issueServerCert(ca, { names: ['x'] }).key);
+    const store = SqliteStore.openDataDir(tmp());
+    const t = await prepareAgentTls(
+      { listen, publicNames: [], certFile: join(dir, 'chain.pem'), keyFile: join(dir, 'key.pem') },
+      store,
+      logger,
+    );
+    expect(t!.info).toMatchObject({ pin: spkiPin(ca.cert), ca: 'operator' });
+    expect(await store.getMeta(CA_META_KEY)).toBeUndefined(); // no CA of Berth's own made
+    await expect(
+      prepareAgentTls(
+        { listen, publicNames: [], certFile: join(dir, 'chain.pem'), keyFile: join(dir, 'other.pem') },
+        store,
+        logger,
+      ),
+    ).rejects.toThrow(/--agent-tls-cert\/--agent-tls-key: .*(key values mismatch|does not match)/i);
+    await store.close();
+  });
+});
