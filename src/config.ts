@@ -229,6 +229,21 @@ export const FLAGS: FlagDef[] = [
     for: WATCH,
   },
   {
+    name: 'swarm-upstream',
+    kind: 'string',
+    default: 'task',
+    choices: ['task', 'vip'],
+    help: "On a Swarm manager: where a service's routes send traffic. task: each running task on its node's address (published host-mode port or host network); vip: the service's virtual IP (the front door must share an overlay network with it)",
+    for: WATCH,
+  },
+  {
+    name: 'swarm-poll',
+    kind: 'duration',
+    default: 500,
+    help: 'On the Swarm leader: how often tasks are re-listed (Swarm has no task events); a task that moves moves its route within about this',
+    for: WATCH,
+  },
+  {
     name: 'drift-interval',
     kind: 'duration',
     default: 1_000,
@@ -512,6 +527,10 @@ export interface WatchConfig {
   labelPrefix: string;
   dialects: DialectName[];
   resyncIntervalMs: number;
+  /** Where Swarm service routes go (--swarm-upstream). */
+  swarmUpstream: 'task' | 'vip';
+  /** How often the leader re-lists tasks (--swarm-poll). */
+  swarmPollMs: number;
   execPolicy?: string;
   name: string;
   /** caddy-docker-proxy's label prefix (its --label-prefix). */
@@ -643,6 +662,8 @@ function watchConfig(raw: RawConfig, problems: string[]): WatchConfig {
     caddyLabelPrefix: opt(raw['caddy-label-prefix']) ?? 'caddy',
     dialects: list(raw.dialects) as DialectName[],
     resyncIntervalMs: num(raw['resync-interval']),
+    swarmUpstream: str(raw['swarm-upstream']) === 'vip' ? 'vip' : 'task',
+    swarmPollMs: Math.max(100, num(raw['swarm-poll'])),
     name: opt(raw.name) ?? hostname(),
   };
   const hostIp = opt(raw['host-ip']);

@@ -6,7 +6,8 @@ import type { Logger } from 'pino';
 import type { ExtractContext } from '../labels/index.js';
 import type { ContainerInfo, Snapshot } from '../model/types.js';
 import type { DockerSource } from './docker.js';
-import { snapshotContent } from './snapshot.js';
+import { snapshotContent, withServices } from './snapshot.js';
+import { type SwarmState, type SwarmUpstream, serviceRoutes } from './swarm.js';
 
 const WAKE_ACTIONS = [
   'start',
@@ -32,6 +33,10 @@ export interface WatcherOptions {
   execRules?: (c: ContainerInfo) => string[];
   /** Quiet period that gathers a burst of events into one re-list. */
   debounceMs?: number;
+  /** Where Swarm service routes go, on the leader (--swarm-upstream). */
+  swarmUpstream?: SwarmUpstream;
+  /** How often the swarm leader re-lists tasks, which have no events (--swarm-poll). */
+  swarmPollMs?: number;
 }
 
 export class DockerWatcher {
@@ -46,6 +51,9 @@ export class DockerWatcher {
   private stopped = false;
   private connected = false;
   private backoffMs = 250;
+  private swarmPoll?: NodeJS.Timeout;
+  /** The last swarm view read; kept when a swarm call fails, as containers are kept when Docker is away. */
+  private swarmState?: SwarmState;
   /** Names this agent's replica groups: its identical containers never join another agent's. */
   private readonly replicaScope = randomUUID();
   dockerVersion?: string;
@@ -76,6 +84,7 @@ export class DockerWatcher {
     this.stopped = true;
     clearTimeout(this.timer);
     clearInterval(this.resync);
+    clearInterval(this.swarmPoll);
     this.stopEvents?.();
   }
 
@@ -95,7 +104,8 @@ export class DockerWatcher {
       this.dockerVersion = await source.version();
       this.stopEvents = await source.events(
         (e) => {
-          if (e.type === 'container' && WAKE_ACTIONS.some((a) => e.action.startsWith(a))) this.wake();
+          if (e.type === 'service' || e.type === 'node') this.wake();
+          else if (e.type === 'container' && WAKE_ACTIONS.some((a) => e.action.startsWith(a))) this.wake();
         },
         (err) => this.lost(err ?? new Error('event stream ended')),
       );
@@ -143,6 +153,7 @@ export class DockerWatcher {
           this.lost(err as Error);
           return;
         }
+        await this.readSwarm();
         this.publish(containers);
       } while (this.again && !this.stopped);
     } finally {
@@ -150,17 +161,43 @@ export class DockerWatcher {
     }
   }
 
+  /**
+   * The swarm view, if the engine is in a swarm. Only the leader lists services and tasks, and it
+   * polls them (tasks have no events); any other node polls nothing and reports who it is.
+   */
+  private async readSwarm(): Promise<void> {
+    if (!this.o.source.swarm) return;
+    try {
+      this.swarmState = await this.o.source.swarm();
+    } catch (err) {
+      this.o.logger.debug({ err: (err as Error).message }, 'cannot read the swarm; the last view stands');
+    }
+    const leader = this.swarmState?.leader === true;
+    if (leader && !this.swarmPoll) {
+      this.swarmPoll = setInterval(() => this.wake(), this.o.swarmPollMs ?? 500);
+      this.swarmPoll.unref?.();
+    } else if (!leader && this.swarmPoll) {
+      clearInterval(this.swarmPoll);
+      this.swarmPoll = undefined;
+    }
+  }
+
   private publish(containers: ContainerInfo[]): void {
+    const sr = this.swarmState && serviceRoutes(this.swarmState, this.o.ctx, this.o.swarmUpstream);
     const {
       containers: summaries,
       routes,
       tcp,
       diagnostics,
-    } = snapshotContent(containers, this.o.ctx, {
-      execRules: this.o.execRules,
-      replicaScope: this.replicaScope,
-    });
-    const body = JSON.stringify({ summaries, routes, tcp, diagnostics, hostIp: this.o.ctx.hostIp });
+      swarm,
+    } = withServices(
+      snapshotContent(containers, this.o.ctx, {
+        execRules: this.o.execRules,
+        replicaScope: this.replicaScope,
+      }),
+      sr,
+    );
+    const body = JSON.stringify({ summaries, routes, tcp, diagnostics, swarm, hostIp: this.o.ctx.hostIp });
     const hash = createHash('sha256').update(body).digest('hex');
     if (hash === this.lastHash) return;
     this.lastHash = hash;
@@ -175,6 +212,7 @@ export class DockerWatcher {
       routes,
       tcp,
       diagnostics,
+      ...(swarm ? { swarm } : {}),
     };
     this.o.onSnapshot(this.last);
   }

@@ -15,6 +15,7 @@ import {
   MAX_MESSAGE,
   MAX_ROUTES,
   MAX_STRING,
+  MAX_SWARM_NODES,
   MAX_TCP_ROUTES,
 } from './limits.js';
 import type { Diagnostic, Snapshot } from './types.js';
@@ -121,6 +122,7 @@ const containerSchema = {
     id: { type: 'string', minLength: 1, maxLength: MAX_STRING },
     name: str,
     service: str,
+    task: str,
     execRules: { type: 'array', maxItems: MAX_EXEC_RULES, items: str },
     state: str,
     health: str,
@@ -175,6 +177,11 @@ const routeSchema = {
     },
     allow: cidrList,
     ...owner,
+    swarm: {
+      type: 'object',
+      required: ['serviceId', 'service'],
+      properties: { serviceId: str, service: str, task: str, node: str },
+    },
   },
 };
 
@@ -204,6 +211,53 @@ const diagnosticSchema = {
   },
 };
 
+const explainSchema = containerSchema.properties.explain;
+
+/** A swarm leader's view: checked whole (it is one agent's word about one swarm, bounded in size). */
+const swarmSchema = {
+  type: 'object',
+  required: ['clusterId', 'nodeId', 'nodeName', 'manager', 'leader'],
+  properties: {
+    clusterId: str,
+    nodeId: str,
+    nodeName: str,
+    manager: { type: 'boolean' },
+    leader: { type: 'boolean' },
+    nodes: {
+      type: 'array',
+      maxItems: MAX_SWARM_NODES,
+      items: {
+        type: 'object',
+        required: ['id', 'hostname', 'addr', 'state'],
+        properties: { id: str, hostname: str, addr: str, state: str },
+      },
+    },
+    services: {
+      type: 'array',
+      maxItems: MAX_CONTAINERS,
+      items: {
+        type: 'object',
+        required: ['id', 'name', 'tasks', 'labelled'],
+        properties: {
+          id: str,
+          name: str,
+          labelled: { type: 'boolean' },
+          explain: explainSchema,
+          tasks: {
+            type: 'array',
+            maxItems: MAX_CONTAINERS,
+            items: {
+              type: 'object',
+              required: ['id', 'node', 'state'],
+              properties: { id: str, slot: safe, node: str, state: str },
+            },
+          },
+        },
+      },
+    },
+  },
+};
+
 /** The envelope only: items are checked one by one, so that a bad one sinks only its container. */
 const snapshotEnvelope = {
   type: 'object',
@@ -217,6 +271,7 @@ const snapshotEnvelope = {
     routes: { type: 'array', maxItems: MAX_ROUTES, items: { type: 'object' } },
     tcp: { type: 'array', maxItems: MAX_TCP_ROUTES, items: { type: 'object' } },
     diagnostics: { type: 'array', maxItems: MAX_DIAGNOSTICS, items: { type: 'object' } },
+    swarm: swarmSchema,
   },
 };
 
@@ -392,6 +447,10 @@ function* checkValue(msg: unknown): Generator<void, AgentMessage> {
   if (type !== 'snapshot') return msg as AgentMessage;
   const given = msg as SnapshotMessage;
   const { claims: _claims, ...snapshot } = given.snapshot; // the server's own record, never the agent's word
+  if (snapshot.swarm) {
+    const { leaderSince: _l, heldSince: _h, ...swarm } = snapshot.swarm; // the server's too
+    snapshot.swarm = swarm;
+  }
   const m: SnapshotMessage = { type: 'snapshot', snapshot }; // `refused` is the server's to set
   const refused = yield* checkSnapshotItems(m.snapshot);
   if (refused.length > 0) m.refused = refused;

@@ -2,10 +2,11 @@
 // their traffic may go. Pure.
 import type { AgentStatus } from '../model/api.js';
 import { domainAllowed, publicSuffixWildcard } from '../model/domains.js';
-import type { RouteSpec, Snapshot, TcpRouteSpec } from '../model/types.js';
+import type { ContainerSummary, RouteSpec, Snapshot, TcpRouteSpec } from '../model/types.js';
 import type { AgentRecord, KeyRecord } from '../store/store.js';
 import { claimedSince, httpUnit, tcpUnit } from './claims.js';
 import { type AgentRoutes, routeKey } from './desired.js';
+import { nodeKey, swarmSpeakers } from './swarm.js';
 import { type UpstreamRules, upstreamChecker } from './upstreams.js';
 
 /** Routes (HTTP and TCP) one agent may have served, unless its key says otherwise. */
@@ -79,6 +80,8 @@ export function admitRoutes(agents: AgentView[], now: number, o: LivenessOptions
   const agentRoutes: AgentRoutes[] = [];
   const errors = new Map<string, string[]>();
   const withheld = new Map<string, string>();
+  const serving = agents.filter((a) => a.snapshot && !withheldBecause(a, now, o));
+  const swarm = swarmContext(serving, now, o);
   for (const a of agents) {
     if (!a.snapshot) continue;
     const why = withheldBecause(a, now, o);
@@ -104,14 +107,33 @@ export function admitRoutes(agents: AgentView[], now: number, o: LivenessOptions
       if (no) refuse(r.id, no);
       return !no;
     };
-    let routes = a.snapshot.routes.filter((r) => {
+    const cluster = a.snapshot.swarm?.clusterId;
+    const speaker = cluster !== undefined && swarm.speakers.get(cluster) === id;
+    let routes = a.snapshot.routes.flatMap((r): RouteSpec[] => {
+      if (r.swarm) {
+        // Another agent of this swarm speaks for its services (or none may): silently not ours.
+        if (!speaker) return [];
+        const checked = swarm.checkTask(a, r);
+        if (typeof checked === 'string') {
+          refuse(r.id, checked);
+          return [];
+        }
+        if (!checked) return [];
+        r = checked;
+      } else {
+        const instead = swarm.routedByService(a, r.containerId);
+        if (instead) {
+          refuse(r.id, instead);
+          return [];
+        }
+      }
       const wide = r.hosts.map((h) => [h, publicSuffixWildcard(h)]).filter(([, s]) => s !== undefined);
       if (wide.length > 0) {
         refuse(
           r.id,
           `${wide.map(([h]) => h).join(', ')} would claim every name under the public suffix ${wide[0]![1]}; no agent may claim that`,
         );
-        return false;
+        return [];
       }
       const outside = r.hosts.filter((h) => !domainAllowed(h, domains));
       if (outside.length > 0) {
@@ -119,9 +141,11 @@ export function admitRoutes(agents: AgentView[], now: number, o: LivenessOptions
           r.id,
           `${outside.join(', ')} ${outside.length === 1 ? 'is' : 'are'} outside the domains allowed for key ${a.key?.name} (${domains.join(', ')})`,
         );
-        return false;
+        return [];
       }
-      return upstreamOk(r);
+      // A task's upstream is checked as its node's agent would be (swarm.checkTask did), a VIP as the speaker's.
+      if (r.swarm?.task) return [r];
+      return upstreamOk(r) ? [r] : [];
     });
     // A key limited to domains names what its hosts may claim; front-door ports are not in it.
     let tcp = (a.snapshot.tcp ?? []).filter((r) => {
@@ -156,6 +180,137 @@ export function admitRoutes(agents: AgentView[], now: number, o: LivenessOptions
     agentRoutes.push(entry);
   }
   return { agentRoutes, errors, withheld };
+}
+
+const taskMemo = new WeakMap<Snapshot, Map<string, ContainerSummary>>();
+/** A snapshot's task containers by task id (worked out once per snapshot). */
+function tasksOf(s: Snapshot): Map<string, ContainerSummary> {
+  let m = taskMemo.get(s);
+  if (!m) {
+    m = new Map(s.containers.filter((c) => c.task).map((c) => [c.task!, c]));
+    taskMemo.set(s, m);
+  }
+  return m;
+}
+
+const containerTaskMemo = new WeakMap<Snapshot, Map<string, string>>();
+function containerTasks(s: Snapshot): Map<string, string> {
+  let m = containerTaskMemo.get(s);
+  if (!m) {
+    m = new Map(s.containers.filter((c) => c.task).map((c) => [c.id, c.task!]));
+    containerTaskMemo.set(s, m);
+  }
+  return m;
+}
+
+interface SwarmContext {
+  /** Cluster id → the agent whose service routes serve. */
+  speakers: Map<string, string>;
+  /**
+   * A speaker's task route, checked against the agent on the task's node: the route to serve (not
+   * ready while that container's health check says so), undefined to leave out quietly, or why not.
+   */
+  checkTask(a: AgentView, r: RouteSpec): RouteSpec | string | undefined;
+  /** Why a container's own routes are not served: it is a task of a service routed by its labels. */
+  routedByService(a: AgentView, containerId: string): string | undefined;
+}
+
+/** Who speaks for each swarm, which agent is on which node, and which tasks services route. */
+function swarmContext(serving: AgentView[], now: number, o: LivenessOptions): SwarmContext {
+  const inSwarm = serving.filter((a) => a.snapshot?.swarm);
+  if (inSwarm.length === 0)
+    return { speakers: new Map(), checkTask: () => undefined, routedByService: () => undefined };
+  const speakers = swarmSpeakers(
+    inSwarm.map((a) => ({ agentId: a.record.id, swarm: a.snapshot!.swarm! })),
+    now,
+    o.offlineGraceMs,
+  );
+  const byNode = new Map<string, AgentView[]>();
+  for (const a of inSwarm) {
+    const k = nodeKey(a.snapshot!.swarm!.clusterId, a.snapshot!.swarm!.nodeId);
+    byNode.set(k, [...(byNode.get(k) ?? []), a]);
+  }
+  const speakerViews = new Map(
+    inSwarm
+      .filter((a) => speakers.get(a.snapshot!.swarm!.clusterId) === a.record.id)
+      .map((a) => [a.snapshot!.swarm!.clusterId, a]),
+  );
+  // Tasks of services whose own labels route them: their containers' routing labels step aside.
+  const routedTasks = new Map<string, string>();
+  for (const [, sp] of speakerViews) {
+    const routed = new Set(sp.snapshot!.routes.filter((r) => r.swarm).map((r) => r.swarm!.serviceId));
+    for (const svc of sp.snapshot!.swarm!.services ?? []) {
+      if (!routed.has(svc.id)) continue;
+      for (const t of svc.tasks) routedTasks.set(`${sp.snapshot!.swarm!.clusterId}\u0000${t.id}`, svc.name);
+    }
+  }
+  const checkers = new Map<string, (host: string, port: number) => string | undefined>();
+  const checkerOf = (b: AgentView) => {
+    let c = checkers.get(b.record.id);
+    if (!c) {
+      c = o.upstreams
+        ? upstreamChecker(
+            {
+              kind: b.record.kind,
+              seenFrom: b.record.seenFrom,
+              hostIp: b.snapshot?.hostIp,
+              upstreams: b.key?.upstreams,
+            },
+            o.upstreams,
+          )
+        : () => undefined;
+      checkers.set(b.record.id, c);
+    }
+    return c;
+  };
+  return {
+    speakers,
+    checkTask(a, r) {
+      const sw = a.snapshot!.swarm!;
+      const src = r.swarm!;
+      if (!src.task) return r; // --swarm-upstream vip: checked as the speaker's own upstream
+      const nodeName = sw.nodes?.find((n) => n.id === src.node)?.hostname ?? src.node ?? '?';
+      const peers = (byNode.get(nodeKey(sw.clusterId, src.node ?? '')) ?? []).filter(
+        // The speaker's own key (or the server's own agent) vouches for the node's agent.
+        (b) =>
+          a.record.kind === 'local' ||
+          b.record.id === a.record.id ||
+          (b.key !== undefined && b.key.id === a.key?.id),
+      );
+      if (peers.length === 0)
+        return `task ${src.service}.${r.containerName.split('.').pop()} runs on node ${nodeName}, which has no connected agent of this swarm and key; run berth agent on every node`;
+      let why: string | undefined;
+      for (const b of peers) {
+        const c = tasksOf(b.snapshot!).get(src.task);
+        if (!c) {
+          why ??= `the agent on node ${nodeName} (${b.record.name}) does not report task ${src.task} running`;
+          continue;
+        }
+        const no = checkerOf(b)(r.upstream.host, r.upstream.port);
+        if (no) {
+          why = `${no} (checked as agent ${b.record.name} on node ${nodeName}, which runs the task)`;
+          continue;
+        }
+        if (c.state !== 'running') return undefined;
+        if (c.health === 'starting' || c.health === 'unhealthy')
+          return {
+            ...r,
+            notReady: `task container on node ${nodeName} is ${c.health === 'starting' ? 'starting (health check)' : 'unhealthy'}`,
+          };
+        return r;
+      }
+      return why;
+    },
+    routedByService(a, containerId) {
+      const sw = a.snapshot!.swarm;
+      if (!sw) return undefined;
+      const task = containerTasks(a.snapshot!).get(containerId);
+      const svc = task ? routedTasks.get(`${sw.clusterId}\u0000${task}`) : undefined;
+      return svc
+        ? `not served from the container's labels: it is a task of Swarm service ${svc}, whose service labels route it (berth explain ${svc})`
+        : undefined;
+    },
+  };
 }
 
 /**

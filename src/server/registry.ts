@@ -15,6 +15,7 @@ import {
   agentStatus,
   type LivenessOptions,
 } from '../reconcile/policy.js';
+import { nextSwarm } from '../reconcile/swarm.js';
 import type { AgentRecord, KeyRecord, Presence, Store } from '../store/store.js';
 import { hashToken } from './auth.js';
 import type { EventBus } from './events.js';
@@ -498,6 +499,24 @@ export class Registry {
       (prev
         ? Object.fromEntries([...unitsOf(prev.routes, prev.tcp)].map((u) => [u, { since: 0 }]))
         : undefined);
+    // A former swarm leader's service routes stay until the new leader speaks (reconcile/swarm.ts).
+    const now = this.clock();
+    const { swarm, carried } = nextSwarm(
+      prev,
+      incoming,
+      now,
+      this.liveness.offlineGraceMs,
+      (cluster, since) =>
+        [...this.snapshots.values()].some(
+          (o) =>
+            o.agentId !== incoming.agentId &&
+            o.swarm?.clusterId === cluster &&
+            o.swarm.leader &&
+            (o.swarm.leaderSince ?? 0) > since,
+        ),
+    );
+    if (swarm) incoming = { ...incoming, swarm };
+    if (carried.length > 0) incoming = { ...incoming, routes: [...incoming.routes, ...carried] };
     const claims = nextClaims(
       before,
       unitsOf(incoming.routes, incoming.tcp),
