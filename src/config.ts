@@ -375,6 +375,18 @@ export const FLAGS: FlagDef[] = [
     for: ['exec', 'explain'],
   },
   {
+    name: 'node',
+    kind: 'string',
+    help: 'Swarm node (hostname as docker node ls shows it, or node id) whose task of the service to use',
+    for: ['exec'],
+  },
+  {
+    name: 'task',
+    kind: 'int',
+    help: 'Swarm task slot of the service to use (the 2 of photos.2)',
+    for: ['exec'],
+  },
+  {
     name: 'timeout',
     kind: 'duration',
     default: 60_000,
@@ -603,6 +615,9 @@ export interface ClientConfig extends Common {
   autoApprove: boolean;
   execAllow: string[];
   agent?: string;
+  /** berth exec: the Swarm node and task slot of a service's task. */
+  node?: string;
+  task?: number;
   timeoutMs: number;
   limit: number;
   intervalMs: number;
@@ -833,6 +848,9 @@ function clientConfig(raw: RawConfig, env: NodeJS.ProcessEnv, common: Common): C
   if (typeof raw['max-pending'] === 'number') c.maxPending = raw['max-pending'];
   const agent = opt(raw.agent);
   if (agent) c.agent = agent;
+  const node = opt(raw.node);
+  if (node) c.node = node;
+  if (typeof raw.task === 'number') c.task = raw.task;
   return c;
 }
 

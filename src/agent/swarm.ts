@@ -139,7 +139,7 @@ export function serviceRoutes(
     summaries.push(summary);
     const group = `swarm:${state.clusterId}:${svc.id}`;
     const records =
-      mode === 'vip'
+      mode === 'vip' || lbSwarm(svc.labels)
         ? [{ c: vipRecord(svc), hostIp: ctx.hostIp, task: undefined as SwarmTask | undefined }]
         : tasks.map((t) => ({
             c: taskRecord(svc, t),
@@ -191,6 +191,13 @@ export function serviceRoutes(
   return out;
 }
 
+/** Traefik's `lbswarm`: this service is reached at its VIP whatever --swarm-upstream says. */
+function lbSwarm(labels: Record<string, string>): boolean {
+  return ['traefik.swarm.lbswarm', 'traefik.docker.lbswarm'].some(
+    (k) => labels[k]?.trim().toLowerCase() === 'true',
+  );
+}
+
 /** One task as a container on its node: the service's labels, the task's published ports. */
 function taskRecord(svc: SwarmService, t: SwarmTask | undefined): ContainerInfo {
   const published = t && t.ports.length > 0 ? t.ports : svc.ports.filter((p) => p.mode === 'host');
@@ -202,7 +209,7 @@ function taskRecord(svc: SwarmService, t: SwarmTask | undefined): ContainerInfo 
     id: t?.id ?? svc.id,
     name,
     created: svc.created,
-    labels: svc.labels,
+    labels: { ...svc.labels, 'com.docker.swarm.service.name': svc.name },
     state: 'running',
     health: 'none',
     networkMode: svc.hostNetwork ? 'host' : 'swarm',
@@ -219,7 +226,7 @@ function vipRecord(svc: SwarmService): ContainerInfo {
     id: svc.id,
     name: svc.name,
     created: svc.created,
-    labels: svc.labels,
+    labels: { ...svc.labels, 'com.docker.swarm.service.name': svc.name },
     state: 'running',
     health: 'none',
     networkMode: 'swarm',

@@ -6,7 +6,7 @@ import type { ContainerSummary, RouteSpec, Snapshot, TcpRouteSpec } from '../mod
 import type { AgentRecord, KeyRecord } from '../store/store.js';
 import { claimedSince, httpUnit, tcpUnit } from './claims.js';
 import { type AgentRoutes, routeKey } from './desired.js';
-import { nodeKey, swarmSpeakers } from './swarm.js';
+import { swarmSpeakers } from './swarm.js';
 import { type UpstreamRules, upstreamChecker } from './upstreams.js';
 
 /** Routes (HTTP and TCP) one agent may have served, unless its key says otherwise. */
@@ -227,7 +227,8 @@ function swarmContext(serving: AgentView[], now: number, o: LivenessOptions): Sw
   );
   const byNode = new Map<string, AgentView[]>();
   for (const a of inSwarm) {
-    const k = nodeKey(a.snapshot!.swarm!.clusterId, a.snapshot!.swarm!.nodeId);
+    // Workers do not see their swarm's cluster id: nodes are known by their (unique) node id.
+    const k = a.snapshot!.swarm!.nodeId;
     byNode.set(k, [...(byNode.get(k) ?? []), a]);
   }
   const speakerViews = new Map(
@@ -241,7 +242,7 @@ function swarmContext(serving: AgentView[], now: number, o: LivenessOptions): Sw
     const routed = new Set(sp.snapshot!.routes.filter((r) => r.swarm).map((r) => r.swarm!.serviceId));
     for (const svc of sp.snapshot!.swarm!.services ?? []) {
       if (!routed.has(svc.id)) continue;
-      for (const t of svc.tasks) routedTasks.set(`${sp.snapshot!.swarm!.clusterId}\u0000${t.id}`, svc.name);
+      for (const t of svc.tasks) routedTasks.set(t.id, svc.name);
     }
   }
   const checkers = new Map<string, (host: string, port: number) => string | undefined>();
@@ -270,12 +271,13 @@ function swarmContext(serving: AgentView[], now: number, o: LivenessOptions): Sw
       const src = r.swarm!;
       if (!src.task) return r; // --swarm-upstream vip: checked as the speaker's own upstream
       const nodeName = sw.nodes?.find((n) => n.id === src.node)?.hostname ?? src.node ?? '?';
-      const peers = (byNode.get(nodeKey(sw.clusterId, src.node ?? '')) ?? []).filter(
+      const peers = (byNode.get(src.node ?? '') ?? []).filter(
         // The speaker's own key (or the server's own agent) vouches for the node's agent.
         (b) =>
-          a.record.kind === 'local' ||
-          b.record.id === a.record.id ||
-          (b.key !== undefined && b.key.id === a.key?.id),
+          (b.snapshot!.swarm!.clusterId === sw.clusterId || b.snapshot!.swarm!.clusterId === '') &&
+          (a.record.kind === 'local' ||
+            b.record.id === a.record.id ||
+            (b.key !== undefined && b.key.id === a.key?.id)),
       );
       if (peers.length === 0)
         return `task ${src.service}.${r.containerName.split('.').pop()} runs on node ${nodeName}, which has no connected agent of this swarm and key; run berth agent on every node`;
@@ -305,7 +307,7 @@ function swarmContext(serving: AgentView[], now: number, o: LivenessOptions): Sw
       const sw = a.snapshot!.swarm;
       if (!sw) return undefined;
       const task = containerTasks(a.snapshot!).get(containerId);
-      const svc = task ? routedTasks.get(`${sw.clusterId}\u0000${task}`) : undefined;
+      const svc = task ? routedTasks.get(task) : undefined;
       return svc
         ? `not served from the container's labels: it is a task of Swarm service ${svc}, whose service labels route it (berth explain ${svc})`
         : undefined;

@@ -78,6 +78,3 @@ export function swarmSpeakers(
   }
   return new Map([...best].map(([k, v]) => [k, v.agentId]));
 }
-
-/** Key of one node of one swarm. */
-export const nodeKey = (clusterId: string, nodeId: string) => `${clusterId}\u0000${nodeId}`;
