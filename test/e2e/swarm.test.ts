@@ -6,6 +6,7 @@
 // daemons run without (so --swarm-upstream vip and host-mode published ports are unit-tested only).
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RouteView } from '../../src/model/types.js';
 import { type AgentProcess, type BerthProcess, startAgent, startBerth } from './support/berth.js';
@@ -462,5 +463,35 @@ describe('swarm', () => {
         x.errors.some((e) => /task of Swarm service both, whose service labels route it/.test(e)),
       ),
     ).toBe(true);
+  });
+
+  it('deploys deploy/stack.yml: the server on a manager, an agent and a socket proxy on every node', async () => {
+    const stack = resolve(import.meta.dirname, '../../deploy/stack.yml');
+    const env = { BERTH_SERVER: server.apiUrl };
+    const config = await manager.docker(['stack', 'config', '-c', stack], { env });
+    expect(config.code, config.stderr).toBe(0);
+    await manager.run(['secret', 'create', 'berth_agent_key', '-'], { input: 'not-a-real-key' });
+    const deployed = await manager.docker(['stack', 'deploy', '-c', stack, 'berthstack'], { env });
+    expect(deployed.code, deployed.stderr).toBe(0);
+    const ls = await manager.run(['service', 'ls', '--format', '{{.Name}} {{.Mode}}']);
+    expect(
+      ls.stdout
+        .split('\n')
+        .filter((l) => l.startsWith('berthstack_'))
+        .sort(),
+    ).toEqual([
+      'berthstack_agent global',
+      'berthstack_docker-socket-proxy global',
+      'berthstack_server replicated',
+    ]);
+    const placement = await manager.run([
+      'service',
+      'inspect',
+      'berthstack_server',
+      '--format',
+      '{{json .Spec.TaskTemplate.Placement.Constraints}}',
+    ]);
+    expect(JSON.parse(placement.stdout)).toEqual(['node.role == manager']);
+    await manager.run(['stack', 'rm', 'berthstack']);
   });
 });

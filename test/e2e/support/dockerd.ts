@@ -28,6 +28,8 @@ export interface DockerResult {
 export interface DockerOptions {
   /** Written to the CLI's stdin (e.g. a tarball for `import -`). */
   input?: string | Buffer;
+  /** Extra environment for the CLI (e.g. variables a stack file interpolates). */
+  env?: NodeJS.ProcessEnv;
 }
 
 export interface TestDockerd {
@@ -73,7 +75,7 @@ export function dockerCli(socket: string, args: string[], opts: DockerOptions = 
     const child = execFile(
       'docker',
       ['-H', `unix://${socket}`, ...args],
-      { maxBuffer: 64 << 20, env: { ...env, DOCKER_CONFIG: join(socket, '..', 'cli') } },
+      { maxBuffer: 64 << 20, env: { ...env, ...opts.env, DOCKER_CONFIG: join(socket, '..', 'cli') } },
       (err, stdout, stderr) => {
         const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
         resolve({ stdout, stderr: err && !stderr ? err.message : stderr, code });
