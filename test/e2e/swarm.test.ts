@@ -4,72 +4,31 @@
 // one `berth server` on the bridge. Services use the host network of their node: Swarm's routing
 // mesh and VIPs need IPVS, which this kernel lacks, and published ports need iptables, which test
 // daemons run without (so --swarm-upstream vip and host-mode published ports are unit-tested only).
-import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RouteView } from '../../src/model/types.js';
 import { type AgentProcess, type BerthProcess, startAgent, startBerth } from './support/berth.js';
-import { registerCleanup, useCleanup } from './support/cleanup.js';
-import { importBusybox, startDockerd, type TestDockerd } from './support/dockerd.js';
+import { useCleanup } from './support/cleanup.js';
+import type { TestDockerd } from './support/dockerd.js';
 import { httpGet, waitUntil } from './support/proc.js';
+import { createAppService, SWARM_IMAGE as IMAGE, startSwarm, type TestSwarm } from './support/swarm.js';
 
 useCleanup();
 
-const IMAGE = 'berth-test/busybox:latest';
 const NAMES = ['swarm-a', 'swarm-b', 'swarm-c'] as const;
 type NodeName = (typeof NAMES)[number];
-/** A /24 of the test's own for the bridge (10.241.x.0/24), and the swarm's pool inside the namespaces. */
-const NET = `10.241.${randomBytes(1)[0]! % 250}`;
-const POOL = '10.242.0.0/16';
-const BRIDGE = `bsw${randomBytes(3).toString('hex')}`;
 
+let swarm: TestSwarm;
 let server: BerthProcess;
-const node: Record<NodeName, TestDockerd> = {} as Record<NodeName, TestDockerd>;
-const addr: Record<NodeName, string> = {
-  'swarm-a': `${NET}.11`,
-  'swarm-b': `${NET}.12`,
-  'swarm-c': `${NET}.13`,
-};
+const node = {} as Record<NodeName, TestDockerd>;
+const addr = {} as Record<NodeName, string>;
 const agents: Partial<Record<NodeName, AgentProcess>> = {};
-let key = '';
-
-const ip = (...args: string[]) => execFileSync('ip', args, { stdio: ['ignore', 'pipe', 'pipe'] });
 
 /** The leader (or any manager) of the swarm, for service commands. */
 let manager: TestDockerd;
 
-/** A busybox httpd on the node's network at `port`, answering "<name>@<node>", exiting at once on SIGTERM. */
-function app(port: number, name: string): string[] {
-  return [
-    'sh',
-    '-c',
-    `mkdir -p /w; echo "${name}@$NODE" > /w/index.html; trap "exit 0" TERM; httpd -f -p 0.0.0.0:${port} -h /w & wait`,
-  ];
-}
-
-async function createService(
-  name: string,
-  port: number,
-  labels: Record<string, string>,
-  extra: string[] = [],
-) {
-  await manager.run([
-    'service',
-    'create',
-    '--detach',
-    '--name',
-    name,
-    '--network',
-    'host',
-    '--env',
-    'NODE={{.Node.Hostname}}',
-    ...Object.entries(labels).flatMap(([k, v]) => ['--label', `${k}=${v}`]),
-    ...extra,
-    IMAGE,
-    ...app(port, name),
-  ]);
-}
+const createService = (name: string, port: number, labels: Record<string, string>, extra: string[] = []) =>
+  createAppService(manager, name, port, labels, extra);
 
 const get = (host: string) => httpGet(`http://127.0.0.1:${server.httpPort}/`, { host, timeoutMs: 3_000 });
 
@@ -78,7 +37,7 @@ async function serves(host: string, body: string, timeoutMs = 60_000) {
     timeoutMs,
     intervalMs: 100,
     message: async () =>
-      `${host} never served ${body}: ${JSON.stringify(await get(host))}\nroutes: ${JSON.stringify(await server.routes().catch(() => []))}\nps: ${(await manager.docker(['service', 'ps', '--no-trunc', host.split('.')[0]!])).stdout}`,
+      `${host} never served ${body}: ${JSON.stringify(await get(host))}\nroutes: ${JSON.stringify(await server.routes().catch(() => []))}`,
   });
 }
 
@@ -93,64 +52,30 @@ async function bodies(host: string, n: number): Promise<Set<string>> {
   return seen;
 }
 
-async function leaderName(): Promise<NodeName> {
-  for (const n of NAMES) {
-    const r = await node[n].docker(['node', 'ls', '--format', '{{.Hostname}} {{.ManagerStatus}}']);
-    const line = r.stdout.split('\n').find((l) => l.endsWith(' Leader'));
-    if (line) return line.split(' ')[0] as NodeName;
-  }
-  throw new Error('no leader');
-}
+const leaderName = async () => (await swarm.leader()).name as NodeName;
 
 beforeAll(async () => {
-  ip('link', 'add', BRIDGE, 'type', 'bridge');
-  registerCleanup(() => ip('link', 'del', BRIDGE));
-  ip('addr', 'add', `${NET}.1/24`, 'dev', BRIDGE);
-  ip('link', 'set', BRIDGE, 'up');
-  const started = await Promise.all(NAMES.map((n) => startDockerd({ name: n, netns: true, hostname: n })));
-  for (const [i, n] of NAMES.entries()) {
-    const d = started[i]!;
-    node[n] = d;
-    const veth = `${BRIDGE}${i}`;
-    // The veth's far end lives in the node's namespace and goes with it.
-    ip('link', 'add', veth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', d.netns!);
-    ip('link', 'set', veth, 'master', BRIDGE, 'up');
-    ip('netns', 'exec', d.netns!, 'ip', 'addr', 'add', `${addr[n]}/24`, 'dev', 'eth0');
-    ip('netns', 'exec', d.netns!, 'ip', 'link', 'set', 'eth0', 'up');
+  // Two managers (a leader change needs another) and a worker.
+  swarm = await startSwarm([
+    { name: 'swarm-a', role: 'manager' },
+    { name: 'swarm-b', role: 'manager' },
+    { name: 'swarm-c', role: 'worker' },
+  ]);
+  for (const n of swarm.nodes) {
+    node[n.name as NodeName] = n.d;
+    addr[n.name as NodeName] = n.addr;
   }
-  await Promise.all(NAMES.map((n) => importBusybox(node[n], IMAGE)));
   manager = node['swarm-a'];
-  await manager.run(['swarm', 'init', '--advertise-addr', addr['swarm-a'], '--default-addr-pool', POOL]);
-  const token = async (role: string) =>
-    (await manager.run(['swarm', 'join-token', '-q', role])).stdout.trim();
-  await node['swarm-b'].run([
-    'swarm',
-    'join',
-    '--advertise-addr',
-    addr['swarm-b'],
-    '--token',
-    await token('manager'),
-    `${addr['swarm-a']}:2377`,
-  ]);
-  await node['swarm-c'].run([
-    'swarm',
-    'join',
-    '--advertise-addr',
-    addr['swarm-c'],
-    '--token',
-    await token('worker'),
-    `${addr['swarm-a']}:2377`,
-  ]);
-
   server = await startBerth({
     command: 'server',
-    apiHost: `${NET}.1`,
+    apiHost: swarm.gateway,
     args: ['--offline-grace', '20s', '--agent-heartbeat', '1s'],
   });
-  key = JSON.parse(
+  const key = JSON.parse(
     (await server.cli(['keys', 'create', '--name', 'swarm', '--auto-approve', '--json'])).stdout,
   ).secret;
   for (const n of NAMES) {
+    // Each agent runs in its node's namespace: it connects from, and names, the node's address.
     agents[n] = await startAgent({
       server: server.apiUrl,
       key,
@@ -178,7 +103,6 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const a of Object.values(agents)) await a?.stop();
   await server?.stop();
-  for (const d of Object.values(node)) await d.docker(['swarm', 'leave', '--force']);
 }, 120_000);
 
 describe('swarm', () => {
