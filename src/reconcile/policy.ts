@@ -68,6 +68,8 @@ export interface Admitted {
   errors: Map<string, string[]>;
   /** Agent id → why none of its routes are served. */
   withheld: Map<string, string>;
+  /** Swarm cluster id → the agent whose service routes serve (others' are not shown either). */
+  swarmSpeakers?: Map<string, string>;
 }
 
 /**
@@ -179,7 +181,9 @@ export function admitRoutes(agents: AgentView[], now: number, o: LivenessOptions
     if (domains.length > 0) entry.grants = domains;
     agentRoutes.push(entry);
   }
-  return { agentRoutes, errors, withheld };
+  const out: Admitted = { agentRoutes, errors, withheld };
+  if (swarm.speakers.size > 0) out.swarmSpeakers = swarm.speakers;
+  return out;
 }
 
 const taskMemo = new WeakMap<Snapshot, Map<string, ContainerSummary>>();

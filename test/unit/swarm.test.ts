@@ -5,6 +5,7 @@ import { parseAgentMessage } from '../../src/model/protocol.js';
 import type { ContainerSummary, RouteSpec, Snapshot, SwarmInfo } from '../../src/model/types.js';
 import { type AgentView, admitRoutes } from '../../src/reconcile/policy.js';
 import { nextSwarm, swarmSpeakers } from '../../src/reconcile/swarm.js';
+import { routeViews } from '../../src/server/views.js';
 
 const ctx = { hostIp: '10.0.0.1', labelPrefix: 'berth' };
 
@@ -357,6 +358,13 @@ describe('admitting service routes', () => {
     // Two agents both claiming to lead: the later leader only, never both.
     const both = agent('old', '10.0.0.1', leader, r);
     expect(served([both, now, w]).routes).toEqual(['new:10.0.0.2']);
+    // `berth routes` shows the speaker's service routes only, not a held view beside them.
+    const views = [old, now, w];
+    const shown = routeViews({
+      agents: views.map((v) => ({ id: v.record.id, name: v.record.name, snapshot: v.snapshot! })),
+      admitted: admitRoutes(views, 100_000, o),
+    });
+    expect(shown.map((v) => v.agentId)).toEqual(['new']);
   });
 
   it('leaves a task container’s own routing labels out when its service’s labels route it', () => {
