@@ -22,6 +22,9 @@ const WAKE_ACTIONS = [
   'kill',
 ];
 
+/** How often a host outside a swarm, or a worker, asks Docker whether that changed. */
+const SWARM_RECHECK_MS = 5_000;
+
 export interface WatcherOptions {
   agentId: string;
   source: DockerSource;
@@ -54,6 +57,9 @@ export class DockerWatcher {
   private swarmPoll?: NodeJS.Timeout;
   /** The last swarm view read; kept when a swarm call fails, as containers are kept when Docker is away. */
   private swarmState?: SwarmState;
+  private swarmReadAt = 0;
+  /** A service or node event came: the swarm is read again on the next pass, whatever the node. */
+  private swarmEvent = true;
   /** Names this agent's replica groups: its identical containers never join another agent's. */
   private readonly replicaScope = randomUUID();
   dockerVersion?: string;
@@ -104,8 +110,10 @@ export class DockerWatcher {
       this.dockerVersion = await source.version();
       this.stopEvents = await source.events(
         (e) => {
-          if (e.type === 'service' || e.type === 'node') this.wake();
-          else if (e.type === 'container' && WAKE_ACTIONS.some((a) => e.action.startsWith(a))) this.wake();
+          if (e.type === 'service' || e.type === 'node') {
+            this.swarmEvent = true;
+            this.wake();
+          } else if (e.type === 'container' && WAKE_ACTIONS.some((a) => e.action.startsWith(a))) this.wake();
         },
         (err) => this.lost(err ?? new Error('event stream ended')),
       );
@@ -167,6 +175,12 @@ export class DockerWatcher {
    */
   private async readSwarm(): Promise<void> {
     if (!this.o.source.swarm) return;
+    // Outside a swarm or on a worker the answer rarely changes: asked at most every few seconds
+    // (and at once after a service or node event), not on every container event.
+    const now = Date.now();
+    if (!this.swarmState?.manager && !this.swarmEvent && now - this.swarmReadAt < SWARM_RECHECK_MS) return;
+    this.swarmEvent = false;
+    this.swarmReadAt = now;
     try {
       this.swarmState = await this.o.source.swarm();
     } catch (err) {

@@ -68,8 +68,8 @@ export interface Admitted {
   errors: Map<string, string[]>;
   /** Agent id → why none of its routes are served. */
   withheld: Map<string, string>;
-  /** Swarm cluster id → the agent whose service routes serve (others' are not shown either). */
-  swarmSpeakers?: Map<string, string>;
+  /** Agents whose swarm service routes serve, one per swarm and key (others' are not shown either). */
+  swarmSpeakers?: Set<string>;
 }
 
 /**
@@ -110,7 +110,7 @@ export function admitRoutes(agents: AgentView[], now: number, o: LivenessOptions
       return !no;
     };
     const cluster = a.snapshot.swarm?.clusterId;
-    const speaker = cluster !== undefined && swarm.speakers.get(cluster) === id;
+    const speaker = cluster !== undefined && swarm.speaking.has(id);
     let routes = a.snapshot.routes.flatMap((r): RouteSpec[] => {
       if (r.swarm) {
         // Another agent of this swarm speaks for its services (or none may): silently not ours.
@@ -182,7 +182,7 @@ export function admitRoutes(agents: AgentView[], now: number, o: LivenessOptions
     agentRoutes.push(entry);
   }
   const out: Admitted = { agentRoutes, errors, withheld };
-  if (swarm.speakers.size > 0) out.swarmSpeakers = swarm.speakers;
+  if (swarm.speaking.size > 0) out.swarmSpeakers = swarm.speaking;
   return out;
 }
 
@@ -208,8 +208,8 @@ function containerTasks(s: Snapshot): Map<string, string> {
 }
 
 interface SwarmContext {
-  /** Cluster id → the agent whose service routes serve. */
-  speakers: Map<string, string>;
+  /** The agents whose service routes serve: one per swarm and key. */
+  speaking: Set<string>;
   /**
    * A speaker's task route, checked against the agent on the task's node: the route to serve (not
    * ready while that container's health check says so), undefined to leave out quietly, or why not.
@@ -223,30 +223,33 @@ interface SwarmContext {
 function swarmContext(serving: AgentView[], now: number, o: LivenessOptions): SwarmContext {
   const inSwarm = serving.filter((a) => a.snapshot?.swarm);
   if (inSwarm.length === 0)
-    return { speakers: new Map(), checkTask: () => undefined, routedByService: () => undefined };
+    return { speaking: new Set(), checkTask: () => undefined, routedByService: () => undefined };
+  // Speakers are chosen among agents of one key: an agent of another key claiming to lead the
+  // same swarm silences no one (its task routes fail the node check anyway).
+  const scopeOf = (a: AgentView) => (a.record.kind === 'local' ? 'local' : (a.key?.id ?? a.record.id));
   const speakers = swarmSpeakers(
-    inSwarm.map((a) => ({ agentId: a.record.id, swarm: a.snapshot!.swarm! })),
+    inSwarm.map((a) => ({
+      agentId: a.record.id,
+      swarm: { ...a.snapshot!.swarm!, clusterId: `${scopeOf(a)}\u0000${a.snapshot!.swarm!.clusterId}` },
+    })),
     now,
     o.offlineGraceMs,
   );
+  const speaking = new Set(speakers.values());
   const byNode = new Map<string, AgentView[]>();
   for (const a of inSwarm) {
     // Workers do not see their swarm's cluster id: nodes are known by their (unique) node id.
     const k = a.snapshot!.swarm!.nodeId;
     byNode.set(k, [...(byNode.get(k) ?? []), a]);
   }
-  const speakerViews = new Map(
-    inSwarm
-      .filter((a) => speakers.get(a.snapshot!.swarm!.clusterId) === a.record.id)
-      .map((a) => [a.snapshot!.swarm!.clusterId, a]),
-  );
-  // Tasks of services whose own labels route them: their containers' routing labels step aside.
+  // Tasks of services whose own labels route them: their containers' routing labels step aside
+  // (for the speaker's own key only).
   const routedTasks = new Map<string, string>();
-  for (const [, sp] of speakerViews) {
+  for (const sp of inSwarm.filter((a) => speaking.has(a.record.id))) {
     const routed = new Set(sp.snapshot!.routes.filter((r) => r.swarm).map((r) => r.swarm!.serviceId));
     for (const svc of sp.snapshot!.swarm!.services ?? []) {
       if (!routed.has(svc.id)) continue;
-      for (const t of svc.tasks) routedTasks.set(t.id, svc.name);
+      for (const t of svc.tasks) routedTasks.set(`${scopeOf(sp)}\u0000${t.id}`, svc.name);
     }
   }
   const checkers = new Map<string, (host: string, port: number) => string | undefined>();
@@ -269,7 +272,7 @@ function swarmContext(serving: AgentView[], now: number, o: LivenessOptions): Sw
     return c;
   };
   return {
-    speakers,
+    speaking,
     checkTask(a, r) {
       const sw = a.snapshot!.swarm!;
       const src = r.swarm!;
@@ -311,7 +314,7 @@ function swarmContext(serving: AgentView[], now: number, o: LivenessOptions): Sw
       const sw = a.snapshot!.swarm;
       if (!sw) return undefined;
       const task = containerTasks(a.snapshot!).get(containerId);
-      const svc = task ? routedTasks.get(task) : undefined;
+      const svc = task ? routedTasks.get(`${scopeOf(a)}\u0000${task}`) : undefined;
       return svc
         ? `not served from the container's labels: it is a task of Swarm service ${svc}, whose service labels route it (berth explain ${svc})`
         : undefined;

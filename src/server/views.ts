@@ -149,10 +149,10 @@ export function routeViews(input: RouteViewInput, o: { onlyErrors?: boolean } = 
   for (const { id: agentId, name: agentName, snapshot: s } of input.agents) {
     const withheld = admitted.withheld.get(agentId);
     const note = (notReady: string | undefined) => (withheld ? `not served: ${withheld}` : notReady);
-    const cluster = s.swarm?.clusterId;
+    const speaks = admitted.swarmSpeakers?.has(agentId) === true;
     for (const r of s.routes) {
       // Service routes another agent speaks for (a former leader's held view): not this agent's now.
-      if (r.swarm && (cluster === undefined || admitted.swarmSpeakers?.get(cluster) !== agentId)) continue;
+      if (r.swarm && !speaks) continue;
       const key = routeKey(agentId, r.id);
       const signatures = sitesByKey.get(key) ?? [];
       const errors = [...(admitted.errors.get(key) ?? []), ...(applied?.outcomes.get(key)?.errors ?? [])];

@@ -306,6 +306,47 @@ describe('swarm', () => {
     );
   });
 
+  it('keeps a task out while its health check has not passed, and serves it once it does', async () => {
+    await createService('checked', 18089, { 'berth.host': 'checked.swarm.test', 'berth.port': '18089' }, [
+      '--constraint',
+      'node.role==worker',
+      '--health-cmd',
+      'test -e /w/ready',
+      '--health-interval',
+      '1s',
+      '--health-retries',
+      '10000',
+    ]);
+    const worker = node['swarm-c'];
+    let id = '';
+    // Swarm holds the task in "starting" until the container is healthy; its httpd already answers.
+    await waitUntil(
+      async () => {
+        id = (
+          await worker.docker(['ps', '-q', '--filter', 'label=com.docker.swarm.service.name=checked'])
+        ).stdout.trim();
+        if (!id) return false;
+        const state = (await manager.docker(['service', 'ps', '--format', '{{.CurrentState}}', 'checked']))
+          .stdout;
+        return (
+          state.startsWith('Starting') &&
+          (await worker.docker(['exec', id, 'test', '-e', '/w/index.html'])).code === 0
+        );
+      },
+      {
+        timeoutMs: 60_000,
+        message: async () =>
+          `task never starting: ${(await manager.docker(['service', 'ps', 'checked'])).stdout}`,
+      },
+    );
+    // A full agent report cycle (the leader polls tasks every 500 ms; heartbeats are 1 s).
+    await new Promise((res) => setTimeout(res, 2_000));
+    expect((await get('checked.swarm.test')).status).toBe(404);
+    expect(await routesOf('checked.swarm.test')).toEqual([]);
+    await worker.run(['exec', id, 'touch', '/w/ready']);
+    await serves('checked.swarm.test', 'checked@swarm-c');
+  });
+
   it('rolls a 2-replica service start-first with no failed request at 20 requests/s', async () => {
     await createService('roll', 18087, { 'berth.host': 'roll.swarm.test', 'berth.port': '18087' }, [
       '--replicas',

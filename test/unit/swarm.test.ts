@@ -343,6 +343,19 @@ describe('admitting service routes', () => {
     expect(
       served([agent('lead', '10.0.0.1', leader, [taskRoute('t2', 'n2', '10.0.0.2')]), otherKey]).routes,
     ).toEqual([]);
+    // An agent of another key claiming to lead the same swarm, later, silences no one.
+    const good = agent('lead', '10.0.0.1', leader, [taskRoute('t2', 'n2', '10.0.0.2')]);
+    const rival = agent(
+      'rival',
+      '10.0.0.9',
+      { ...leader, leaderSince: 50 },
+      [taskRoute('t2', 'n2', '10.0.0.2')],
+      [],
+      'k2',
+    );
+    const s = served([good, rival, w]);
+    expect(s.routes).toEqual(['lead:10.0.0.2']);
+    expect(s.errors.join()).toMatch(/runs on node two, which has no connected agent of this swarm and key/);
     // Metadata addresses stay refused whoever vouches.
     const meta = agent('lead', '10.0.0.1', leader, [taskRoute('t2', 'n2', '169.254.169.254')]);
     expect(served([meta, w]).routes).toEqual([]);
