@@ -215,8 +215,10 @@ function dynamicProxy(d: DynamicLayout): Json {
     },
     // Used only when a lookup fails (a name DNS cannot carry, or the responder is gone): a clean 404.
     upstreams: [{ dial: d.notFound }],
-    // Lookups are cached for `refresh`: a replica that just left may still be picked.
-    ...RETRY,
+    // Lookups are cached for `refresh`: a replica that just left may still be picked, so a refused
+    // connection is tried again (on another, at random). No passive health check here: most of these
+    // hosts have one upstream, and marking it down would turn a 502 into a 503.
+    load_balancing: { try_duration: '2s', try_interval: '100ms' },
     // SRV targets are names the same responder answers.
     transport: { protocol: 'http', resolver },
   };
