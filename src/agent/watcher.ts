@@ -55,6 +55,8 @@ export class DockerWatcher {
   private connected = false;
   private backoffMs = 250;
   private swarmPoll?: NodeJS.Timeout;
+  /** The last container list: the leader's task poll re-reads the swarm only, not every container. */
+  private lastContainers?: ContainerInfo[];
   /** The last swarm view read; kept when a swarm call fails, as containers are kept when Docker is away. */
   private swarmState?: SwarmState;
   private swarmReadAt = 0;
@@ -162,6 +164,7 @@ export class DockerWatcher {
           return;
         }
         await this.readSwarm();
+        this.lastContainers = containers;
         this.publish(containers);
       } while (this.again && !this.stopped);
     } finally {
@@ -188,11 +191,30 @@ export class DockerWatcher {
     }
     const leader = this.swarmState?.leader === true;
     if (leader && !this.swarmPoll) {
-      this.swarmPoll = setInterval(() => this.wake(), this.o.swarmPollMs ?? 500);
+      this.swarmPoll = setInterval(() => void this.swarmTick(), this.o.swarmPollMs ?? 500);
       this.swarmPoll.unref?.();
     } else if (!leader && this.swarmPoll) {
       clearInterval(this.swarmPoll);
       this.swarmPoll = undefined;
+    }
+  }
+
+  /** The leader's task poll: the swarm read again, the containers as last listed. */
+  private async swarmTick(): Promise<void> {
+    if (this.stopped || !this.connected || this.running || this.timer) return; // a pass is due anyway
+    const containers = this.lastContainers;
+    if (!containers) return this.wake();
+    this.running = true;
+    try {
+      await this.readSwarm();
+      if (!this.stopped) this.publish(containers);
+    } finally {
+      this.running = false;
+    }
+    // A wake that came meanwhile found us running: its pass runs now.
+    if (this.again) {
+      this.again = false;
+      void this.pass();
     }
   }
 
