@@ -213,7 +213,33 @@ const diagnosticSchema = {
 
 const explainSchema = containerSchema.properties.explain;
 
-/** A swarm leader's view: checked whole (it is one agent's word about one swarm, bounded in size). */
+const swarmNodeSchema = {
+  type: 'object',
+  required: ['id', 'hostname', 'addr', 'state'],
+  properties: { id: str, hostname: str, addr: str, state: str },
+};
+
+const serviceSchema = {
+  type: 'object',
+  required: ['id', 'name', 'tasks', 'labelled'],
+  properties: {
+    id: { type: 'string', minLength: 1, maxLength: MAX_STRING },
+    name: str,
+    labelled: { type: 'boolean' },
+    explain: explainSchema,
+    tasks: {
+      type: 'array',
+      maxItems: MAX_CONTAINERS,
+      items: {
+        type: 'object',
+        required: ['id', 'node', 'state'],
+        properties: { id: str, slot: safe, node: str, state: str },
+      },
+    },
+  },
+};
+
+/** A swarm leader's view: the envelope here; its nodes and services are checked one by one. */
 const swarmSchema = {
   type: 'object',
   required: ['clusterId', 'nodeId', 'nodeName', 'manager', 'leader'],
@@ -223,38 +249,8 @@ const swarmSchema = {
     nodeName: str,
     manager: { type: 'boolean' },
     leader: { type: 'boolean' },
-    nodes: {
-      type: 'array',
-      maxItems: MAX_SWARM_NODES,
-      items: {
-        type: 'object',
-        required: ['id', 'hostname', 'addr', 'state'],
-        properties: { id: str, hostname: str, addr: str, state: str },
-      },
-    },
-    services: {
-      type: 'array',
-      maxItems: MAX_CONTAINERS,
-      items: {
-        type: 'object',
-        required: ['id', 'name', 'tasks', 'labelled'],
-        properties: {
-          id: str,
-          name: str,
-          labelled: { type: 'boolean' },
-          explain: explainSchema,
-          tasks: {
-            type: 'array',
-            maxItems: MAX_CONTAINERS,
-            items: {
-              type: 'object',
-              required: ['id', 'node', 'state'],
-              properties: { id: str, slot: safe, node: str, state: str },
-            },
-          },
-        },
-      },
-    },
+    nodes: { type: 'array', maxItems: MAX_SWARM_NODES, items: { type: 'object' } },
+    services: { type: 'array', maxItems: MAX_CONTAINERS, items: { type: 'object' } },
   },
 };
 
@@ -365,6 +361,8 @@ const byType = new Map<string, ValidateFunction>(
   Object.entries(MESSAGE_SCHEMAS).map(([t, s]) => [t, ajv.compile(s)]),
 );
 const items = {
+  swarmNode: ajv.compile(swarmNodeSchema),
+  service: ajv.compile(serviceSchema),
   container: ajv.compile(containerSchema),
   route: ajv.compile(routeSchema),
   tcp: ajv.compile(tcpSchema),
@@ -468,10 +466,10 @@ function* checkSnapshotItems(s: Snapshot): Generator<void, Diagnostic[]> {
   let checked = 0;
   const refuse = (item: unknown, what: string, reason: string) => {
     const o = item as { containerId?: unknown; id?: unknown; containerName?: unknown; name?: unknown };
-    const cid = what === 'container' ? o.id : o.containerId;
+    const cid = what === 'container' || what === 'service' || what === 'node' ? o.id : o.containerId;
     const id = typeof cid === 'string' && cid.length > 0 && cid.length <= MAX_STRING ? cid : '';
     const r = refusals.get(id) ?? { reasons: [] };
-    const name = what === 'container' ? o.name : o.containerName;
+    const name = what === 'container' || what === 'service' || what === 'node' ? o.name : o.containerName;
     if (r.name === undefined && typeof name === 'string' && name.length <= MAX_STRING) r.name = name;
     if (r.reasons.length < 5) r.reasons.push(reason);
     else if (r.reasons.length === 5) r.reasons.push('…');
@@ -519,6 +517,28 @@ function* checkSnapshotItems(s: Snapshot): Generator<void, Diagnostic[]> {
   });
   if (s.tcp === undefined) delete s.tcp;
   s.diagnostics = (yield* keep(s.diagnostics, 'diagnostic', schemaCheck(items.diagnostic, 'diagnostic')))!;
+  if (s.swarm) {
+    // A bad node or service is refused alone (a service with its routes), like a container.
+    if (s.swarm.nodes)
+      s.swarm.nodes = (yield* keep(s.swarm.nodes, 'node', schemaCheck(items.swarmNode, 'swarm node')))!;
+    if (s.swarm.services) {
+      s.swarm.services = (yield* keep(
+        s.swarm.services,
+        'service',
+        schemaCheck(items.service, 'swarm service'),
+      ))!;
+      const kept = new Set(s.swarm.services.map((x) => x.id));
+      s.routes = s.routes.filter((r) => {
+        if (!r.swarm || kept.has(r.swarm.serviceId)) return true;
+        refuse(
+          { containerId: r.containerId, containerName: r.containerName },
+          'route',
+          `route ${r.id}: its service ${r.swarm.serviceId.slice(0, 64)} is not in the snapshot or was refused`,
+        );
+        return false;
+      });
+    }
+  }
   if (refusals.size === 0) return [];
 
   // A container with a refused item contributes no route at all, as with any label error.

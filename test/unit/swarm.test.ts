@@ -175,6 +175,40 @@ describe('serviceRoutes', () => {
     expect(() => parseAgentMessage(JSON.stringify({ type: 'snapshot', snapshot: bad }))).toThrow(
       /swarm.*nodes/,
     );
+    // A bad service is refused alone, with its routes; the rest of the snapshot stands.
+    const other = {
+      ...r.routes[0]!,
+      id: 'x1/default',
+      containerId: 'x1',
+      containerName: 'api.1',
+      swarm: { serviceId: 'svc2', service: 'api' },
+    };
+    const hostile = {
+      ...snap,
+      routes: [...r.routes, other],
+      swarm: {
+        ...r.swarm,
+        services: [
+          ...(r.swarm.services ?? []),
+          {
+            id: 'svc2',
+            name: 'api',
+            labelled: true,
+            tasks: [{ id: 't9', node: 'n2', state: 'running', slot: -1 }],
+          },
+        ],
+      },
+    };
+    const m2 = parseAgentMessage(JSON.stringify({ type: 'snapshot', snapshot: hostile }));
+    if (m2.type !== 'snapshot') throw new Error('not a snapshot');
+    expect(m2.snapshot.swarm?.services?.map((x) => x.id)).toEqual(['svc1']);
+    expect(m2.snapshot.routes.map((x) => x.id).sort()).toEqual(['t1/default', 't2/default']);
+    expect(m2.refused?.map((d) => [d.containerId, d.containerName])).toEqual([
+      ['svc2', 'api'],
+      ['x1', 'api.1'],
+    ]);
+    expect(m2.refused?.[0]?.message).toMatch(/swarm service\.tasks\.0\.slot must be >= 0/);
+    expect(m2.refused?.[1]?.message).toMatch(/its service svc2 is not in the snapshot or was refused/);
   });
 });
 
