@@ -89,11 +89,11 @@ interface Row {
   firstApplyMs: number;
   changeToLiveMs: number;
   moveToLiveMs: number;
-  firstP50: number;
-  firstP99: number;
-  lastP50: number;
-  lastP99: number;
-  caddyRssMb: number;
+  firstP50Ms: number;
+  firstP99Ms: number;
+  lastP50Ms: number;
+  lastP99Ms: number;
+  caddyRssMiB: number;
   wsClosedByChange: number;
 }
 
@@ -186,11 +186,11 @@ async function measure(
       firstApplyMs: Math.round(firstApplyMs),
       changeToLiveMs: Math.round(live),
       moveToLiveMs: Math.round(move),
-      firstP50: round(first.p50),
-      firstP99: round(first.p99),
-      lastP50: round(last.p50),
-      lastP99: round(last.p99),
-      caddyRssMb: rssMb(sup.pid),
+      firstP50Ms: round(first.p50),
+      firstP99Ms: round(first.p99),
+      lastP50Ms: round(last.p50),
+      lastP99Ms: round(last.p99),
+      caddyRssMiB: rssMb(sup.pid),
       wsClosedByChange: wsClosed,
     };
   } finally {
@@ -237,11 +237,10 @@ try {
   wss.close();
   agent.destroy();
 }
-if (JSON_OUT) {
-  console.log(JSON.stringify({ cpus: cpus().length, rows }, null, 2));
-} else {
-  console.log(
-    `caddy layouts — ${cpus().length} CPUs, ${REQUESTS} requests per latency figure, loadavg ${readFileSync('/proc/loadavg', 'utf8').trim()}`,
-  );
-  console.table(rows);
-}
+console.log(
+  `caddy layouts — ${cpus().length} CPUs, ${REQUESTS} requests per latency figure, loadavg ${readFileSync('/proc/loadavg', 'utf8').trim()}`,
+);
+console.table(rows);
+// The summary, one line and last, for scripts comparing runs.
+if (JSON_OUT)
+  console.log(JSON.stringify({ bench: 'caddy-layouts', cpus: cpus().length, requests: REQUESTS, rows }));

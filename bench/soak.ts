@@ -46,9 +46,16 @@ import {
   sleep,
 } from './lib.js';
 
+/**
+ * Agents per key: a key enrols at most ENROLMENTS_PER_MINUTE (60) agents a minute, so a fleet
+ * that connects at once uses one key per this many agents, as an operator enrolling many hosts would.
+ */
+const AGENTS_PER_KEY = 50;
+
 interface WorkerConfig {
   apiUrl: string;
-  key: string;
+  /** One per AGENTS_PER_KEY agents, in agent order. */
+  keys: string[];
   from: number;
   to: number;
   containers: number;
@@ -241,7 +248,7 @@ function worker(): void {
     private open(): void {
       if (this.stopped) return;
       const headers: Record<string, string> = {
-        authorization: `Bearer ${cfg.key}`,
+        authorization: `Bearer ${cfg.keys[Math.floor(this.index / AGENTS_PER_KEY)]}`,
         'x-berth-agent-name': this.name,
         'x-berth-agent-version': 'soak-sim',
       };
@@ -476,9 +483,16 @@ async function main(): Promise<void> {
       if (!res.ok) throw new Error(`GET ${path}: ${res.status} ${await res.text()}`);
       return res.json();
     };
-    const k = await berth.cli(['keys', 'create', '--name', 'soak', '--auto-approve', '--json']);
-    if (k.code !== 0) throw new Error(`keys create: ${k.stderr}`);
-    const key = JSON.parse(k.stdout).secret as string;
+    const keys: string[] = [];
+    for (let i = 0; i < Math.ceil(AGENTS / AGENTS_PER_KEY); i++) {
+      const res = await fetch(`${berth.apiUrl}/api/keys`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${berth.token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ name: `soak-${i}`, autoApprove: true }),
+      });
+      if (!res.ok) throw new Error(`POST /api/keys: ${res.status} ${await res.text()}`);
+      keys.push(((await res.json()) as { secret: string }).secret);
+    }
 
     // Upstreams for every route: a few tiny HTTP servers on 127.0.0.1 that name the host asked for.
     const upstreams: number[] = [];
@@ -517,7 +531,7 @@ async function main(): Promise<void> {
         type: 'config',
         config: {
           apiUrl: berth.apiUrl,
-          key,
+          keys,
           from: w * per,
           to: Math.min(AGENTS, (w + 1) * per),
           containers: CONTAINERS,
@@ -725,6 +739,37 @@ async function main(): Promise<void> {
     console.log(
       `  API at this size: GET /metrics ${fmtS(metricsMs)} before, ${fmtS(metricsMs2)} after; GET /api/routes ${fmtS(cmp.ms)} (${cmp.total} routes); GET /api/agents ${fmtS(agentsMs)}`,
     );
+    if (process.argv.includes('--json'))
+      console.log(
+        JSON.stringify({
+          bench: 'soak',
+          bin: process.env.BERTH_BIN ?? 'dist',
+          agents: AGENTS,
+          containers: CONTAINERS,
+          minutes: soakSeconds / 60,
+          rampS: rampMs / 1000,
+          serverRssMinMiB: Math.min(...rss),
+          serverRssMedianMiB: pct(rss, 50),
+          serverRssMaxMiB: Math.max(...rss),
+          serverCpuPct: (delta('server') / soakSeconds) * 100,
+          serverCpuPeakPct: Math.max(...cpuPct),
+          heartbeatRttP50Ms: pct(rtts, 50),
+          heartbeatRttP99Ms: pct(rtts, 99),
+          heartbeatP50Ms: histogramQuantile(hb, 0.5) * 1000,
+          heartbeatP99Ms: histogramQuantile(hb, 0.99) * 1000,
+          convergenceP50Ms: histogramQuantile(convergence, 0.5) * 1000,
+          convergenceP99Ms: histogramQuantile(convergence, 0.99) * 1000,
+          tcpProbeP50Ms: pct(probed.samples, 50),
+          tcpProbeP99Ms: pct(probed.samples, 99),
+          lostSnapshots: cmp.bad.length,
+          disconnects: all.reduce((n, r) => n + r.disconnects, 0),
+          sampledOk: ok,
+          sampled,
+          metricsMs: metricsMs2,
+          routesMs: cmp.ms,
+          agentsMs,
+        }),
+      );
   } catch (err) {
     console.error(err);
     process.exitCode = 1;

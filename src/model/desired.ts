@@ -14,6 +14,17 @@ export interface Site {
   routeKeys: string[];
 }
 
+/**
+ * How a site list differs from an earlier one (`since`, by identity): sites are never changed in
+ * place, so a site that changed is a removed object and an added one. Consumers that kept state
+ * for `since` patch it; any other consumer reads the whole list.
+ */
+export interface SiteChanges {
+  since: readonly Site[];
+  added: readonly Site[];
+  removed: readonly Site[];
+}
+
 /** One front-door TCP port and the containers behind it. */
 export interface TcpListenerSite {
   listen: number;
@@ -27,5 +38,15 @@ export interface TcpListenerSite {
  * A site's identity by content: equal sites give equal strings, without hashing. What a target
  * serves or quarantined is reported by these, so route views and replicas compare by them too.
  */
-export const siteSignature = (s: Site): string =>
-  `${s.host} ${s.path} ${s.stripPath ? 's' : '-'} ${s.upstreams.map((u) => `${u.scheme}://${u.host}:${u.port}`).join(',')}${s.allow ? ` allow=${s.allow.join(',')}` : ''}`;
+export function siteSignature(s: Site): string {
+  // Sites are never changed once made, and the desired state keeps those it did not touch: at
+  // 50k sites, each pass would otherwise make every signature again.
+  let sig = signatures.get(s);
+  if (sig === undefined) {
+    sig = `${s.host} ${s.path} ${s.stripPath ? 's' : '-'} ${s.upstreams.map((u) => `${u.scheme}://${u.host}:${u.port}`).join(',')}${s.allow ? ` allow=${s.allow.join(',')}` : ''}`;
+    signatures.set(s, sig);
+  }
+  return sig;
+}
+
+const signatures = new WeakMap<Site, string>();

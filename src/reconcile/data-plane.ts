@@ -2,7 +2,7 @@
 // `ingress/caddy` (CaddyTarget), `ingress/tcp` (TcpSidecar) and `ingress/dns` (DnsSidecar)
 // implement these, and the server hands them in. Unit tests hand in fakes.
 import type { ApplyResult, ListenerStatus } from '../model/data-plane.js';
-import type { Site, TcpListenerSite } from '../model/desired.js';
+import type { Site, SiteChanges, TcpListenerSite } from '../model/desired.js';
 
 /** One HTTP front door (a Caddy instance). */
 export interface HttpTarget {
@@ -11,8 +11,9 @@ export interface HttpTarget {
   /**
    * Makes the target serve `sites`; cheap when it already does (`changed: false`). Sites it
    * rejects are quarantined, the rest applied; a throw means nothing is known and the pass retries.
+   * `changes` (since the list of the previous call, by identity) lets it look at those alone.
    */
-  apply(sites: Site[]): Promise<ApplyResult>;
+  apply(sites: Site[], changes?: SiteChanges): Promise<ApplyResult>;
   /** Forget what the target holds, so the next apply sends everything. */
   invalidate(): void;
   /** Let the next apply try the sites the target rejected before. */
@@ -34,5 +35,5 @@ export interface DnsTableSync {
    * Publishes the table for `sites`. With `transition` (before an apply), hosts that move from the
    * table into Caddy's config keep their entries, so they are served until that apply has landed.
    */
-  publish(sites: Site[], o?: { transition?: boolean }): void;
+  publish(sites: Site[], o?: { transition?: boolean }, changes?: SiteChanges): void;
 }

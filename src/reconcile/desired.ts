@@ -1,5 +1,5 @@
 // Desired state: every agent's routes merged into what the front door should serve. Pure.
-import type { Site, TcpListenerSite } from '../model/desired.js';
+import type { Site, SiteChanges, TcpListenerSite } from '../model/desired.js';
 import { domainCovers } from '../model/domains.js';
 import type { RouteSpec, TcpRouteSpec, Upstream } from '../model/types.js';
 import { type Claims, claimedSince, httpUnit, tcpUnit } from './claims.js';
@@ -31,6 +31,8 @@ export interface RouteOutcome {
 
 export interface Desired {
   sites: Site[];
+  /** What changed since the previous update of the same model (absent from a fresh one). */
+  changes?: SiteChanges;
   tcp: TcpListenerSite[];
   outcomes: Map<string, RouteOutcome>;
 }
@@ -64,7 +66,7 @@ function settle<R extends Claimant>(
   claims: Claim<R>[],
   what: string,
   host: string | undefined,
-  outcomes: Map<string, RouteOutcome>,
+  refuse: (key: string, message: string) => void,
 ): Claim<R>[] {
   claims.sort(firstFirst);
   const winner = claims[0]!;
@@ -80,7 +82,7 @@ function settle<R extends Claimant>(
     const hint = sameGroup(c)
       ? `its group ${winner.route.lbGroup} is shared only by agents of the same key, or of a key whose --domains name ${what}`
       : `set the same ${winner.route.lbGroup ? `group (${winner.route.lbGroup})` : 'group label on both'} to share traffic`;
-    outcomes.get(c.key)!.errors.push(`${what} is already claimed by ${describe(winner)}; ${hint}`);
+    refuse(c.key, `${what} is already claimed by ${describe(winner)}; ${hint}`);
   }
   return members;
 }
@@ -89,56 +91,202 @@ function settle<R extends Claimant>(
  * Claims on the same host and path either share traffic (same load-balancing group) or
  * compete: the oldest container wins, deterministically, and the others get an error naming it.
  */
-export function computeDesired(agents: AgentRoutes[]): Desired {
-  const outcomes = new Map<string, RouteOutcome>();
-  const byUnit = new Map<string, Claim<RouteSpec>[]>();
-  for (const a of agents) {
-    for (const r of a.routes) {
-      const key = routeKey(a.agentId, r.id);
-      const outcome: RouteOutcome = { errors: [], units: 0 };
-      if (r.notReady) outcome.pending = r.notReady;
-      outcomes.set(key, outcome);
-      for (const host of r.hosts) {
-        const unit = httpUnit(host, r.path);
-        const list = byUnit.get(unit) ?? [];
-        list.push({ key, agent: a, route: r, since: claimedSince(a.claims, unit) });
-        byUnit.set(unit, list);
-      }
-    }
-  }
-
-  const sites: Site[] = [];
-  for (const [unit, claims] of byUnit) {
-    const [host, path] = unit.split('\u0000') as [string, string];
-    const members = settle(claims, `${host}${path === '/' ? '' : path}`, host, outcomes);
-    const winner = members[0]!;
-    const upstreams: Upstream[] = [];
-    const keys: string[] = [];
-    for (const m of members) {
-      if (m.route.notReady) continue;
-      if (m.route.upstream.scheme !== winner.route.upstream.scheme) {
-        outcomes
-          .get(m.key)!
-          .errors.push(`${host}: upstream scheme ${m.route.upstream.scheme} differs from its group's`);
-        continue;
-      }
-      const dup = upstreams.some((u) => u.host === m.route.upstream.host && u.port === m.route.upstream.port);
-      if (!dup) upstreams.push(m.route.upstream);
-      keys.push(m.key);
-      outcomes.get(m.key)!.units++;
-    }
-    if (upstreams.length === 0) continue;
-    upstreams.sort((a, b) => a.host.localeCompare(b.host) || a.port - b.port);
-    const site: Site = { host, path, stripPath: winner.route.stripPath, upstreams, routeKeys: keys.sort() };
-    if (winner.route.allow) site.allow = winner.route.allow;
-    sites.push(site);
-  }
-  sites.sort((a, b) => a.host.localeCompare(b.host) || a.path.localeCompare(b.path));
-  return { sites, tcp: computeTcp(agents, outcomes), outcomes };
+export function computeDesired(agents: readonly AgentRoutes[]): Desired {
+  return new DesiredModel().update(agents);
 }
 
+/** What one unit (a host and path) settled to: its site, if any, and errors per route key. */
+interface UnitResult {
+  site?: Site;
+  errors: Map<string, string[]>;
+}
+
+/** Past this share of sites changed, the site list is sorted whole rather than merged. */
+const RESORT_SHARE = 0.25;
+
+/**
+ * The desired state, kept between passes: an update re-derives only what an agent that changed
+ * touches (its routes, and the units they claim or claimed), so one agent's snapshot costs work
+ * in proportion to it, not to the fleet. An agent's entry that is the same object as last time
+ * is unchanged (admission keeps entries per agent). A new model computes everything: that is
+ * computeDesired, so the incremental and the full result are one piece of code.
+ */
+export class DesiredModel {
+  private readonly agents = new Map<string, AgentRoutes>();
+  /** Unit → its claims (in no order: settling sorts them). */
+  private readonly claims = new Map<string, Claim<RouteSpec>[]>();
+  private readonly results = new Map<string, UnitResult>();
+  /** HTTP route key → its route, and the route's outcome. */
+  private readonly routes = new Map<string, RouteSpec>();
+  private readonly outcomes = new Map<string, RouteOutcome>();
+  private sites: Site[] = [];
+  private tcpKeys: string[] = [];
+  private updated = false;
+
+  update(agents: readonly AgentRoutes[]): Desired {
+    const dirty = new Set<string>();
+    const touched = new Set<string>();
+    const seen = new Set<string>();
+    for (const a of agents) {
+      seen.add(a.agentId);
+      const prev = this.agents.get(a.agentId);
+      if (prev === a) continue;
+      if (prev) this.drop(prev, dirty, touched);
+      this.add(a, dirty, touched);
+      this.agents.set(a.agentId, a);
+    }
+    for (const [id, prev] of this.agents) {
+      if (seen.has(id)) continue;
+      this.drop(prev, dirty, touched);
+      this.agents.delete(id);
+    }
+    const changed: Site[] = [];
+    const replaced = new Set<Site>();
+    for (const unit of dirty) {
+      const old = this.results.get(unit)?.site;
+      if (old) replaced.add(old);
+      const list = this.claims.get(unit);
+      if (!list) {
+        this.results.delete(unit);
+        continue;
+      }
+      const r = settleUnit(unit, list);
+      this.results.set(unit, r);
+      if (r.site) changed.push(r.site);
+      for (const c of list) touched.add(c.key);
+    }
+    for (const key of touched) {
+      const r = this.routes.get(key);
+      if (r) this.outcomes.set(key, this.outcomeOf(key, r));
+    }
+    const since = this.sites;
+    if (dirty.size > 0) this.sites = this.sitesAfter(dirty.size, replaced, changed);
+    // TCP routes are few (one per front-door port): worked out whole each time, in the same map.
+    for (const key of this.tcpKeys) this.outcomes.delete(key);
+    const tcp = computeTcp(agents, this.outcomes);
+    this.tcpKeys = agents.flatMap((a) => (a.tcp ?? []).map((r) => routeKey(a.agentId, r.id)));
+    // The outcomes map is the model's own, changed by its next update: readers use the latest.
+    const d: Desired = { sites: this.sites, tcp, outcomes: this.outcomes };
+    if (this.updated) d.changes = { since, added: changed, removed: [...replaced] };
+    this.updated = true;
+    return d;
+  }
+
+  private add(a: AgentRoutes, dirty: Set<string>, touched: Set<string>): void {
+    for (const r of a.routes) {
+      const key = routeKey(a.agentId, r.id);
+      this.routes.set(key, r);
+      touched.add(key);
+      for (const unit of unitsOfRoute(r)) {
+        const claim = { key, agent: a, route: r, since: claimedSince(a.claims, unit) };
+        const list = this.claims.get(unit);
+        if (list) list.push(claim);
+        else this.claims.set(unit, [claim]);
+        dirty.add(unit);
+      }
+    }
+  }
+
+  private drop(a: AgentRoutes, dirty: Set<string>, touched: Set<string>): void {
+    for (const r of a.routes) {
+      const key = routeKey(a.agentId, r.id);
+      this.routes.delete(key);
+      this.outcomes.delete(key);
+      touched.add(key);
+      for (const unit of unitsOfRoute(r)) {
+        const list = this.claims.get(unit);
+        if (!list) continue;
+        const rest = list.filter((c) => c.agent !== a);
+        if (rest.length > 0) this.claims.set(unit, rest);
+        else this.claims.delete(unit);
+        dirty.add(unit);
+      }
+    }
+  }
+
+  /** A route's outcome from its units' results, in the order of its hosts. */
+  private outcomeOf(key: string, r: RouteSpec): RouteOutcome {
+    const o: RouteOutcome = { errors: [], units: 0 };
+    if (r.notReady) o.pending = r.notReady;
+    for (const unit of unitsOfRoute(r)) {
+      const res = this.results.get(unit);
+      if (!res) continue;
+      const errors = res.errors.get(key);
+      if (errors) o.errors.push(...errors);
+      if (res.site?.routeKeys.includes(key)) o.units++;
+    }
+    return o;
+  }
+
+  /** The sorted site list with the sites of dirty units (`replaced`) replaced by `changed`. */
+  private sitesAfter(dirty: number, replaced: Set<Site>, changed: Site[]): Site[] {
+    if (dirty > this.sites.length * RESORT_SHARE)
+      return [...this.results.values()].flatMap((r) => (r.site ? [r.site] : [])).sort(bySite);
+    const kept = replaced.size > 0 ? this.sites.filter((s) => !replaced.has(s)) : this.sites;
+    changed.sort(bySite);
+    // Each changed site's place by binary search (a few comparisons each), then the runs of kept
+    // sites between them copied whole: not a comparison per site of the fleet.
+    const out: Site[] = [];
+    let from = 0;
+    for (const c of changed) {
+      let lo = from;
+      let hi = kept.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if (bySite(kept[mid]!, c) <= 0) lo = mid + 1;
+        else hi = mid;
+      }
+      for (let i = from; i < lo; i++) out.push(kept[i]!);
+      out.push(c);
+      from = lo;
+    }
+    for (let i = from; i < kept.length; i++) out.push(kept[i]!);
+    return out;
+  }
+}
+
+/** The units a route claims, each once. */
+function unitsOfRoute(r: RouteSpec): Set<string> {
+  const units = new Set<string>();
+  for (const host of r.hosts) units.add(httpUnit(host, r.path));
+  return units;
+}
+
+function settleUnit(unit: string, claims: Claim<RouteSpec>[]): UnitResult {
+  const [host, path] = unit.split('\u0000') as [string, string];
+  const errors = new Map<string, string[]>();
+  const refuse = (key: string, message: string) => {
+    const list = errors.get(key);
+    if (list) list.push(message);
+    else errors.set(key, [message]);
+  };
+  const members = settle(claims, `${host}${path === '/' ? '' : path}`, host, refuse);
+  const winner = members[0]!;
+  const upstreams: Upstream[] = [];
+  const keys: string[] = [];
+  for (const m of members) {
+    if (m.route.notReady) continue;
+    if (m.route.upstream.scheme !== winner.route.upstream.scheme) {
+      refuse(m.key, `${host}: upstream scheme ${m.route.upstream.scheme} differs from its group's`);
+      continue;
+    }
+    const dup = upstreams.some((u) => u.host === m.route.upstream.host && u.port === m.route.upstream.port);
+    if (!dup) upstreams.push(m.route.upstream);
+    keys.push(m.key);
+  }
+  if (upstreams.length === 0) return { errors };
+  upstreams.sort((a, b) => a.host.localeCompare(b.host) || a.port - b.port);
+  const site: Site = { host, path, stripPath: winner.route.stripPath, upstreams, routeKeys: keys.sort() };
+  if (winner.route.allow) site.allow = winner.route.allow;
+  return { site, errors };
+}
+
+/** localeCompare's order, from one collator made once (several times cheaper at 50k sites). */
+const collate = new Intl.Collator().compare;
+const bySite = (a: Site, b: Site) => collate(a.host, b.host) || collate(a.path, b.path);
+
 /** TCP routes by front-door port, with the same conflict and load-balancing rules as HTTP. */
-function computeTcp(agents: AgentRoutes[], outcomes: Map<string, RouteOutcome>): TcpListenerSite[] {
+function computeTcp(agents: readonly AgentRoutes[], outcomes: Map<string, RouteOutcome>): TcpListenerSite[] {
   const byPort = new Map<number, Claim<TcpRouteSpec>[]>();
   for (const a of agents) {
     for (const r of a.tcp ?? []) {
@@ -152,7 +300,9 @@ function computeTcp(agents: AgentRoutes[], outcomes: Map<string, RouteOutcome>):
   }
   const out: TcpListenerSite[] = [];
   for (const [listen, claims] of byPort) {
-    const members = settle(claims, `TCP port ${listen}`, undefined, outcomes);
+    const members = settle(claims, `TCP port ${listen}`, undefined, (k, m) =>
+      outcomes.get(k)!.errors.push(m),
+    );
     const upstreams: TcpListenerSite['upstreams'] = [];
     const keys: string[] = [];
     for (const m of members) {

@@ -72,6 +72,17 @@ export interface Admitted {
   swarmSpeakers?: Set<string>;
 }
 
+/** What admission decided for one agent. */
+export interface AgentAdmission {
+  agentId: string;
+  /** Its routes that may serve; absent when none may (withheld, or no snapshot). */
+  entry?: AgentRoutes;
+  /** Route key → why it is not served. */
+  errors: [string, string[]][];
+  /** Why none of its routes are served. */
+  withheld?: string;
+}
+
 /**
  * Keeps only routes that may serve: from agents that are approved, unrevoked and online (or
  * within the offline grace), only for hostnames their key allows (never a wildcard over a public
@@ -79,107 +90,140 @@ export interface Admitted {
  * refused claim is an error on that route alone.
  */
 export function admitRoutes(agents: AgentView[], now: number, o: LivenessOptions): Admitted {
+  const swarm = swarmContext(agents, now, o);
+  return combine(
+    agents.map((a) => admitAgent(a, now, o, swarm)),
+    swarm,
+  );
+}
+
+/**
+ * One agent's admission: what admitRoutes does for each agent. An agent in a swarm also depends on
+ * the others of its swarm (`swarm`, from swarmContext over every agent); any other does not.
+ */
+export function admitAgent(
+  a: AgentView,
+  now: number,
+  o: LivenessOptions,
+  swarm: SwarmContext = NO_SWARM,
+): AgentAdmission {
+  const agentId = a.record.id;
+  if (!a.snapshot) return { agentId, errors: [] };
+  const why = withheldBecause(a, now, o);
+  if (why) return { agentId, errors: [], withheld: why };
+  const snapshot = a.snapshot;
+  const id = a.record.id;
+  const errors = new Map<string, string[]>();
+  const refuse = (routeId: string, message: string) => {
+    const k = routeKey(id, routeId);
+    const list = errors.get(k);
+    if (list) list.push(message);
+    else errors.set(k, [message]);
+  };
+  const domains = a.key?.domains ?? [];
+  const subject = {
+    kind: a.record.kind,
+    seenFrom: a.record.seenFrom,
+    hostIp: snapshot.hostIp,
+    upstreams: a.key?.upstreams,
+  };
+  const check = o.upstreams && upstreamChecker(subject, o.upstreams);
+  const upstreamOk = (r: { id: string; upstream: { host: string; port: number } }) => {
+    const no = check?.(r.upstream.host, r.upstream.port);
+    if (no) refuse(r.id, no);
+    return !no;
+  };
+  const speaker = snapshot.swarm !== undefined && swarm.speaking.has(id);
+  const inSwarm = swarm.speaking.size > 0 || snapshot.swarm !== undefined;
+  const swarmOk = (r: RouteSpec): RouteSpec | undefined => {
+    if (r.swarm) {
+      // Another agent of this swarm speaks for its services (or none may): silently not ours.
+      if (!speaker) return undefined;
+      const checked = swarm.checkTask(a, r);
+      if (typeof checked === 'string') {
+        refuse(r.id, checked);
+        return undefined;
+      }
+      return checked;
+    }
+    const instead = swarm.routedByService(a, r.containerId);
+    if (instead) {
+      refuse(r.id, instead);
+      return undefined;
+    }
+    return r;
+  };
+  // A task's upstream is checked as its node's agent would be (swarm.checkTask did), a VIP as the speaker's.
+  const routeUpstreamOk = (r: RouteSpec) => (r.swarm?.task ? true : upstreamOk(r));
+  let routes = (inSwarm ? snapshot.routes.flatMap((r) => swarmOk(r) ?? []) : snapshot.routes).filter((r) => {
+    // Per route of up to 10k: no arrays made unless something is wrong.
+    let wide: string[] | undefined;
+    let suffix: string | undefined;
+    for (const h of r.hosts) {
+      const s = h.startsWith('*.') ? publicSuffixWildcard(h) : undefined;
+      if (s === undefined) continue;
+      suffix ??= s;
+      wide ??= [];
+      wide.push(h);
+    }
+    if (wide) {
+      refuse(
+        r.id,
+        `${wide.join(', ')} would claim every name under the public suffix ${suffix}; no agent may claim that`,
+      );
+      return false;
+    }
+    if (domains.length === 0) return routeUpstreamOk(r);
+    const outside = r.hosts.filter((h) => !domainAllowed(h, domains));
+    if (outside.length > 0) {
+      refuse(
+        r.id,
+        `${outside.join(', ')} ${outside.length === 1 ? 'is' : 'are'} outside the domains allowed for key ${a.key?.name} (${domains.join(', ')})`,
+      );
+      return false;
+    }
+    return routeUpstreamOk(r);
+  });
+  // A key limited to domains names what its hosts may claim; front-door ports are not in it.
+  let tcp = (snapshot.tcp ?? []).filter((r) => {
+    if (domains.length > 0) {
+      refuse(
+        r.id,
+        `TCP port ${r.listen}: key ${a.key?.name} is limited to domains (${domains.join(', ')}), so its agents may not claim TCP ports; use a key without --domains`,
+      );
+      return false;
+    }
+    return upstreamOk(r);
+  });
+  const limit =
+    a.record.kind === 'local' ? Number.POSITIVE_INFINITY : (a.key?.maxRoutes ?? DEFAULT_MAX_ROUTES_PER_AGENT);
+  if (routes.length + tcp.length > limit) {
+    const kept = withinLimit(routes, tcp, snapshot, limit);
+    for (const r of [...routes, ...tcp]) {
+      if (kept.has(r.containerId)) continue;
+      refuse(
+        r.id,
+        `the agent has ${routes.length + tcp.length} routes and key ${a.key?.name} allows ${limit} per agent; container ${r.containerName}'s are not served (berth keys update ${a.key?.name} --max-routes N)`,
+      );
+    }
+    routes = routes.filter((r) => kept.has(r.containerId));
+    tcp = tcp.filter((r) => kept.has(r.containerId));
+  }
+  const entry: AgentRoutes = { agentId: id, agentName: a.record.name, routes, tcp, scope: a.key?.id ?? id };
+  if (snapshot.claims) entry.claims = snapshot.claims;
+  if (domains.length > 0) entry.grants = domains;
+  return { agentId, entry, errors: [...errors] };
+}
+
+/** Every agent's admission as one. */
+export function combine(parts: AgentAdmission[], swarm: SwarmContext = NO_SWARM): Admitted {
   const agentRoutes: AgentRoutes[] = [];
   const errors = new Map<string, string[]>();
   const withheld = new Map<string, string>();
-  const serving = agents.filter((a) => a.snapshot && !withheldBecause(a, now, o));
-  const swarm = swarmContext(serving, now, o);
-  for (const a of agents) {
-    if (!a.snapshot) continue;
-    const why = withheldBecause(a, now, o);
-    if (why) {
-      withheld.set(a.record.id, why);
-      continue;
-    }
-    const id = a.record.id;
-    const refuse = (routeId: string, message: string) => {
-      const k = routeKey(id, routeId);
-      errors.set(k, [...(errors.get(k) ?? []), message]);
-    };
-    const domains = a.key?.domains ?? [];
-    const subject = {
-      kind: a.record.kind,
-      seenFrom: a.record.seenFrom,
-      hostIp: a.snapshot.hostIp,
-      upstreams: a.key?.upstreams,
-    };
-    const check = o.upstreams && upstreamChecker(subject, o.upstreams);
-    const upstreamOk = (r: { id: string; upstream: { host: string; port: number } }) => {
-      const no = check?.(r.upstream.host, r.upstream.port);
-      if (no) refuse(r.id, no);
-      return !no;
-    };
-    const cluster = a.snapshot.swarm?.clusterId;
-    const speaker = cluster !== undefined && swarm.speaking.has(id);
-    let routes = a.snapshot.routes.flatMap((r): RouteSpec[] => {
-      if (r.swarm) {
-        // Another agent of this swarm speaks for its services (or none may): silently not ours.
-        if (!speaker) return [];
-        const checked = swarm.checkTask(a, r);
-        if (typeof checked === 'string') {
-          refuse(r.id, checked);
-          return [];
-        }
-        if (!checked) return [];
-        r = checked;
-      } else {
-        const instead = swarm.routedByService(a, r.containerId);
-        if (instead) {
-          refuse(r.id, instead);
-          return [];
-        }
-      }
-      const wide = r.hosts.map((h) => [h, publicSuffixWildcard(h)]).filter(([, s]) => s !== undefined);
-      if (wide.length > 0) {
-        refuse(
-          r.id,
-          `${wide.map(([h]) => h).join(', ')} would claim every name under the public suffix ${wide[0]![1]}; no agent may claim that`,
-        );
-        return [];
-      }
-      const outside = r.hosts.filter((h) => !domainAllowed(h, domains));
-      if (outside.length > 0) {
-        refuse(
-          r.id,
-          `${outside.join(', ')} ${outside.length === 1 ? 'is' : 'are'} outside the domains allowed for key ${a.key?.name} (${domains.join(', ')})`,
-        );
-        return [];
-      }
-      // A task's upstream is checked as its node's agent would be (swarm.checkTask did), a VIP as the speaker's.
-      if (r.swarm?.task) return [r];
-      return upstreamOk(r) ? [r] : [];
-    });
-    // A key limited to domains names what its hosts may claim; front-door ports are not in it.
-    let tcp = (a.snapshot.tcp ?? []).filter((r) => {
-      if (domains.length > 0) {
-        refuse(
-          r.id,
-          `TCP port ${r.listen}: key ${a.key?.name} is limited to domains (${domains.join(', ')}), so its agents may not claim TCP ports; use a key without --domains`,
-        );
-        return false;
-      }
-      return upstreamOk(r);
-    });
-    const limit =
-      a.record.kind === 'local'
-        ? Number.POSITIVE_INFINITY
-        : (a.key?.maxRoutes ?? DEFAULT_MAX_ROUTES_PER_AGENT);
-    if (routes.length + tcp.length > limit) {
-      const kept = withinLimit(routes, tcp, a.snapshot, limit);
-      for (const r of [...routes, ...tcp]) {
-        if (kept.has(r.containerId)) continue;
-        refuse(
-          r.id,
-          `the agent has ${routes.length + tcp.length} routes and key ${a.key?.name} allows ${limit} per agent; container ${r.containerName}'s are not served (berth keys update ${a.key?.name} --max-routes N)`,
-        );
-      }
-      routes = routes.filter((r) => kept.has(r.containerId));
-      tcp = tcp.filter((r) => kept.has(r.containerId));
-    }
-    const entry: AgentRoutes = { agentId: id, agentName: a.record.name, routes, tcp, scope: a.key?.id ?? id };
-    if (a.snapshot.claims) entry.claims = a.snapshot.claims;
-    if (domains.length > 0) entry.grants = domains;
-    agentRoutes.push(entry);
+  for (const p of parts) {
+    if (p.entry) agentRoutes.push(p.entry);
+    for (const [k, v] of p.errors) errors.set(k, v);
+    if (p.withheld) withheld.set(p.agentId, p.withheld);
   }
   const out: Admitted = { agentRoutes, errors, withheld };
   if (swarm.speaking.size > 0) out.swarmSpeakers = swarm.speaking;
@@ -207,7 +251,7 @@ function containerTasks(s: Snapshot): Map<string, string> {
   return m;
 }
 
-interface SwarmContext {
+export interface SwarmContext {
   /** The agents whose service routes serve: one per swarm and key. */
   speaking: Set<string>;
   /**
@@ -219,11 +263,19 @@ interface SwarmContext {
   routedByService(a: AgentView, containerId: string): string | undefined;
 }
 
-/** Who speaks for each swarm, which agent is on which node, and which tasks services route. */
-function swarmContext(serving: AgentView[], now: number, o: LivenessOptions): SwarmContext {
-  const inSwarm = serving.filter((a) => a.snapshot?.swarm);
-  if (inSwarm.length === 0)
-    return { speaking: new Set(), checkTask: () => undefined, routedByService: () => undefined };
+const NO_SWARM: SwarmContext = {
+  speaking: new Set(),
+  checkTask: () => undefined,
+  routedByService: () => undefined,
+};
+
+/**
+ * Who speaks for each swarm, which agent is on which node, and which tasks services route: worked
+ * out once over every agent, for the admission of each agent in a swarm.
+ */
+export function swarmContext(agents: AgentView[], now: number, o: LivenessOptions): SwarmContext {
+  const inSwarm = agents.filter((a) => a.snapshot?.swarm && !withheldBecause(a, now, o));
+  if (inSwarm.length === 0) return NO_SWARM;
   // Speakers are chosen among agents of one key: an agent of another key claiming to lead the
   // same swarm silences no one (its task routes fail the node check anyway).
   const scopeOf = (a: AgentView) => (a.record.kind === 'local' ? 'local' : (a.key?.id ?? a.record.id));

@@ -2,15 +2,15 @@
 // costs one pass, and a pass that finds nothing new sends nothing. Failures retry with backoff.
 import type { Logger } from 'pino';
 import { errorMessage } from '../errors.js';
-import type { ListenerStatus } from '../model/data-plane.js';
+import type { ListenerStatus, ServedSites } from '../model/data-plane.js';
 import type { DnsTableSync, HttpTarget, TcpListenerSync } from './data-plane.js';
 import type { AgentRoutes, Desired } from './desired.js';
-import { computeDesired } from './desired.js';
+import { DesiredModel } from './desired.js';
 
 export interface ReconcileState {
   desired: Desired;
   /** Per target: signatures it serves, and those it rejected with Caddy's message. */
-  targets: { served: Set<string>; quarantined: Map<string, string>; error?: string }[];
+  targets: { served: ServedSites; quarantined: Map<string, string>; error?: string }[];
   /** TCP listeners by port, as the forwarder reported them after the pass. */
   tcp: Map<number, ListenerStatus>;
   passes: number;
@@ -47,8 +47,17 @@ export interface ReconcilerOptions<T extends HttpTarget = HttpTarget> {
   onPass?: (s: ReconcileState, info: { startedAt: number; applyMs: number[] }) => void;
 }
 
+/**
+ * At least this often (and on every forced pass: drift repair, a restarted Caddy) the desired
+ * state is computed from scratch instead of patched: the level-triggered guarantee, whatever an
+ * incremental update might have missed. It costs about a second at 50k routes, so not often.
+ */
+export const FULL_PASS_EVERY_MS = 5 * 60_000;
+
 export class Reconciler<T extends HttpTarget = HttpTarget> {
   private timer?: NodeJS.Timeout;
+  private model = new DesiredModel();
+  private fullPassAt = 0;
   private firstWakeAt = 0;
   private tokens = 3;
   private refilledAt = Date.now();
@@ -119,11 +128,21 @@ export class Reconciler<T extends HttpTarget = HttpTarget> {
     const startedAt = Date.now();
     const applyMs: number[] = [];
     try {
-      const desired = computeDesired(this.o.source());
+      // Each step of a big pass is tens of milliseconds: between them, requests and agents'
+      // messages are answered, so a pass over 10k routes never holds the loop for all of it.
+      const source = this.o.source();
+      await yieldToIo();
+      if (force || startedAt - this.fullPassAt >= FULL_PASS_EVERY_MS) {
+        this.model = new DesiredModel();
+        this.fullPassAt = startedAt;
+      }
+      const desired = this.model.update(source);
+      await yieldToIo();
       // Before anything serves it: whoever must know the new state first (the traffic counter).
       this.o.onDesired?.(desired);
+      await yieldToIo();
       // Hosts moving into Caddy's config stay in DNS until every apply below has landed.
-      this.o.dns?.publish(desired.sites, { transition: true });
+      this.o.dns?.publish(desired.sites, { transition: true }, desired.changes);
       await yieldToIo();
       let tcp = new Map<number, ListenerStatus>();
       if (this.o.tcp) {
@@ -142,7 +161,7 @@ export class Reconciler<T extends HttpTarget = HttpTarget> {
         }
         try {
           await yieldToIo();
-          const r = await t.apply(desired.sites);
+          const r = await t.apply(desired.sites, desired.changes);
           if (r.changed) {
             applyMs.push(r.ms);
             this.counters.applies++;
@@ -166,7 +185,10 @@ export class Reconciler<T extends HttpTarget = HttpTarget> {
           });
         }
       }
-      if (!failed) this.o.dns?.publish(desired.sites);
+      if (!failed) {
+        await yieldToIo();
+        this.o.dns?.publish(desired.sites);
+      }
       // The budget is for Caddy applies (each re-provisions Caddy's whole config): a pass that
       // changed only the DNS table or TCP listeners gives its token back, so containers starting
       // one after another each go live at once.

@@ -113,10 +113,7 @@ export class CaddyLeases {
    * For a replica that may not apply: what the holder says Caddy serves, when this replica's
    * desired state is the one the holder applied; else nothing is known to be served yet.
    */
-  standby(
-    t: CaddyTarget,
-    desired: Desired,
-  ): { served: Set<string>; quarantined: Map<string, string>; error?: string } {
+  standby(t: CaddyTarget, desired: Desired): ReconcileState['targets'][number] {
     const a = this.leases.get(t)?.applied;
     if (!a || a.desired !== desiredHash(desired.sites)) return { served: new Set(), quarantined: new Map() };
     const quarantined = new Map(a.quarantined);

@@ -10,10 +10,15 @@ import type { Snapshot } from '../model/types.js';
 import { nextClaims, unitsOf } from '../reconcile/claims.js';
 import {
   type Admitted,
+  type AgentAdmission,
   type AgentView,
-  admitRoutes,
+  admitAgent,
   agentStatus,
+  combine,
   type LivenessOptions,
+  type SwarmContext,
+  swarmContext,
+  withheldBecause,
 } from '../reconcile/policy.js';
 import { nextSwarm } from '../reconcile/swarm.js';
 import type { AgentRecord, KeyRecord, Presence, Store } from '../store/store.js';
@@ -54,6 +59,15 @@ const newId = (prefix: string) => `${prefix}_${randomBytes(6).toString('hex')}`;
 export const ENROLMENTS_PER_MINUTE = 60;
 /** How long an admission result is reused when nothing changed. */
 const ADMITTED_TTL_MS = 250;
+/**
+ * Snapshots are written behind, at most once per agent per this, the latest state each time: an
+ * agent sending its whole state back to back (8 MiB each, at worst) costs one write of it, not
+ * one per message, and the write never runs inside the handling of a message. Routing reads
+ * memory, so nothing waits for the store; a restart finds at most this much less.
+ */
+export const SNAPSHOT_SAVE_EVERY_MS = 500;
+/** …and after a write that took long (a snapshot of 8 MiB), at most this share of the time. */
+const SNAPSHOT_SAVE_SHARE = 0.1;
 
 export interface RegistryOptions {
   store: Store;
@@ -79,6 +93,18 @@ export class Registry {
   /** Bumped on every change: what caches of derived views are keyed on. */
   private version = 0;
   private admittedCache?: { version: number; at: number; value: Admitted };
+  /**
+   * Each agent's last admission and what it was computed from: a change to one agent (or a
+   * heartbeat) re-admits that agent alone, not every route of every agent.
+   */
+  private readonly admissions = new Map<
+    string,
+    { inputs: string; snapshot?: Snapshot; value: AgentAdmission }
+  >();
+  /** Snapshots not yet written, with their timers, and when each agent's was last written. */
+  private readonly unsaved = new Map<string, { snapshot: Snapshot; timer: NodeJS.Timeout }>();
+  private readonly savedAt = new Map<string, { at: number; ms: number }>();
+  private readonly writing = new Set<Promise<void>>();
   /** Recent enrolment times per key, for ENROLMENTS_PER_MINUTE. */
   private readonly enrolments = new Map<string, number[]>();
 
@@ -167,12 +193,53 @@ export class Registry {
     }
   }
 
-  private async saveSnapshot(s: Snapshot): Promise<void> {
-    try {
-      await this.store.saveSnapshot(s);
-    } finally {
-      this.wrote(`snapshot:${s.agentId}`);
+  /** Writes the agent's snapshot soon (SNAPSHOT_SAVE_EVERY_MS); a later one replaces it. */
+  private saveSnapshot(s: Snapshot): void {
+    const pending = this.unsaved.get(s.agentId);
+    if (pending) {
+      pending.snapshot = s;
+      return;
     }
+    const last = this.savedAt.get(s.agentId);
+    const every = Math.max(SNAPSHOT_SAVE_EVERY_MS, (last?.ms ?? 0) / SNAPSHOT_SAVE_SHARE);
+    const wait = Math.max(0, every - (Date.now() - (last?.at ?? 0)));
+    const timer = setTimeout(() => this.track(this.writeSnapshot(s.agentId)), wait);
+    this.unsaved.set(s.agentId, { snapshot: s, timer });
+  }
+
+  private track(p: Promise<void>): void {
+    this.writing.add(p);
+    void p.finally(() => this.writing.delete(p));
+  }
+
+  private async writeSnapshot(agentId: string): Promise<void> {
+    const pending = this.unsaved.get(agentId);
+    if (!pending) return;
+    clearTimeout(pending.timer);
+    this.unsaved.delete(agentId);
+    const at = Date.now();
+    try {
+      await this.store.saveSnapshot(pending.snapshot);
+    } catch (err) {
+      // Still served from memory; the agent's next change (or a flush) writes it again.
+      this.o.logger?.warn({ agentId, err: errorMessage(err) }, 'could not store the agent’s snapshot');
+    } finally {
+      this.savedAt.set(agentId, { at, ms: Date.now() - at });
+      this.wrote(`snapshot:${agentId}`);
+    }
+  }
+
+  /** Writes every snapshot not yet written (before the store closes). */
+  async flush(): Promise<void> {
+    for (const id of [...this.unsaved.keys()]) this.track(this.writeSnapshot(id));
+    await Promise.all([...this.writing]);
+  }
+
+  /** Forgets an agent's unwritten snapshot (the agent is gone). */
+  private dropUnsaved(agentId: string): void {
+    clearTimeout(this.unsaved.get(agentId)?.timer);
+    this.unsaved.delete(agentId);
+    this.savedAt.delete(agentId);
   }
 
   // ---- keys
@@ -426,6 +493,7 @@ export class Registry {
     this.agents.delete(a.id);
     this.snapshots.delete(a.id);
     this.live.delete(a.id);
+    this.dropUnsaved(a.id);
     try {
       await this.store.deleteAgent(a.id);
       await this.store.deleteSnapshot(a.id);
@@ -530,7 +598,7 @@ export class Registry {
         a.hostIp = s.hostIp;
         await this.saveAgent(a);
       }
-      await this.saveSnapshot(s);
+      this.saveSnapshot(s);
     } finally {
       // Served from memory even when the store is away (the caller logs the failure).
       this.notifyChanged();
@@ -603,8 +671,47 @@ export class Registry {
     const now = this.clock();
     const c = this.admittedCache;
     if (c && c.version === this.version && now - c.at < ADMITTED_TTL_MS) return c.value;
-    const value = admitRoutes(this.views(), now, this.liveness);
+    const parts: AgentAdmission[] = [];
+    const seen = new Set<string>();
+    const views = [...this.agents.values()].map((record) => this.view(record));
+    // Agents in a swarm are admitted with the others of their swarm (speaker, nodes' agents).
+    const swarm = views.some((v) => v.snapshot?.swarm) ? swarmContext(views, now, this.liveness) : undefined;
+    for (const v of views) {
+      seen.add(v.record.id);
+      parts.push(
+        swarm && v.snapshot?.swarm ? admitAgent(v, now, this.liveness, swarm) : this.admitOne(v, now, swarm),
+      );
+    }
+    for (const id of this.admissions.keys()) if (!seen.has(id)) this.admissions.delete(id);
+    const value = combine(parts, swarm);
     this.admittedCache = { version: this.version, at: now, value };
+    return value;
+  }
+
+  /** One agent's admission, computed again only when something it reads has changed. */
+  private admitOne(v: AgentView, now: number, swarm?: SwarmContext): AgentAdmission {
+    const withheld = v.snapshot ? withheldBecause(v, now, this.liveness) : undefined;
+    const r = v.record;
+    const k = v.key;
+    // Records and keys change in place, so their fields are part of the inputs; a snapshot is
+    // replaced whole on every change, so its identity stands for its content.
+    const inputs = JSON.stringify([
+      withheld,
+      r.name,
+      r.kind,
+      r.seenFrom,
+      k?.id,
+      k?.name,
+      k?.domains,
+      k?.upstreams,
+      k?.maxRoutes,
+    ]);
+    const c = this.admissions.get(r.id);
+    // Only agents outside a swarm come here (admitted() re-admits those in one every time): their
+    // admission is their own, whatever the swarm context.
+    if (c && c.inputs === inputs && c.snapshot === v.snapshot) return c.value;
+    const value = admitAgent(v, now, this.liveness, swarm);
+    this.admissions.set(r.id, { inputs, snapshot: v.snapshot, value });
     return value;
   }
 

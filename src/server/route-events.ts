@@ -6,6 +6,11 @@ import type { EventBus } from './events.js';
 
 /** Listing routes costs about half a second at 50k: the error scan runs at most this often. */
 const SCAN_EVERY_MS = 1_000;
+/**
+ * route.rejected events per scan, at most: a hostile agent's 15k refused routes are one summary
+ * event past this, not 15k events (each of which every open events stream would carry).
+ */
+export const MAX_REJECTED_EVENTS = 100;
 /** routes.changed at most once per this, the last change always announced. */
 const ANNOUNCE_EVERY_MS = 1_000;
 
@@ -62,11 +67,18 @@ export class RouteEvents {
   private scanErrors(): void {
     this.lastScanAt = Date.now();
     const now = new Set<string>();
+    let emitted = 0;
+    let more = 0;
     for (const r of this.o.errors()) {
       if (r.status !== 'error') continue;
       const key = `${r.agentId}:${r.id}:${r.errors.join('|')}`;
       now.add(key);
       if (this.lastErrors.has(key)) continue;
+      if (emitted >= MAX_REJECTED_EVENTS) {
+        more++;
+        continue;
+      }
+      emitted++;
       const what =
         r.kind === 'tcp' ? `tcp :${r.listen}` : r.hosts.join(', ') || `container ${r.container.name}`;
       this.o.events.emit(
@@ -78,6 +90,14 @@ export class RouteEvents {
         },
       );
     }
+    if (more > 0)
+      this.o.events.emit(
+        'route.rejected',
+        `and ${more} more routes newly rejected (berth routes lists them all)`,
+        {
+          more,
+        },
+      );
     this.lastErrors = now;
   }
 }

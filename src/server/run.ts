@@ -9,9 +9,10 @@ import type { ServeConfig } from '../config.js';
 import { errorMessage, UserError } from '../errors.js';
 import type { CaddyTarget } from '../ingress/caddy/target.js';
 import { tcpMetrics } from '../metrics.js';
-import { siteSignature } from '../model/desired.js';
+import { type Site, siteSignature } from '../model/desired.js';
 import { HostIndex } from '../model/domains.js';
-import { type Desired, routeKey } from '../reconcile/desired.js';
+import type { RouteSpec } from '../model/types.js';
+import type { Desired } from '../reconcile/desired.js';
 import { Reconciler, type ReconcileState, servedEverywhere } from '../reconcile/reconciler.js';
 import { openStore } from '../store/open.js';
 import { AgentHub } from './agent-hub.js';
@@ -89,7 +90,7 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
   follower?.start();
 
   const metrics = new ServerMetrics();
-  const routesNow = (o?: { onlyErrors?: boolean }) =>
+  const routesNow = (o?: { onlyErrors?: boolean; unordered?: boolean }) =>
     routeViews(
       {
         agents: registry.reporting(),
@@ -114,19 +115,36 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
   const routeEvents = new RouteEvents({ events, errors: () => routesNow({ onlyErrors: true }) });
   // Who owns each host, for the traffic counter: after a pass that changed the desired state,
   // before the next request of a new host is counted (a later update would count it as "other").
-  let routesFor: Desired | undefined;
+  // The desired state keeps a site it did not touch as the same object, so what changed is found
+  // by identity, and only that (with its owners, looked up for it alone) goes to the thread.
+  let sentSites = new Set<Site>();
+  let sentFrom: readonly Site[] | undefined;
   const sendTrafficRoutes = (desired: Desired) => {
-    if (desired === routesFor) return;
-    routesFor = desired;
-    const owners = new Map<string, { agent: string; container: string; upstream: string }>();
-    for (const a of registry.reporting())
-      for (const r of a.snapshot.routes)
-        owners.set(routeKey(a.id, r.id), {
-          agent: a.name,
-          container: r.containerName,
-          upstream: `${r.upstream.host}:${r.upstream.port}`,
-        });
-    traffic?.setRoutes(trafficRoutes(desired.sites, (k) => owners.get(k)));
+    if (!traffic || desired.sites === sentFrom) return;
+    sentFrom = desired.sites;
+    const next = new Set(desired.sites);
+    const removed = [...sentSites].filter((s) => !next.has(s));
+    const added = desired.sites.filter((s) => !sentSites.has(s));
+    sentSites = next;
+    const agents = new Map<string, { name?: string; routes: Map<string, RouteSpec> }>();
+    const ownerOf = (key: string) => {
+      const colon = key.indexOf(':');
+      const agentId = key.slice(0, colon);
+      let a = agents.get(agentId);
+      if (!a) {
+        const routes = registry.snapshotOf(agentId)?.routes ?? [];
+        a = { name: registry.statusOf(agentId)?.name, routes: new Map(routes.map((r) => [r.id, r])) };
+        agents.set(agentId, a);
+      }
+      const r = a.routes.get(key.slice(colon + 1));
+      return r && a.name
+        ? { agent: a.name, container: r.containerName, upstream: `${r.upstream.host}:${r.upstream.port}` }
+        : undefined;
+    };
+    traffic.patchRoutes(
+      removed.map((s) => ({ host: s.host, path: s.path })),
+      trafficRoutes(added, ownerOf),
+    );
   };
   const reconciler = new Reconciler({
     source: () => registry.admitted().agentRoutes,
@@ -136,7 +154,7 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
     logger,
     ...plane.leases?.gate(),
     onDesired: (desired) => {
-      if (traffic) sendTrafficRoutes(desired);
+      sendTrafficRoutes(desired);
     },
     onPass: (state, info) => {
       plane.leases?.report(state);
@@ -238,7 +256,7 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
   const status = () =>
     statusReport({
       startedAt,
-      routes: () => routesNow(),
+      routes: () => routesNow({ unordered: true }),
       agents: () => registry.listAgents(),
       reconcile: () => ({
         done: reconciler.state !== undefined,
@@ -291,7 +309,7 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
         heartbeatDelay: hub.heartbeatDelay,
         reconcile: reconciler.counters,
         agents: registry.listAgents(),
-        routes: routesNow(),
+        routes: routesNow({ unordered: true }),
         hub: hub.counters,
         exec: broker.counters,
         tcp: tcpMetrics(plane.tcp),
@@ -336,6 +354,7 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
       routeEvents.stop();
       await follower?.close();
       await app.close();
+      await registry.flush();
       await plane.stop();
       await store.close();
     },

@@ -17,7 +17,7 @@ export interface TrafficWorkerData {
 
 /** Main → worker. `id` is answered by a reply with the same id. */
 export type ToWorker =
-  | { type: 'routes'; routes: TrafficRoute[] }
+  | { type: 'routes'; removed: { host: string; path: string }[]; added: TrafficRoute[] }
   | {
       type: 'tick';
       tcp: [number, Parameters<Traffic['tick']>[0] extends Map<number, infer C> ? C : never][];
@@ -56,7 +56,7 @@ if (port) {
   port.on('message', async (m: ToWorker) => {
     switch (m.type) {
       case 'routes':
-        return traffic.setRoutes(m.routes);
+        return traffic.patchRoutes(m.removed, m.added);
       case 'tick':
         return traffic.tick(new Map(m.tcp), new Map(m.active));
       case 'snapshot':

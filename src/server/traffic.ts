@@ -108,17 +108,28 @@ export class Traffic {
   }
 
   /** The routes being served now (after each reconcile pass): who owns which host and path. */
-  setRoutes(routes: TrafficRoute[]): void {
-    const byHost = new Map<string, RouteEntry[]>();
-    for (const r of routes) {
-      const list = byHost.get(r.host) ?? [];
+  setRoutes(routes: readonly TrafficRoute[]): void {
+    this.routes = new Map();
+    this.patchRoutes([], routes);
+  }
+
+  /** Changes only these sites: `removed` go, then `added` come (a changed site is in both). */
+  patchRoutes(removed: readonly { host: string; path: string }[], added: readonly TrafficRoute[]): void {
+    for (const r of removed) {
+      const rest = (this.routes.get(r.host) ?? []).filter((e) => e.path !== r.path);
+      if (rest.length > 0) this.routes.set(r.host, rest);
+      else this.routes.delete(r.host);
+    }
+    const touched = new Set<RouteEntry[]>();
+    for (const r of added) {
+      const list = this.routes.get(r.host) ?? [];
       const same = list.find((e) => e.path === r.path);
       if (same) same.owners.push(...r.owners);
       else list.push({ host: r.host, path: r.path, owners: [...r.owners] });
-      byHost.set(r.host, list);
+      this.routes.set(r.host, list);
+      touched.add(list);
     }
-    for (const list of byHost.values()) list.sort((a, b) => b.path.length - a.path.length);
-    this.routes = byHost;
+    for (const list of touched) list.sort((a, b) => b.path.length - a.path.length);
   }
 
   /** The route serving `host` + `path`, as Caddy picks it: exact name, then wildcard; longest path. */

@@ -18,6 +18,8 @@ CREATE TABLE IF NOT EXISTS snapshots (agent_id TEXT PRIMARY KEY, generation INTE
 
 export class SqliteStore implements Store {
   private readonly db: Database.Database;
+  /** Prepared once: an agent's record is written on every heartbeat (1000 agents: 67 a second). */
+  private readonly statements = new Map<string, Database.Statement>();
 
   constructor(file: string) {
     this.db = new Database(file);
@@ -26,63 +28,64 @@ export class SqliteStore implements Store {
     this.db.exec(SCHEMA);
   }
 
+  private sql(text: string): Database.Statement {
+    let st = this.statements.get(text);
+    if (!st) {
+      st = this.db.prepare(text);
+      this.statements.set(text, st);
+    }
+    return st;
+  }
+
   static openDataDir(dataDir: string): SqliteStore {
     mkdirSync(dataDir, { recursive: true, mode: 0o700 });
     return new SqliteStore(join(dataDir, 'berth.db'));
   }
 
   async getMeta(key: string): Promise<string | undefined> {
-    const row = this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as
-      | { value: string }
-      | undefined;
+    const row = this.sql('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined;
     return row?.value;
   }
 
   async setMeta(key: string, value: string): Promise<void> {
-    this.db
-      .prepare(
-        'INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value',
-      )
-      .run(key, value);
+    this.sql(
+      'INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value',
+    ).run(key, value);
   }
 
   async upsertAgent(a: AgentRecord): Promise<void> {
-    this.db
-      .prepare(
-        'INSERT INTO agents (id, body) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET body = excluded.body',
-      )
-      .run(a.id, JSON.stringify(a));
+    this.sql(
+      'INSERT INTO agents (id, body) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET body = excluded.body',
+    ).run(a.id, JSON.stringify(a));
   }
 
   async deleteAgent(id: string): Promise<void> {
-    this.db.prepare('DELETE FROM agents WHERE id = ?').run(id);
+    this.sql('DELETE FROM agents WHERE id = ?').run(id);
   }
 
   async listAgents(): Promise<AgentRecord[]> {
-    return (this.db.prepare('SELECT body FROM agents ORDER BY id').all() as { body: string }[]).map((r) =>
+    return (this.sql('SELECT body FROM agents ORDER BY id').all() as { body: string }[]).map((r) =>
       JSON.parse(r.body),
     );
   }
 
   async saveKey(k: KeyRecord): Promise<void> {
-    this.db
-      .prepare(
-        `INSERT INTO keys (id, hash, previous_hash, body) VALUES (?, ?, ?, ?)
+    this.sql(
+      `INSERT INTO keys (id, hash, previous_hash, body) VALUES (?, ?, ?, ?)
          ON CONFLICT(id) DO UPDATE SET hash = excluded.hash, previous_hash = excluded.previous_hash, body = excluded.body`,
-      )
-      .run(k.id, k.hash, k.previousHash ?? null, JSON.stringify(k));
+    ).run(k.id, k.hash, k.previousHash ?? null, JSON.stringify(k));
   }
 
   async listKeys(): Promise<KeyRecord[]> {
-    return (this.db.prepare('SELECT body FROM keys ORDER BY id').all() as { body: string }[]).map((r) =>
+    return (this.sql('SELECT body FROM keys ORDER BY id').all() as { body: string }[]).map((r) =>
       JSON.parse(r.body),
     );
   }
 
   async findKeyByHash(hash: string, now: number): Promise<KeyRecord | undefined> {
-    const row = this.db
-      .prepare('SELECT body FROM keys WHERE hash = ? OR previous_hash = ?')
-      .get(hash, hash) as { body: string } | undefined;
+    const row = this.sql('SELECT body FROM keys WHERE hash = ? OR previous_hash = ?').get(hash, hash) as
+      | { body: string }
+      | undefined;
     if (!row) return undefined;
     const k = JSON.parse(row.body) as KeyRecord;
     if (k.hash === hash) return k;
@@ -90,30 +93,28 @@ export class SqliteStore implements Store {
   }
 
   async saveSnapshot(s: Snapshot): Promise<void> {
-    this.db
-      .prepare(
-        `INSERT INTO snapshots (agent_id, generation, body) VALUES (?, ?, ?)
+    this.sql(
+      `INSERT INTO snapshots (agent_id, generation, body) VALUES (?, ?, ?)
          ON CONFLICT(agent_id) DO UPDATE SET generation = excluded.generation, body = excluded.body`,
-      )
-      .run(s.agentId, s.generation, JSON.stringify(s));
+    ).run(s.agentId, s.generation, JSON.stringify(s));
   }
 
   async deleteSnapshot(agentId: string): Promise<void> {
-    this.db.prepare('DELETE FROM snapshots WHERE agent_id = ?').run(agentId);
+    this.sql('DELETE FROM snapshots WHERE agent_id = ?').run(agentId);
   }
 
   async loadSnapshots(): Promise<Snapshot[]> {
-    const rows = this.db.prepare('SELECT body FROM snapshots ORDER BY agent_id').all() as { body: string }[];
+    const rows = this.sql('SELECT body FROM snapshots ORDER BY agent_id').all() as { body: string }[];
     return rows.map((r) => JSON.parse(r.body) as Snapshot);
   }
 
   async addAudit(e: AuditEntry): Promise<void> {
-    this.db.prepare('INSERT INTO audit (id, at, body) VALUES (?, ?, ?)').run(e.id, e.at, JSON.stringify(e));
+    this.sql('INSERT INTO audit (id, at, body) VALUES (?, ?, ?)').run(e.id, e.at, JSON.stringify(e));
   }
 
   async listAudit(limit: number): Promise<AuditEntry[]> {
     return (
-      this.db.prepare('SELECT body FROM audit ORDER BY seq DESC LIMIT ?').all(limit) as { body: string }[]
+      this.sql('SELECT body FROM audit ORDER BY seq DESC LIMIT ?').all(limit) as { body: string }[]
     ).map((r) => JSON.parse(r.body));
   }
 

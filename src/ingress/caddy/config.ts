@@ -1,7 +1,7 @@
 // Desired sites → the parts of a Caddy JSON config that Berth owns. Pure, no I/O.
 // Berth owns only servers named `berth_*` (each with an `@id`) and one TLS automation policy
 // with `@id: berth_tls`; everything else in the operator's Caddy config is left as it is.
-import type { Site } from '../../model/desired.js';
+import type { Site, SiteChanges } from '../../model/desired.js';
 
 export type TlsMode = 'auto' | 'internal' | 'off';
 
@@ -59,23 +59,114 @@ export interface BerthCaddyParts {
  * Which sites the dynamic layout serves through DNS: a host with a single root site, plain
  * http upstreams, no path handling and no allow-list. Everything else needs per-route config.
  */
-export function splitSites(sites: Site[]): { explicit: Site[]; dynamic: Site[] } {
-  const perHost = new Map<string, number>();
-  for (const s of sites) perHost.set(s.host, (perHost.get(s.host) ?? 0) + 1);
+export function splitSites(sites: readonly Site[]): { explicit: Site[]; dynamic: Site[] } {
+  const perHost = sitesPerHost(sites);
   const explicit: Site[] = [];
   const dynamic: Site[] = [];
-  for (const s of sites) {
-    const simple =
-      perHost.get(s.host) === 1 &&
-      // An IPv6 literal cannot be a DNS label of the responder's zone.
-      !s.host.includes(':') &&
-      s.path === '/' &&
-      !s.stripPath &&
-      !s.allow?.length &&
-      s.upstreams.every((u) => u.scheme === 'http');
-    (simple ? dynamic : explicit).push(s);
-  }
+  for (const s of sites) (servedByDns(s, perHost) ? dynamic : explicit).push(s);
   return { explicit, dynamic };
+}
+
+/**
+ * splitSites kept between passes: given the changes since the list it last saw, it re-classifies
+ * only the hosts they touch, so at 50k sites a pass that changed a few costs a few.
+ */
+export class SiteSplit {
+  private sites?: readonly Site[];
+  private readonly byHost = new Map<string, Site[]>();
+  /** Host → the one site DNS serves for it. */
+  readonly dynamic = new Map<string, Site>();
+  private explicitSet = new Set<Site>();
+  private explicitList: Site[] = [];
+
+  /** Whether any site has this host. */
+  has(host: string): boolean {
+    return this.byHost.has(host);
+  }
+
+  /** Sites Caddy's config must name, in the order of the list. */
+  get explicit(): Site[] {
+    return this.explicitList;
+  }
+
+  /**
+   * Brings the split to `sites`. Returns the hosts whose classification may have changed, or
+   * undefined when it was worked out anew (every host may have).
+   */
+  update(sites: readonly Site[], changes?: SiteChanges): Set<string> | undefined {
+    if (sites === this.sites) return new Set();
+    if (!changes || changes.since !== this.sites) {
+      this.rebuild(sites);
+      return undefined;
+    }
+    this.sites = sites;
+    const hosts = new Set<string>();
+    for (const s of changes.removed) {
+      hosts.add(s.host);
+      const rest = (this.byHost.get(s.host) ?? []).filter((x) => x !== s);
+      if (rest.length > 0) this.byHost.set(s.host, rest);
+      else this.byHost.delete(s.host);
+    }
+    for (const s of changes.added) {
+      hosts.add(s.host);
+      const list = this.byHost.get(s.host);
+      if (list) list.push(s);
+      else this.byHost.set(s.host, [s]);
+    }
+    let explicitChanged = changes.removed.some((s) => this.explicitSet.delete(s));
+    for (const host of hosts) {
+      this.dynamic.delete(host);
+      const list = this.byHost.get(host) ?? [];
+      for (const s of list) this.explicitSet.delete(s);
+      const one = list.length === 1 ? list[0]! : undefined;
+      if (one && plainSite(one)) this.dynamic.set(host, one);
+      else {
+        for (const s of list) this.explicitSet.add(s);
+        explicitChanged ||= list.length > 0;
+      }
+    }
+    if (explicitChanged) this.explicitList = sites.filter((s) => this.explicitSet.has(s));
+    return hosts;
+  }
+
+  private rebuild(sites: readonly Site[]): void {
+    this.sites = sites;
+    this.byHost.clear();
+    this.dynamic.clear();
+    for (const s of sites) {
+      const list = this.byHost.get(s.host);
+      if (list) list.push(s);
+      else this.byHost.set(s.host, [s]);
+    }
+    const { explicit, dynamic } = splitSites(sites);
+    for (const s of dynamic) this.dynamic.set(s.host, s);
+    this.explicitList = explicit;
+    this.explicitSet = new Set(explicit);
+  }
+}
+
+/** How many sites each host has. */
+export function sitesPerHost(sites: readonly Site[]): Map<string, number> {
+  const perHost = new Map<string, number>();
+  for (const s of sites) perHost.set(s.host, (perHost.get(s.host) ?? 0) + 1);
+  return perHost;
+}
+
+/** Whether the dynamic layout serves this site through DNS (see splitSites). */
+export function servedByDns(s: Site, perHost: ReadonlyMap<string, number>): boolean {
+  return perHost.get(s.host) === 1 && plainSite(s);
+}
+
+/** A site DNS can serve when it is its host's only one: no path handling, plain http upstreams. */
+function plainSite(s: Site): boolean {
+  return (
+    // An IPv6 literal cannot be a DNS label of the responder's zone.
+    !s.host.includes(':') &&
+    s.path === '/' &&
+    !s.stripPath &&
+    !s.allow?.length &&
+    s.upstreams.every((u) => u.scheme === 'http')
+  );
 }
 
 export const SERVER_PREFIX = 'berth_';

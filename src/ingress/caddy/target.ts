@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { errorMessage } from '../../errors.js';
 import type { ApplyResult } from '../../model/data-plane.js';
-import { type Site, siteSignature } from '../../model/desired.js';
+import { type Site, type SiteChanges, siteSignature } from '../../model/desired.js';
 import { type CaddyAdminClient, CaddyRejectedError } from './admin.js';
 import {
   type BerthCaddyParts,
@@ -14,7 +14,7 @@ import {
   canonicalJson,
   extractParts,
   mergeIntoConfig,
-  splitSites,
+  SiteSplit,
 } from './config.js';
 
 /** Implements the reconciler's `HttpTarget` (reconcile/data-plane.ts) for one Caddy. */
@@ -26,6 +26,8 @@ export class CaddyTarget {
   /** Sites Caddy accepted before: safe to keep while bisecting a rejected change. */
   private known = new Set<string>();
   private rejected = new Map<string, string>();
+  /** Which sites Caddy's config names and which DNS serves (the dynamic layout), kept between passes. */
+  private readonly split = new SiteSplit();
   stats = {
     loads: 0,
     failures: 0,
@@ -55,10 +57,11 @@ export class CaddyTarget {
     this.rejected.clear();
   }
 
-  async apply(all: Site[]): Promise<ApplyResult> {
+  async apply(all: Site[], changes?: SiteChanges): Promise<ApplyResult> {
     // In the dynamic layout, hosts served through DNS are not part of Caddy's config: changing
     // them costs no apply at all. They are served once the catch-all route is in place.
-    const { explicit: sites, dynamic } = this.opts.dynamic ? splitSites(all) : { explicit: all, dynamic: [] };
+    if (this.opts.dynamic) this.split.update(all, changes);
+    const sites = this.opts.dynamic ? this.split.explicit : all;
     let result: ApplyResult;
     try {
       result = await this.applyExplicit(sites);
@@ -66,7 +69,19 @@ export class CaddyTarget {
       this.stats.lastError = errorMessage(err);
       throw err;
     }
-    if (dynamic.length > 0 && this.sent) for (const s of dynamic) result.served.add(siteSignature(s));
+    if (this.opts.dynamic && this.sent) {
+      // Hosts served through DNS are served once the catch-all is in place: asked of the split
+      // (by the host a signature starts with), not copied into a set of 50k each pass.
+      const explicit = result.served;
+      const dynamic = this.split.dynamic;
+      result.served = {
+        has: (sig) => {
+          if (explicit.has(sig)) return true;
+          const site = dynamic.get(sig.slice(0, sig.indexOf(' ')));
+          return site !== undefined && siteSignature(site) === sig;
+        },
+      };
+    }
     return result;
   }
 

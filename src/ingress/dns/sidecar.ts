@@ -18,8 +18,8 @@ import { createServer, type Server } from 'node:http';
 import { connect, createServer as netServer } from 'node:net';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import type { Site } from '../../model/desired.js';
-import { splitSites } from '../caddy/config.js';
+import type { Site, SiteChanges } from '../../model/desired.js';
+import { SiteSplit } from '../caddy/config.js';
 import { alive, readPid, stopPid } from '../pid.js';
 import { DnsResponder, type HostTable } from './responder.js';
 
@@ -40,24 +40,73 @@ type TableFile = Record<string, [string, number][]>;
  * moves into Caddy's own config (it gained a path, say) keeps its old entry until that config has
  * landed: until then the catch-all still serves it, instead of a 404.
  */
-export function tableFromSites(sites: Site[], keep?: TableFile): TableFile {
-  return buildTable(sites, keep).table;
+export function tableFromSites(sites: readonly Site[], keep?: TableFile): TableFile {
+  const t = new DnsTable();
+  if (keep) for (const [host, ups] of Object.entries(keep)) t.entries.set(host, entryText(host, ups));
+  return JSON.parse(t.update(sites, { transition: keep !== undefined }) ?? t.text()) as TableFile;
 }
 
-function buildTable(sites: Site[], keep?: TableFile): { table: TableFile; kept: number } {
-  const table: TableFile = {};
-  let kept = 0;
-  for (const s of splitSites(sites).dynamic) table[s.host] = s.upstreams.map((u) => [u.host, u.port]);
-  if (keep) {
-    const hosts = new Set(sites.map((s) => s.host));
-    for (const [host, ups] of Object.entries(keep)) {
-      if (!(host in table) && hosts.has(host)) {
-        table[host] = ups;
-        kept++;
-      }
-    }
+/** `"host":[[ip,port],…]`, the table file's text for one host. */
+const entryText = (host: string, ups: [string, number][]) => `${JSON.stringify(host)}:${JSON.stringify(ups)}`;
+
+/** Each site's entry text, made once per site object: the desired state keeps sites it did not touch. */
+const entryTexts = new WeakMap<Site, string>();
+function entryOf(s: Site): string {
+  let e = entryTexts.get(s);
+  if (e === undefined) {
+    e = entryText(
+      s.host,
+      s.upstreams.map((u) => [u.host, u.port]),
+    );
+    entryTexts.set(s, e);
   }
-  return { table, kept };
+  return e;
+}
+
+/**
+ * The table, kept between passes: with the changes since the sites it last saw, only the hosts
+ * they touch are looked at again (and those it kept aside for a transition).
+ */
+export class DnsTable {
+  private readonly split = new SiteSplit();
+  /** Host → entry text: what the file holds (or will, once written). */
+  readonly entries = new Map<string, string>();
+  /** Hosts kept at their old entry while they move into Caddy's config. */
+  private keptAside = new Set<string>();
+
+  /** The new file text, or undefined when nothing in it changed. */
+  update(sites: readonly Site[], o: { transition?: boolean }, changes?: SiteChanges): string | undefined {
+    const hosts = this.split.update(sites, changes);
+    const kept = new Set<string>();
+    let changed = false;
+    const place = (host: string) => {
+      const site = this.split.dynamic.get(host);
+      const before = this.entries.get(host);
+      let after: string | undefined;
+      if (site) after = entryOf(site);
+      else if (o.transition && before !== undefined && this.split.has(host)) {
+        after = before;
+        kept.add(host);
+      }
+      if (after === before) return;
+      changed = true;
+      if (after === undefined) this.entries.delete(host);
+      else this.entries.set(host, after);
+    };
+    if (hosts === undefined) {
+      for (const host of [...this.entries.keys()]) if (!this.split.dynamic.has(host)) place(host);
+      for (const host of this.split.dynamic.keys()) place(host);
+    } else {
+      for (const host of hosts) place(host);
+      for (const host of this.keptAside) if (!hosts.has(host)) place(host);
+    }
+    this.keptAside = kept;
+    return changed || hosts === undefined ? this.text() : undefined;
+  }
+
+  text(): string {
+    return `{${[...this.entries.values()].join(',')}}`;
+  }
 }
 
 function toHostTable(t: TableFile): HostTable {
@@ -157,9 +206,7 @@ export class DnsSidecar {
   private stopping = false;
   private cfg?: SidecarConfig;
   private lastTable = '';
-  private lastObject: TableFile = {};
-  private lastSites?: Site[];
-  private keptAside = false;
+  private readonly table = new DnsTable();
   restarts = 0;
 
   constructor(private readonly o: SidecarOptions) {}
@@ -207,20 +254,13 @@ export class DnsSidecar {
    * Writes the table for the sidecar (atomically); unchanged tables are not rewritten. Before an
    * apply (`transition`), hosts leaving the table for Caddy's config keep their entries.
    */
-  publish(sites: Site[], o: { transition?: boolean } = {}): void {
-    // The usual pass publishes the same sites twice (before and after applying); when the first
-    // kept no host aside, the second would write the same table: skip building it (50k hosts).
-    if (!o.transition && sites === this.lastSites && !this.keptAside) return;
-    const { table, kept } = buildTable(sites, o.transition ? this.lastObject : undefined);
-    this.lastSites = sites;
-    this.keptAside = kept > 0;
-    const text = JSON.stringify(table);
-    if (text === this.lastTable) return;
+  publish(sites: readonly Site[], o: { transition?: boolean } = {}, changes?: SiteChanges): void {
+    const text = this.table.update(sites, o, changes);
+    if (text === undefined || text === this.lastTable) return;
     const p = paths(this.o.dataDir);
     writeFileSync(`${p.table}.tmp`, text);
     renameSync(`${p.table}.tmp`, p.table);
     this.lastTable = text;
-    this.lastObject = table;
   }
 
   async stop(): Promise<void> {

@@ -148,7 +148,10 @@ describe('CaddyTarget: applies', () => {
     const { admin, t } = target({ ...OFF, dynamic });
     const explicit = site('paths.test', { path: '/api' });
     const first = await t.apply([explicit, site('simple.test')]);
-    expect(first.served).toEqual(sigs([explicit, site('simple.test')]));
+    for (const sig of sigs([explicit, site('simple.test')])) expect(first.served.has(sig)).toBe(true);
+    expect(first.served.has(siteSignature(site('nope.test')))).toBe(false);
+    // Same host, other upstreams: not what is served.
+    expect(first.served.has(siteSignature({ ...site('simple.test'), upstreams: [] }))).toBe(false);
     expect(admin.served()).toEqual(['paths.test']);
     // Another simple host: nothing for Caddy to do, and it is served.
     const second = await t.apply([explicit, site('simple.test'), site('other.test')]);

@@ -286,6 +286,23 @@ describe('Reconciler: a pass', () => {
     expect(logs.filter((l) => l.msg === 'applied routes to caddy')).toHaveLength(1);
   });
 
+  it('patches the desired state from what changed, and a forced pass computes it whole again', async () => {
+    // The same entry object twice is an unchanged agent: a change made inside it (which nothing
+    // in Berth does) is what an incremental update could miss, and a full pass repairs.
+    const entry: AgentRoutes = { agentId: 'h1', agentName: 'host1', routes: [route('a.test')] };
+    const { rec, target } = setup({ source: () => [entry] });
+    rec.wake();
+    await rec.idle();
+    entry.routes = [route('a.test'), route('b.test')];
+    rec.wake();
+    await rec.idle();
+    expect(rec.state?.desired.sites.map((x) => x.host)).toEqual(['a.test']);
+    rec.wake({ force: true });
+    await rec.idle();
+    expect(rec.state?.desired.sites.map((x) => x.host)).toEqual(['a.test', 'b.test']);
+    expect(target.applied.at(-1)?.map((x) => x.host)).toEqual(['a.test', 'b.test']);
+  });
+
   it('on a forced wake, makes every target resend everything and retry what it rejected', async () => {
     const { rec, target, journal } = setup();
     rec.wake();

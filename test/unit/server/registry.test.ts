@@ -137,6 +137,7 @@ describe('Registry', () => {
     const k = await keyed(registry, 'k', { autoApprove: true });
     const a = await registry.register(k, { name: 'h1' });
     await registry.replaceAgentState(snapshot(a.id, 3, [route('web')]));
+    await registry.flush();
     const again = make();
     await again.load();
     expect(again.snapshotOf(a.id)?.routes.map((r) => r.id)).toEqual(['web/default']);
@@ -175,6 +176,49 @@ describe('Registry', () => {
     const two = registry.admitted();
     expect(two).not.toBe(one);
     expect(two.agentRoutes[0]!.routes).toHaveLength(1);
+  });
+
+  it('re-admits only the agent that changed, and an agent whose key changed in place', async () => {
+    const { registry } = setup();
+    const k = await keyed(registry, 'k', { autoApprove: true });
+    const a = await registry.register(k, { name: 'h1' });
+    const b = await registry.register(k, { name: 'h2' });
+    await registry.replaceAgentState(snapshot(a.id, 1, [route('web')]));
+    await registry.replaceAgentState(snapshot(b.id, 1, [route('api')]));
+    const entryOf = (id: string) => registry.admitted().agentRoutes.find((e) => e.agentId === id)!;
+    const aBefore = entryOf(a.id);
+    const bBefore = entryOf(b.id);
+    await registry.replaceAgentState(snapshot(b.id, 2, [route('api'), route('api2')]));
+    expect(entryOf(a.id)).toBe(aBefore);
+    expect(entryOf(b.id)).not.toBe(bBefore);
+    expect(entryOf(b.id).routes).toHaveLength(2);
+    // The key record changes in place: its new domains must still reach both agents at once.
+    await registry.updateKey('k', { domains: ['*.other.test'] });
+    const after = registry.admitted();
+    expect(after.agentRoutes.every((e) => e.routes.length === 0)).toBe(true);
+    expect([...after.errors.values()].flat().join('\n')).toMatch(/outside the domains allowed for key k/);
+  });
+
+  it('writes an agent’s snapshots behind: one write of the latest for a burst, all of them on flush', async () => {
+    const { registry, store, make } = setup();
+    const k = await keyed(registry, 'k', { autoApprove: true });
+    const a = await registry.register(k, { name: 'h1' });
+    const written: number[] = [];
+    const save = store.saveSnapshot.bind(store);
+    store.saveSnapshot = async (s) => {
+      written.push(s.generation);
+      await save(s);
+    };
+    for (let g = 1; g <= 20; g++) await registry.replaceAgentState(snapshot(a.id, g, [route(`w${g}`)]));
+    expect(registry.snapshotOf(a.id)?.generation).toBe(20); // served from memory at once
+    await new Promise((r) => setTimeout(r, 20));
+    expect(written).toEqual([20]);
+    await registry.replaceAgentState(snapshot(a.id, 21, [route('w21')]));
+    await registry.flush();
+    expect(written).toEqual([20, 21]);
+    const again = make();
+    await again.load();
+    expect(again.snapshotOf(a.id)?.routes.map((r) => r.id)).toEqual(['w21/default']);
   });
 
   it('never removes the local agent, and counts it online while it heartbeats', async () => {

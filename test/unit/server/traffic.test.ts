@@ -95,6 +95,26 @@ describe('Traffic', () => {
     expect(text).toContain('berth_http_log_lines_total{outcome="unreadable"} 1');
   });
 
+  it('takes changes to the routes as patches: removed sites stop counting, added ones start', () => {
+    const t = new Traffic({ maxHosts: 10, log: off, now: () => 100 * SLOT_MS });
+    t.setRoutes([route('a.test'), route('a.test', { path: '/api' }), route('b.test')]);
+    t.patchRoutes(
+      [
+        { host: 'a.test', path: '/api' },
+        { host: 'b.test', path: '/' },
+      ],
+      [route('c.test'), route('a.test', { path: '/v2' })],
+    );
+    t.record([req('a.test'), req('b.test'), req('c.test')]);
+    expect(
+      metric(renderMetrics(t.families({ lines: 3, unreadable: 0 })), 'berth_http_requests_total'),
+    ).toEqual({
+      '{host="a.test",code_class="2xx"}': 1,
+      '{host="c.test",code_class="2xx"}': 1,
+      '{host="other",code_class="2xx"}': 1,
+    });
+  });
+
   it('gives at most maxHosts hosts series of their own, at 10,000 hosts; the rest is "other"', () => {
     const t = new Traffic({ maxHosts: 1000, log: off, now: () => 100 * SLOT_MS });
     const hosts = Array.from({ length: 10_000 }, (_, i) => `h${i}.test`);

@@ -1,0 +1,171 @@
+// The incremental desired state must equal the full recomputation, whatever the history: random
+// fleets change one step at a time (agents added, removed, re-reporting, or unchanged), and after
+// every step the model's answer is compared with a fresh computeDesired of the same fleet.
+import { describe, expect, it } from 'vitest';
+import { SiteSplit, splitSites } from '../../../src/ingress/caddy/config.js';
+import { DnsTable, tableFromSites } from '../../../src/ingress/dns/sidecar.js';
+import type { Site } from '../../../src/model/desired.js';
+import type { RouteSpec, TcpRouteSpec } from '../../../src/model/types.js';
+import {
+  type AgentRoutes,
+  computeDesired,
+  type Desired,
+  DesiredModel,
+} from '../../../src/reconcile/desired.js';
+
+/** A small deterministic PRNG (mulberry32), so a failure names a seed that reproduces it. */
+function rng(seed: number) {
+  let a = seed >>> 0;
+  const next = () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const int = (n: number) => Math.floor(next() * n);
+  const pick = <T>(xs: readonly T[]): T => xs[int(xs.length)]!;
+  return { next, int, pick };
+}
+
+const HOSTS = ['a.test', 'b.test', 'c.test', '*.x.test', 'y.x.test', 'shop.example.com'];
+const PATHS = ['/', '/api', '/static'];
+
+function randomAgent(r: ReturnType<typeof rng>, id: string, version: number): AgentRoutes {
+  const routes: RouteSpec[] = [];
+  const n = r.int(6);
+  for (let i = 0; i < n; i++) {
+    const hosts = [...new Set(Array.from({ length: 1 + r.int(2) }, () => r.pick(HOSTS)))];
+    const route: RouteSpec = {
+      id: `c${r.int(4)}-${i}/default`,
+      group: 'default',
+      hosts,
+      path: r.pick(PATHS),
+      stripPath: r.next() < 0.2,
+      upstream: {
+        host: `127.0.0.${2 + r.int(3)}`,
+        port: 8000 + r.int(3),
+        scheme: r.next() < 0.15 ? 'https' : 'http',
+      },
+      containerId: `${id}-c${r.int(4)}`,
+      containerName: `${id}-c${i}`,
+      containerCreated: r.int(5),
+    };
+    if (r.next() < 0.4) route.lbGroup = r.pick(['g1', 'g2']);
+    if (r.next() < 0.1) route.notReady = 'starting';
+    if (r.next() < 0.1) route.allow = ['10.0.0.0/8'];
+    routes.push(route);
+  }
+  const tcp: TcpRouteSpec[] = [];
+  for (let i = 0; i < r.int(3); i++) {
+    tcp.push({
+      id: `t${i}/default`,
+      group: 'default',
+      listen: 9000 + r.int(3),
+      upstream: { host: '127.0.0.2', port: 7000 + r.int(3) },
+      containerId: `${id}-t${i}`,
+      containerName: `${id}-t${i}`,
+      containerCreated: r.int(5),
+    } as TcpRouteSpec);
+  }
+  const claims: Record<string, { since: number }> = Object.create(null);
+  for (const rt of routes) for (const h of rt.hosts) claims[`${h}\u0000${rt.path}`] = { since: r.int(4) };
+  const entry: AgentRoutes = {
+    agentId: id,
+    agentName: `${id}-v${version}`,
+    routes,
+    tcp,
+    claims,
+    scope: r.pick(['k1', 'k2', id]),
+  };
+  if (r.next() < 0.3) entry.grants = [r.pick(['*.x.test', 'a.test', '*.example.com'])];
+  return entry;
+}
+
+/** Desired as plain data, outcomes in key order (their Map order is not part of the answer). */
+const plain = (d: Desired) => ({
+  sites: d.sites,
+  tcp: d.tcp,
+  outcomes: [...d.outcomes].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
+});
+
+describe('DesiredModel', () => {
+  it('equals the full recomputation after every step of 2,000 random histories, and so do the split and the DNS table patched from its changes', () => {
+    let steps = 0;
+    for (let seed = 1; seed <= 2_000; seed++) {
+      const r = rng(seed);
+      const model = new DesiredModel();
+      const split = new SiteSplit();
+      const dns = new DnsTable();
+      let prevSites: readonly Site[] = [];
+      let prevTable: Record<string, [string, number][]> = {};
+      let fleet: AgentRoutes[] = [];
+      let version = 0;
+      for (let step = 0; step < 12; step++) {
+        const op = r.int(5);
+        if (op === 0 || fleet.length === 0)
+          fleet = [...fleet, randomAgent(r, `h${r.int(6)}-${version}`, ++version)];
+        else if (op === 1) fleet = fleet.filter((_, i) => i !== r.int(fleet.length));
+        else if (op === 2 || op === 3) {
+          const i = r.int(fleet.length);
+          fleet = fleet.map((a, j) => (j === i ? randomAgent(r, a.agentId, ++version) : a));
+        } // op 4: the same fleet again, every entry the same object
+        const got = model.update(fleet);
+        const want = computeDesired(fleet);
+        if (JSON.stringify(plain(got)) !== JSON.stringify(plain(want)))
+          expect({ seed, step, ...plain(got) }).toEqual({ seed, step, ...plain(want) });
+        // The changes lead from the previous list to this one, and what the data plane keeps
+        // from them (the split, the DNS table in both phases) equals what the whole list gives.
+        if (step > 0) {
+          expect(got.changes?.since).toBe(prevSites);
+          const after = new Set<Site>(prevSites);
+          for (const x of got.changes!.removed) after.delete(x);
+          for (const x of got.changes!.added) after.add(x);
+          expect(after).toEqual(new Set(got.sites));
+        }
+        split.update(got.sites, got.changes);
+        const full = splitSites(got.sites);
+        expect(split.explicit).toEqual(full.explicit);
+        expect(new Map(full.dynamic.map((x) => [x.host, x]))).toEqual(split.dynamic);
+        const during = dns.update(got.sites, { transition: true }, got.changes) ?? dns.text();
+        expect(JSON.parse(during)).toEqual(tableFromSites(got.sites, prevTable));
+        const settled = dns.update(got.sites, {}, got.changes) ?? dns.text();
+        prevTable = JSON.parse(settled);
+        expect(prevTable).toEqual(tableFromSites(got.sites));
+        prevSites = got.sites;
+        steps++;
+      }
+    }
+    expect(steps).toBe(24_000);
+  });
+
+  it('keeps the sites it did not touch as the same objects, and the list when nothing changed', () => {
+    const r = rng(7);
+    const a = randomAgent(r, 'h1', 1);
+    const b: AgentRoutes = {
+      agentId: 'h2',
+      agentName: 'h2',
+      routes: [
+        {
+          id: 'web/default',
+          group: 'default',
+          hosts: ['only.h2.test'],
+          path: '/',
+          stripPath: false,
+          upstream: { host: '127.0.0.9', port: 80, scheme: 'http' },
+          containerId: 'web',
+          containerName: 'web',
+          containerCreated: 1,
+        },
+      ],
+    };
+    const model = new DesiredModel();
+    const one = model.update([a, b]);
+    const mine = one.sites.find((s) => s.host === 'only.h2.test')!;
+    const again = model.update([a, b]);
+    expect(again.sites).toBe(one.sites);
+    const changed = model.update([randomAgent(r, 'h1', 2), b]);
+    expect(changed.sites.find((s) => s.host === 'only.h2.test')).toBe(mine);
+    expect(model.update([a]).sites.some((s) => s.host === 'only.h2.test')).toBe(false);
+  });
+});
