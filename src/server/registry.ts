@@ -578,6 +578,8 @@ export class Registry {
         [...this.snapshots.values()].some(
           (o) =>
             o.agentId !== incoming.agentId &&
+            // Only an agent of the same key replaces a former leader's view (as in admission).
+            this.agents.get(o.agentId)?.keyId === a.keyId &&
             o.swarm?.clusterId === cluster &&
             o.swarm.leader &&
             (o.swarm.leaderSince ?? 0) > since,
