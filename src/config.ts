@@ -262,6 +262,21 @@ export const FLAGS: FlagDef[] = [
     for: WATCH,
   },
   {
+    name: 'swarm-upstream',
+    kind: 'string',
+    default: 'task',
+    choices: ['task', 'vip'],
+    help: "On a Swarm manager: where a service's routes send traffic. task: each running task on its node's address (published host-mode port or host network); vip: the service's virtual IP (the front door must share an overlay network with it)",
+    for: WATCH,
+  },
+  {
+    name: 'swarm-poll',
+    kind: 'duration',
+    default: 500,
+    help: 'On the Swarm leader: how often tasks are re-listed (Swarm has no task events); a task that moves moves its route within about this',
+    for: WATCH,
+  },
+  {
     name: 'drift-interval',
     kind: 'duration',
     default: 1_000,
@@ -404,6 +419,18 @@ export const FLAGS: FlagDef[] = [
     kind: 'string',
     help: 'Agent id or name that holds the container',
     for: ['exec', 'explain'],
+  },
+  {
+    name: 'node',
+    kind: 'string',
+    help: 'Swarm node (hostname as docker node ls shows it, or node id) whose task of the service to use',
+    for: ['exec'],
+  },
+  {
+    name: 'task',
+    kind: 'int',
+    help: 'Swarm task slot of the service to use (the 2 of photos.2)',
+    for: ['exec'],
   },
   {
     name: 'timeout',
@@ -558,6 +585,10 @@ export interface WatchConfig {
   labelPrefix: string;
   dialects: DialectName[];
   resyncIntervalMs: number;
+  /** Where Swarm service routes go (--swarm-upstream). */
+  swarmUpstream: 'task' | 'vip';
+  /** How often the leader re-lists tasks (--swarm-poll). */
+  swarmPollMs: number;
   execPolicy?: string;
   name: string;
   /** caddy-docker-proxy's label prefix (its --label-prefix). */
@@ -649,6 +680,9 @@ export interface ClientConfig extends Common {
   autoApprove: boolean;
   execAllow: string[];
   agent?: string;
+  /** berth exec: the Swarm node and task slot of a service's task. */
+  node?: string;
+  task?: number;
   timeoutMs: number;
   limit: number;
   intervalMs: number;
@@ -708,6 +742,8 @@ function watchConfig(raw: RawConfig, problems: string[]): WatchConfig {
     caddyLabelPrefix: opt(raw['caddy-label-prefix']) ?? 'caddy',
     dialects: list(raw.dialects) as DialectName[],
     resyncIntervalMs: num(raw['resync-interval']),
+    swarmUpstream: str(raw['swarm-upstream']) === 'vip' ? 'vip' : 'task',
+    swarmPollMs: Math.max(100, num(raw['swarm-poll'])),
     name: opt(raw.name) ?? hostname(),
   };
   const hostIp = opt(raw['host-ip']);
@@ -949,6 +985,9 @@ function clientConfig(raw: RawConfig, env: NodeJS.ProcessEnv, common: Common): C
   if (typeof raw['max-pending'] === 'number') c.maxPending = raw['max-pending'];
   const agent = opt(raw.agent);
   if (agent) c.agent = agent;
+  const node = opt(raw.node);
+  if (node) c.node = node;
+  if (typeof raw.task === 'number') c.task = raw.task;
   return c;
 }
 

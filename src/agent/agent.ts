@@ -69,6 +69,8 @@ export class Agent {
       },
       logger: this.o.logger.child({ component: 'watcher' }),
       resyncIntervalMs: watch.resyncIntervalMs,
+      swarmUpstream: watch.swarmUpstream,
+      swarmPollMs: watch.swarmPollMs,
       execRules: (c) => rulesFor(c, this.policy, watch.labelPrefix),
       onSnapshot: (s) => this.o.output.publish(s),
     });

@@ -3,6 +3,7 @@ import { Writable } from 'node:stream';
 import Docker from 'dockerode';
 import { isContainerRef } from '../model/server-protocol.js';
 import type { ContainerInfo, PortBinding } from '../model/types.js';
+import type { SwarmPort, SwarmService, SwarmState, SwarmTask } from './swarm.js';
 
 export interface DockerEvent {
   type: string;
@@ -17,6 +18,11 @@ export interface DockerSource {
   /** Streams events until the connection ends; `onEnd` fires once, with the reason if any. */
   events(onEvent: (e: DockerEvent) => void, onEnd: (err?: Error) => void): Promise<() => void>;
   version(): Promise<string>;
+  /**
+   * The swarm this engine is part of, if any; on the leader also its nodes, services and running
+   * tasks (a manager that is not the leader reports who it is, nothing more).
+   */
+  swarm?(): Promise<SwarmState | undefined>;
   /**
    * One container by id or name, fresh from Docker (for exec policy: never trust a cache). A ref
    * that is not a Docker id or name is refused before any call: it would become another path.
@@ -81,8 +87,9 @@ export function createDockerSource(endpoint: string): DockerSource {
       return out;
     },
     async events(onEvent, onEnd) {
+      // Services and nodes change on managers; tasks have no events of their own (the watcher polls them).
       const stream = (await docker.getEvents({
-        filters: { type: ['container'] },
+        filters: { type: ['container', 'service', 'node'] },
       })) as NodeJS.ReadableStream & {
         destroy?: () => void;
       };
@@ -124,6 +131,48 @@ export function createDockerSource(endpoint: string): DockerSource {
     async version() {
       const v = await withTimeout(docker.version(), 'version');
       return v.Version;
+    },
+    async swarm() {
+      const info = (await withTimeout(docker.info(), 'info')) as DockerInfo;
+      const sw = info.Swarm;
+      if (sw?.LocalNodeState !== 'active' || !sw.NodeID) return undefined;
+      const state: SwarmState = {
+        clusterId: sw.Cluster?.ID ?? '',
+        nodeId: sw.NodeID,
+        nodeName: info.Name ?? '',
+        manager: Boolean(sw.ControlAvailable),
+        leader: false,
+        nodes: [],
+        services: [],
+        tasks: [],
+      };
+      if (!state.manager) return state;
+      const nodes = (await withTimeout(docker.listNodes(), 'list nodes')) as RawNode[];
+      state.nodes = nodes.map((n) => ({
+        id: n.ID,
+        hostname: n.Description?.Hostname ?? '',
+        addr: n.Status?.Addr ?? '',
+        state: n.Status?.State ?? '',
+        leader: Boolean(n.ManagerStatus?.Leader),
+      }));
+      const self = state.nodes.find((n) => n.id === state.nodeId);
+      if (self?.hostname) state.nodeName = self.hostname;
+      state.leader = Boolean(self?.leader);
+      if (!state.leader) return state;
+      const [services, tasks, networks] = await Promise.all([
+        withTimeout(docker.listServices(), 'list services') as Promise<RawService[]>,
+        withTimeout(docker.listTasks({ filters: { 'desired-state': ['running'] } }), 'list tasks') as Promise<
+          RawTask[]
+        >,
+        withTimeout(docker.listNetworks(), 'list networks') as Promise<{ Id: string; Name: string }[]>,
+      ]);
+      const netName = new Map(networks.map((n) => [n.Id, n.Name]));
+      for (const t of tasks)
+        for (const a of t.NetworksAttachments ?? [])
+          if (a.Network?.ID && a.Network.Spec?.Name) netName.set(a.Network.ID, a.Network.Spec.Name);
+      state.services = services.map((s) => toService(s, netName));
+      state.tasks = tasks.map(toTask);
+      return state;
     },
     async inspect(ref) {
       checkRef(ref);
@@ -254,4 +303,90 @@ function healthOf(status: string): ContainerInfo['health'] {
   if (status.includes('(health: starting)')) return 'starting';
   if (status.includes('(healthy)')) return 'healthy';
   return 'none';
+}
+
+interface DockerInfo {
+  Name?: string;
+  Swarm?: {
+    NodeID?: string;
+    LocalNodeState?: string;
+    ControlAvailable?: boolean;
+    Cluster?: { ID?: string };
+  };
+}
+
+interface RawNode {
+  ID: string;
+  Description?: { Hostname?: string };
+  Status?: { State?: string; Addr?: string };
+  ManagerStatus?: { Leader?: boolean };
+}
+
+interface RawPort {
+  TargetPort?: number;
+  PublishedPort?: number;
+  PublishMode?: string;
+  Protocol?: string;
+}
+
+interface RawService {
+  ID: string;
+  CreatedAt?: string;
+  Spec?: {
+    Name?: string;
+    Labels?: Record<string, string>;
+    TaskTemplate?: { Networks?: { Target?: string }[] };
+  };
+  Endpoint?: { Ports?: RawPort[]; VirtualIPs?: { NetworkID?: string; Addr?: string }[] };
+}
+
+interface RawTask {
+  ID: string;
+  ServiceID: string;
+  Slot?: number;
+  NodeID?: string;
+  DesiredState?: string;
+  Status?: { State?: string; ContainerStatus?: { ContainerID?: string }; PortStatus?: { Ports?: RawPort[] } };
+  NetworksAttachments?: { Network?: { ID?: string; Spec?: { Name?: string } } }[];
+}
+
+function toPorts(ports: RawPort[] | undefined): SwarmPort[] {
+  return (ports ?? [])
+    .filter((p) => (p.Protocol ?? 'tcp') === 'tcp' && p.TargetPort)
+    .map((p) => ({
+      target: p.TargetPort!,
+      ...(p.PublishedPort ? { published: p.PublishedPort } : {}),
+      mode: p.PublishMode === 'host' ? 'host' : 'ingress',
+    }));
+}
+
+function toService(s: RawService, netName: Map<string, string>): SwarmService {
+  const vips: Record<string, string> = {};
+  for (const v of s.Endpoint?.VirtualIPs ?? []) {
+    const name = v.NetworkID ? netName.get(v.NetworkID) : undefined;
+    if (name && v.Addr) vips[name] = v.Addr.replace(/\/\d+$/, '');
+  }
+  const nets = (s.Spec?.TaskTemplate?.Networks ?? []).map((n) => netName.get(n.Target ?? '') ?? '');
+  return {
+    id: s.ID,
+    name: s.Spec?.Name ?? s.ID,
+    created: Math.floor(Date.parse(s.CreatedAt ?? '') / 1000) || 0,
+    labels: s.Spec?.Labels ?? {},
+    ports: toPorts(s.Endpoint?.Ports),
+    vips,
+    hostNetwork: nets.includes('host'),
+  };
+}
+
+function toTask(t: RawTask): SwarmTask {
+  return {
+    id: t.ID,
+    serviceId: t.ServiceID,
+    ...(t.Slot ? { slot: t.Slot } : {}),
+    nodeId: t.NodeID ?? '',
+    state: t.Status?.State ?? '',
+    desiredState: t.DesiredState ?? '',
+    ...(t.Status?.ContainerStatus?.ContainerID ? { containerId: t.Status.ContainerStatus.ContainerID } : {}),
+    ports: toPorts(t.Status?.PortStatus?.Ports),
+  };
 }

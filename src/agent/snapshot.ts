@@ -21,8 +21,10 @@ import type {
   Diagnostic,
   RouteSpec,
   Snapshot,
+  SwarmInfo,
   TcpRouteSpec,
 } from '../model/types.js';
+import type { ServiceRoutes } from './swarm.js';
 
 export type SnapshotContent = Pick<Snapshot, 'containers' | 'routes' | 'diagnostics'> & {
   tcp: TcpRouteSpec[];
@@ -64,10 +66,12 @@ export function snapshotContent(
   let bytes = 0;
   for (const { c, service, rules, r: extracted } of read) {
     let r = extracted;
+    const task = c.labels['com.docker.swarm.task.id'];
     const summary: ContainerSummary = {
       id: clip(c.id, MAX_STRING),
       name: clip(c.name, MAX_STRING),
       ...(service ? { service } : {}),
+      ...(task && task.length <= MAX_STRING ? { task } : {}),
       ...(rules.length > 0 ? { execRules: rules } : {}),
       state: clip(c.state, MAX_STRING),
       health: c.health,
@@ -112,6 +116,45 @@ export function snapshotContent(
   }
   summaries.sort((a, b) => a.id.localeCompare(b.id));
   return { containers: summaries, routes, tcp, diagnostics };
+}
+
+/**
+ * Adds the swarm leader's service routes to a host's content, inside the same snapshot limits: past
+ * them the service routes are left out with one error saying so (the host's containers come first).
+ */
+export function withServices(
+  content: SnapshotContent,
+  sr: ServiceRoutes | undefined,
+): SnapshotContent & { swarm?: SwarmInfo } {
+  if (!sr) return content;
+  const out = { ...content, swarm: sr.swarm };
+  const full =
+    content.routes.length + sr.routes.length > MAX_ROUTES ||
+    content.tcp.length + sr.tcp.length > MAX_TCP_ROUTES ||
+    content.diagnostics.length + sr.diagnostics.length + 1 > MAX_DIAGNOSTICS ||
+    jsonBytes(content) + jsonBytes(sr) > DEFAULT_MAX_MESSAGE_BYTES - ENVELOPE;
+  if (full) {
+    const d: Diagnostic = {
+      severity: 'error',
+      containerId: sr.swarm.clusterId,
+      containerName: 'swarm services',
+      label: '',
+      message: `Swarm services not routed: with them the snapshot of this host would exceed its limits (${MAX_ROUTES} routes, ${DEFAULT_MAX_MESSAGE_BYTES / 1024 / 1024} MiB)`,
+    };
+    const { services: _s, nodes: _n, ...swarm } = sr.swarm;
+    return {
+      ...out,
+      swarm,
+      diagnostics:
+        content.diagnostics.length < MAX_DIAGNOSTICS ? [...content.diagnostics, d] : content.diagnostics,
+    };
+  }
+  return {
+    ...out,
+    routes: [...content.routes, ...sr.routes],
+    tcp: [...content.tcp, ...sr.tcp],
+    diagnostics: [...content.diagnostics, ...sr.diagnostics],
+  };
 }
 
 /**

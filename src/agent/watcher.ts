@@ -6,7 +6,8 @@ import type { Logger } from 'pino';
 import type { ExtractContext } from '../labels/index.js';
 import type { ContainerInfo, Snapshot } from '../model/types.js';
 import type { DockerSource } from './docker.js';
-import { snapshotContent } from './snapshot.js';
+import { snapshotContent, withServices } from './snapshot.js';
+import { type SwarmState, type SwarmUpstream, serviceRoutes } from './swarm.js';
 
 const WAKE_ACTIONS = [
   'start',
@@ -21,6 +22,9 @@ const WAKE_ACTIONS = [
   'kill',
 ];
 
+/** How often a host outside a swarm, or a worker, asks Docker whether that changed. */
+const SWARM_RECHECK_MS = 5_000;
+
 export interface WatcherOptions {
   agentId: string;
   source: DockerSource;
@@ -32,6 +36,10 @@ export interface WatcherOptions {
   execRules?: (c: ContainerInfo) => string[];
   /** Quiet period that gathers a burst of events into one re-list. */
   debounceMs?: number;
+  /** Where Swarm service routes go, on the leader (--swarm-upstream). */
+  swarmUpstream?: SwarmUpstream;
+  /** How often the swarm leader re-lists tasks, which have no events (--swarm-poll). */
+  swarmPollMs?: number;
 }
 
 export class DockerWatcher {
@@ -46,6 +54,14 @@ export class DockerWatcher {
   private stopped = false;
   private connected = false;
   private backoffMs = 250;
+  private swarmPoll?: NodeJS.Timeout;
+  /** The last container list: the leader's task poll re-reads the swarm only, not every container. */
+  private lastContainers?: ContainerInfo[];
+  /** The last swarm view read; kept when a swarm call fails, as containers are kept when Docker is away. */
+  private swarmState?: SwarmState;
+  private swarmReadAt = 0;
+  /** A service or node event came: the swarm is read again on the next pass, whatever the node. */
+  private swarmEvent = true;
   /** Names this agent's replica groups: its identical containers never join another agent's. */
   private readonly replicaScope = randomUUID();
   dockerVersion?: string;
@@ -76,6 +92,7 @@ export class DockerWatcher {
     this.stopped = true;
     clearTimeout(this.timer);
     clearInterval(this.resync);
+    clearInterval(this.swarmPoll);
     this.stopEvents?.();
   }
 
@@ -95,7 +112,10 @@ export class DockerWatcher {
       this.dockerVersion = await source.version();
       this.stopEvents = await source.events(
         (e) => {
-          if (e.type === 'container' && WAKE_ACTIONS.some((a) => e.action.startsWith(a))) this.wake();
+          if (e.type === 'service' || e.type === 'node') {
+            this.swarmEvent = true;
+            this.wake();
+          } else if (e.type === 'container' && WAKE_ACTIONS.some((a) => e.action.startsWith(a))) this.wake();
         },
         (err) => this.lost(err ?? new Error('event stream ended')),
       );
@@ -143,6 +163,8 @@ export class DockerWatcher {
           this.lost(err as Error);
           return;
         }
+        await this.readSwarm();
+        this.lastContainers = containers;
         this.publish(containers);
       } while (this.again && !this.stopped);
     } finally {
@@ -150,17 +172,68 @@ export class DockerWatcher {
     }
   }
 
+  /**
+   * The swarm view, if the engine is in a swarm. Only the leader lists services and tasks, and it
+   * polls them (tasks have no events); any other node polls nothing and reports who it is.
+   */
+  private async readSwarm(): Promise<void> {
+    if (!this.o.source.swarm) return;
+    // Outside a swarm or on a worker the answer rarely changes: asked at most every few seconds
+    // (and at once after a service or node event), not on every container event.
+    const now = Date.now();
+    if (!this.swarmState?.manager && !this.swarmEvent && now - this.swarmReadAt < SWARM_RECHECK_MS) return;
+    this.swarmEvent = false;
+    this.swarmReadAt = now;
+    try {
+      this.swarmState = await this.o.source.swarm();
+    } catch (err) {
+      this.o.logger.debug({ err: (err as Error).message }, 'cannot read the swarm; the last view stands');
+    }
+    const leader = this.swarmState?.leader === true;
+    if (leader && !this.swarmPoll) {
+      this.swarmPoll = setInterval(() => void this.swarmTick(), this.o.swarmPollMs ?? 500);
+      this.swarmPoll.unref?.();
+    } else if (!leader && this.swarmPoll) {
+      clearInterval(this.swarmPoll);
+      this.swarmPoll = undefined;
+    }
+  }
+
+  /** The leader's task poll: the swarm read again, the containers as last listed. */
+  private async swarmTick(): Promise<void> {
+    if (this.stopped || !this.connected || this.running || this.timer) return; // a pass is due anyway
+    const containers = this.lastContainers;
+    if (!containers) return this.wake();
+    this.running = true;
+    try {
+      await this.readSwarm();
+      if (!this.stopped) this.publish(containers);
+    } finally {
+      this.running = false;
+    }
+    // A wake that came meanwhile found us running: its pass runs now.
+    if (this.again) {
+      this.again = false;
+      void this.pass();
+    }
+  }
+
   private publish(containers: ContainerInfo[]): void {
+    const sr = this.swarmState && serviceRoutes(this.swarmState, this.o.ctx, this.o.swarmUpstream);
     const {
       containers: summaries,
       routes,
       tcp,
       diagnostics,
-    } = snapshotContent(containers, this.o.ctx, {
-      execRules: this.o.execRules,
-      replicaScope: this.replicaScope,
-    });
-    const body = JSON.stringify({ summaries, routes, tcp, diagnostics, hostIp: this.o.ctx.hostIp });
+      swarm,
+    } = withServices(
+      snapshotContent(containers, this.o.ctx, {
+        execRules: this.o.execRules,
+        replicaScope: this.replicaScope,
+      }),
+      sr,
+    );
+    const body = JSON.stringify({ summaries, routes, tcp, diagnostics, swarm, hostIp: this.o.ctx.hostIp });
     const hash = createHash('sha256').update(body).digest('hex');
     if (hash === this.lastHash) return;
     this.lastHash = hash;
@@ -175,6 +248,7 @@ export class DockerWatcher {
       routes,
       tcp,
       diagnostics,
+      ...(swarm ? { swarm } : {}),
     };
     this.o.onSnapshot(this.last);
   }

@@ -14,11 +14,13 @@ export async function execCommand(config: ClientConfig, api: ApiClient, rest: st
   if (!target || argv.length === 0) {
     throw new UserError(
       'CONFIG_INVALID',
-      'usage: berth exec [--agent ID] [--timeout 60s] [--json] <container|service> -- <command> [args…]',
+      'usage: berth exec [--agent ID] [--node NAME] [--task SLOT] [--timeout 60s] [--json] <container|service> -- <command> [args…]',
     );
   }
   const body: Record<string, unknown> = { target, argv, timeout: `${config.timeoutMs}ms` };
   if (config.agent) body.agent = config.agent;
+  if (config.node) body.node = config.node;
+  if (config.task !== undefined) body.task = config.task;
   const res = await api.stream('/api/exec', body);
   const asJson = config.json;
   const out: { stdout: string[]; stderr: string[] } = { stdout: [], stderr: [] };
@@ -86,11 +88,12 @@ export async function auditCommand(config: ClientConfig, api: ApiClient, out: Ou
   }
   out(
     table(
-      ['TIME', 'REQUESTER', 'AGENT', 'CONTAINER', 'COMMAND', 'DECISION', 'EXIT', 'MS', 'DETAIL'],
+      ['TIME', 'REQUESTER', 'AGENT', 'NODE', 'CONTAINER', 'COMMAND', 'DECISION', 'EXIT', 'MS', 'DETAIL'],
       entries.map((e) => [
         new Date(e.at).toISOString(),
         e.requester,
         e.agentName || '-',
+        e.node || '-',
         e.container,
         e.argv.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : JSON.stringify(a))).join(' '),
         e.decision,

@@ -14,6 +14,14 @@ export interface ExplainReply {
   labels: LabelExplanation[];
   routes: ExplainedRoute[];
   diagnostics: Diagnostic[];
+  /** Which labels route it: 'container labels', or a Swarm service's labels (newer servers). */
+  source?: string;
+  service?: {
+    name: string;
+    dialect: string | null;
+    labels: LabelExplanation[];
+    routes: { id: string; hosts: string[]; path: string; upstream: string }[];
+  };
 }
 
 const clip = (s: string, n: number) => (s.length > n ? `${s.slice(0, n - 1)}…` : s);
@@ -35,6 +43,27 @@ export async function explainCommand(
     return 0;
   }
   const head = line`container ${r.container.name} (${r.container.id.slice(0, 12)}) on agent ${r.agent.name}${r.container.state ? `, ${r.container.state}` : ''}`;
+  if (r.service) {
+    // A Swarm task whose service labels route it: those are what counts.
+    out(line`${head}: routed by the ${r.source}\n`);
+    out(line`service ${r.service.name}: labels read as ${r.service.dialect ?? 'none'}`);
+    out(
+      table(
+        ['LABEL', 'VALUE', 'USE', 'NOTE'],
+        r.service.labels.map((l) => [l.key, clip(JSON.stringify(l.value), 50), l.use, l.note ?? '']),
+      ),
+    );
+    out(ours(''));
+    out(
+      table(
+        ['ROUTE', 'UPSTREAM'],
+        r.service.routes.map((x) => [`${x.hosts.join(',')}${x.path === '/' ? '' : x.path}`, x.upstream]),
+      ),
+    );
+    if (!r.dialect) return 0;
+    out(ours(''));
+    out(ours("the container's own labels (not used for routing):"));
+  }
   if (!r.dialect) {
     out(line`${head}: no routing labels read (the agent's --dialects chooses which label dialects it reads)`);
     return 0;

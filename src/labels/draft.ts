@@ -304,7 +304,8 @@ export function isSelfHost(c: ContainerInfo, raw: string): boolean {
   if (['localhost', '127.0.0.1', '::1'].includes(h)) return true;
   if (h === c.name.toLowerCase().replace(/^\//, '')) return true;
   if (h.length >= 12 && c.id.toLowerCase().startsWith(h)) return true;
-  const service = c.labels['com.docker.compose.service'];
+  // A service name resolves to its containers (compose) or tasks (Swarm) on their networks.
+  const service = c.labels['com.docker.compose.service'] ?? c.labels['com.docker.swarm.service.name'];
   return service !== undefined && h === service.toLowerCase();
 }
 

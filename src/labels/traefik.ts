@@ -174,7 +174,18 @@ function groupLabels(c: ContainerInfo, sink: DiagnosticSink, used: LabelNote[]):
         g.enabled = b.value;
         used.push({ label: key, note: b.value ? undefined : 'the container opts out: no route' });
       }
-    } else if (rest === 'docker.network') {
+    } else if (rest === 'docker.lbswarm' || rest === 'swarm.lbswarm') {
+      // Traefik's Swarm provider: route to the service's VIP and let Swarm balance (swarm.ts reads it).
+      const b = checkBool(value);
+      if (!b.ok) sink.error(key, value, `expected ${b.expected}`);
+      else
+        used.push({
+          label: key,
+          note: b.value
+            ? "on a Swarm service: traffic goes to the service's virtual IP (Swarm balances), as with --swarm-upstream vip"
+            : 'traffic goes to each task',
+        });
+    } else if (rest === 'docker.network' || rest === 'swarm.network') {
       const n = checkName(value);
       if (!n.ok) sink.error(key, value, `expected ${n.expected}`);
       else g.network = [key, n.value];

@@ -31,6 +31,8 @@ export const MAX_CONTAINERS = 100_000;
 export const MAX_ROUTES = 100_000;
 export const MAX_TCP_ROUTES = 10_000;
 export const MAX_DIAGNOSTICS = 100_000;
+/** Nodes of one swarm a leader's agent may report. */
+export const MAX_SWARM_NODES = 10_000;
 
 /** One agent message, checked before it is parsed (`--agent-max-message` on the server). */
 export const DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024;

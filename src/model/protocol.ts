@@ -15,6 +15,7 @@ import {
   MAX_MESSAGE,
   MAX_ROUTES,
   MAX_STRING,
+  MAX_SWARM_NODES,
   MAX_TCP_ROUTES,
 } from './limits.js';
 import type { Diagnostic, Snapshot } from './types.js';
@@ -121,6 +122,7 @@ const containerSchema = {
     id: { type: 'string', minLength: 1, maxLength: MAX_STRING },
     name: str,
     service: str,
+    task: str,
     execRules: { type: 'array', maxItems: MAX_EXEC_RULES, items: str },
     state: str,
     health: str,
@@ -175,6 +177,11 @@ const routeSchema = {
     },
     allow: cidrList,
     ...owner,
+    swarm: {
+      type: 'object',
+      required: ['serviceId', 'service'],
+      properties: { serviceId: str, service: str, task: str, node: str },
+    },
   },
 };
 
@@ -204,6 +211,49 @@ const diagnosticSchema = {
   },
 };
 
+const explainSchema = containerSchema.properties.explain;
+
+const swarmNodeSchema = {
+  type: 'object',
+  required: ['id', 'hostname', 'addr', 'state'],
+  properties: { id: str, hostname: str, addr: str, state: str },
+};
+
+const serviceSchema = {
+  type: 'object',
+  required: ['id', 'name', 'tasks', 'labelled'],
+  properties: {
+    id: { type: 'string', minLength: 1, maxLength: MAX_STRING },
+    name: str,
+    labelled: { type: 'boolean' },
+    explain: explainSchema,
+    tasks: {
+      type: 'array',
+      maxItems: MAX_CONTAINERS,
+      items: {
+        type: 'object',
+        required: ['id', 'node', 'state'],
+        properties: { id: str, slot: safe, node: str, state: str },
+      },
+    },
+  },
+};
+
+/** A swarm leader's view: the envelope here; its nodes and services are checked one by one. */
+const swarmSchema = {
+  type: 'object',
+  required: ['clusterId', 'nodeId', 'nodeName', 'manager', 'leader'],
+  properties: {
+    clusterId: str,
+    nodeId: str,
+    nodeName: str,
+    manager: { type: 'boolean' },
+    leader: { type: 'boolean' },
+    nodes: { type: 'array', maxItems: MAX_SWARM_NODES, items: { type: 'object' } },
+    services: { type: 'array', maxItems: MAX_CONTAINERS, items: { type: 'object' } },
+  },
+};
+
 /** The envelope only: items are checked one by one, so that a bad one sinks only its container. */
 const snapshotEnvelope = {
   type: 'object',
@@ -217,6 +267,7 @@ const snapshotEnvelope = {
     routes: { type: 'array', maxItems: MAX_ROUTES, items: { type: 'object' } },
     tcp: { type: 'array', maxItems: MAX_TCP_ROUTES, items: { type: 'object' } },
     diagnostics: { type: 'array', maxItems: MAX_DIAGNOSTICS, items: { type: 'object' } },
+    swarm: swarmSchema,
   },
 };
 
@@ -310,6 +361,8 @@ const byType = new Map<string, ValidateFunction>(
   Object.entries(MESSAGE_SCHEMAS).map(([t, s]) => [t, ajv.compile(s)]),
 );
 const items = {
+  swarmNode: ajv.compile(swarmNodeSchema),
+  service: ajv.compile(serviceSchema),
   container: ajv.compile(containerSchema),
   route: ajv.compile(routeSchema),
   tcp: ajv.compile(tcpSchema),
@@ -392,6 +445,10 @@ function* checkValue(msg: unknown): Generator<void, AgentMessage> {
   if (type !== 'snapshot') return msg as AgentMessage;
   const given = msg as SnapshotMessage;
   const { claims: _claims, ...snapshot } = given.snapshot; // the server's own record, never the agent's word
+  if (snapshot.swarm) {
+    const { leaderSince: _l, heldSince: _h, ...swarm } = snapshot.swarm; // the server's too
+    snapshot.swarm = swarm;
+  }
   const m: SnapshotMessage = { type: 'snapshot', snapshot }; // `refused` is the server's to set
   const refused = yield* checkSnapshotItems(m.snapshot);
   if (refused.length > 0) m.refused = refused;
@@ -409,10 +466,10 @@ function* checkSnapshotItems(s: Snapshot): Generator<void, Diagnostic[]> {
   let checked = 0;
   const refuse = (item: unknown, what: string, reason: string) => {
     const o = item as { containerId?: unknown; id?: unknown; containerName?: unknown; name?: unknown };
-    const cid = what === 'container' ? o.id : o.containerId;
+    const cid = what === 'container' || what === 'service' || what === 'node' ? o.id : o.containerId;
     const id = typeof cid === 'string' && cid.length > 0 && cid.length <= MAX_STRING ? cid : '';
     const r = refusals.get(id) ?? { reasons: [] };
-    const name = what === 'container' ? o.name : o.containerName;
+    const name = what === 'container' || what === 'service' || what === 'node' ? o.name : o.containerName;
     if (r.name === undefined && typeof name === 'string' && name.length <= MAX_STRING) r.name = name;
     if (r.reasons.length < 5) r.reasons.push(reason);
     else if (r.reasons.length === 5) r.reasons.push('…');
@@ -460,6 +517,28 @@ function* checkSnapshotItems(s: Snapshot): Generator<void, Diagnostic[]> {
   });
   if (s.tcp === undefined) delete s.tcp;
   s.diagnostics = (yield* keep(s.diagnostics, 'diagnostic', schemaCheck(items.diagnostic, 'diagnostic')))!;
+  if (s.swarm) {
+    // A bad node or service is refused alone (a service with its routes), like a container.
+    if (s.swarm.nodes)
+      s.swarm.nodes = (yield* keep(s.swarm.nodes, 'node', schemaCheck(items.swarmNode, 'swarm node')))!;
+    if (s.swarm.services) {
+      s.swarm.services = (yield* keep(
+        s.swarm.services,
+        'service',
+        schemaCheck(items.service, 'swarm service'),
+      ))!;
+      const kept = new Set(s.swarm.services.map((x) => x.id));
+      s.routes = s.routes.filter((r) => {
+        if (!r.swarm || kept.has(r.swarm.serviceId)) return true;
+        refuse(
+          { containerId: r.containerId, containerName: r.containerName },
+          'route',
+          `route ${r.id}: its service ${r.swarm.serviceId.slice(0, 64)} is not in the snapshot or was refused`,
+        );
+        return false;
+      });
+    }
+  }
   if (refusals.size === 0) return [];
 
   // A container with a refused item contributes no route at all, as with any label error.

@@ -69,6 +69,55 @@ export interface RouteSpec {
   containerCreated: number;
   /** Why this route is present but must not serve yet (e.g. health: starting). */
   notReady?: string;
+  /** Set on routes read from a Swarm service's labels (by the agent on the swarm's leader). */
+  swarm?: SwarmRouteSource;
+}
+
+/** Which service, and which of its tasks on which node, a service route sends traffic to. */
+export interface SwarmRouteSource {
+  serviceId: string;
+  service: string;
+  /** The task (absent with --swarm-upstream vip: the route goes to the service's VIP). */
+  task?: string;
+  /** The Swarm node id that runs the task. */
+  node?: string;
+}
+
+/** What an agent knows of the swarm its engine is part of (absent when not in one). */
+export interface SwarmInfo {
+  clusterId: string;
+  nodeId: string;
+  /** The node's hostname, as `docker node ls` shows it. */
+  nodeName: string;
+  manager: boolean;
+  /** This node is the raft leader: only its agent reports services. */
+  leader: boolean;
+  /** Leader only: every node of the swarm. */
+  nodes?: SwarmNodeSummary[];
+  /** Leader only: every service, with routing labels or not. */
+  services?: ServiceSummary[];
+  /**
+   * Server-side only, never taken from an agent: when the server first saw this agent as leader,
+   * and since when it holds a former leader's service routes until the new leader speaks.
+   */
+  leaderSince?: number;
+  heldSince?: number;
+}
+
+export interface SwarmNodeSummary {
+  id: string;
+  hostname: string;
+  addr: string;
+  state: string;
+}
+
+export interface ServiceSummary {
+  id: string;
+  name: string;
+  /** Running tasks the service's routes go to (desired and current state running). */
+  tasks: { id: string; slot?: number; node: string; state: string }[];
+  labelled: boolean;
+  explain?: Explanation;
 }
 
 /** One TCP route: a front-door port forwarded to one container port. */
@@ -100,6 +149,8 @@ export interface Snapshot {
   /** TCP routes (absent from agents older than TCP support). */
   tcp?: TcpRouteSpec[];
   diagnostics: Diagnostic[];
+  /** The swarm this agent's engine is part of, and on the leader its services. */
+  swarm?: SwarmInfo;
   /**
    * Server-side only, never taken from an agent: when the server first saw each of the agent's
    * claims (`host\u0000path` or `tcp:<port>`), which orders competing claims.
@@ -119,6 +170,8 @@ export interface ContainerSummary {
   name: string;
   /** Swarm service (or compose service) the container is a task of: exec can target it by name. */
   service?: string;
+  /** The Swarm task the container runs (com.docker.swarm.task.id): the leader's routes to it are checked against it. */
+  task?: string;
   /** Exec rules that apply to this container on its host (labels and the agent's policy file). */
   execRules?: string[];
   state: string;

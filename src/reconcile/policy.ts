@@ -2,10 +2,11 @@
 // their traffic may go. Pure.
 import type { AgentStatus } from '../model/api.js';
 import { domainAllowed, publicSuffixWildcard } from '../model/domains.js';
-import type { RouteSpec, Snapshot, TcpRouteSpec } from '../model/types.js';
+import type { ContainerSummary, RouteSpec, Snapshot, TcpRouteSpec } from '../model/types.js';
 import type { AgentRecord, KeyRecord } from '../store/store.js';
 import { claimedSince, httpUnit, tcpUnit } from './claims.js';
 import { type AgentRoutes, routeKey } from './desired.js';
+import { swarmSpeakers } from './swarm.js';
 import { type UpstreamRules, upstreamChecker } from './upstreams.js';
 
 /** Routes (HTTP and TCP) one agent may have served, unless its key says otherwise. */
@@ -69,6 +70,8 @@ export interface Admitted {
   errors: Map<string, string[]>;
   /** Agent id → why none of its routes are served. */
   withheld: Map<string, string>;
+  /** Agents whose swarm service routes serve, one per swarm and key (others' are not shown either). */
+  swarmSpeakers?: Set<string>;
 }
 
 /** What admission decided for one agent. */
@@ -89,11 +92,23 @@ export interface AgentAdmission {
  * refused claim is an error on that route alone.
  */
 export function admitRoutes(agents: AgentView[], now: number, o: LivenessOptions): Admitted {
-  return combine(agents.map((a) => admitAgent(a, now, o)));
+  const swarm = swarmContext(agents, now, o);
+  return combine(
+    agents.map((a) => admitAgent(a, now, o, swarm)),
+    swarm,
+  );
 }
 
-/** One agent's admission, alone: what admitRoutes does for each agent. */
-export function admitAgent(a: AgentView, now: number, o: LivenessOptions): AgentAdmission {
+/**
+ * One agent's admission: what admitRoutes does for each agent. An agent in a swarm also depends on
+ * the others of its swarm (`swarm`, from swarmContext over every agent); any other does not.
+ */
+export function admitAgent(
+  a: AgentView,
+  now: number,
+  o: LivenessOptions,
+  swarm: SwarmContext = NO_SWARM,
+): AgentAdmission {
   const agentId = a.record.id;
   if (!a.snapshot) return { agentId, errors: [] };
   const why = withheldBecause(a, now, o);
@@ -120,7 +135,29 @@ export function admitAgent(a: AgentView, now: number, o: LivenessOptions): Agent
     if (no) refuse(r.id, no);
     return !no;
   };
-  let routes = snapshot.routes.filter((r) => {
+  const speaker = snapshot.swarm !== undefined && swarm.speaking.has(id);
+  const inSwarm = swarm.speaking.size > 0 || snapshot.swarm !== undefined;
+  const swarmOk = (r: RouteSpec): RouteSpec | undefined => {
+    if (r.swarm) {
+      // Another agent of this swarm speaks for its services (or none may): silently not ours.
+      if (!speaker) return undefined;
+      const checked = swarm.checkTask(a, r);
+      if (typeof checked === 'string') {
+        refuse(r.id, checked);
+        return undefined;
+      }
+      return checked;
+    }
+    const instead = swarm.routedByService(a, r.containerId);
+    if (instead) {
+      refuse(r.id, instead);
+      return undefined;
+    }
+    return r;
+  };
+  // A task's upstream is checked as its node's agent would be (swarm.checkTask did), a VIP as the speaker's.
+  const routeUpstreamOk = (r: RouteSpec) => (r.swarm?.task ? true : upstreamOk(r));
+  let routes = (inSwarm ? snapshot.routes.flatMap((r) => swarmOk(r) ?? []) : snapshot.routes).filter((r) => {
     // Per route of up to 10k: no arrays made unless something is wrong.
     let wide: string[] | undefined;
     let suffix: string | undefined;
@@ -145,7 +182,7 @@ export function admitAgent(a: AgentView, now: number, o: LivenessOptions): Agent
       refuse(r.id, `${reserved} is where Berth serves its own API and UI (--ui-host); no agent may claim it`);
       return false;
     }
-    if (domains.length === 0) return upstreamOk(r);
+    if (domains.length === 0) return routeUpstreamOk(r);
     const outside = r.hosts.filter((h) => !domainAllowed(h, domains));
     if (outside.length > 0) {
       refuse(
@@ -154,7 +191,7 @@ export function admitAgent(a: AgentView, now: number, o: LivenessOptions): Agent
       );
       return false;
     }
-    return upstreamOk(r);
+    return routeUpstreamOk(r);
   });
   // A key limited to domains names what its hosts may claim; front-door ports are not in it.
   let tcp = (snapshot.tcp ?? []).filter((r) => {
@@ -188,7 +225,7 @@ export function admitAgent(a: AgentView, now: number, o: LivenessOptions): Agent
 }
 
 /** Every agent's admission as one. */
-export function combine(parts: AgentAdmission[]): Admitted {
+export function combine(parts: AgentAdmission[], swarm: SwarmContext = NO_SWARM): Admitted {
   const agentRoutes: AgentRoutes[] = [];
   const errors = new Map<string, string[]>();
   const withheld = new Map<string, string>();
@@ -197,7 +234,153 @@ export function combine(parts: AgentAdmission[]): Admitted {
     for (const [k, v] of p.errors) errors.set(k, v);
     if (p.withheld) withheld.set(p.agentId, p.withheld);
   }
-  return { agentRoutes, errors, withheld };
+  const out: Admitted = { agentRoutes, errors, withheld };
+  if (swarm.speaking.size > 0) out.swarmSpeakers = swarm.speaking;
+  return out;
+}
+
+const taskMemo = new WeakMap<Snapshot, Map<string, ContainerSummary>>();
+/** A snapshot's task containers by task id (worked out once per snapshot). */
+function tasksOf(s: Snapshot): Map<string, ContainerSummary> {
+  let m = taskMemo.get(s);
+  if (!m) {
+    m = new Map(s.containers.filter((c) => c.task).map((c) => [c.task!, c]));
+    taskMemo.set(s, m);
+  }
+  return m;
+}
+
+const containerTaskMemo = new WeakMap<Snapshot, Map<string, string>>();
+function containerTasks(s: Snapshot): Map<string, string> {
+  let m = containerTaskMemo.get(s);
+  if (!m) {
+    m = new Map(s.containers.filter((c) => c.task).map((c) => [c.id, c.task!]));
+    containerTaskMemo.set(s, m);
+  }
+  return m;
+}
+
+export interface SwarmContext {
+  /** The agents whose service routes serve: one per swarm and key. */
+  speaking: Set<string>;
+  /**
+   * A speaker's task route, checked against the agent on the task's node: the route to serve (not
+   * ready while that container's health check says so), undefined to leave out quietly, or why not.
+   */
+  checkTask(a: AgentView, r: RouteSpec): RouteSpec | string | undefined;
+  /** Why a container's own routes are not served: it is a task of a service routed by its labels. */
+  routedByService(a: AgentView, containerId: string): string | undefined;
+}
+
+const NO_SWARM: SwarmContext = {
+  speaking: new Set(),
+  checkTask: () => undefined,
+  routedByService: () => undefined,
+};
+
+/**
+ * Who speaks for each swarm, which agent is on which node, and which tasks services route: worked
+ * out once over every agent, for the admission of each agent in a swarm.
+ */
+export function swarmContext(agents: AgentView[], now: number, o: LivenessOptions): SwarmContext {
+  const inSwarm = agents.filter((a) => a.snapshot?.swarm && !withheldBecause(a, now, o));
+  if (inSwarm.length === 0) return NO_SWARM;
+  // Speakers are chosen among agents of one key: an agent of another key claiming to lead the
+  // same swarm silences no one (its task routes fail the node check anyway).
+  const scopeOf = (a: AgentView) => (a.record.kind === 'local' ? 'local' : (a.key?.id ?? a.record.id));
+  const speakers = swarmSpeakers(
+    inSwarm.map((a) => ({
+      agentId: a.record.id,
+      swarm: { ...a.snapshot!.swarm!, clusterId: `${scopeOf(a)}\u0000${a.snapshot!.swarm!.clusterId}` },
+    })),
+    now,
+    o.offlineGraceMs,
+  );
+  const speaking = new Set(speakers.values());
+  const byNode = new Map<string, AgentView[]>();
+  for (const a of inSwarm) {
+    // Workers do not see their swarm's cluster id: nodes are known by their (unique) node id.
+    const k = a.snapshot!.swarm!.nodeId;
+    byNode.set(k, [...(byNode.get(k) ?? []), a]);
+  }
+  // Tasks of services whose own labels route them: their containers' routing labels step aside
+  // (for the speaker's own key only).
+  const routedTasks = new Map<string, string>();
+  for (const sp of inSwarm.filter((a) => speaking.has(a.record.id))) {
+    const routed = new Set(sp.snapshot!.routes.filter((r) => r.swarm).map((r) => r.swarm!.serviceId));
+    for (const svc of sp.snapshot!.swarm!.services ?? []) {
+      if (!routed.has(svc.id)) continue;
+      for (const t of svc.tasks) routedTasks.set(`${scopeOf(sp)}\u0000${t.id}`, svc.name);
+    }
+  }
+  const checkers = new Map<string, (host: string, port: number) => string | undefined>();
+  const checkerOf = (b: AgentView) => {
+    let c = checkers.get(b.record.id);
+    if (!c) {
+      c = o.upstreams
+        ? upstreamChecker(
+            {
+              kind: b.record.kind,
+              seenFrom: b.record.seenFrom,
+              hostIp: b.snapshot?.hostIp,
+              upstreams: b.key?.upstreams,
+            },
+            o.upstreams,
+          )
+        : () => undefined;
+      checkers.set(b.record.id, c);
+    }
+    return c;
+  };
+  return {
+    speaking,
+    checkTask(a, r) {
+      const sw = a.snapshot!.swarm!;
+      const src = r.swarm!;
+      if (!src.task) return r; // --swarm-upstream vip: checked as the speaker's own upstream
+      const nodeName = sw.nodes?.find((n) => n.id === src.node)?.hostname ?? src.node ?? '?';
+      const peers = (byNode.get(src.node ?? '') ?? []).filter(
+        // The speaker's own key (or the server's own agent) vouches for the node's agent.
+        (b) =>
+          (b.snapshot!.swarm!.clusterId === sw.clusterId || b.snapshot!.swarm!.clusterId === '') &&
+          (a.record.kind === 'local' ||
+            b.record.id === a.record.id ||
+            (b.key !== undefined && b.key.id === a.key?.id)),
+      );
+      if (peers.length === 0)
+        return `task ${src.service}.${r.containerName.split('.').pop()} runs on node ${nodeName}, which has no connected agent of this swarm and key; run berth agent on every node`;
+      let why: string | undefined;
+      for (const b of peers) {
+        const c = tasksOf(b.snapshot!).get(src.task);
+        if (!c) {
+          why ??= `the agent on node ${nodeName} (${b.record.name}) does not report task ${src.task} running`;
+          continue;
+        }
+        const no = checkerOf(b)(r.upstream.host, r.upstream.port);
+        if (no) {
+          why = `${no} (checked as agent ${b.record.name} on node ${nodeName}, which runs the task)`;
+          continue;
+        }
+        if (c.state !== 'running') return undefined;
+        if (c.health === 'starting' || c.health === 'unhealthy')
+          return {
+            ...r,
+            notReady: `task container on node ${nodeName} is ${c.health === 'starting' ? 'starting (health check)' : 'unhealthy'}`,
+          };
+        return r;
+      }
+      return why;
+    },
+    routedByService(a, containerId) {
+      const sw = a.snapshot!.swarm;
+      if (!sw) return undefined;
+      const task = containerTasks(a.snapshot!).get(containerId);
+      const svc = task ? routedTasks.get(`${scopeOf(a)}\u0000${task}`) : undefined;
+      return svc
+        ? `not served from the container's labels: it is a task of Swarm service ${svc}, whose service labels route it (berth explain ${svc})`
+        : undefined;
+    },
+  };
 }
 
 /**

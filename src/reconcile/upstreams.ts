@@ -1,6 +1,7 @@
 // Where an agent's routes may send the front door's traffic. An upstream is the agent's word, so
 // without a check any agent could point a hostname at the server's own admin API, at a cloud
-// metadata service, or at another host on the server's network (SSRF). Pure.
+// metadata service, or at another host on the server's network (SSRF). Pure. A Swarm leader's
+// task routes are checked with the checker of the agent on the task's node (policy.ts, swarm.ts).
 import { isIP } from 'node:net';
 import { type Cidr, cidrsContain, parseCidr } from '../model/cidr.js';
 

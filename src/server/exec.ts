@@ -14,9 +14,17 @@ export interface ExecTarget {
   agentName: string;
   containerId: string;
   containerName: string;
+  /** The Swarm node (hostname) the container runs on, when the agent is in a swarm. */
+  node?: string;
 }
 
-export interface ExecCall {
+/** Which task of a Swarm service: on this node (hostname or id), with this slot. */
+export interface TaskPick {
+  node?: string;
+  slot?: number;
+}
+
+export interface ExecCall extends TaskPick {
   target: string;
   agent?: string;
   argv: string[];
@@ -49,25 +57,30 @@ export class ExecBroker {
     },
   ) {}
 
-  /** Container id (or prefix), name, or service name → the one container and its agent. */
-  resolve(target: string, agentRef?: string): ExecTarget {
+  /**
+   * Container id (or prefix), name, or service name → the one container and its agent. A Swarm
+   * service's task may run on any node: the one picked runs through the agent on its node.
+   */
+  resolve(target: string, agentRef?: string, pick: TaskPick = {}): ExecTarget {
     const matches: ExecTarget[] = [];
-    const services: ExecTarget[] = [];
+    const services: (ExecTarget & { nodeId?: string; slot?: number; connected: boolean })[] = [];
     for (const a of this.o.registry.listAgents()) {
       if (agentRef && a.id !== agentRef && a.name !== agentRef) continue;
-      for (const c of this.o.registry.snapshotOf(a.id)?.containers ?? []) {
-        const t = { agentId: a.id, agentName: a.name, containerId: c.id, containerName: c.name };
+      const snap = this.o.registry.snapshotOf(a.id);
+      const sw = snap?.swarm;
+      for (const c of snap?.containers ?? []) {
+        const t: ExecTarget = { agentId: a.id, agentName: a.name, containerId: c.id, containerName: c.name };
+        if (sw) t.node = sw.nodeName;
         if (c.name === target || c.id === target || (target.length >= 12 && c.id.startsWith(target)))
           matches.push(t);
-        else if (c.service === target && c.state === 'running') services.push(t);
+        else if (c.service === target && c.state === 'running')
+          services.push({
+            ...t,
+            ...(sw ? { nodeId: sw.nodeId } : {}),
+            ...(slotOf(c.name, target) !== undefined ? { slot: slotOf(c.name, target) } : {}),
+            connected: this.o.isConnected(a.id),
+          });
       }
-    }
-    const found = matches.length > 0 ? matches : services.slice(0, 1);
-    if (found.length === 0) {
-      throw new UserError(
-        'NOT_FOUND',
-        `no container or service "${target}"${agentRef ? ` on agent ${agentRef}` : ''}`,
-      );
     }
     if (matches.length > 1) {
       throw new UserError(
@@ -75,7 +88,50 @@ export class ExecBroker {
         `"${target}" names containers on several agents (${matches.map((m) => m.agentName).join(', ')}); pick one with --agent`,
       );
     }
-    return found[0]!;
+    if (matches.length === 1 && pick.node === undefined && pick.slot === undefined) return matches[0]!;
+    const picked = services
+      .filter((s) => pick.node === undefined || s.node === pick.node || s.nodeId === pick.node)
+      .filter((s) => pick.slot === undefined || s.slot === pick.slot)
+      // An agent that is connected first, then the lowest slot, so the same task is picked each time.
+      .sort(
+        (a, b) =>
+          Number(b.connected) - Number(a.connected) ||
+          (a.slot ?? 0) - (b.slot ?? 0) ||
+          a.containerId.localeCompare(b.containerId),
+      );
+    if (picked[0]) {
+      const { nodeId: _n, slot: _s, connected: _c, ...t } = picked[0];
+      return t;
+    }
+    // The leader knows tasks on nodes whose agent is missing: say which node lacks one.
+    const missing = this.taskWithoutAgent(target, pick);
+    if (missing) throw new UserError('AGENT_OFFLINE', missing);
+    const where = [
+      agentRef ? `on agent ${agentRef}` : '',
+      pick.node !== undefined ? `on node ${pick.node}` : '',
+      pick.slot !== undefined ? `with task slot ${pick.slot}` : '',
+    ]
+      .filter(Boolean)
+      .join(' ');
+    throw new UserError('NOT_FOUND', `no container or service "${target}"${where ? ` ${where}` : ''}`);
+  }
+
+  /** A running task of the service that the swarm's leader reports, on a node where no agent reports it. */
+  private taskWithoutAgent(service: string, pick: TaskPick): string | undefined {
+    for (const { snapshot } of this.o.registry.reporting()) {
+      const sw = snapshot.swarm;
+      if (!sw?.services || !(sw.leader || sw.heldSince !== undefined)) continue;
+      const svc = sw.services.find((s) => s.name === service);
+      if (!svc) continue;
+      for (const t of svc.tasks) {
+        const node = sw.nodes?.find((n) => n.id === t.node);
+        const name = node?.hostname ?? t.node;
+        if (pick.node !== undefined && pick.node !== name && pick.node !== t.node) continue;
+        if (pick.slot !== undefined && pick.slot !== t.slot) continue;
+        return `task ${service}.${t.slot ?? t.node} runs on node ${name}${node?.addr ? ` (${node.addr})` : ''}, where no agent reports it; run berth agent on that node (nothing was run)`;
+      }
+    }
+    return undefined;
   }
 
   /**
@@ -105,7 +161,7 @@ export class ExecBroker {
     };
     let target: ExecTarget;
     try {
-      target = this.resolve(call.target, call.agent);
+      target = this.resolve(call.target, call.agent, { node: call.node, slot: call.slot });
     } catch (err) {
       await finish({ reason: (err as Error).message });
       throw err;
@@ -114,9 +170,13 @@ export class ExecBroker {
       agentId: target.agentId,
       agentName: target.agentName,
       container: target.containerName,
+      ...(target.node ? { node: target.node } : {}),
     });
     if (!(await this.waitConnected(target.agentId, 5_000))) {
-      const err = new UserError('AGENT_OFFLINE', `agent ${target.agentName} is offline; nothing was run`);
+      const err = new UserError(
+        'AGENT_OFFLINE',
+        `agent ${target.agentName}${target.node ? ` (on Swarm node ${target.node})` : ''} is offline; nothing was run`,
+      );
       await finish({ reason: err.message });
       throw err;
     }
@@ -215,4 +275,11 @@ export class ExecBroker {
     }
     return true;
   }
+}
+
+/** The slot of a Swarm task container (`<service>.<slot>.<task id>`), if the name has one. */
+function slotOf(name: string, service: string): number | undefined {
+  if (!name.startsWith(`${service}.`)) return undefined;
+  const part = name.slice(service.length + 1).split('.')[0] ?? '';
+  return /^\d+$/.test(part) ? Number(part) : undefined;
 }

@@ -16,8 +16,11 @@ import {
   agentStatus,
   combine,
   type LivenessOptions,
+  type SwarmContext,
+  swarmContext,
   withheldBecause,
 } from '../reconcile/policy.js';
+import { nextSwarm } from '../reconcile/swarm.js';
 import type { AgentRecord, KeyRecord, Presence, Store } from '../store/store.js';
 import { hashToken } from './auth.js';
 import type { EventBus } from './events.js';
@@ -582,6 +585,26 @@ export class Registry {
       (prev
         ? Object.fromEntries([...unitsOf(prev.routes, prev.tcp)].map((u) => [u, { since: 0 }]))
         : undefined);
+    // A former swarm leader's service routes stay until the new leader speaks (reconcile/swarm.ts).
+    const now = this.clock();
+    const { swarm, carried } = nextSwarm(
+      prev,
+      incoming,
+      now,
+      this.liveness.offlineGraceMs,
+      (cluster, since) =>
+        [...this.snapshots.values()].some(
+          (o) =>
+            o.agentId !== incoming.agentId &&
+            // Only an agent of the same key replaces a former leader's view (as in admission).
+            this.agents.get(o.agentId)?.keyId === a.keyId &&
+            o.swarm?.clusterId === cluster &&
+            o.swarm.leader &&
+            (o.swarm.leaderSince ?? 0) > since,
+        ),
+    );
+    if (swarm) incoming = { ...incoming, swarm };
+    if (carried.length > 0) incoming = { ...incoming, routes: [...incoming.routes, ...carried] };
     const claims = nextClaims(
       before,
       unitsOf(incoming.routes, incoming.tcp),
@@ -670,18 +693,23 @@ export class Registry {
     if (c && c.version === this.version && now - c.at < ADMITTED_TTL_MS) return c.value;
     const parts: AgentAdmission[] = [];
     const seen = new Set<string>();
-    for (const record of this.agents.values()) {
-      seen.add(record.id);
-      parts.push(this.admitOne(this.view(record), now));
+    const views = [...this.agents.values()].map((record) => this.view(record));
+    // Agents in a swarm are admitted with the others of their swarm (speaker, nodes' agents).
+    const swarm = views.some((v) => v.snapshot?.swarm) ? swarmContext(views, now, this.liveness) : undefined;
+    for (const v of views) {
+      seen.add(v.record.id);
+      parts.push(
+        swarm && v.snapshot?.swarm ? admitAgent(v, now, this.liveness, swarm) : this.admitOne(v, now, swarm),
+      );
     }
     for (const id of this.admissions.keys()) if (!seen.has(id)) this.admissions.delete(id);
-    const value = combine(parts);
+    const value = combine(parts, swarm);
     this.admittedCache = { version: this.version, at: now, value };
     return value;
   }
 
   /** One agent's admission, computed again only when something it reads has changed. */
-  private admitOne(v: AgentView, now: number): AgentAdmission {
+  private admitOne(v: AgentView, now: number, swarm?: SwarmContext): AgentAdmission {
     const withheld = v.snapshot ? withheldBecause(v, now, this.liveness) : undefined;
     const r = v.record;
     const k = v.key;
@@ -699,8 +727,10 @@ export class Registry {
       k?.maxRoutes,
     ]);
     const c = this.admissions.get(r.id);
+    // Only agents outside a swarm come here (admitted() re-admits those in one every time): their
+    // admission is their own, whatever the swarm context.
     if (c && c.inputs === inputs && c.snapshot === v.snapshot) return c.value;
-    const value = admitAgent(v, now, this.liveness);
+    const value = admitAgent(v, now, this.liveness, swarm);
     this.admissions.set(r.id, { inputs, snapshot: v.snapshot, value });
     return value;
   }

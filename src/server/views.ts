@@ -160,7 +160,10 @@ export function routeViews(
     }
     const withheld = admitted.withheld.get(agentId);
     const note = (notReady: string | undefined) => (withheld ? `not served: ${withheld}` : notReady);
+    const speaks = admitted.swarmSpeakers?.has(agentId) === true;
     for (const r of s.routes) {
+      // Service routes another agent speaks for (a former leader's held view): not this agent's now.
+      if (r.swarm && !speaks) continue;
       const key = routeKey(agentId, r.id);
       const signatures = sitesByKey.get(key) ?? [];
       const errors = [...(admitted.errors.get(key) ?? []), ...(applied?.outcomes.get(key)?.errors ?? [])];

@@ -50,6 +50,8 @@ export interface AuditEntry {
   requester: string;
   agentId: string;
   agentName: string;
+  /** The Swarm node the container runs on, when it is a service's task. */
+  node?: string;
   container: string;
   argv: string[];
   decision: 'allowed' | 'denied' | 'error';

@@ -937,7 +937,8 @@ async function auditPage() {
             {},
             h('td', {}, new Date(Number(e.at)).toLocaleString()),
             h('td', {}, String(e.requester ?? '')),
-            h('td', {}, String(e.agentName ?? '')),
+            // A Swarm task's node, when the audit names one.
+            h('td', {}, `${String(e.agentName ?? '')}${e.node ? ` (node ${String(e.node)})` : ''}`),
             h('td', {}, String(e.container ?? '')),
             h('td', {}, h('code', {}, ((e.argv as string[]) ?? []).join(' '))),
             statusCell(String(e.decision)),

@@ -347,6 +347,10 @@ function dynamicProxy(d: DynamicLayout): Json {
     },
     // Used only when a lookup fails (a name DNS cannot carry, or the responder is gone): a clean 404.
     upstreams: [{ dial: d.notFound }],
+    // Lookups are cached for `refresh`: a replica that just left may still be picked, so a refused
+    // connection is tried again (on another, at random). No passive health check here: most of these
+    // hosts have one upstream, and marking it down would turn a 502 into a 503.
+    load_balancing: { try_duration: '2s', try_interval: '100ms' },
     // SRV targets are names the same responder answers.
     transport: { protocol: 'http', resolver },
   };
@@ -389,10 +393,21 @@ function guard(s: Site): Json[] {
   ];
 }
 
+/**
+ * With several upstreams, a request whose upstream refuses the connection (a replica that has just
+ * stopped, e.g. a Swarm task in a rolling update, before its route is gone) is tried on another,
+ * and that upstream is avoided for a moment; the client sees no error.
+ */
+const RETRY: Json = {
+  load_balancing: { try_duration: '3s', try_interval: '100ms' },
+  health_checks: { passive: { fail_duration: '2s', max_fails: 1 } },
+};
+
 function proxyHandler(s: Site): Json {
   const proxy: Json = {
     handler: 'reverse_proxy',
     upstreams: s.upstreams.map((u) => ({ dial: dial(u.host, u.port) })),
+    ...(s.upstreams.length > 1 ? RETRY : {}),
   };
   const scheme = s.upstreams[0]?.scheme;
   if (scheme === 'https') proxy.transport = { protocol: 'http', tls: {} };

@@ -30,6 +30,8 @@ export const execRoutes: FastifyPluginAsyncJsonSchemaToTs<{ Options: ExecOptions
           properties: {
             target: { type: 'string', minLength: 1, maxLength: 256 },
             agent: { type: 'string', minLength: 1, maxLength: 128 },
+            node: { type: 'string', minLength: 1, maxLength: 256 },
+            task: { type: 'integer', minimum: 0, maximum: 1_000_000 },
             argv: { type: 'array', minItems: 1, maxItems: 256, items: { type: 'string', maxLength: 65536 } },
             timeout: { type: 'string', maxLength: 32 },
           },
@@ -62,10 +64,18 @@ export const execRoutes: FastifyPluginAsyncJsonSchemaToTs<{ Options: ExecOptions
           write({ exit: result });
         } else if (e.type === 'exec.error') write({ error: { code: e.code, message: e.message } });
       };
-      const target = broker.resolve(body.target, body.agent);
+      const pick = { node: body.node, slot: body.task };
+      const target = broker.resolve(body.target, body.agent, pick);
       const rules = registry.execRulesFor(target.agentId);
       await broker.run(
-        { target: body.target, agent: body.agent, argv: body.argv, timeoutMs, requester: `admin@${req.ip}` },
+        {
+          target: body.target,
+          agent: body.agent,
+          ...pick,
+          argv: body.argv,
+          timeoutMs,
+          requester: `admin@${req.ip}`,
+        },
         onEvent,
         rules,
       );

@@ -83,8 +83,23 @@ export const explainRoutes: FastifyPluginAsyncJsonSchemaToTs<{ Options: ExplainO
         const v = views.get(r.id);
         return { ...r, ...(v ? { status: v.status } : {}), errors: v?.errors ?? [] };
       });
+      const service = summary?.task ? serviceOfTask(registry, summary.task) : undefined;
       return {
         agent: { id: target.agentId, name: target.agentName },
+        // Which labels route it: a Swarm task's service labels, when the service has routing labels, win.
+        source: service?.routed
+          ? `service labels of ${service.name} (read by agent ${service.agentName} on the swarm's leader); the container's own routing labels are not used`
+          : 'container labels',
+        ...(service?.routed
+          ? {
+              service: {
+                name: service.name,
+                dialect: service.explain?.dialect ?? null,
+                labels: service.explain?.labels ?? [],
+                routes: service.routes,
+              },
+            }
+          : {}),
         container: {
           id: target.containerId,
           name: target.containerName,
@@ -99,3 +114,30 @@ export const explainRoutes: FastifyPluginAsyncJsonSchemaToTs<{ Options: ExplainO
     },
   );
 };
+
+/** The Swarm service a task belongs to, as the swarm's speaker reports it, and whether its labels route it. */
+function serviceOfTask(registry: Registry, task: string) {
+  for (const { id, name, snapshot } of registry.reporting()) {
+    const sw = snapshot.swarm;
+    if (!sw?.services || !(sw.leader || sw.heldSince !== undefined)) continue;
+    const svc = sw.services.find((s) => s.tasks.some((t) => t.id === task));
+    if (!svc) continue;
+    const routes = snapshot.routes
+      .filter((r) => r.swarm?.serviceId === svc.id)
+      .map((r) => ({
+        id: r.id,
+        hosts: r.hosts,
+        path: r.path,
+        upstream: `${r.upstream.scheme}://${r.upstream.host}:${r.upstream.port}`,
+      }));
+    return {
+      agentId: id,
+      agentName: name,
+      name: svc.name,
+      explain: svc.explain,
+      routed: routes.length > 0,
+      routes,
+    };
+  }
+  return undefined;
+}

@@ -46,6 +46,8 @@ export interface BerthOptions {
   netns?: string;
   /** The front door's HTTP port (replicas sharing one Caddy share it); default a free one. */
   httpPort?: number;
+  /** The API's address (default 127.0.0.1), e.g. a bridge address agents in namespaces reach. */
+  apiHost?: string;
 }
 
 /** argv that runs `cmd args` in a network namespace (only the network one: see startDockerd). */
@@ -69,7 +71,8 @@ async function okFrom(netns: string, url: string): Promise<boolean> {
 
 export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
   const dataDir = o.dataDir ?? mkdtempSync(join(tmpdir(), 'bd-'));
-  const apiPort = await freePort();
+  const apiHost = o.apiHost ?? '127.0.0.1';
+  const apiPort = await freePort(apiHost);
   const httpPort = o.httpPort ?? (await freePort());
   // Never the default 0.0.0.0:7443: many servers run at once, and nothing listens beyond loopback.
   const agentPort = await freePort();
@@ -79,7 +82,7 @@ export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
     '--data-dir',
     dataDir,
     '--api-listen',
-    `127.0.0.1:${apiPort}`,
+    `${apiHost}:${apiPort}`,
     '--http-listen',
     `127.0.0.1:${httpPort}`,
     '--tls',
@@ -91,7 +94,7 @@ export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
     ...(o.docker ? ['--docker', o.docker, '--host-ip', '127.0.0.1'] : []),
     ...(o.args ?? []),
   ];
-  const apiUrl = `http://127.0.0.1:${apiPort}`;
+  const apiUrl = `http://${apiHost}:${apiPort}`;
   let proc: Awaited<ReturnType<typeof spawnLogged>>;
   let logIndex = 0;
 
@@ -206,6 +209,8 @@ export async function startAgent(o: {
   dataDir?: string;
   args?: string[];
   bin?: string;
+  /** Run the agent in this network namespace (a node of its own), as it would run on that host. */
+  netns?: string;
 }): Promise<AgentProcess> {
   const dataDir = o.dataDir ?? mkdtempSync(join(tmpdir(), 'ba-'));
   let proc: Awaited<ReturnType<typeof spawnLogged>> | undefined;
@@ -220,29 +225,29 @@ export async function startAgent(o: {
       await proc?.stop(signal, 10_000);
     },
     async start() {
-      proc = spawnLogged(
-        process.execPath,
-        [
-          o.bin ?? BERTH_BIN,
-          'agent',
-          '--server',
-          o.server,
-          '--docker',
-          o.docker,
-          '--host-ip',
-          o.hostIp,
-          '--name',
-          o.name,
-          '--data-dir',
-          dataDir,
-          '--report-interval',
-          '1s',
-          '--log-level',
-          'debug',
-          ...(o.args ?? []),
-        ],
-        { env: { ...process.env, BERTH_AGENT_KEY: o.key }, logFile: join(dataDir, `agent-${n++}.log`) },
-      );
+      const [cmd, argv] = inNetns(o.netns, process.execPath, [
+        o.bin ?? BERTH_BIN,
+        'agent',
+        '--server',
+        o.server,
+        '--docker',
+        o.docker,
+        '--host-ip',
+        o.hostIp,
+        '--name',
+        o.name,
+        '--data-dir',
+        dataDir,
+        '--report-interval',
+        '1s',
+        '--log-level',
+        'debug',
+        ...(o.args ?? []),
+      ]);
+      proc = spawnLogged(cmd, argv, {
+        env: { ...process.env, BERTH_AGENT_KEY: o.key },
+        logFile: join(dataDir, `agent-${n++}.log`),
+      });
     },
   };
   registerCleanup(async () => {

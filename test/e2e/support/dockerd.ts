@@ -28,6 +28,8 @@ export interface DockerResult {
 export interface DockerOptions {
   /** Written to the CLI's stdin (e.g. a tarball for `import -`). */
   input?: string | Buffer;
+  /** Extra environment for the CLI (e.g. variables a stack file interpolates). */
+  env?: NodeJS.ProcessEnv;
 }
 
 export interface TestDockerd {
@@ -73,7 +75,7 @@ export function dockerCli(socket: string, args: string[], opts: DockerOptions = 
     const child = execFile(
       'docker',
       ['-H', `unix://${socket}`, ...args],
-      { maxBuffer: 64 << 20, env: { ...env, DOCKER_CONFIG: join(socket, '..', 'cli') } },
+      { maxBuffer: 64 << 20, env: { ...env, ...opts.env, DOCKER_CONFIG: join(socket, '..', 'cli') } },
       (err, stdout, stderr) => {
         const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
         resolve({ stdout, stderr: err && !stderr ? err.message : stderr, code });
@@ -100,10 +102,16 @@ export interface DockerdOptions {
   bridgeNetworks?: { pool: string };
   /** Keep images and layers here across runs (e.g. a build cache); not deleted on stop. */
   dataRoot?: string;
+  /**
+   * With netns: the daemon's own hostname (a UTS namespace of its own), e.g. for a Swarm node,
+   * whose name `docker node ls` shows is the engine's hostname.
+   */
+  hostname?: string;
 }
 
 /** A private dockerd; see DockerdOptions for the namespace and network choices. */
 export async function startDockerd(opts: DockerdOptions = {}): Promise<TestDockerd> {
+  if (opts.hostname && !opts.netns) throw new Error('hostname needs netns');
   if (opts.bridgeNetworks && !opts.netns) throw new Error('bridgeNetworks needs netns: they stay inside it');
   const name = (opts.name ?? 'd').replace(/[^\w.-]/g, '').slice(0, 12);
   const dir = mkdtempSync(`${dockerdPrefix()}${name}-`);
@@ -138,10 +146,16 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<TestDocke
   const launch = async () => {
     // nsenter switches only the network namespace (`ip netns exec` would also remount /sys and
     // hide the cgroups dockerd needs).
+    const inNs = ['nsenter', `--net=/var/run/netns/${netns}`, 'dockerd', ...args];
     const p = netns
-      ? spawnLogged('nsenter', [`--net=/var/run/netns/${netns}`, 'dockerd', ...args], {
-          logFile: join(dir, `dockerd-${starts++}.log`),
-        })
+      ? opts.hostname
+        ? // unshare and sh exec in place: the PID is dockerd's, as without a hostname.
+          spawnLogged(
+            'unshare',
+            ['--uts', 'sh', '-c', 'hostname "$0" && exec "$@"', opts.hostname, ...inNs],
+            { logFile: join(dir, `dockerd-${starts++}.log`) },
+          )
+        : spawnLogged(inNs[0]!, inNs.slice(1), { logFile: join(dir, `dockerd-${starts++}.log`) })
       : spawnLogged('dockerd', args, { logFile: join(dir, `dockerd-${starts++}.log`) });
     proc = p;
     let exited = false;

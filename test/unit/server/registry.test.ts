@@ -66,6 +66,44 @@ async function keyed(r: Registry, name = 'k', o: { autoApprove?: boolean; maxPen
   return (await r.authenticate(secret))!;
 }
 
+describe('Registry with a swarm', () => {
+  const sw = (leader: boolean) => ({ clusterId: 'cl1', nodeId: 'n', nodeName: 'n', manager: true, leader });
+  const svcRoute = (task: string) =>
+    route(task, 'web.example.com', { swarm: { serviceId: 's1', service: 'web' }, lbGroup: 'swarm:cl1:s1' });
+
+  it('holds a former leader’s service routes until a new leader of the same key speaks', async () => {
+    const { registry, advance } = setup();
+    const k = await keyed(registry, 'swarm', { autoApprove: true });
+    const other = await keyed(registry, 'rival', { autoApprove: true });
+    const a = await registry.register(k, { name: 'a' });
+    const b = await registry.register(k, { name: 'b' });
+    const r = await registry.register(other, { name: 'r' });
+    const served = () =>
+      registry
+        .admitted()
+        .agentRoutes.flatMap((x) => x.routes.filter((y) => y.swarm).map(() => x.agentName))
+        .sort();
+    await registry.replaceAgentState({ ...snapshot(a.id, 1, [svcRoute('t1')]), swarm: sw(true) });
+    expect(served()).toEqual(['a']);
+    advance(1_000);
+    // a is no longer the leader and b has not spoken: a's view is held, still served.
+    await registry.replaceAgentState({ ...snapshot(a.id, 2, []), swarm: sw(false) });
+    expect(registry.snapshotOf(a.id)?.swarm?.heldSince).toBeDefined();
+    expect(served()).toEqual(['a']);
+    // An agent of another key claiming the lead neither serves our swarm nor ends the hold.
+    await registry.replaceAgentState({ ...snapshot(r.id, 1, [svcRoute('t9')]), swarm: sw(true) });
+    advance(1_000);
+    await registry.replaceAgentState({ ...snapshot(a.id, 3, []), swarm: sw(false) });
+    expect(registry.snapshotOf(a.id)?.routes.some((x) => x.swarm)).toBe(true);
+    // The new leader of the same key speaks: its view replaces the held one.
+    await registry.replaceAgentState({ ...snapshot(b.id, 1, [svcRoute('t2')]), swarm: sw(true) });
+    expect(served()).toEqual(['b', 'r']);
+    advance(1_000);
+    await registry.replaceAgentState({ ...snapshot(a.id, 4, []), swarm: sw(false) });
+    expect(registry.snapshotOf(a.id)?.routes).toEqual([]);
+  });
+});
+
 describe('Registry', () => {
   it('enrols a new agent as pending, knows it again by id and key, and not with another key', async () => {
     const { registry } = setup();
