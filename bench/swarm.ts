@@ -30,7 +30,8 @@ async function main() {
   ).secret;
   for (const n of swarm.nodes) {
     await startAgent({
-      server: server.apiUrl,
+      // Over TLS to the agent listener, as a node elsewhere would, with only the printed key.
+      server: server.agentUrl,
       key,
       docker: n.d.dockerHost,
       hostIp: n.addr,

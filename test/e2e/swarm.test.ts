@@ -77,7 +77,8 @@ beforeAll(async () => {
   for (const n of NAMES) {
     // Each agent runs in its node's namespace: it connects from, and names, the node's address.
     agents[n] = await startAgent({
-      server: server.apiUrl,
+      // Over TLS to the agent listener, as a node elsewhere would, with only the printed key.
+      server: server.agentUrl,
       key,
       docker: node[n].dockerHost,
       hostIp: addr[n],
@@ -432,7 +433,7 @@ describe('swarm', () => {
 
   it('deploys deploy/stack.yml: the server on a manager, an agent and a socket proxy on every node', async () => {
     const stack = resolve(import.meta.dirname, '../../deploy/stack.yml');
-    const env = { BERTH_SERVER: server.apiUrl };
+    const env = { BERTH_SERVER: server.agentUrl, BERTH_PUBLIC_NAME: new URL(server.agentUrl).hostname };
     const config = await manager.docker(['stack', 'config', '-c', stack], { env });
     expect(config.code, config.stderr).toBe(0);
     await manager.run(['secret', 'create', 'berth_agent_key', '-'], { input: 'not-a-real-key' });

@@ -46,7 +46,10 @@ export interface BerthOptions {
   netns?: string;
   /** The front door's HTTP port (replicas sharing one Caddy share it); default a free one. */
   httpPort?: number;
-  /** The API's address (default 127.0.0.1), e.g. a bridge address agents in namespaces reach. */
+  /**
+   * Where the API and the agent listener listen (default 127.0.0.1), e.g. a bridge address agents
+   * in namespaces reach.
+   */
   apiHost?: string;
 }
 
@@ -74,8 +77,9 @@ export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
   const apiHost = o.apiHost ?? '127.0.0.1';
   const apiPort = await freePort(apiHost);
   const httpPort = o.httpPort ?? (await freePort());
-  // Never the default 0.0.0.0:7443: many servers run at once, and nothing listens beyond loopback.
-  const agentPort = await freePort();
+  // Never the default 0.0.0.0:7443: many servers run at once, and nothing listens beyond loopback
+  // (or the address of a network of the test's own, with apiHost).
+  const agentPort = await freePort(apiHost);
   const args = [
     o.bin ?? BERTH_BIN,
     o.command ?? 'standalone',
@@ -88,7 +92,7 @@ export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
     '--tls',
     'off',
     '--agent-listen',
-    `127.0.0.1:${agentPort}`,
+    `${apiHost}:${agentPort}`,
     '--log-level',
     'debug',
     ...(o.docker ? ['--docker', o.docker, '--host-ip', '127.0.0.1'] : []),
@@ -148,7 +152,7 @@ export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
   const b: BerthProcess = {
     dataDir,
     apiUrl,
-    agentUrl: `https://127.0.0.1:${agentPort}`,
+    agentUrl: `https://${apiHost}:${agentPort}`,
     httpPort,
     token,
     get pid() {
