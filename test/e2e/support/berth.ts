@@ -2,7 +2,7 @@
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import type { RouteView } from '../../../src/model/types.js';
 import { registerCleanup } from './cleanup.js';
@@ -72,6 +72,18 @@ async function okFrom(netns: string, url: string): Promise<boolean> {
   }
 }
 
+/**
+ * Whether a build has the TLS agent listener: BERTH_BIN may name a build from before it (a bench
+ * comparing commits), which refuses the flag.
+ */
+function hasAgentListener(bin: string): boolean {
+  try {
+    return readFileSync(join(dirname(bin), '..', 'config.js'), 'utf8').includes("'agent-listen'");
+  } catch {
+    return true;
+  }
+}
+
 export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
   const dataDir = o.dataDir ?? mkdtempSync(join(tmpdir(), 'bd-'));
   const apiHost = o.apiHost ?? '127.0.0.1';
@@ -91,8 +103,7 @@ export async function startBerth(o: BerthOptions = {}): Promise<BerthProcess> {
     `127.0.0.1:${httpPort}`,
     '--tls',
     'off',
-    '--agent-listen',
-    `${apiHost}:${agentPort}`,
+    ...(hasAgentListener(o.bin ?? BERTH_BIN) ? ['--agent-listen', `${apiHost}:${agentPort}`] : []),
     '--log-level',
     'debug',
     ...(o.docker ? ['--docker', o.docker, '--host-ip', '127.0.0.1'] : []),
