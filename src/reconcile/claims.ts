@@ -33,11 +33,17 @@ export function nextClaims(
   memoryMs: number,
 ): Claims {
   const out: Claims = Object.create(null);
+  // The lookup index of the new claims is made here, where their entries are at hand anyway.
+  const index = new Map<string, number>();
   for (const u of units) {
     const p = prev?.[u];
     const keeps = p && (p.releasedAt === undefined || now - p.releasedAt <= memoryMs);
-    out[u] = { since: keeps ? p.since : now };
+    // A claim held before is the same record again (no new object per unit of 25k).
+    const c = keeps ? (p.releasedAt === undefined ? p : { since: p.since }) : { since: now };
+    out[u] = c;
+    index.set(u, c.since);
   }
+  indexes.set(out, index);
   if (!prev) return out;
   const released: [string, ClaimRecord][] = [];
   for (const [u, p] of Object.entries(prev)) {

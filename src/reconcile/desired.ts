@@ -101,6 +101,9 @@ interface UnitResult {
   errors: Map<string, string[]>;
 }
 
+/** Routes, units or keys dealt with between two of an update's pause points. */
+const PAUSE_EVERY = 500;
+
 /** Past this share of sites changed, the site list is sorted whole rather than merged. */
 const RESORT_SHARE = 0.25;
 
@@ -124,6 +127,40 @@ export class DesiredModel {
   private updated = false;
 
   update(agents: readonly AgentRoutes[]): Desired {
+    const steps = this.steps(agents);
+    let r = steps.next();
+    while (!r.done) r = steps.next();
+    return r.value;
+  }
+
+  /**
+   * As update, yielding to the event loop whenever it has run for `sliceMs`: a full pass over
+   * 50k routes, or the first snapshot of an agent with 10k, is then many short tasks, not one
+   * that holds every request and heartbeat for a second. Nothing else may update the model
+   * meanwhile (the reconciler runs one pass at a time); readers of the outcomes map may see it
+   * part-way, as they see it change between passes.
+   */
+  async updateInSlices(agents: readonly AgentRoutes[], sliceMs = 15): Promise<Desired> {
+    const steps = this.steps(agents);
+    let from = performance.now();
+    let r = steps.next();
+    while (!r.done) {
+      if (performance.now() - from >= sliceMs) {
+        await new Promise((resolve) => setImmediate(resolve));
+        from = performance.now();
+      }
+      r = steps.next();
+    }
+    return r.value;
+  }
+
+  /** Work done since the last pause point: one every PAUSE_EVERY routes, units or keys. */
+  private work = 0;
+  private pause(): boolean {
+    return ++this.work % PAUSE_EVERY === 0;
+  }
+
+  private *steps(agents: readonly AgentRoutes[]): Generator<void, Desired> {
     const dirty = new Set<string>();
     const touched = new Set<string>();
     const seen = new Set<string>();
@@ -131,18 +168,21 @@ export class DesiredModel {
       seen.add(a.agentId);
       const prev = this.agents.get(a.agentId);
       if (prev === a) continue;
-      if (prev) this.drop(prev, dirty, touched);
-      this.add(a, dirty, touched);
+      if (!prev || !(yield* this.replace(prev, a, dirty, touched))) {
+        if (prev) yield* this.drop(prev, dirty, touched);
+        yield* this.add(a, dirty, touched);
+      }
       this.agents.set(a.agentId, a);
     }
-    for (const [id, prev] of this.agents) {
+    for (const [id, prev] of [...this.agents]) {
       if (seen.has(id)) continue;
-      this.drop(prev, dirty, touched);
+      yield* this.drop(prev, dirty, touched);
       this.agents.delete(id);
     }
     const changed: Site[] = [];
     const replaced = new Set<Site>();
     for (const unit of dirty) {
+      if (this.pause()) yield;
       const old = this.results.get(unit)?.site;
       if (old) replaced.add(old);
       const list = this.claims.get(unit);
@@ -156,6 +196,7 @@ export class DesiredModel {
       for (const c of list) touched.add(c.key);
     }
     for (const key of touched) {
+      if (this.pause()) yield;
       const r = this.routes.get(key);
       if (r) this.outcomes.set(key, this.outcomeOf(key, r));
     }
@@ -172,36 +213,89 @@ export class DesiredModel {
     return d;
   }
 
-  private add(a: AgentRoutes, dirty: Set<string>, touched: Set<string>): void {
+  private *add(a: AgentRoutes, dirty: Set<string>, touched: Set<string>): Generator<void> {
     for (const r of a.routes) {
-      const key = routeKey(a.agentId, r.id);
-      this.routes.set(key, r);
-      touched.add(key);
-      for (const unit of unitsOfRoute(r)) {
-        const claim = { key, agent: a, route: r, since: claimedSince(a.claims, unit) };
-        const list = this.claims.get(unit);
-        if (list) list.push(claim);
-        else this.claims.set(unit, [claim]);
-        dirty.add(unit);
-      }
+      if (this.pause()) yield;
+      this.addRoute(a, r, dirty, touched);
     }
   }
 
-  private drop(a: AgentRoutes, dirty: Set<string>, touched: Set<string>): void {
-    for (const r of a.routes) {
-      const key = routeKey(a.agentId, r.id);
-      this.routes.delete(key);
-      this.outcomes.delete(key);
-      touched.add(key);
-      for (const unit of unitsOfRoute(r)) {
-        const list = this.claims.get(unit);
-        if (!list) continue;
-        const rest = list.filter((c) => c.agent !== a);
-        if (rest.length > 0) this.claims.set(unit, rest);
-        else this.claims.delete(unit);
-        dirty.add(unit);
-      }
+  private addRoute(a: AgentRoutes, r: RouteSpec, dirty: Set<string>, touched: Set<string>): void {
+    const key = routeKey(a.agentId, r.id);
+    this.routes.set(key, r);
+    touched.add(key);
+    for (const unit of unitsOfRoute(r)) {
+      const claim = { key, agent: a, route: r, since: claimedSince(a.claims, unit) };
+      const list = this.claims.get(unit);
+      if (list) list.push(claim);
+      else this.claims.set(unit, [claim]);
+      dirty.add(unit);
     }
+  }
+
+  private *drop(a: AgentRoutes, dirty: Set<string>, touched: Set<string>): Generator<void> {
+    for (const r of a.routes) {
+      if (this.pause()) yield;
+      this.dropRoute(a, r, dirty, touched);
+    }
+  }
+
+  private dropRoute(a: AgentRoutes, r: RouteSpec, dirty: Set<string>, touched: Set<string>): void {
+    const key = routeKey(a.agentId, r.id);
+    this.routes.delete(key);
+    this.outcomes.delete(key);
+    touched.add(key);
+    for (const unit of unitsOfRoute(r)) {
+      const list = this.claims.get(unit);
+      if (!list) continue;
+      const rest = list.filter((c) => c.key !== key);
+      if (rest.length > 0) this.claims.set(unit, rest);
+      else this.claims.delete(unit);
+      dirty.add(unit);
+    }
+  }
+
+  /**
+   * A new entry of an agent seen before, route by route: a route equal to its previous self (the
+   * same data, the same claim times) keeps its claims, which only learn the new objects, and
+   * dirties nothing; the others are dropped and added. An agent re-reporting 10k routes with one
+   * changed then costs a comparison per route, not a re-settling of 10k units. False (nothing
+   * done) when what every claim of the agent shares changed (its name, scope or grants), or when
+   * route ids repeat: then the whole agent is dropped and added.
+   */
+  private *replace(
+    prev: AgentRoutes,
+    a: AgentRoutes,
+    dirty: Set<string>,
+    touched: Set<string>,
+  ): Generator<void, boolean> {
+    if (prev.agentName !== a.agentName || prev.scope !== a.scope || !sameData(prev.grants, a.grants))
+      return false;
+    const before = new Map<string, RouteSpec>();
+    for (const r of prev.routes) before.set(r.id, r);
+    const ids = new Set<string>();
+    for (const r of a.routes) ids.add(r.id);
+    if (before.size !== prev.routes.length || ids.size !== a.routes.length) return false;
+    for (const r of prev.routes) if (!ids.has(r.id)) this.dropRoute(prev, r, dirty, touched);
+    for (const r of a.routes) {
+      if (this.pause()) yield;
+      const p = before.get(r.id);
+      const units = p && sameData(p, r) ? unitsOfRoute(r) : undefined;
+      if (units && sameClaims(prev, a, units)) {
+        const key = routeKey(a.agentId, r.id);
+        this.routes.set(key, r);
+        for (const unit of units)
+          for (const c of this.claims.get(unit) ?? [])
+            if (c.key === key) {
+              c.agent = a;
+              c.route = r;
+            }
+        continue;
+      }
+      if (p) this.dropRoute(prev, p, dirty, touched);
+      this.addRoute(a, r, dirty, touched);
+    }
+    return true;
   }
 
   /** A route's outcome from its units' results, in the order of its hosts. */
@@ -245,11 +339,41 @@ export class DesiredModel {
   }
 }
 
+/** Whether two JSON-like values (a route, a list of grants) hold the same data. */
+export function sameData(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false;
+  if (Array.isArray(a)) {
+    if (!Array.isArray(b) || a.length !== b.length) return false;
+    for (let i = 0; i < a.length; i++) if (!sameData(a[i], b[i])) return false;
+    return true;
+  }
+  if (Array.isArray(b)) return false;
+  const x = a as Record<string, unknown>;
+  const y = b as Record<string, unknown>;
+  let n = 0;
+  for (const k in x) {
+    if (x[k] === undefined) continue;
+    n++;
+    if (!sameData(x[k], y[k])) return false;
+  }
+  for (const k in y) if (y[k] !== undefined) n--;
+  return n === 0;
+}
+
+/** Whether these units (of one route) were first claimed at the same times in both entries of its agent. */
+function sameClaims(prev: AgentRoutes, a: AgentRoutes, units: readonly string[]): boolean {
+  if (prev.claims === a.claims) return true;
+  for (const unit of units)
+    if (claimedSince(prev.claims, unit) !== claimedSince(a.claims, unit)) return false;
+  return true;
+}
+
 /** The units a route claims, each once. */
-function unitsOfRoute(r: RouteSpec): Set<string> {
-  const units = new Set<string>();
-  for (const host of r.hosts) units.add(httpUnit(host, r.path));
-  return units;
+function unitsOfRoute(r: RouteSpec): readonly string[] {
+  // Most routes have one host: no set made for them (this runs per route of every changed agent).
+  if (r.hosts.length === 1) return [httpUnit(r.hosts[0]!, r.path)];
+  return [...new Set(r.hosts.map((host) => httpUnit(host, r.path)))];
 }
 
 function settleUnit(unit: string, claims: Claim<RouteSpec>[]): UnitResult {

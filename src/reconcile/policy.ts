@@ -400,22 +400,34 @@ function withinLimit(routes: RouteSpec[], tcp: TcpRouteSpec[], s: Snapshot, limi
 const limitMemo = new WeakMap<Snapshot, { limit: number; routes: number; tcp: number; kept: Set<string> }>();
 
 function fitContainers(routes: RouteSpec[], tcp: TcpRouteSpec[], s: Snapshot, limit: number): Set<string> {
-  const per = new Map<string, { count: number; since: number }>();
-  const note = (cid: string, since: number) => {
-    const e = per.get(cid) ?? { count: 0, since: Number.POSITIVE_INFINITY };
-    e.count++;
-    e.since = Math.min(e.since, since);
-    per.set(cid, e);
+  // Per container (by slot): its routes and its oldest claim. Plain arrays, not an object per
+  // container: a hostile snapshot has 25k containers, and this runs for each of its snapshots.
+  const slot = new Map<string, number>();
+  const ids: string[] = [];
+  const counts: number[] = [];
+  const since: number[] = [];
+  const note = (cid: string, t: number) => {
+    let i = slot.get(cid);
+    if (i === undefined) {
+      i = ids.length;
+      slot.set(cid, i);
+      ids.push(cid);
+      counts.push(0);
+      since.push(Number.POSITIVE_INFINITY);
+    }
+    counts[i]!++;
+    if (t < since[i]!) since[i] = t;
   };
   for (const r of routes) note(r.containerId, claimedSince(s.claims, httpUnit(r.hosts[0] ?? '', r.path)));
   for (const r of tcp) note(r.containerId, claimedSince(s.claims, tcpUnit(r.listen)));
-  const order = [...per].sort(([a, x], [b, y]) => x.since - y.since || (a < b ? -1 : a > b ? 1 : 0));
+  const order = ids.map((_, i) => i);
+  order.sort((a, b) => since[a]! - since[b]! || (ids[a]! < ids[b]! ? -1 : ids[a]! > ids[b]! ? 1 : 0));
   const kept = new Set<string>();
   let used = 0;
-  for (const [cid, e] of order) {
-    if (used + e.count > limit) continue;
-    used += e.count;
-    kept.add(cid);
+  for (const i of order) {
+    if (used + counts[i]! > limit) continue;
+    used += counts[i]!;
+    kept.add(ids[i]!);
   }
   return kept;
 }

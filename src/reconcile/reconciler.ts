@@ -136,7 +136,7 @@ export class Reconciler<T extends HttpTarget = HttpTarget> {
         this.model = new DesiredModel();
         this.fullPassAt = startedAt;
       }
-      const desired = this.model.update(source);
+      const desired = await this.model.updateInSlices(source);
       await yieldToIo();
       // Before anything serves it: whoever must know the new state first (the traffic counter).
       this.o.onDesired?.(desired);

@@ -382,7 +382,11 @@ class SnapshotPacer {
   offer(raw: string): boolean {
     const superseded = this.waiting !== undefined;
     this.waiting = raw;
-    if (!this.busy) void this.next();
+    if (!this.busy) {
+      // Parsing starts in a task of its own, not in the one that received the (maybe 8 MiB) frame.
+      this.busy = true;
+      setImmediate(() => void this.next());
+    }
     return superseded;
   }
 

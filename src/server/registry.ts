@@ -21,6 +21,7 @@ import {
   withheldBecause,
 } from '../reconcile/policy.js';
 import { nextSwarm } from '../reconcile/swarm.js';
+import { stringifyInSlices } from '../store/json-slices.js';
 import type { AgentRecord, KeyRecord, Presence, Store } from '../store/store.js';
 import { hashToken } from './auth.js';
 import type { EventBus } from './events.js';
@@ -107,6 +108,10 @@ export class Registry {
   private readonly unsaved = new Map<string, { snapshot: Snapshot; timer: NodeJS.Timeout }>();
   private readonly savedAt = new Map<string, { at: number; ms: number }>();
   private readonly writing = new Set<Promise<void>>();
+  /** Per agent, bumped by each snapshot write begun and by forgetting the agent: a write made stale meanwhile is skipped. */
+  private readonly writeSeq = new Map<string, number>();
+  /** Per agent, its store write under way. */
+  private readonly storeWrites = new Map<string, Promise<void>>();
   /** When each agent's record was last written by a heartbeat. */
   private readonly seenWritten = new Map<string, number>();
   /** Recent enrolment times per key, for ENROLMENTS_PER_MINUTE. */
@@ -221,13 +226,31 @@ export class Registry {
     if (!pending) return;
     clearTimeout(pending.timer);
     this.unsaved.delete(agentId);
+    const seq = (this.writeSeq.get(agentId) ?? 0) + 1;
+    this.writeSeq.set(agentId, seq);
+    // Made in slices (a 25k-route snapshot's text held the event loop for 0.2 s at once).
+    const body = await stringifyInSlices(pending.snapshot as unknown as Record<string, unknown>);
+    // One store write per agent at a time (a store may compress first), in the order begun.
+    await this.storeWrites.get(agentId);
+    // A newer snapshot's write began meanwhile, or the agent was forgotten: this one is stale.
+    if (this.writeSeq.get(agentId) !== seq) return;
     const at = Date.now();
+    const write = this.store.saveSnapshot(pending.snapshot, body);
+    this.storeWrites.set(
+      agentId,
+      write.then(
+        () => undefined,
+        () => undefined,
+      ),
+    );
     try {
-      await this.store.saveSnapshot(pending.snapshot);
+      await write;
     } catch (err) {
       // Still served from memory; the agent's next change (or a flush) writes it again.
       this.o.logger?.warn({ agentId, err: errorMessage(err) }, 'could not store the agent’s snapshot');
     } finally {
+      // No newer write began: none waits for this one.
+      if (this.writeSeq.get(agentId) === seq) this.storeWrites.delete(agentId);
       this.savedAt.set(agentId, { at, ms: Date.now() - at });
       this.wrote(`snapshot:${agentId}`);
     }
@@ -244,6 +267,7 @@ export class Registry {
     clearTimeout(this.unsaved.get(agentId)?.timer);
     this.unsaved.delete(agentId);
     this.savedAt.delete(agentId);
+    this.writeSeq.set(agentId, (this.writeSeq.get(agentId) ?? 0) + 1);
   }
 
   // ---- keys
@@ -507,6 +531,8 @@ export class Registry {
     this.live.delete(a.id);
     this.dropUnsaved(a.id);
     try {
+      // A write begun before is let finish first, so that it cannot bring the snapshot back.
+      await this.storeWrites.get(a.id);
       await this.store.deleteAgent(a.id);
       await this.store.deleteSnapshot(a.id);
     } finally {

@@ -11,11 +11,16 @@ const SCAN_EVERY_MS = 1_000;
  * event past this, not 15k events (each of which every open events stream would carry).
  */
 export const MAX_REJECTED_EVENTS = 100;
+/** A scan runs at most this long before it yields to the event loop. */
+const SLICE_MS = 10;
 /** routes.changed at most once per this, the last change always announced. */
 const ANNOUNCE_EVERY_MS = 1_000;
 
 export class RouteEvents {
   private lastErrors = new Set<string>();
+  private scanning = false;
+  private again = false;
+  private stopped = false;
   private lastScanAt = 0;
   private scan?: NodeJS.Timeout;
   private version = 0;
@@ -26,8 +31,8 @@ export class RouteEvents {
   constructor(
     private readonly o: {
       events: EventBus;
-      /** Routes with errors only (the cheap listing). */
-      errors: () => RouteView[];
+      /** Routes with errors only (the cheap listing), with `undefined` where the scan may yield. */
+      errors: () => Iterable<RouteView | undefined>;
     },
   ) {}
 
@@ -60,16 +65,55 @@ export class RouteEvents {
   }
 
   stop(): void {
+    this.stopped = true;
     clearTimeout(this.scan);
     clearTimeout(this.announce);
   }
 
   private scanErrors(): void {
+    // A pass during a scan: the state it scans may be behind, so one more scan follows.
+    if (this.scanning) {
+      this.again = true;
+      return;
+    }
+    this.scanning = true;
+    void this.scanInSlices();
+  }
+
+  /** Scans, yielding to the event loop whenever it has run for SLICE_MS (25k errors took 0.3 s at once). */
+  private async scanInSlices(): Promise<void> {
+    try {
+      const slices = this.scanOnce();
+      // Run to its end at once when the scan never had to yield (the common case).
+      let r = slices.next();
+      while (!r.done) {
+        await new Promise((resolve) => setImmediate(resolve));
+        if (this.stopped) return;
+        r = slices.next();
+      }
+    } finally {
+      this.scanning = false;
+      if (this.again && !this.stopped) {
+        this.again = false;
+        this.scanErrors();
+      }
+    }
+  }
+
+  /** One scan; it pauses (yields) where it has run for SLICE_MS. */
+  private *scanOnce(): Generator<void> {
     this.lastScanAt = Date.now();
     const now = new Set<string>();
     let emitted = 0;
     let more = 0;
+    let sliceFrom = performance.now();
     for (const r of this.o.errors()) {
+      if (!r) {
+        if (performance.now() - sliceFrom < SLICE_MS) continue;
+        yield;
+        sliceFrom = performance.now();
+        continue;
+      }
       if (r.status !== 'error') continue;
       const key = `${r.agentId}:${r.id}:${r.errors.join('|')}`;
       now.add(key);

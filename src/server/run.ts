@@ -32,7 +32,7 @@ import { statusReport } from './status.js';
 import { SLOT_MS, trafficReport, trafficRoutes } from './traffic.js';
 import { TrafficExchange } from './traffic-replicas.js';
 import { UiAuth } from './ui-auth.js';
-import { appliedFrom, routeViews } from './views.js';
+import { appliedFrom, eachRouteView, type RouteViewInput, routeViews } from './views.js';
 
 export interface RunningServer {
   stop(): Promise<void>;
@@ -94,15 +94,12 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
   follower?.start();
 
   const metrics = new ServerMetrics();
-  const routesNow = (o?: { onlyErrors?: boolean; unordered?: boolean }) =>
-    routeViews(
-      {
-        agents: registry.reporting(),
-        admitted: registry.admitted(),
-        applied: rec?.state && appliedFrom(rec.state),
-      },
-      o,
-    );
+  const viewInput = (): RouteViewInput => ({
+    agents: registry.reporting(),
+    admitted: registry.admitted(),
+    applied: rec?.state && appliedFrom(rec.state),
+  });
+  const routesNow = (o?: { onlyErrors?: boolean; unordered?: boolean }) => routeViews(viewInput(), o);
   // Hostnames every Caddy serves after the last pass, for Caddy's on-demand TLS ask. Built once
   // per pass when first asked: a handshake with a random name must not cost a route listing.
   let served: { state?: ReconcileState; hosts: HostIndex } = { hosts: new HostIndex([]) };
@@ -116,7 +113,10 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
     }
     return served.hosts;
   };
-  const routeEvents = new RouteEvents({ events, errors: () => routesNow({ onlyErrors: true }) });
+  const routeEvents = new RouteEvents({
+    events,
+    errors: () => eachRouteView(viewInput(), { onlyErrors: true }),
+  });
   // Who owns each host, for the traffic counter: after a pass that changed the desired state,
   // before the next request of a new host is counted (a later update would count it as "other").
   // Only what changed since the list last sent goes to the thread (the desired state says what it

@@ -143,8 +143,25 @@ export function routeViews(
   input: RouteViewInput,
   o: { onlyErrors?: boolean; unordered?: boolean } = {},
 ): RouteView[] {
-  const { admitted, applied } = input;
   const views: RouteView[] = [];
+  for (const v of eachRouteView(input, o)) if (v) views.push(v);
+  return o.onlyErrors || o.unordered ? views : byPlace(views);
+}
+
+/** Routes looked at between two of eachRouteView's pause points. */
+const PAUSE_EVERY = 1_000;
+
+/**
+ * routeViews' views one at a time, in agent and snapshot order, with `undefined` now and then
+ * (every PAUSE_EVERY routes looked at): a point where a reader going through 25k routes of a
+ * hostile agent may yield to the event loop.
+ */
+export function* eachRouteView(
+  input: RouteViewInput,
+  o: { onlyErrors?: boolean } = {},
+): Generator<RouteView | undefined> {
+  const { admitted, applied } = input;
+  let looked = 0;
   const sitesByKey = new Map<string, string[]>();
   if (applied && (!o.onlyErrors || applied.quarantined.size > 0)) {
     for (const site of applied.sites) {
@@ -155,13 +172,14 @@ export function routeViews(
   const withErrors = o.onlyErrors ? agentsWithErrors(admitted, applied) : undefined;
   for (const { id: agentId, name: agentName, snapshot: s } of input.agents) {
     if (withErrors && !withErrors.has(agentId)) {
-      views.push(...rejectedContainers(agentId, agentName, s.diagnostics));
+      yield* rejectedContainers(agentId, agentName, s.diagnostics);
       continue;
     }
     const withheld = admitted.withheld.get(agentId);
     const note = (notReady: string | undefined) => (withheld ? `not served: ${withheld}` : notReady);
     const speaks = admitted.swarmSpeakers?.has(agentId) === true;
     for (const r of s.routes) {
+      if (++looked % PAUSE_EVERY === 0) yield undefined;
       // Service routes another agent speaks for (a former leader's held view): not this agent's now.
       if (r.swarm && !speaks) continue;
       const key = routeKey(agentId, r.id);
@@ -194,7 +212,7 @@ export function routeViews(
       if (r.allow) view.allow = r.allow;
       const n = note(r.notReady);
       if (n) view.note = n;
-      views.push(view);
+      yield view;
     }
     for (const r of s.tcp ?? []) {
       const key = routeKey(agentId, r.id);
@@ -226,11 +244,10 @@ export function routeViews(
       };
       const n = note(r.notReady);
       if (n) view.note = n;
-      views.push(view);
+      yield view;
     }
-    views.push(...rejectedContainers(agentId, agentName, s.diagnostics));
+    yield* rejectedContainers(agentId, agentName, s.diagnostics);
   }
-  return o.onlyErrors || o.unordered ? views : byPlace(views);
 }
 
 /**

@@ -323,11 +323,9 @@ export class RedisStore implements Store, SharedStore {
       : undefined;
   }
 
-  async saveSnapshot(s: Snapshot): Promise<void> {
+  async saveSnapshot(s: Snapshot, body = JSON.stringify(s)): Promise<void> {
     await this.write({ kind: 'snapshot', agentId: s.agentId }, (m) =>
-      m
-        .hset(this.k('snapshots'), s.agentId, JSON.stringify(s))
-        .hset(this.k('snapgen'), s.agentId, s.generation),
+      m.hset(this.k('snapshots'), s.agentId, body).hset(this.k('snapgen'), s.agentId, s.generation),
     );
   }
 

@@ -1,6 +1,8 @@
 // The embedded default store: one SQLite file in the data dir, WAL mode.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { gunzipSync, gzip } from 'node:zlib';
 import Database from 'better-sqlite3';
 import type { Snapshot } from '../model/types.js';
 import type { AgentRecord, AuditEntry, KeyRecord, Store, StoreChange } from './store.js';
@@ -15,6 +17,10 @@ CREATE INDEX IF NOT EXISTS keys_previous_hash ON keys (previous_hash);
 CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, at INTEGER NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS snapshots (agent_id TEXT PRIMARY KEY, generation INTEGER NOT NULL, body TEXT NOT NULL);
 `;
+
+const gzipAsync = promisify(gzip);
+/** Snapshot texts of this many characters or more are stored gzipped (a BLOB; smaller ones stay text). */
+export const COMPRESS_FROM = 1 << 20;
 
 export class SqliteStore implements Store {
   private readonly db: Database.Database;
@@ -99,11 +105,14 @@ export class SqliteStore implements Store {
     return k.previousExpiresAt !== undefined && k.previousExpiresAt > now ? k : undefined;
   }
 
-  async saveSnapshot(s: Snapshot): Promise<void> {
+  async saveSnapshot(s: Snapshot, body = JSON.stringify(s)): Promise<void> {
+    // A big text is stored gzipped, compressed on libuv's thread pool: 8 MiB written as it is
+    // held the event loop for a tenth of a second (SQLite's page writes), 0.5 MiB does not.
+    const value = body.length >= COMPRESS_FROM ? await gzipAsync(body, { level: 1 }) : body;
     this.sql(
       `INSERT INTO snapshots (agent_id, generation, body) VALUES (?, ?, ?)
          ON CONFLICT(agent_id) DO UPDATE SET generation = excluded.generation, body = excluded.body`,
-    ).run(s.agentId, s.generation, JSON.stringify(s));
+    ).run(s.agentId, s.generation, value);
   }
 
   async deleteSnapshot(agentId: string): Promise<void> {
@@ -111,8 +120,13 @@ export class SqliteStore implements Store {
   }
 
   async loadSnapshots(): Promise<Snapshot[]> {
-    const rows = this.sql('SELECT body FROM snapshots ORDER BY agent_id').all() as { body: string }[];
-    return rows.map((r) => JSON.parse(r.body) as Snapshot);
+    const rows = this.sql('SELECT body FROM snapshots ORDER BY agent_id').all() as {
+      body: string | Buffer;
+    }[];
+    return rows.map(
+      (r) =>
+        JSON.parse(typeof r.body === 'string' ? r.body : gunzipSync(r.body).toString('utf8')) as Snapshot,
+    );
   }
 
   async addAudit(e: AuditEntry): Promise<void> {

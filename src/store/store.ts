@@ -141,8 +141,11 @@ export interface Store {
   listKeys(): Promise<KeyRecord[]>;
   /** The key whose current or (unexpired) previous secret has this hash. */
   findKeyByHash(hash: string, now: number): Promise<KeyRecord | undefined>;
-  /** Replaces the agent's whole state: snapshots are never merged. */
-  saveSnapshot(snapshot: Snapshot): Promise<void>;
+  /**
+   * Replaces the agent's whole state: snapshots are never merged. `body`, when given, is the
+   * snapshot's JSON text already made (by stringifyInSlices, off the event loop's long path).
+   */
+  saveSnapshot(snapshot: Snapshot, body?: string): Promise<void>;
   deleteSnapshot(agentId: string): Promise<void>;
   loadSnapshots(): Promise<Snapshot[]>;
   addAudit(entry: AuditEntry): Promise<void>;

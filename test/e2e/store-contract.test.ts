@@ -178,6 +178,19 @@ describe.each(adapters)('store contract: $name', ({ open }) => {
     expect((await store.loadSnapshots()).map((s) => s.agentId)).toEqual(['ag_a']);
   });
 
+  it('keeps a big snapshot (several MiB, given as text made beforehand) and a small one after it', async () => {
+    const hosts = Array.from({ length: 60_000 }, (_, i) => `r${i}.big.test`);
+    const big = snapshot('ag_big', 1, hosts);
+    const text = JSON.stringify(big);
+    expect(text.length).toBeGreaterThan(2 << 20);
+    await store.saveSnapshot(big, text);
+    expect((await store.loadSnapshots()).find((s) => s.agentId === 'ag_big')).toEqual(big);
+    await store.saveSnapshot(snapshot('ag_big', 2, ['small.test']));
+    expect((await store.loadSnapshots()).find((s) => s.agentId === 'ag_big')).toEqual(
+      snapshot('ag_big', 2, ['small.test']),
+    );
+  });
+
   it('lists audit entries newest first, up to the limit', async () => {
     expect(await store.listAudit(10)).toEqual([]);
     for (let i = 1; i <= 5; i++) await store.addAudit(audit(i));

@@ -82,6 +82,40 @@ function randomAgent(r: ReturnType<typeof rng>, id: string, version: number): Ag
   return entry;
 }
 
+/**
+ * The same agent re-reporting: every route a new object with the same data (as a fresh snapshot
+ * gives), and a few changed: one removed, one's upstream or hosts changed, one added, a claim
+ * time moved, now and then its name or grants.
+ */
+function reReport(r: ReturnType<typeof rng>, a: AgentRoutes, version: number): AgentRoutes {
+  const routes: RouteSpec[] = structuredClone(a.routes);
+  const claims: Record<string, { since: number }> = Object.assign(
+    Object.create(null),
+    structuredClone(a.claims),
+  );
+  const change = r.int(6);
+  const i = r.int(Math.max(1, routes.length));
+  if (change === 0 && routes.length > 0) routes.splice(i, 1);
+  else if (change === 1 && routes[i]) routes[i]!.upstream.port = 8000 + r.int(3);
+  else if (change === 2 && routes[i]) {
+    routes[i]!.hosts = [r.pick(HOSTS)];
+    claims[`${routes[i]!.hosts[0]}\u0000${routes[i]!.path}`] ??= { since: r.int(4) };
+  } else if (change === 3) {
+    const extra = randomAgent(r, a.agentId, version).routes[0];
+    if (extra && !routes.some((x) => x.id === extra.id)) {
+      routes.push(extra);
+      for (const h of extra.hosts) claims[`${h}\u0000${extra.path}`] ??= { since: r.int(4) };
+    }
+  } else if (change === 4) {
+    const units = Object.keys(claims);
+    if (units.length > 0) claims[r.pick(units)] = { since: r.int(4) };
+  }
+  const entry: AgentRoutes = { ...a, routes, claims, tcp: structuredClone(a.tcp) };
+  if (r.next() < 0.05) entry.agentName = `${a.agentId}-v${version}`;
+  if (r.next() < 0.05) entry.grants = r.next() < 0.5 ? undefined : [r.pick(['*.x.test', 'a.test'])];
+  return entry;
+}
+
 /** Desired as plain data, outcomes in key order (their Map order is not part of the answer). */
 const plain = (d: Desired) => ({
   sites: d.sites,
@@ -90,7 +124,7 @@ const plain = (d: Desired) => ({
 });
 
 describe('DesiredModel', () => {
-  it('equals the full recomputation after every step of 2,000 random histories, and so do the split and the DNS table patched from its changes', () => {
+  it('equals the full recomputation after every step of 2,000 random histories (agents added, removed, replaced, re-reporting with small changes), and so do the split and the DNS table patched from its changes', () => {
     let steps = 0;
     for (let seed = 1; seed <= 2_000; seed++) {
       const r = rng(seed);
@@ -102,13 +136,16 @@ describe('DesiredModel', () => {
       let fleet: AgentRoutes[] = [];
       let version = 0;
       for (let step = 0; step < 12; step++) {
-        const op = r.int(5);
+        const op = r.int(6);
         if (op === 0 || fleet.length === 0)
           fleet = [...fleet, randomAgent(r, `h${r.int(6)}-${version}`, ++version)];
         else if (op === 1) fleet = fleet.filter((_, i) => i !== r.int(fleet.length));
         else if (op === 2 || op === 3) {
           const i = r.int(fleet.length);
           fleet = fleet.map((a, j) => (j === i ? randomAgent(r, a.agentId, ++version) : a));
+        } else if (op === 5) {
+          const i = r.int(fleet.length);
+          fleet = fleet.map((a, j) => (j === i ? reReport(r, a, ++version) : a));
         } // op 4: the same fleet again, every entry the same object
         const got = model.update(fleet);
         const want = computeDesired(fleet);
@@ -167,5 +204,38 @@ describe('DesiredModel', () => {
     const changed = model.update([randomAgent(r, 'h1', 2), b]);
     expect(changed.sites.find((s) => s.host === 'only.h2.test')).toBe(mine);
     expect(model.update([a]).sites.some((s) => s.host === 'only.h2.test')).toBe(false);
+  });
+
+  it('gives the same answer in slices, yielding to the event loop during a big update', async () => {
+    const big = (id: string, n: number, port: number): AgentRoutes => ({
+      agentId: id,
+      agentName: id,
+      routes: Array.from({ length: n }, (_, i) => ({
+        id: `c${i}/default`,
+        group: 'default',
+        hosts: [`r${i}.${id}.test`, `shared${i % 50}.test`],
+        path: '/',
+        stripPath: false,
+        upstream: { host: '127.0.0.2', port, scheme: 'http' as const },
+        containerId: `c${i}`,
+        containerName: `c${i}`,
+        containerCreated: i,
+      })),
+    });
+    const fleets = [
+      [big('a', 20_000, 80)],
+      [big('a', 20_000, 81), big('b', 5_000, 82)],
+      [big('b', 5_000, 82)],
+    ];
+    const sliced = new DesiredModel();
+    const whole = new DesiredModel();
+    for (const fleet of fleets) {
+      let ticks = 0;
+      const timer = setInterval(() => ticks++, 0);
+      const got = await sliced.updateInSlices(fleet, 1);
+      clearInterval(timer);
+      expect(ticks).toBeGreaterThan(0);
+      expect(JSON.stringify(plain(got))).toBe(JSON.stringify(plain(whole.update(fleet))));
+    }
   });
 });

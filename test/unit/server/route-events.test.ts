@@ -45,4 +45,33 @@ describe('RouteEvents', () => {
     expect(later.map((e) => e.message)).toEqual(['r0.example.test (h1/c0): the agent has too many routes']);
     re.stop();
   });
+
+  it('yields to the event loop during a long scan, and still announces every route it found', async () => {
+    const events = new EventBus(10_000);
+    const busy = (ms: number) => {
+      const until = performance.now() + ms;
+      while (performance.now() < until);
+    };
+    let done = false;
+    let ranBetween = false;
+    function* errors(): Generator<RouteView | undefined> {
+      for (let i = 0; i < 4; i++) {
+        yield errored(i);
+        busy(12); // longer than a slice: the scan must yield here
+        yield undefined;
+      }
+      done = true;
+    }
+    const re = new RouteEvents({ events, errors });
+    re.passed(1, 0);
+    await new Promise((resolve) => setTimeout(resolve, 5)); // the scan starts on its timer
+    setImmediate(() => {
+      ranBetween = !done;
+    });
+    await vi.waitFor(() => expect(done).toBe(true));
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(ranBetween).toBe(true);
+    expect(events.recent().filter((e) => e.type === 'route.rejected')).toHaveLength(4);
+    re.stop();
+  });
 });
