@@ -15,6 +15,7 @@ import { isAgentId, MAX_SERVER_MESSAGE_BYTES, parseServerMessage } from '../mode
 import type { Snapshot } from '../model/types.js';
 import { DialError, type ServerTrust, secureDial } from './dial.js';
 import { fitSnapshot } from './fit.js';
+import { TunnelClient } from './tunnel.js';
 
 export interface LinkOptions {
   /** One URL, or several replicas' URLs: each (re)connect after a failure tries the next. */
@@ -34,6 +35,8 @@ export interface LinkOptions {
   heartbeat: () => Omit<Heartbeat, 'type' | 'version' | 'intervalMs'>;
   /** Runs one checked exec request; a throw or rejection is logged, never fatal. */
   onExec?: (req: ExecRequest) => void | Promise<void>;
+  /** --tunnel: the front door reaches this agent's routes through streams it opens to the server. */
+  tunnel?: { maxStreams: number };
 }
 
 /** Bytes of a refusing server's HTTP answer that are read for the log line. */
@@ -63,11 +66,25 @@ export class ServerLink {
   invalidMessages = 0;
   /** What a misbehaving server can make the agent log is counted and summarised, not repeated. */
   private readonly gate: LogGate;
+  /** --tunnel: the streams this agent carries for the front door. */
+  readonly tunnel?: TunnelClient;
 
   constructor(private readonly o: LinkOptions) {
     mkdirSync(o.dataDir, { recursive: true, mode: 0o700 });
     this.agentId = readIdentity(o.dataDir);
     this.gate = new LogGate(o.logger, 60_000, 64);
+    if (o.tunnel)
+      this.tunnel = new TunnelClient({
+        maxStreams: o.tunnel.maxStreams,
+        logger: o.logger.child({ component: 'tunnel' }),
+        target: () =>
+          this.agentId && this.connected
+            ? { server: this.server, trust: o.trust ?? {}, key: o.key, agentId: this.agentId }
+            : undefined,
+        send: (m) => {
+          if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(m));
+        },
+      });
   }
 
   start(): void {
@@ -80,6 +97,7 @@ export class ServerLink {
     clearInterval(this.beat);
     clearTimeout(this.retry);
     this.ws?.close(1000, 'agent stopping');
+    this.tunnel?.closeAll();
     this.gate.close();
   }
 
@@ -91,6 +109,7 @@ export class ServerLink {
   /** The latest snapshot; sent now if connected, else on the next connect. */
   publish(s: Snapshot): void {
     this.snapshot = s;
+    this.tunnel?.setRoutes(s);
     this.sendSnapshot();
   }
 
@@ -264,6 +283,10 @@ export class ServerLink {
       // The server waits for an answer to each exec request: give it one that says why.
       if (r.execId)
         this.sendExecEvent({ type: 'exec.error', id: r.execId, code: 'FAILED', message: r.error });
+      if (r.tunnelId && this.ws?.readyState === WebSocket.OPEN)
+        this.ws.send(
+          JSON.stringify({ type: 'tunnel.failed', id: r.tunnelId, code: 'REFUSED', message: r.error }),
+        );
       return;
     }
     const msg = r.message;
@@ -287,12 +310,32 @@ export class ServerLink {
       // Older servers do not say; theirs was 64 MiB, so the default is the safe side.
       this.maxMessageBytes = msg.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
       this.o.logger.info({ agentId: msg.agentId, status: msg.status }, 'registered with server');
+      if (this.tunnel && !msg.tunnel)
+        this.gate.log(
+          'error',
+          'no-tunnels',
+          { server: this.server },
+          "the server does not carry tunnels (it is older than berth agent --tunnel): this agent's routes are not reachable through it; upgrade the server, or run the agent without --tunnel",
+        );
       this.sendSnapshot();
       this.sendHeartbeat();
     } else if (msg.type === 'exec') {
       this.runExec(msg);
     } else if (msg.type === 'resync') {
       this.sendSnapshot();
+    } else if (msg.type === 'tunnel.open') {
+      if (this.tunnel) this.tunnel.handleOpen(msg);
+      else
+        this.ws?.send(
+          JSON.stringify({
+            type: 'tunnel.failed',
+            id: msg.id,
+            code: 'REFUSED',
+            message: 'this agent runs without --tunnel: the front door reaches its routes directly',
+          }),
+        );
+    } else if (msg.type === 'tunnel.cancel') {
+      this.tunnel?.cancel(msg.id);
     } else if (msg.type === 'error') {
       this.gate.warn(
         `server-error:${msg.message.slice(0, 120)}`,
@@ -325,7 +368,14 @@ export class ServerLink {
 
   private sendSnapshot(): void {
     if (!this.snapshot || !this.agentId || this.ws?.readyState !== WebSocket.OPEN) return;
-    const fitted = fitSnapshot({ ...this.snapshot, agentId: this.agentId }, this.maxMessageBytes);
+    const fitted = fitSnapshot(
+      {
+        ...this.snapshot,
+        agentId: this.agentId,
+        ...(this.o.tunnel ? { tunnel: { maxStreams: this.o.tunnel.maxStreams } } : {}),
+      },
+      this.maxMessageBytes,
+    );
     if (fitted.left.length > 0) {
       this.gate.warn(
         `snapshot-over-limit:${fitted.left.join(',')}`,
