@@ -1,0 +1,415 @@
+// Tunnels side by side, on loopback, to the same upstream (bench/tcp/upstream.mjs):
+//   direct       the client dials the upstream itself
+//   berth        `berth agent --tunnel` (plain, as on loopback): the client dials the server's local
+//                endpoint for the route, the agent carries the stream to the upstream
+//   berth-tls    the same with the agent's connections over TLS to --agent-listen
+//   ssh -R       OpenSSH's reverse tunnel: a private sshd (throwaway keys in a temp dir) and an
+//                `ssh -N -R` client in front of the same upstream, the classic way to serve from
+//                behind NAT
+// Per target: one 1 GiB stream each way (MiB/s), round trips of 64 bytes on 1 and 8 connections
+// (p50/p99 µs), fresh connections per second (connect, one round trip, close), the agent-side and
+// server-side processes' CPU seconds per GiB moved and RSS; then the agent's RSS with 100 open
+// tunneled streams. Berth's server and agent are real processes (`berth server`, `berth agent`
+// with a private dockerd for its routes); the client dials the endpoint the TCP forwarder would.
+// Prints figures; asserts nothing.
+//
+//   npm run build && npx tsx bench/tunnel.ts [--size-mb 1024] [--round-trips 20000] [--connections 1000]
+//                                            [--targets direct,berth,berth-tls,ssh] [--json]
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { type AgentProcess, type BerthProcess, startAgent, startBerth } from '../test/e2e/support/berth.js';
+import { registerCleanup } from '../test/e2e/support/cleanup.js';
+import { importBusybox, runHostContainer, startDockerd } from '../test/e2e/support/dockerd.js';
+import { freePort } from '../test/e2e/support/ports.js';
+import { spawnLogged, waitUntil } from '../test/e2e/support/proc.js';
+import { cleanupOnExit, flag, loadavg, procSample, sleep } from './lib.js';
+// @ts-expect-error plain JS helpers shared with bench/tcp/run.mjs
+import { connectionSetup, download, latency, quantile, upload } from './tcp/clients.mjs';
+// @ts-expect-error plain JS helpers shared with bench/tcp/run.mjs
+import { startUpstream, stopProcess } from './tcp/procs.mjs';
+
+const SIZE_MB = flag('size-mb', 1024);
+const ROUND_TRIPS = flag('round-trips', 20_000);
+const CONNECTIONS = flag('connections', 1000);
+const STREAMS = 100;
+const asJson = process.argv.includes('--json');
+const ti = process.argv.indexOf('--targets');
+const TARGETS = (ti > 0 ? process.argv[ti + 1]! : 'direct,berth,berth-tls,ssh').split(',');
+const say = (s: string) => !asJson && console.log(s);
+const done = cleanupOnExit();
+const MiB = 1 << 20;
+const TIMEOUT = 300_000;
+
+interface Addr {
+  host: string;
+  port: number;
+}
+
+interface Target {
+  name: string;
+  port: Addr;
+  /** The processes on the agent's side and on the server's side of the tunnel. */
+  agentPids: () => number[];
+  serverPids: () => number[];
+  stop(): Promise<void>;
+}
+
+interface Result {
+  downloadMiBps: number;
+  uploadMiBps: number;
+  rtt1P50Us: number;
+  rtt1P99Us: number;
+  rtt8P50Us: number;
+  rtt8P99Us: number;
+  freshPerSecond: number;
+  agentCpuSecondsPerGiB?: number;
+  serverCpuSecondsPerGiB?: number;
+  agentRssMiB?: number;
+  serverRssMiB?: number;
+  agentRssMiBWith100Streams?: number;
+}
+
+const cpu = (pids: number[]) => pids.reduce((s, p) => s + (procSample(p)?.cpuSeconds ?? 0), 0);
+const rss = (pids: number[]) => pids.reduce((s, p) => s + (procSample(p)?.rssMb ?? 0), 0);
+const children = (pid: number): number[] => {
+  try {
+    return execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' })
+      .split('\n')
+      .filter(Boolean)
+      .map(Number);
+  } catch {
+    return [];
+  }
+};
+
+/** One berth server (and dockerd with the route's container) for both Berth targets. */
+async function berthSide(
+  upstreamPort: number,
+): Promise<{ berth: BerthProcess; docker: string; agentDir: string }> {
+  const d = await startDockerd({ name: 'tunnelbench' });
+  await importBusybox(d);
+  const listen = await freePort();
+  await runHostContainer(
+    d,
+    'bench-upstream',
+    { 'berth.tcp.bench.listen': String(listen), 'berth.tcp.bench.port': String(upstreamPort) },
+    ['sleep', '1000000'],
+  );
+  const berth = await startBerth({
+    command: 'server',
+    args: ['--tcp-bind', '127.0.0.1', '--log-level', 'warn'],
+  });
+  const agentDir = mkdtempSync(join(tmpdir(), 'btun-agent-'));
+  registerCleanup(() => rmSync(agentDir, { recursive: true, force: true }));
+  return { berth, docker: d.dockerHost, agentDir };
+}
+
+/** The local endpoint the TCP forwarder dials for the tunneled route (from its listener file). */
+async function endpointOf(berth: BerthProcess): Promise<Addr> {
+  let port = 0;
+  await waitUntil(
+    () => {
+      try {
+        const text = readFileSync(join(berth.dataDir, 'tcp', 'listeners.json'), 'utf8');
+        const m = /"host":"(127\.77\.\d+\.\d+)","port":(\d+)/.exec(text);
+        if (m) port = Number(m[2]);
+        return m !== null && m[1] === '127.77.0.1';
+      } catch {
+        return false;
+      }
+    },
+    { timeoutMs: 30_000, message: 'the tunneled route never reached the TCP forwarder' },
+  );
+  return { host: '127.77.0.1', port };
+}
+
+async function berthTarget(
+  name: string,
+  side: { berth: BerthProcess; docker: string; agentDir: string },
+  key: string,
+  tls: boolean,
+): Promise<Target> {
+  // One agent identity (its data dir) for both: the same route, the same endpoint, over plain or TLS.
+  const agent: AgentProcess = await startAgent({
+    dataDir: side.agentDir,
+    server: tls ? side.berth.agentUrl : side.berth.apiUrl,
+    key,
+    docker: side.docker,
+    hostIp: '127.0.0.1',
+    name: 'bench-agent',
+    args: ['--tunnel'],
+  });
+  const port = await endpointOf(side.berth);
+  // The endpoint answers once the agent's route is admitted: wait for one full echo.
+  await waitUntil(() => echoOnce(port), {
+    timeoutMs: 30_000,
+    message: () => `no echo: ${agent.output()}\n${side.berth.output()}`,
+  });
+  return {
+    name,
+    port,
+    agentPids: () => [agent.pid],
+    serverPids: () => [side.berth.pid],
+    async stop() {
+      await agent.stop();
+      // The next agent's route takes the endpoint only once this one's is gone.
+      await waitUntil(async () => !(await echoOnce(port)), { timeoutMs: 30_000, message: 'endpoint stayed' });
+    },
+  };
+}
+
+function echoOnce(to: Addr): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(to);
+    const h = Buffer.alloc(9);
+    h.write('E', 0, 'latin1');
+    s.once('connect', () => s.write(Buffer.concat([h, Buffer.from('x')])));
+    s.once('data', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+    s.once('close', () => resolve(false));
+    setTimeout(() => {
+      s.destroy();
+      resolve(false);
+    }, 2_000);
+  });
+}
+
+async function sshTarget(upstreamPort: number): Promise<Target> {
+  const dir = mkdtempSync(join(tmpdir(), 'bssh-'));
+  registerCleanup(() => rmSync(dir, { recursive: true, force: true }));
+  for (const k of ['host', 'client'])
+    execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, k)]);
+  writeFileSync(join(dir, 'authorized_keys'), readFileSync(join(dir, 'client.pub')));
+  const sshPort = await freePort();
+  const remote = await freePort();
+  writeFileSync(
+    join(dir, 'sshd_config'),
+    [
+      `Port ${sshPort}`,
+      'ListenAddress 127.0.0.1',
+      `HostKey ${join(dir, 'host')}`,
+      `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
+      `PidFile ${join(dir, 'sshd.pid')}`,
+      'PasswordAuthentication no',
+      'KbdInteractiveAuthentication no',
+      'PubkeyAuthentication yes',
+      'PermitRootLogin prohibit-password',
+      'StrictModes no',
+      'UsePAM no',
+      'AllowTcpForwarding yes',
+      'GatewayPorts no',
+      '',
+    ].join('\n'),
+  );
+  execFileSync('mkdir', ['-p', '/run/sshd']);
+  const sshd = spawnLogged('/usr/sbin/sshd', ['-D', '-e', '-f', join(dir, 'sshd_config')]);
+  registerCleanup(() => sshd.stop('SIGTERM', 5_000));
+  await sshd.waitFor(/Server listening/, 10_000);
+  const client = spawnLogged('ssh', [
+    '-N',
+    '-o',
+    'StrictHostKeyChecking=no',
+    '-o',
+    `UserKnownHostsFile=${join(dir, 'known_hosts')}`,
+    '-o',
+    'BatchMode=yes',
+    '-o',
+    'ExitOnForwardFailure=yes',
+    '-i',
+    join(dir, 'client'),
+    '-p',
+    String(sshPort),
+    '-R',
+    `127.0.0.1:${remote}:127.0.0.1:${upstreamPort}`,
+    `${process.env.USER ?? 'root'}@127.0.0.1`,
+  ]);
+  registerCleanup(() => client.stop('SIGTERM', 5_000));
+  await waitUntil(() => echoOnce({ host: '127.0.0.1', port: remote }), {
+    timeoutMs: 20_000,
+    message: () => `ssh -R: ${client.output()}\n${sshd.output()}`,
+  });
+  return {
+    name: 'ssh -R',
+    port: { host: '127.0.0.1', port: remote },
+    agentPids: () => [client.pid],
+    // The session's sshd processes (the listener forks one per connection, which forks its own).
+    serverPids: () => children(sshd.pid).flatMap((p) => [p, ...children(p)]),
+    async stop() {
+      await client.stop('SIGTERM', 5_000);
+      await sshd.stop('SIGTERM', 5_000);
+    },
+  };
+}
+
+function directTarget(upstreamPort: number): Target {
+  return {
+    name: 'direct',
+    port: upstreamPort,
+    agentPids: () => [],
+    serverPids: () => [],
+    stop: async () => {},
+  };
+}
+
+/** 100 open streams through the tunnel, each having echoed once; the agent's RSS with them open. */
+async function rssWithStreams(t: Target): Promise<number> {
+  const socks = await Promise.all(
+    Array.from(
+      { length: STREAMS },
+      () =>
+        new Promise<ReturnType<typeof connect>>((resolve, reject) => {
+          const s = connect(t.port);
+          const h = Buffer.alloc(9);
+          h.write('E', 0, 'latin1');
+          s.once('connect', () => s.write(Buffer.concat([h, Buffer.from('hello')])));
+          s.once('data', () => resolve(s));
+          s.once('error', reject);
+        }),
+    ),
+  );
+  await sleep(500);
+  const r = rss(t.agentPids());
+  for (const s of socks) s.destroy();
+  return r;
+}
+
+async function measure(t: Target): Promise<Result> {
+  const pids = () => [...t.agentPids(), ...t.serverPids()];
+  const a0 = cpu(t.agentPids());
+  const s0 = cpu(t.serverPids());
+  const bytes = SIZE_MB * MiB;
+  const downloadMiBps = await download(t.port, bytes, TIMEOUT);
+  const uploadMiBps = await upload(t.port, bytes, TIMEOUT);
+  // sshd forks per connection: read its session processes' CPU before they go.
+  const a1 = cpu(t.agentPids());
+  const s1 = cpu(t.serverPids());
+  const gib = (2 * bytes) / (1024 * MiB);
+  const l1 = await latency(t.port, {
+    connections: 1,
+    roundTrips: ROUND_TRIPS,
+    warmup: 2000,
+    msgBytes: 64,
+    timeoutMs: TIMEOUT,
+  });
+  const l8 = await latency(t.port, {
+    connections: 8,
+    roundTrips: ROUND_TRIPS,
+    warmup: 2000,
+    msgBytes: 64,
+    timeoutMs: TIMEOUT,
+  });
+  const fresh = await connectionSetup(t.port, { count: CONNECTIONS, msgBytes: 64, timeoutMs: TIMEOUT });
+  const r: Result = {
+    downloadMiBps: Math.round(downloadMiBps),
+    uploadMiBps: Math.round(uploadMiBps),
+    rtt1P50Us: Math.round(quantile(l1.samples, 0.5)),
+    rtt1P99Us: Math.round(quantile(l1.samples, 0.99)),
+    rtt8P50Us: Math.round(quantile(l8.samples, 0.5)),
+    rtt8P99Us: Math.round(quantile(l8.samples, 0.99)),
+    freshPerSecond: Math.round(fresh.perSecond),
+  };
+  if (pids().length > 0) {
+    r.agentCpuSecondsPerGiB = Number(((a1 - a0) / gib).toFixed(2));
+    r.serverCpuSecondsPerGiB = Number(((s1 - s0) / gib).toFixed(2));
+    r.agentRssMiB = Math.round(rss(t.agentPids()));
+    r.serverRssMiB = Math.round(rss(t.serverPids()));
+    r.agentRssMiBWith100Streams = Math.round(await rssWithStreams(t));
+  }
+  return r;
+}
+
+async function main(): Promise<void> {
+  const registry: unknown[] = [];
+  const up = await startUpstream(registry);
+  registerCleanup(() => stopProcess(up));
+  const upstreamPort = up.port as number;
+  say(`tunnels on loopback to one upstream (127.0.0.1:${upstreamPort}); load ${loadavg()}`);
+  const results: Record<string, Result> = {};
+  let side: Awaited<ReturnType<typeof berthSide>> | undefined;
+  let key = '';
+  for (const name of TARGETS) {
+    let t: Target;
+    if (name === 'direct') t = directTarget(upstreamPort);
+    else if (name === 'ssh') t = await sshTarget(upstreamPort);
+    else if (name === 'berth' || name === 'berth-tls') {
+      if (!side) {
+        side = await berthSide(upstreamPort);
+        const created = await side.berth.cli([
+          'keys',
+          'create',
+          '--name',
+          'bench',
+          '--auto-approve',
+          '--json',
+        ]);
+        key = JSON.parse(created.stdout).secret;
+      }
+      t = await berthTarget(name, side, key, name === 'berth-tls');
+    } else throw new Error(`unknown target ${name} (direct, berth, berth-tls, ssh)`);
+    say(`  measuring ${t.name} …`);
+    results[t.name] = await measure(t);
+    say(`    ${JSON.stringify(results[t.name])}`);
+    await t.stop();
+  }
+  const d = results.direct;
+  const b = results.berth;
+  const s = results['ssh -R'];
+  const goals: Record<string, unknown> = {};
+  if (b && s)
+    goals.throughputVsSsh = Number(
+      Math.min(b.downloadMiBps / s.downloadMiBps, b.uploadMiBps / s.uploadMiBps).toFixed(2),
+    );
+  if (b && d) {
+    goals.throughputVsDirect = Number(
+      Math.min(b.downloadMiBps / d.downloadMiBps, b.uploadMiBps / d.uploadMiBps).toFixed(2),
+    );
+    goals.rtt1P99LimitUs = Math.round(1.5 * d.rtt1P99Us + 100);
+    goals.rtt1P99Us = b.rtt1P99Us;
+  }
+  if (b?.agentRssMiBWith100Streams !== undefined)
+    goals.agentRssMiBWith100Streams = b.agentRssMiBWith100Streams;
+  const summary = {
+    sizeMiB: SIZE_MB,
+    roundTrips: ROUND_TRIPS,
+    connections: CONNECTIONS,
+    results,
+    goals,
+    load: loadavg(),
+  };
+  if (asJson) console.log(JSON.stringify(summary));
+  else {
+    const names = Object.keys(results);
+    const row = (label: string, f: (r: Result) => number | undefined) =>
+      console.log(
+        `  ${label.padEnd(34)}${names.map((n) => String(f(results[n]!) ?? '-').padStart(12)).join('')}`,
+      );
+    console.log(`\n  ${''.padEnd(34)}${names.map((n) => n.padStart(12)).join('')}`);
+    row(`download, 1 stream of ${SIZE_MB} MiB, MiB/s`, (r) => r.downloadMiBps);
+    row(`upload, 1 stream of ${SIZE_MB} MiB, MiB/s`, (r) => r.uploadMiBps);
+    row('round trip, 1 conn, p50 µs', (r) => r.rtt1P50Us);
+    row('round trip, 1 conn, p99 µs', (r) => r.rtt1P99Us);
+    row('round trip, 8 conns, p50 µs', (r) => r.rtt8P50Us);
+    row('round trip, 8 conns, p99 µs', (r) => r.rtt8P99Us);
+    row('fresh connections/s', (r) => r.freshPerSecond);
+    row('agent side CPU s per GiB', (r) => r.agentCpuSecondsPerGiB);
+    row('server side CPU s per GiB', (r) => r.serverCpuSecondsPerGiB);
+    row('agent side RSS MiB', (r) => r.agentRssMiB);
+    row('server side RSS MiB', (r) => r.serverRssMiB);
+    row(`agent RSS MiB, ${STREAMS} open streams`, (r) => r.agentRssMiBWith100Streams);
+    console.log(`  goals: ${JSON.stringify(goals)}; load ${summary.load}`);
+  }
+  await side?.berth.stop();
+}
+
+main()
+  .catch((err) => {
+    console.error(err);
+    process.exitCode = 1;
+  })
+  .finally(done);
