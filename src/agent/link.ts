@@ -236,6 +236,7 @@ export class ServerLink {
       if (this.ws !== ws) return;
       this.ws = undefined;
       this.status = 'disconnected';
+      this.tunnel?.linkDown();
       if (this.stopped) return;
       // Another replica may be up where this one is not (or is shutting down).
       this.current = (this.current + 1) % this.o.serverUrls.length;
@@ -310,7 +311,8 @@ export class ServerLink {
       // Older servers do not say; theirs was 64 MiB, so the default is the safe side.
       this.maxMessageBytes = msg.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
       this.o.logger.info({ agentId: msg.agentId, status: msg.status }, 'registered with server');
-      if (this.tunnel && !msg.tunnel)
+      if (this.tunnel && msg.tunnel) this.tunnel.linkUp();
+      else if (this.tunnel)
         this.gate.log(
           'error',
           'no-tunnels',

@@ -3,7 +3,10 @@
 // one port); the server asks the agent over its WebSocket to open stream N to that upstream; the
 // agent dials the upstream and opens one data connection of its own to the server's agent
 // listener for that stream, authenticated with its key. After the handshake the connection is
-// raw bytes both ways, so TCP's own flow control keeps streams apart.
+// raw bytes both ways, so TCP's own flow control keeps streams apart. An agent also keeps a few
+// data connections open ahead of need (X-Berth-Stream: pool); the server then writes the same
+// open request as one JSON line first on such a connection instead of on the WebSocket, and the
+// agent checks it exactly as it checks one from the WebSocket.
 import type { Snapshot } from './types.js';
 
 /** Where data connections go: an HTTP/1.1 upgrade on the agent listener (or --api-listen when plain). */
@@ -13,6 +16,14 @@ export const TUNNEL_UPGRADE = 'berth-tunnel/1';
 export const DEFAULT_TUNNEL_MAX_STREAMS = 1024;
 /** What an agent may ask for at most with --tunnel-max-streams (and the server allows at most). */
 export const MAX_TUNNEL_STREAMS = 65_536;
+/** Data connections an agent keeps open ahead of need, so that a new stream costs no handshake. */
+export const TUNNEL_POOL = 4;
+/** Idle pre-opened data connections the server keeps per agent at most. */
+export const MAX_TUNNEL_POOL = 16;
+/** X-Berth-Stream of a pre-opened data connection (else the stream id it answers). */
+export const POOL_STREAM = 'pool';
+/** The open request the server writes first on a pre-opened connection: one JSON line, at most this long. */
+export const MAX_OPEN_LINE = 1024;
 /** A stream the agent has not answered for this long is given up (its front connection reset). */
 export const TUNNEL_OPEN_TIMEOUT_MS = 10_000;
 /** The server's local endpoints: 127.77.0.1 – 127.77.255.254, one per tunneled upstream. */

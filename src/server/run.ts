@@ -75,6 +75,7 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
     send: (agentId, msg) => hubRef?.send(agentId, msg) ?? false,
     keyOf: (agentId) => registryRef?.agentRecord(agentId)?.keyId,
     nameOf: (agentId) => registryRef?.agentRecord(agentId)?.name,
+    connected: (agentId) => hubRef?.connected(agentId) ?? false,
   });
   await tunnels.start();
   const registry = new Registry({

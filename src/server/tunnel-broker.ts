@@ -8,6 +8,7 @@
 // door answers 502); when the agent goes, is revoked or removed, its streams are reset.
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { LogGate } from '../log-gate.js';
 import { type MetricFamily, simple } from '../metrics.js';
@@ -16,12 +17,15 @@ import {
   DEFAULT_TUNNEL_MAX_STREAMS,
   type Endpoint,
   EndpointTable,
+  MAX_TUNNEL_POOL,
   MAX_TUNNEL_STREAMS,
+  POOL_STREAM,
   parseStreamId,
   TUNNEL_OPEN_TIMEOUT_MS,
   TUNNEL_UPGRADE,
   type TunnelEndpoints,
 } from '../model/tunnel.js';
+import { relay, withOnread } from '../net/relay.js';
 import { resetSocket, splice } from '../net/splice.js';
 import type { KeyRecord } from '../store/store.js';
 import { refuseUpgrade as refuse } from './refuse-upgrade.js';
@@ -34,6 +38,8 @@ export interface TunnelBrokerOptions {
   keyOf: (agentId: string) => string | undefined;
   /** The agent's name, for metrics and logs. */
   nameOf: (agentId: string) => string | undefined;
+  /** Whether the agent's WebSocket is connected to this server. */
+  connected: (agentId: string) => boolean;
   /** The most streams per agent this server allows, whatever the agent asks. */
   maxStreams?: number;
 }
@@ -60,6 +66,8 @@ export class TunnelBroker implements TunnelEndpoints {
   private readonly listeners = new Map<number, Server>();
   private readonly streams = new Map<number, Stream>();
   private readonly byAgent = new Map<string, Set<Stream>>();
+  /** Each agent's pre-opened data connections, waiting for a stream. */
+  private readonly pools = new Map<string, Map<Socket, () => void>>();
   private readonly limits = new Map<string, number>();
   private readonly perAgent = new Map<string, AgentCounters>();
   private readonly gate: LogGate;
@@ -111,6 +119,8 @@ export class TunnelBroker implements TunnelEndpoints {
   /** The agent is gone from this server (disconnected, replaced for good, revoked): its streams end. */
   agentGone(agentId: string): void {
     for (const s of [...(this.byAgent.get(agentId) ?? [])]) this.end(s, 'agent-gone');
+    for (const sock of this.pools.get(agentId)?.keys() ?? []) sock.destroy();
+    this.pools.delete(agentId);
   }
 
   /** The agent's record is removed (or its key revoked): its streams and endpoints go. */
@@ -142,6 +152,7 @@ export class TunnelBroker implements TunnelEndpoints {
     socket: Duplex,
     head: Buffer,
   ): void {
+    const pooled = headers['x-berth-stream'] === POOL_STREAM;
     const id = parseStreamId(headers['x-berth-stream']);
     const agentId = typeof headers['x-berth-agent-id'] === 'string' ? headers['x-berth-agent-id'] : '';
     const s = id === undefined ? undefined : this.streams.get(id);
@@ -149,25 +160,75 @@ export class TunnelBroker implements TunnelEndpoints {
       refuse(socket, 400, 'BAD_REQUEST', `a data connection upgrades to ${TUNNEL_UPGRADE}`);
       return;
     }
-    if (!s || s.done || s.data || s.agentId !== agentId || this.o.keyOf(agentId) !== key.id) {
+    // Only the agent's own key, for its own stream (or pool, while it is connected here).
+    const mine = this.o.keyOf(agentId) === key.id;
+    const ok = pooled
+      ? mine && this.o.connected(agentId)
+      : mine && s !== undefined && !s.done && !s.data && s.agentId === agentId;
+    if (!ok) {
       // Another agent's stream, or none: the same answer, so nothing is learnt from it.
       this.gate.warn(
         `data-refused:${key.id}`,
-        { key: key.name, stream: id ?? null },
+        { key: key.name, stream: id ?? (pooled ? POOL_STREAM : null) },
         "refused a tunnel data connection: no such stream of this key's agent",
       );
       refuse(socket, 404, 'NOT_FOUND', 'no such stream waits for this agent');
       return;
     }
-    clearTimeout(s.timer);
+    const pool = this.pools.get(agentId) ?? new Map<Socket, () => void>();
+    if (pooled && pool.size >= MAX_TUNNEL_POOL) {
+      refuse(socket, 429, 'RATE_LIMITED', `at most ${MAX_TUNNEL_POOL} pre-opened data connections per agent`);
+      return;
+    }
     const data = socket as Socket;
     data.allowHalfOpen = true;
-    s.data = data;
+    data.setNoDelay?.(true);
     data.write(
       `HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${TUNNEL_UPGRADE}\r\n\r\n`,
     );
     if (head.length > 0) data.unshift(head);
-    splice(s.front, data, (failed) => this.end(s, failed ? 'reset' : undefined));
+    if (!pooled) {
+      clearTimeout(s!.timer);
+      this.join(s!, data);
+      return;
+    }
+    // Idle until a stream takes it: the agent sends nothing on it before that.
+    const drop = () => {
+      pool.delete(data);
+      data.destroy();
+    };
+    const taken = () => {
+      data.off('close', drop);
+      data.off('data', drop);
+    };
+    pool.set(data, taken);
+    this.pools.set(agentId, pool);
+    data.once('close', drop);
+    data.once('data', drop);
+    data.on('error', () => {});
+  }
+
+  /** Pairs a stream's front connection with its data connection, both ways. */
+  private join(s: Stream, data: Socket): void {
+    s.data = data;
+    // Plain sockets read into reused buffers; a TLS one (or one with bytes already read) emits chunks.
+    const front =
+      withOnread(
+        s.front,
+        relay(() => s.data!),
+      ) ?? s.front;
+    if (front !== s.front) {
+      front.on('error', () => {});
+      s.front = front;
+    }
+    if (!(data as Partial<TLSSocket>).encrypted && data.readableLength === 0) {
+      const adopted = withOnread(
+        data,
+        relay(() => s.front),
+      );
+      if (adopted) s.data = adopted;
+    }
+    splice(s.front, s.data, (failed) => this.end(s, failed ? 'reset' : undefined));
   }
 
   private listener(index: number): Server {
@@ -217,12 +278,20 @@ export class TunnelBroker implements TunnelEndpoints {
     }
     const id = ++this.nextId;
     const s: Stream = { id, agentId, endpoint: index, front, done: false };
-    const sent = this.o.send(agentId, {
-      type: 'tunnel.open',
-      id,
-      host: owner.upstream.host,
-      port: owner.upstream.port,
-    });
+    const open = { type: 'tunnel.open' as const, id, host: owner.upstream.host, port: owner.upstream.port };
+    const pool = this.pools.get(agentId);
+    const next = pool?.entries().next().value;
+    if (pool && next) {
+      // A pre-opened connection: the open request goes first on it, and the bytes follow.
+      const [ready, taken] = next;
+      pool.delete(ready);
+      taken();
+      this.track(s);
+      ready.write(`${JSON.stringify(open)}\n`);
+      this.join(s, ready);
+      return;
+    }
+    const sent = this.o.send(agentId, open);
     if (!sent) {
       // The agent is away: answer at once (the front door says 502), never hang.
       const c = this.count(agentId);
@@ -230,14 +299,19 @@ export class TunnelBroker implements TunnelEndpoints {
       resetSocket(front);
       return;
     }
-    this.streams.set(id, s);
-    mine.add(s);
-    this.byAgent.set(agentId, mine);
-    this.count(agentId).streams++;
+    this.track(s);
     s.timer = setTimeout(() => this.end(s, 'timeout'), TUNNEL_OPEN_TIMEOUT_MS);
     front.once('close', () => {
       if (!s.data) this.end(s, 'client-gone');
     });
+  }
+
+  private track(s: Stream): void {
+    this.streams.set(s.id, s);
+    const mine = this.byAgent.get(s.agentId) ?? new Set<Stream>();
+    mine.add(s);
+    this.byAgent.set(s.agentId, mine);
+    this.count(s.agentId).streams++;
   }
 
   /** A stream's end: `reason` undefined when it finished normally; else both sockets are reset. */
