@@ -25,7 +25,7 @@ import { registerCleanup } from '../test/e2e/support/cleanup.js';
 import { importBusybox, runHostContainer, startDockerd } from '../test/e2e/support/dockerd.js';
 import { freePort } from '../test/e2e/support/ports.js';
 import { spawnLogged, waitUntil } from '../test/e2e/support/proc.js';
-import { cleanupOnExit, flag, loadavg, procSample, sleep } from './lib.js';
+import { cleanupOnExit, flag, loadavg, metricValues, procSample, sleep } from './lib.js';
 // @ts-expect-error plain JS helpers shared with bench/tcp/run.mjs
 import { connectionSetup, download, latency, quantile, upload } from './tcp/clients.mjs';
 // @ts-expect-error plain JS helpers shared with bench/tcp/run.mjs
@@ -54,6 +54,8 @@ interface Target {
   /** The processes on the agent's side and on the server's side of the tunnel. */
   agentPids: () => number[];
   serverPids: () => number[];
+  /** The agent's /metrics, where it has one. */
+  metrics?: () => Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -67,9 +69,11 @@ interface Result {
   freshPerSecond: number;
   agentCpuSecondsPerGiB?: number;
   serverCpuSecondsPerGiB?: number;
-  agentRssMiB?: number;
-  serverRssMiB?: number;
+  agentRssMiBIdle?: number;
   agentRssMiBWith100Streams?: number;
+  /** After the transfers (heaps grown by them). */
+  agentRssMiBAfter?: number;
+  serverRssMiBAfter?: number;
 }
 
 const cpu = (pids: number[]) => pids.reduce((s, p) => s + (procSample(p)?.cpuSeconds ?? 0), 0);
@@ -133,6 +137,7 @@ async function berthTarget(
   tls: boolean,
 ): Promise<Target> {
   // One agent identity (its data dir) for both: the same route, the same endpoint, over plain or TLS.
+  const metricsPort = await freePort();
   const agent: AgentProcess = await startAgent({
     dataDir: side.agentDir,
     server: tls ? side.berth.agentUrl : side.berth.apiUrl,
@@ -140,7 +145,7 @@ async function berthTarget(
     docker: side.docker,
     hostIp: '127.0.0.1',
     name: 'bench-agent',
-    args: ['--tunnel'],
+    args: ['--tunnel', '--log-level', 'warn', '--metrics-listen', `127.0.0.1:${metricsPort}`],
   });
   const port = await endpointOf(side.berth);
   // The endpoint answers once the agent's route is admitted: wait for one full echo.
@@ -153,6 +158,7 @@ async function berthTarget(
     port,
     agentPids: () => [agent.pid],
     serverPids: () => [side.berth.pid],
+    metrics: () => fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.text()),
     async stop() {
       await agent.stop();
       // The next agent's route takes the endpoint only once this one's is gone.
@@ -281,6 +287,9 @@ async function rssWithStreams(t: Target): Promise<number> {
 
 async function measure(t: Target): Promise<Result> {
   const pids = () => [...t.agentPids(), ...t.serverPids()];
+  // Memory first, before bulk transfers grow the heaps: idle, then with 100 streams open.
+  const idleRss = pids().length > 0 ? rss(t.agentPids()) : 0;
+  const streamsRss = pids().length > 0 ? await rssWithStreams(t) : 0;
   const a0 = cpu(t.agentPids());
   const s0 = cpu(t.serverPids());
   const bytes = SIZE_MB * MiB;
@@ -317,9 +326,10 @@ async function measure(t: Target): Promise<Result> {
   if (pids().length > 0) {
     r.agentCpuSecondsPerGiB = Number(((a1 - a0) / gib).toFixed(2));
     r.serverCpuSecondsPerGiB = Number(((s1 - s0) / gib).toFixed(2));
-    r.agentRssMiB = Math.round(rss(t.agentPids()));
-    r.serverRssMiB = Math.round(rss(t.serverPids()));
-    r.agentRssMiBWith100Streams = Math.round(await rssWithStreams(t));
+    r.agentRssMiBAfter = Math.round(rss(t.agentPids()));
+    r.serverRssMiBAfter = Math.round(rss(t.serverPids()));
+    r.agentRssMiBIdle = Math.round(idleRss);
+    r.agentRssMiBWith100Streams = Math.round(streamsRss);
   }
   return r;
 }
@@ -355,6 +365,10 @@ async function main(): Promise<void> {
     say(`  measuring ${t.name} …`);
     results[t.name] = await measure(t);
     say(`    ${JSON.stringify(results[t.name])}`);
+    if (t.metrics) {
+      const streams = metricValues(await t.metrics(), 'berth_agent_tunnel_streams_total');
+      say(`    agent streams: ${JSON.stringify(Object.fromEntries(streams))}`);
+    }
     await t.stop();
   }
   const d = results.direct;
@@ -399,9 +413,10 @@ async function main(): Promise<void> {
     row('fresh connections/s', (r) => r.freshPerSecond);
     row('agent side CPU s per GiB', (r) => r.agentCpuSecondsPerGiB);
     row('server side CPU s per GiB', (r) => r.serverCpuSecondsPerGiB);
-    row('agent side RSS MiB', (r) => r.agentRssMiB);
-    row('server side RSS MiB', (r) => r.serverRssMiB);
-    row(`agent RSS MiB, ${STREAMS} open streams`, (r) => r.agentRssMiBWith100Streams);
+    row('agent side RSS MiB, idle', (r) => r.agentRssMiBIdle);
+    row(`agent side RSS MiB, ${STREAMS} open streams`, (r) => r.agentRssMiBWith100Streams);
+    row('agent side RSS MiB, after the transfers', (r) => r.agentRssMiBAfter);
+    row('server side RSS MiB, after the transfers', (r) => r.serverRssMiBAfter);
     console.log(`  goals: ${JSON.stringify(goals)}; load ${summary.load}`);
   }
   await side?.berth.stop();

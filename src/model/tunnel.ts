@@ -100,7 +100,7 @@ export class EndpointTable {
   }
 
   static address(index: number): string {
-    // index 0 → 127.77.0.1; x.y.0 and x.y.255 are skipped only at the ends of the range.
+    // index 0 → 127.77.0.1 … index SIZE-1 → 127.77.255.254 (on loopback, .0 and .255 inside are plain addresses).
     const n = index + 1;
     return `${TUNNEL_PREFIX}${n >> 8}.${n & 255}`;
   }
