@@ -401,9 +401,9 @@ async function main(): Promise<void> {
     const names = Object.keys(results);
     const row = (label: string, f: (r: Result) => number | undefined) =>
       console.log(
-        `  ${label.padEnd(34)}${names.map((n) => String(f(results[n]!) ?? '-').padStart(12)).join('')}`,
+        `  ${label.padEnd(44)}${names.map((n) => String(f(results[n]!) ?? '-').padStart(12)).join('')}`,
       );
-    console.log(`\n  ${''.padEnd(34)}${names.map((n) => n.padStart(12)).join('')}`);
+    console.log(`\n  ${''.padEnd(44)}${names.map((n) => n.padStart(12)).join('')}`);
     row(`download, 1 stream of ${SIZE_MB} MiB, MiB/s`, (r) => r.downloadMiBps);
     row(`upload, 1 stream of ${SIZE_MB} MiB, MiB/s`, (r) => r.uploadMiBps);
     row('round trip, 1 conn, p50 µs', (r) => r.rtt1P50Us);

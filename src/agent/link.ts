@@ -284,10 +284,8 @@ export class ServerLink {
       // The server waits for an answer to each exec request: give it one that says why.
       if (r.execId)
         this.sendExecEvent({ type: 'exec.error', id: r.execId, code: 'FAILED', message: r.error });
-      if (r.tunnelId && this.ws?.readyState === WebSocket.OPEN)
-        this.ws.send(
-          JSON.stringify({ type: 'tunnel.failed', id: r.tunnelId, code: 'REFUSED', message: r.error }),
-        );
+      // A tunnel request is answered too, so that its front connection ends at once.
+      if (r.tunnelId) this.refuseTunnel(r.tunnelId, r.error);
       return;
     }
     const msg = r.message;
@@ -328,13 +326,9 @@ export class ServerLink {
     } else if (msg.type === 'tunnel.open') {
       if (this.tunnel) this.tunnel.handleOpen(msg);
       else
-        this.ws?.send(
-          JSON.stringify({
-            type: 'tunnel.failed',
-            id: msg.id,
-            code: 'REFUSED',
-            message: 'this agent runs without --tunnel: the front door reaches its routes directly',
-          }),
+        this.refuseTunnel(
+          msg.id,
+          'this agent runs without --tunnel: the front door reaches its routes directly',
         );
     } else if (msg.type === 'tunnel.cancel') {
       this.tunnel?.cancel(msg.id);
@@ -345,6 +339,12 @@ export class ServerLink {
         'server reported an error',
       );
     }
+  }
+
+  private refuseTunnel(id: number, message: string): void {
+    if (this.tunnel) this.tunnel.counters.refused++;
+    if (this.ws?.readyState === WebSocket.OPEN)
+      this.ws.send(JSON.stringify({ type: 'tunnel.failed', id, code: 'REFUSED', message }));
   }
 
   private runExec(req: ExecRequest): void {

@@ -366,6 +366,23 @@ describe('tunnels', () => {
     await serves('t1.test', 'hello from t1');
   });
 
+  it('counts streams, bytes and errors per agent', async () => {
+    const got = await download('t1.test', `/bytes?n=${4 * MiB}`);
+    expect(got.sha256).toBe(got.expected);
+    const text = await (await fetch(`${berth.apiUrl}/metrics`)).text();
+    const value = (re: RegExp) => Number(re.exec(text)?.[1] ?? Number.NaN);
+    expect(value(/^berth_tunnel_streams_total\{agent="t1",[^}]*\} (\d+)$/m)).toBeGreaterThanOrEqual(1);
+    expect(
+      value(/^berth_tunnel_bytes_total\{agent="t1",[^}]*direction="from_agent"\} (\d+)$/m),
+    ).toBeGreaterThan(4 * MiB);
+    expect(
+      value(/^berth_tunnel_bytes_total\{agent="t1",[^}]*direction="to_agent"\} (\d+)$/m),
+    ).toBeGreaterThan(0);
+    expect(text).toMatch(/^berth_tunnel_streams\{agent="t2",[^}]*\} \d+$/m);
+    expect(text).toMatch(/^# TYPE berth_tunnel_errors_total counter$/m);
+    expect(value(/^berth_tunnel_endpoints (\d+)$/m)).toBeGreaterThanOrEqual(3);
+  });
+
   it('comes back after a server restart', async () => {
     await berth.stop();
     await berth.restart();
@@ -375,6 +392,7 @@ describe('tunnels', () => {
 
   it('refuses, at the agent, a server request for an address that is not one of its upstreams', async () => {
     const fake = await startFakeServer(key.split('.')[0]!);
+    const metricsPort = await freePort();
     // Something listening on the agent's side that no route names: the agent must not dial it.
     let dialed = 0;
     const bait = await import('node:net').then(({ createServer }) => createServer(() => dialed++));
@@ -387,7 +405,7 @@ describe('tunnels', () => {
       docker: byName('t2').d.dockerHost,
       hostIp: '127.0.0.1',
       name: 'fake-tunnel',
-      args: ['--tunnel'],
+      args: ['--tunnel', '--metrics-listen', `127.0.0.1:${metricsPort}`],
     });
     await waitUntil(() => fake.conns.at(-1)?.received.some((m) => m.type === 'snapshot') === true, {
       timeoutMs: 20_000,
@@ -415,6 +433,9 @@ describe('tunnels', () => {
     expect(failed[1].message).toMatch(/host must be an IP address/);
     expect(dialed).toBe(0);
     expect(a.output()).toMatch(/refused a tunnel request from the server/);
+    const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    expect(metrics).toMatch(/^berth_agent_tunnel_refused_total 2$/m);
+    expect(metrics).toMatch(/^berth_agent_tunnel_streams 0$/m);
     await a.stop();
   });
 
