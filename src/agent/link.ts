@@ -43,6 +43,14 @@ export interface LinkOptions {
 const MAX_REFUSAL_BODY = 64 * 1024;
 /** A server whose certificate does not match the pin is asked again at most this often. */
 export const PIN_MISMATCH_RETRY_MS = 30_000;
+/** Reconnects back off up to this (with jitter, ±50 %). */
+const MAX_BACKOFF_MS = 30_000;
+/**
+ * A --tunnel agent's routes are down while it is disconnected (the front door has no other way
+ * to its host), so it retries at most about a second apart: after a server restart it is back
+ * within about 1.5 s of the server.
+ */
+const TUNNEL_MAX_BACKOFF_MS = 1_000;
 
 export class ServerLink {
   /** The largest message the server reads (it says so in its welcome). */
@@ -263,7 +271,7 @@ export class ServerLink {
   /** Backoff with jitter before the next connection attempt. */
   private nextDelay(): number {
     const delay = Math.round(this.backoffMs * (0.5 + Math.random()));
-    this.backoffMs = Math.min(this.backoffMs * 2, 30_000);
+    this.backoffMs = Math.min(this.backoffMs * 2, this.o.tunnel ? TUNNEL_MAX_BACKOFF_MS : MAX_BACKOFF_MS);
     return delay;
   }
 
