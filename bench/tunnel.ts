@@ -11,7 +11,9 @@
 // server-side processes' CPU seconds per GiB moved and RSS; then the agent's RSS with 100 open
 // tunneled streams. Berth's server and agent are real processes (`berth server`, `berth agent`
 // with a private dockerd for its routes); the client dials the endpoint the TCP forwarder would.
-// Prints figures; asserts nothing.
+// Then, for Berth: kill -9 of the agent with a stream open (how soon the stream ends, how soon a
+// new connection is answered), the agent started again and the server restarted (until the route
+// serves). Prints figures; asserts nothing.
 //
 //   npm run build && npx tsx bench/tunnel.ts [--size-mb 1024] [--round-trips 20000] [--connections 1000]
 //                                            [--targets direct,berth,berth-tls,ssh] [--json]
@@ -56,6 +58,8 @@ interface Target {
   serverPids: () => number[];
   /** The agent's /metrics, where it has one. */
   metrics?: () => Promise<string>;
+  /** Kill -9 and restart of the agent, restart of the server: how long each takes to settle. */
+  recovery?: () => Promise<Record<string, number | boolean>>;
   stop(): Promise<void>;
 }
 
@@ -159,6 +163,54 @@ async function berthTarget(
     agentPids: () => [agent.pid],
     serverPids: () => [side.berth.pid],
     metrics: () => fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.text()),
+    async recovery() {
+      // kill -9 with a stream open: how soon it ends, and how soon a new connection is answered.
+      const open = connect(port);
+      const h = Buffer.alloc(9);
+      h.write('E', 0, 'latin1');
+      await new Promise((r) => {
+        open.once('connect', () => open.write(Buffer.concat([h, Buffer.from('x')])));
+        open.once('data', r);
+      });
+      open.on('error', () => {});
+      const ended = new Promise<number>((r) => open.once('close', () => r(performance.now())));
+      const k0 = performance.now();
+      await agent.stop('SIGKILL');
+      const openStreamEndsMs = (await ended) - k0;
+      const a0 = performance.now();
+      const answeredWhileAway = !(await echoOnce(port));
+      const awayAnswerMs = performance.now() - a0;
+      // Started again: from the process start to the route serving.
+      const s0 = performance.now();
+      await agent.start();
+      await waitUntil(() => echoOnce(port), {
+        timeoutMs: 30_000,
+        intervalMs: 20,
+        message: 'never served again',
+      });
+      const agentStartToServingMs = performance.now() - s0;
+      // The server restarts: from its API answering to the route serving (the endpoint moves).
+      const q0 = performance.now();
+      await side.berth.stop();
+      await side.berth.restart();
+      const r0 = performance.now();
+      await waitUntil(async () => echoOnce(await endpointOf(side.berth)), {
+        timeoutMs: 30_000,
+        intervalMs: 20,
+        message: () => `never served after the restart: ${agent.output()}`,
+      });
+      const serverUpToServingMs = performance.now() - r0;
+      const serverStopToServingMs = performance.now() - q0;
+      port.port = (await endpointOf(side.berth)).port;
+      return {
+        openStreamEndsMs: Math.round(openStreamEndsMs),
+        resetWhileAway: answeredWhileAway,
+        awayAnswerMs: Math.round(awayAnswerMs),
+        agentStartToServingMs: Math.round(agentStartToServingMs),
+        serverUpToServingMs: Math.round(serverUpToServingMs),
+        serverStopToServingMs: Math.round(serverStopToServingMs),
+      };
+    },
     async stop() {
       await agent.stop();
       // The next agent's route takes the endpoint only once this one's is gone.
@@ -341,6 +393,7 @@ async function main(): Promise<void> {
   const upstreamPort = up.port as number;
   say(`tunnels on loopback to one upstream (127.0.0.1:${upstreamPort}); load ${loadavg()}`);
   const results: Record<string, Result> = {};
+  const recovery: Record<string, Record<string, number | boolean>> = {};
   let side: Awaited<ReturnType<typeof berthSide>> | undefined;
   let key = '';
   for (const name of TARGETS) {
@@ -368,6 +421,10 @@ async function main(): Promise<void> {
     if (t.metrics) {
       const streams = metricValues(await t.metrics(), 'berth_agent_tunnel_streams_total');
       say(`    agent streams: ${JSON.stringify(Object.fromEntries(streams))}`);
+    }
+    if (t.recovery) {
+      recovery[t.name] = await t.recovery();
+      say(`    recovery: ${JSON.stringify(recovery[t.name])}`);
     }
     await t.stop();
   }
@@ -417,6 +474,7 @@ async function main(): Promise<void> {
     row(`agent side RSS MiB, ${STREAMS} open streams`, (r) => r.agentRssMiBWith100Streams);
     row('agent side RSS MiB, after the transfers', (r) => r.agentRssMiBAfter);
     row('server side RSS MiB, after the transfers', (r) => r.serverRssMiBAfter);
+    for (const [n, r] of Object.entries(recovery)) console.log(`  recovery, ${n}: ${JSON.stringify(r)}`);
     console.log(`  goals: ${JSON.stringify(goals)}; load ${summary.load}`);
   }
   await side?.berth.stop();
