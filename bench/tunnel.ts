@@ -71,6 +71,8 @@ interface Result {
   rtt8P50Us: number;
   rtt8P99Us: number;
   freshPerSecond: number;
+  /** 1-connection round trips while another stream's reader takes 1 KiB/s of a 1 GiB download. */
+  rtt1P99UsBesideSlowReader: number;
   agentCpuSecondsPerGiB?: number;
   serverCpuSecondsPerGiB?: number;
   agentRssMiBIdle?: number;
@@ -337,6 +339,26 @@ async function rssWithStreams(t: Target): Promise<number> {
   return r;
 }
 
+/** Runs `fn` while one stream downloads 1 GiB to a reader taking 1 KiB a second (its buffers full). */
+async function withSlowReader<T>(t: Target, fn: () => Promise<T>): Promise<T> {
+  const s = connect(t.port);
+  const h = Buffer.alloc(9);
+  h.write('S', 0, 'latin1');
+  h.writeBigUInt64BE(BigInt(1024 * MiB), 1);
+  await new Promise((r) => s.once('connect', r));
+  s.on('error', () => {});
+  s.write(h);
+  s.pause();
+  const tick = setInterval(() => s.read(1024), 1_000);
+  await sleep(1_000); // the buffers along the way fill
+  try {
+    return await fn();
+  } finally {
+    clearInterval(tick);
+    s.destroy();
+  }
+}
+
 async function measure(t: Target): Promise<Result> {
   const pids = () => [...t.agentPids(), ...t.serverPids()];
   // Memory first, before bulk transfers grow the heaps: idle, then with 100 streams open.
@@ -366,6 +388,15 @@ async function measure(t: Target): Promise<Result> {
     timeoutMs: TIMEOUT,
   });
   const fresh = await connectionSetup(t.port, { count: CONNECTIONS, msgBytes: 64, timeoutMs: TIMEOUT });
+  const slow = await withSlowReader(t, () =>
+    latency(t.port, {
+      connections: 1,
+      roundTrips: ROUND_TRIPS,
+      warmup: 500,
+      msgBytes: 64,
+      timeoutMs: TIMEOUT,
+    }),
+  );
   const r: Result = {
     downloadMiBps: Math.round(downloadMiBps),
     uploadMiBps: Math.round(uploadMiBps),
@@ -374,6 +405,7 @@ async function measure(t: Target): Promise<Result> {
     rtt8P50Us: Math.round(quantile(l8.samples, 0.5)),
     rtt8P99Us: Math.round(quantile(l8.samples, 0.99)),
     freshPerSecond: Math.round(fresh.perSecond),
+    rtt1P99UsBesideSlowReader: Math.round(quantile(slow.samples, 0.99)),
   };
   if (pids().length > 0) {
     r.agentCpuSecondsPerGiB = Number(((a1 - a0) / gib).toFixed(2));
@@ -468,6 +500,7 @@ async function main(): Promise<void> {
     row('round trip, 8 conns, p50 µs', (r) => r.rtt8P50Us);
     row('round trip, 8 conns, p99 µs', (r) => r.rtt8P99Us);
     row('fresh connections/s', (r) => r.freshPerSecond);
+    row('round trip p99 µs beside a 1 KiB/s reader', (r) => r.rtt1P99UsBesideSlowReader);
     row('agent side CPU s per GiB', (r) => r.agentCpuSecondsPerGiB);
     row('server side CPU s per GiB', (r) => r.serverCpuSecondsPerGiB);
     row('agent side RSS MiB, idle', (r) => r.agentRssMiBIdle);
