@@ -1,6 +1,7 @@
 // Every flag and BERTH_* variable in one place. loadConfig is the only reader of process.env;
 // it reports every problem at once and returns one typed, frozen object per kind of command
 // (ServeConfig, AgentConfig, ClientConfig), so nothing else ever casts a configuration value.
+
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
@@ -9,6 +10,7 @@ import { UserError } from './errors.js';
 import { DIALECTS, type DialectName } from './labels/index.js';
 import { compileDefaultRule, type DefaultRule } from './labels/traefik.js';
 import { type AgentKey, parseAgentKey } from './model/agent-key.js';
+import { DEFAULT_TUNNEL_MAX_STREAMS, MAX_TUNNEL_STREAMS } from './model/tunnel.js';
 
 type Kind = 'string' | 'bool' | 'list' | 'int' | 'duration' | 'size';
 
@@ -344,6 +346,20 @@ export const FLAGS: FlagDef[] = [
     for: ['agent', 'keys'],
   },
   {
+    name: 'tunnel',
+    kind: 'bool',
+    default: false,
+    help: "Carry every route's traffic over connections this agent opens to the server (for hosts the front door cannot reach); nothing listens on this host",
+    for: ['agent'],
+  },
+  {
+    name: 'tunnel-max-streams',
+    kind: 'int',
+    default: DEFAULT_TUNNEL_MAX_STREAMS,
+    help: `With --tunnel: streams open at once (1 to ${MAX_TUNNEL_STREAMS}); more are refused`,
+    for: ['agent'],
+  },
+  {
     name: 'report-interval',
     kind: 'duration',
     default: 15_000,
@@ -665,6 +681,8 @@ export interface AgentConfig extends Common, WatchConfig {
     /** --insecure-transport: http:// to a non-loopback server was allowed. */
     insecureTransport: boolean;
   };
+  /** --tunnel: routes are reached through streams the agent opens; --tunnel-max-streams. */
+  tunnel?: { maxStreams: number };
 }
 
 export interface ClientConfig extends Common {
@@ -954,6 +972,12 @@ function agentConfig(
   }
   const metrics = opt(raw['metrics-listen']);
   if (metrics) c.metricsListen = listen('metrics-listen', metrics, problems);
+  const maxStreams = num(raw['tunnel-max-streams']);
+  if (!Number.isInteger(maxStreams) || maxStreams < 1 || maxStreams > MAX_TUNNEL_STREAMS)
+    problems.push(
+      `--tunnel-max-streams ${maxStreams}: expected a whole number from 1 to ${MAX_TUNNEL_STREAMS}`,
+    );
+  else if (raw.tunnel === true) c.tunnel = { maxStreams };
   return c;
 }
 

@@ -5,6 +5,8 @@ import { connect } from 'node:net';
 import { writeBytes } from './bytes.mjs';
 
 const HOST = '127.0.0.1';
+/** A port on 127.0.0.1, or { host, port } (bench/tunnel.ts dials Berth's tunnel endpoints on 127.77.x.y). */
+const where = (port) => (typeof port === 'object' ? port : { host: HOST, port });
 const MiB = 1024 * 1024;
 
 function header(mode, n) {
@@ -36,7 +38,7 @@ async function withDeadline(promise, ms, what, onTimeout) {
 
 function open(port) {
   return new Promise((resolve, reject) => {
-    const sock = connect({ host: HOST, port });
+    const sock = connect(where(port));
     sock.setNoDelay(true);
     sock.once('connect', () => {
       sock.off('error', reject);
@@ -168,7 +170,7 @@ export async function latency(port, { connections, roundTrips, warmup, msgBytes,
 /** One fresh connection: connect, one round trip of `msg`, close; µs until fully closed. */
 async function connectCycle(port, msg, timeoutMs) {
   const t0 = now();
-  const sock = connect({ host: HOST, port });
+  const sock = connect(where(port));
   sock.setNoDelay(true);
   let got = 0;
   const done = new Promise((resolve, reject) => {

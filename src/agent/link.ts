@@ -15,6 +15,7 @@ import { isAgentId, MAX_SERVER_MESSAGE_BYTES, parseServerMessage } from '../mode
 import type { Snapshot } from '../model/types.js';
 import { DialError, type ServerTrust, secureDial } from './dial.js';
 import { fitSnapshot } from './fit.js';
+import { TunnelClient } from './tunnel.js';
 
 export interface LinkOptions {
   /** One URL, or several replicas' URLs: each (re)connect after a failure tries the next. */
@@ -34,12 +35,22 @@ export interface LinkOptions {
   heartbeat: () => Omit<Heartbeat, 'type' | 'version' | 'intervalMs'>;
   /** Runs one checked exec request; a throw or rejection is logged, never fatal. */
   onExec?: (req: ExecRequest) => void | Promise<void>;
+  /** --tunnel: the front door reaches this agent's routes through streams it opens to the server. */
+  tunnel?: { maxStreams: number };
 }
 
 /** Bytes of a refusing server's HTTP answer that are read for the log line. */
 const MAX_REFUSAL_BODY = 64 * 1024;
 /** A server whose certificate does not match the pin is asked again at most this often. */
 export const PIN_MISMATCH_RETRY_MS = 30_000;
+/** Reconnects back off up to this (with jitter, ±50 %). */
+const MAX_BACKOFF_MS = 30_000;
+/**
+ * A --tunnel agent's routes are down while it is disconnected (the front door has no other way
+ * to its host), so it retries at most about a second apart: after a server restart it is back
+ * within about 1.5 s of the server.
+ */
+const TUNNEL_MAX_BACKOFF_MS = 1_000;
 
 export class ServerLink {
   /** The largest message the server reads (it says so in its welcome). */
@@ -63,11 +74,25 @@ export class ServerLink {
   invalidMessages = 0;
   /** What a misbehaving server can make the agent log is counted and summarised, not repeated. */
   private readonly gate: LogGate;
+  /** --tunnel: the streams this agent carries for the front door. */
+  readonly tunnel?: TunnelClient;
 
   constructor(private readonly o: LinkOptions) {
     mkdirSync(o.dataDir, { recursive: true, mode: 0o700 });
     this.agentId = readIdentity(o.dataDir);
     this.gate = new LogGate(o.logger, 60_000, 64);
+    if (o.tunnel)
+      this.tunnel = new TunnelClient({
+        maxStreams: o.tunnel.maxStreams,
+        logger: o.logger.child({ component: 'tunnel' }),
+        target: () =>
+          this.agentId && this.connected
+            ? { server: this.server, trust: o.trust ?? {}, key: o.key, agentId: this.agentId }
+            : undefined,
+        send: (m) => {
+          if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(m));
+        },
+      });
   }
 
   start(): void {
@@ -80,6 +105,7 @@ export class ServerLink {
     clearInterval(this.beat);
     clearTimeout(this.retry);
     this.ws?.close(1000, 'agent stopping');
+    this.tunnel?.closeAll();
     this.gate.close();
   }
 
@@ -91,6 +117,7 @@ export class ServerLink {
   /** The latest snapshot; sent now if connected, else on the next connect. */
   publish(s: Snapshot): void {
     this.snapshot = s;
+    this.tunnel?.setRoutes(s);
     this.sendSnapshot();
   }
 
@@ -217,6 +244,7 @@ export class ServerLink {
       if (this.ws !== ws) return;
       this.ws = undefined;
       this.status = 'disconnected';
+      this.tunnel?.linkDown();
       if (this.stopped) return;
       // Another replica may be up where this one is not (or is shutting down).
       this.current = (this.current + 1) % this.o.serverUrls.length;
@@ -243,7 +271,7 @@ export class ServerLink {
   /** Backoff with jitter before the next connection attempt. */
   private nextDelay(): number {
     const delay = Math.round(this.backoffMs * (0.5 + Math.random()));
-    this.backoffMs = Math.min(this.backoffMs * 2, 30_000);
+    this.backoffMs = Math.min(this.backoffMs * 2, this.o.tunnel ? TUNNEL_MAX_BACKOFF_MS : MAX_BACKOFF_MS);
     return delay;
   }
 
@@ -264,6 +292,8 @@ export class ServerLink {
       // The server waits for an answer to each exec request: give it one that says why.
       if (r.execId)
         this.sendExecEvent({ type: 'exec.error', id: r.execId, code: 'FAILED', message: r.error });
+      // A tunnel request is answered too, so that its front connection ends at once.
+      if (r.tunnelId) this.refuseTunnel(r.tunnelId, r.error);
       return;
     }
     const msg = r.message;
@@ -287,12 +317,29 @@ export class ServerLink {
       // Older servers do not say; theirs was 64 MiB, so the default is the safe side.
       this.maxMessageBytes = msg.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
       this.o.logger.info({ agentId: msg.agentId, status: msg.status }, 'registered with server');
+      if (this.tunnel && msg.tunnel) this.tunnel.linkUp();
+      else if (this.tunnel)
+        this.gate.log(
+          'error',
+          'no-tunnels',
+          { server: this.server },
+          "the server does not carry tunnels (it is older than berth agent --tunnel): this agent's routes are not reachable through it; upgrade the server, or run the agent without --tunnel",
+        );
       this.sendSnapshot();
       this.sendHeartbeat();
     } else if (msg.type === 'exec') {
       this.runExec(msg);
     } else if (msg.type === 'resync') {
       this.sendSnapshot();
+    } else if (msg.type === 'tunnel.open') {
+      if (this.tunnel) this.tunnel.handleOpen(msg);
+      else
+        this.refuseTunnel(
+          msg.id,
+          'this agent runs without --tunnel: the front door reaches its routes directly',
+        );
+    } else if (msg.type === 'tunnel.cancel') {
+      this.tunnel?.cancel(msg.id);
     } else if (msg.type === 'error') {
       this.gate.warn(
         `server-error:${msg.message.slice(0, 120)}`,
@@ -300,6 +347,12 @@ export class ServerLink {
         'server reported an error',
       );
     }
+  }
+
+  private refuseTunnel(id: number, message: string): void {
+    if (this.tunnel) this.tunnel.counters.refused++;
+    if (this.ws?.readyState === WebSocket.OPEN)
+      this.ws.send(JSON.stringify({ type: 'tunnel.failed', id, code: 'REFUSED', message }));
   }
 
   private runExec(req: ExecRequest): void {
@@ -325,7 +378,14 @@ export class ServerLink {
 
   private sendSnapshot(): void {
     if (!this.snapshot || !this.agentId || this.ws?.readyState !== WebSocket.OPEN) return;
-    const fitted = fitSnapshot({ ...this.snapshot, agentId: this.agentId }, this.maxMessageBytes);
+    const fitted = fitSnapshot(
+      {
+        ...this.snapshot,
+        agentId: this.agentId,
+        ...(this.o.tunnel ? { tunnel: { maxStreams: this.o.tunnel.maxStreams } } : {}),
+      },
+      this.maxMessageBytes,
+    );
     if (fitted.left.length > 0) {
       this.gate.warn(
         `snapshot-over-limit:${fitted.left.join(',')}`,

@@ -48,6 +48,7 @@ export async function runAgent(config: AgentConfig, logger: Logger): Promise<Run
     },
     heartbeat: () => agent.heartbeat(),
     onExec: (req) => agent.handleExec(req),
+    ...(config.tunnel ? { tunnel: config.tunnel } : {}),
   });
   if (config.hostIp) agent.setHostIp(config.hostIp, 'flag');
   link.start();
@@ -68,10 +69,17 @@ export async function runAgent(config: AgentConfig, logger: Logger): Promise<Run
           connected.snapshotsSent,
         ),
         ...agent.metrics(),
+        ...(connected.tunnel?.metrics() ?? []),
       ])
     : undefined;
   logger.info(
-    { servers: config.servers, name: config.name, docker: config.docker, metrics: config.metricsListen },
+    {
+      servers: config.servers,
+      name: config.name,
+      docker: config.docker,
+      metrics: config.metricsListen,
+      ...(config.tunnel ? { tunnel: config.tunnel } : {}),
+    },
     'berth agent running',
   );
   return {

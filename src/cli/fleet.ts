@@ -184,7 +184,7 @@ export async function agentsCommand(
             agents.map((a) => [
               a.id,
               a.name,
-              a.cleartext ? `${a.status}, no TLS` : a.status,
+              [a.status, a.cleartext ? 'no TLS' : '', a.tunnel ? 'tunnel' : ''].filter(Boolean).join(', '),
               a.heartbeatAgeSeconds === undefined ? '-' : `${a.heartbeatAgeSeconds}s ago`,
               a.version ?? '-',
               a.hostIp ?? '-',

@@ -19,7 +19,8 @@ export async function routesCommand(config: ClientConfig, api: ApiClient, out: O
       routes.map((r) => [
         r.kind === 'tcp' ? `tcp :${r.listen}` : r.hosts.join(',') || '-',
         r.kind === 'tcp' ? (r.allow?.length ? `allow ${r.allow.join(',')}` : '-') : r.path || '-',
-        r.upstreams.join(',') || '-',
+        // A tunneled route: the agent's tunnel, then the address the agent dials.
+        r.tunnel ? `${r.tunnel} → ${r.upstreams.join(',')}` : r.upstreams.join(',') || '-',
         `${r.agentName}/${r.container.name} (${r.container.id.slice(0, 12)})`,
         r.status,
         [...r.errors, r.note ?? ''].filter(Boolean).join('; '),

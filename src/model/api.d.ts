@@ -25,6 +25,8 @@ export interface AgentSummary {
   withheld?: string;
   /** Connected without TLS from a non-loopback address: its key and snapshots cross the network in clear. */
   cleartext?: true;
+  /** `berth agent --tunnel`: its routes are reached through streams it opens to the server. */
+  tunnel?: { maxStreams: number };
 }
 
 /** One agent key, as `GET /api/keys` lists it (never its secret). */
@@ -57,7 +59,10 @@ export interface RouteView {
   stripPath: boolean;
   listen?: number;
   allow?: string[];
+  /** Upstreams as the owning agent names them (for a tunnel agent: the addresses it dials). */
   upstreams: string[];
+  /** `tunnel:<agent>` when the front door reaches the upstreams through that agent's tunnel. */
+  tunnel?: string;
   container: { id: string; name: string };
   status: RouteStatus;
   errors: string[];

@@ -18,6 +18,7 @@ import {
   MAX_SWARM_NODES,
   MAX_TCP_ROUTES,
 } from './limits.js';
+import { MAX_TUNNEL_STREAMS } from './tunnel.js';
 import type { Diagnostic, Snapshot } from './types.js';
 import { checkHostname, checkPath } from './validate.js';
 
@@ -71,7 +72,24 @@ export type AgentMessage =
   | Heartbeat
   | ExecEvent
   /** The agent could not use something the server sent (newer agents only). */
-  | { type: 'protocol.error'; message: string };
+  | { type: 'protocol.error'; message: string }
+  | TunnelFailed;
+
+/** Agent → server: stream `id` will not open (refused, upstream unreachable, over the limit). */
+export interface TunnelFailed {
+  type: 'tunnel.failed';
+  id: number;
+  code: 'REFUSED' | 'UNREACHABLE' | 'BUSY' | 'FAILED';
+  message: string;
+}
+
+/** Server → agent: open stream `id` to `host:port` (one of the agent's own upstreams). */
+export interface TunnelOpen {
+  type: 'tunnel.open';
+  id: number;
+  host: string;
+  port: number;
+}
 
 export interface SnapshotMessage {
   type: 'snapshot';
@@ -91,10 +109,15 @@ export type ServerMessage =
       heartbeatMs: number;
       /** The largest message the server reads (newer servers); a bigger one closes the connection. */
       maxMessageBytes?: number;
+      /** Servers that carry tunnels say so (and how many streams per agent they allow at most). */
+      tunnel?: { maxStreams: number };
     }
   | { type: 'resync' }
   | { type: 'error'; message: string }
-  | ExecRequest;
+  | ExecRequest
+  | TunnelOpen
+  /** Server → agent: stream `id` is given up (the front connection went, or it waited too long). */
+  | { type: 'tunnel.cancel'; id: number };
 
 const str = { type: 'string', maxLength: MAX_STRING };
 const port = { type: 'integer', minimum: 1, maximum: 65535 };
@@ -268,6 +291,11 @@ const snapshotEnvelope = {
     tcp: { type: 'array', maxItems: MAX_TCP_ROUTES, items: { type: 'object' } },
     diagnostics: { type: 'array', maxItems: MAX_DIAGNOSTICS, items: { type: 'object' } },
     swarm: swarmSchema,
+    tunnel: {
+      type: 'object',
+      required: ['maxStreams'],
+      properties: { maxStreams: { type: 'integer', minimum: 1, maximum: MAX_TUNNEL_STREAMS } },
+    },
   },
 };
 
@@ -347,6 +375,16 @@ const MESSAGE_SCHEMAS: Record<string, object> = {
       id: execId,
       code: { enum: ['NOT_FOUND', 'BUSY', 'FAILED'] },
       message: { type: 'string', maxLength: 8192 },
+    },
+  },
+  'tunnel.failed': {
+    type: 'object',
+    required: ['type', 'id', 'code', 'message'],
+    properties: {
+      type: { const: 'tunnel.failed' },
+      id: { type: 'integer', minimum: 1, maximum: Number.MAX_SAFE_INTEGER },
+      code: { enum: ['REFUSED', 'UNREACHABLE', 'BUSY', 'FAILED'] },
+      message: { type: 'string', maxLength: MAX_MESSAGE },
     },
   },
   'protocol.error': {

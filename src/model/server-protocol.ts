@@ -6,6 +6,7 @@
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { clip, DEFAULT_MAX_MESSAGE_BYTES, MAX_STRING } from './limits.js';
 import type { ServerMessage } from './protocol.js';
+import { MAX_TUNNEL_STREAMS } from './tunnel.js';
 
 /**
  * The largest server message the agent reads; larger frames are refused before they are buffered
@@ -77,7 +78,34 @@ const CHECKS = new Map<string, MessageCheck>([
       },
       heartbeatMs: { schema: safeInt(0), rule: 'must be a whole number of milliseconds' },
       maxMessageBytes: { schema: safeInt(1024), rule: 'must be a whole number of bytes, at least 1024' },
+      tunnel: {
+        schema: {
+          type: 'object',
+          required: ['maxStreams'],
+          properties: { maxStreams: { type: 'integer', minimum: 1, maximum: MAX_TUNNEL_STREAMS } },
+        },
+        rule: `must be an object with maxStreams (1 to ${MAX_TUNNEL_STREAMS})`,
+      },
     }),
+  ],
+  [
+    'tunnel.open',
+    check('tunnel request', ['id', 'host', 'port'], {
+      id: { schema: safeInt(1), rule: 'must be a positive whole number' },
+      // An IP address only: the agent never resolves a name for the server.
+      host: {
+        schema: { type: 'string', maxLength: 64, pattern: '^[0-9A-Fa-f.:]{2,64}$' },
+        rule: 'must be an IP address',
+      },
+      port: {
+        schema: { type: 'integer', minimum: 1, maximum: 65535 },
+        rule: 'must be a port number (1 to 65535)',
+      },
+    }),
+  ],
+  [
+    'tunnel.cancel',
+    check('tunnel cancel', ['id'], { id: { schema: safeInt(1), rule: 'must be a positive whole number' } }),
   ],
   ['resync', check('resync', [], {})],
   [
@@ -136,6 +164,8 @@ export type ServerMessageResult =
       type?: string;
       /** An exec request's id, when it is usable: the agent answers it with an exec.error. */
       execId?: string;
+      /** A tunnel request's id, when it is usable: the agent answers it with a tunnel.failed. */
+      tunnelId?: number;
     };
 
 /**
@@ -172,6 +202,10 @@ export function parseServerMessage(raw: string | Buffer, binary = false): Server
   if (c.validate(msg)) return { kind: 'message', message: msg as ServerMessage };
   const execId =
     type === 'exec' && typeof fields.id === 'string' && EXEC_ID_RE.test(fields.id) ? fields.id : undefined;
+  const tunnelId =
+    type === 'tunnel.open' && Number.isSafeInteger(fields.id) && (fields.id as number) > 0
+      ? (fields.id as number)
+      : undefined;
   const e = c.validate.errors?.[0];
   const field = e && fieldOf(e);
   return {
@@ -180,6 +214,7 @@ export function parseServerMessage(raw: string | Buffer, binary = false): Server
     about: field ?? 'shape',
     error: `invalid ${c.what}: ${describe(c, e, field, fields)}`,
     ...(execId ? { execId } : {}),
+    ...(tunnelId ? { tunnelId } : {}),
   };
 }
 

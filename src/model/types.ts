@@ -152,6 +152,11 @@ export interface Snapshot {
   /** The swarm this agent's engine is part of, and on the leader its services. */
   swarm?: SwarmInfo;
   /**
+   * `berth agent --tunnel`: the front door reaches this agent's upstreams only through streams the
+   * agent opens to the server; the upstreams are addresses on the agent's side.
+   */
+  tunnel?: { maxStreams: number };
+  /**
    * Server-side only, never taken from an agent: when the server first saw each of the agent's
    * claims (`host\u0000path` or `tcp:<port>`), which orders competing claims.
    */

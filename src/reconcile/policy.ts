@@ -2,6 +2,7 @@
 // their traffic may go. Pure.
 import type { AgentStatus } from '../model/api.js';
 import { domainAllowed, publicSuffixWildcard } from '../model/domains.js';
+import type { TunnelEndpoints } from '../model/tunnel.js';
 import type { ContainerSummary, RouteSpec, Snapshot, TcpRouteSpec } from '../model/types.js';
 import type { AgentRecord, KeyRecord } from '../store/store.js';
 import { claimedSince, httpUnit, tcpUnit } from './claims.js';
@@ -35,6 +36,8 @@ export interface LivenessOptions {
   upstreams?: UpstreamRules;
   /** Hostnames Berth serves itself (`--ui-host`), lower case: no agent may claim them. */
   reservedHosts?: ReadonlySet<string>;
+  /** Local endpoints for tunnel agents' upstreams; without it a tunnel agent's routes are refused. */
+  tunnels?: TunnelEndpoints;
 }
 
 export function agentStatus(a: AgentView, now: number, o: LivenessOptions): AgentStatus {
@@ -128,6 +131,7 @@ export function admitAgent(
     seenFrom: a.record.seenFrom,
     hostIp: snapshot.hostIp,
     upstreams: a.key?.upstreams,
+    tunnel: snapshot.tunnel !== undefined,
   };
   const check = o.upstreams && upstreamChecker(subject, o.upstreams);
   const upstreamOk = (r: { id: string; upstream: { host: string; port: number } }) => {
@@ -218,10 +222,45 @@ export function admitAgent(
     routes = routes.filter((r) => kept.has(r.containerId));
     tcp = tcp.filter((r) => kept.has(r.containerId));
   }
+  if (snapshot.tunnel) ({ routes, tcp } = throughTunnel(a, routes, tcp, o.tunnels, refuse));
   const entry: AgentRoutes = { agentId: id, agentName: a.record.name, routes, tcp, scope: a.key?.id ?? id };
   if (snapshot.claims) entry.claims = snapshot.claims;
   if (domains.length > 0) entry.grants = domains;
   return { agentId, entry, errors: [...errors] };
+}
+
+/**
+ * A tunnel agent's admitted routes, pointed at their local endpoints on this server: the front
+ * door dials those, and each connection there becomes a stream the agent opens.
+ */
+function throughTunnel(
+  a: AgentView,
+  routes: RouteSpec[],
+  tcp: TcpRouteSpec[],
+  tunnels: TunnelEndpoints | undefined,
+  refuse: (routeId: string, message: string) => void,
+): { routes: RouteSpec[]; tcp: TcpRouteSpec[] } {
+  const snapshot = a.snapshot!;
+  if (!tunnels) {
+    for (const r of [...routes, ...tcp])
+      refuse(r.id, 'the agent tunnels its routes (--tunnel) and this server has no tunnel endpoints');
+    return { routes: [], tcp: [] };
+  }
+  const upstreams = [...routes.map((r) => r.upstream), ...tcp.map((r) => r.upstream)];
+  const endpoint = tunnels.endpoints(a.record.id, upstreams, snapshot.tunnel!.maxStreams);
+  const full = 'every tunnel endpoint of this server is in use (65534 upstreams)';
+  return {
+    routes: routes.flatMap((r) => {
+      const e = endpoint(r.upstream.host, r.upstream.port);
+      if (!e) refuse(r.id, full);
+      return e ? [{ ...r, upstream: { ...r.upstream, host: e.host, port: e.port } }] : [];
+    }),
+    tcp: tcp.flatMap((r) => {
+      const e = endpoint(r.upstream.host, r.upstream.port);
+      if (!e) refuse(r.id, full);
+      return e ? [{ ...r, upstream: { host: e.host, port: e.port } }] : [];
+    }),
+  };
 }
 
 /** Every agent's admission as one. */

@@ -4,6 +4,7 @@
 // task routes are checked with the checker of the agent on the task's node (policy.ts, swarm.ts).
 import { isIP } from 'node:net';
 import { type Cidr, cidrsContain, parseCidr } from '../model/cidr.js';
+import { isTunnelAddress, TUNNEL_NET } from '../model/tunnel.js';
 
 /** One of the server's own listeners: never an upstream. `host` undefined: any address of this machine. */
 export interface ProtectedEndpoint {
@@ -27,6 +28,11 @@ export interface UpstreamSubject {
   hostIp?: string;
   /** Extra networks the agent's key allows (`--upstreams`). */
   upstreams?: readonly string[];
+  /**
+   * `berth agent --tunnel`: the agent itself dials its upstreams, from its own host, so they are
+   * addresses on the agent's side, not this server's network.
+   */
+  tunnel?: boolean;
 }
 
 const cidrs = (list: string[]) => list.map((c) => parseCidr(c)!);
@@ -68,6 +74,8 @@ interface HostVerdict {
   loopback: boolean;
   /** Why a remote agent may not name it (another host), if so; the server's listeners come first. */
   notMine?: (where: string) => string;
+  /** On another machine (a tunnel agent's side): this server's listeners are not there. */
+  elsewhere?: boolean;
 }
 
 /**
@@ -85,6 +93,8 @@ export function upstreamChecker(
 ): (host: string, port: number) => string | undefined {
   const verdicts = new Map<string, HostVerdict>();
   const localAddresses = rules.localAddresses;
+  const from = agent.seenFrom ? plain(agent.seenFrom) : undefined;
+  const onThisMachine = from !== undefined && (cidrsContain(LOOPBACK, from) || localAddresses.has(from));
   const judge = (hostRaw: string): HostVerdict => {
     const host = plain(hostRaw.replace(/^\[|\]$/g, ''));
     if (isIP(host) === 0) {
@@ -101,6 +111,13 @@ export function upstreamChecker(
     if (cidrsContain(NEVER, host)) {
       v.never = (where) =>
         `upstream ${where} is a link-local, metadata or broadcast address; the front door never sends traffic there`;
+    } else if (isTunnelAddress(host)) {
+      v.never = (where) =>
+        `upstream ${where} is in ${TUNNEL_NET}, where this server keeps its tunnel endpoints; no route may point there`;
+    } else if (agent.tunnel) {
+      // Dialed by the agent on its host: the server's own listeners are in reach only when the
+      // agent runs on this machine.
+      if (!onThisMachine) v.elsewhere = true;
     } else if (agent.kind !== 'local' && !agentMay(agent, host, loopback)) {
       const from = agent.seenFrom ? plain(agent.seenFrom) : undefined;
       const allowed = [from ?? agent.hostIp, ...(agent.upstreams ?? [])].filter(Boolean).join(', ');
@@ -117,6 +134,7 @@ export function upstreamChecker(
     }
     const where = `${v.host.includes(':') ? `[${v.host}]` : v.host}:${port}`;
     if (v.never) return v.never(where);
+    if (v.elsewhere) return undefined;
     for (const p of rules.protected) {
       if (p.port !== port) continue;
       const anyAddress = p.host === undefined || isUnspecified(p.host);

@@ -23,7 +23,10 @@ import {
   parseAgentMessageAsync,
   type ServerMessage,
   type SnapshotMessage,
+  type TunnelFailed,
 } from '../model/protocol.js';
+import { TUNNEL_PATH } from '../model/tunnel.js';
+import type { KeyRecord } from '../store/store.js';
 import {
   clientAddress,
   DEFAULT_TRUSTED_PROXIES,
@@ -31,6 +34,7 @@ import {
   type TrustedProxies,
   trustedProxies,
 } from './client-address.js';
+import { refuseUpgrade as refuse } from './refuse-upgrade.js';
 import type { Registry } from './registry.js';
 
 /** A connected agent's way back, whatever carries it. */
@@ -64,6 +68,21 @@ export interface HubOptions {
   trustedProxies?: TrustedProxies;
   /** Where agents' exec events go, and who hears that an agent is gone (the exec broker). */
   exec?: ExecListener;
+  /** Tunnels (`berth agent --tunnel`): data connections, stream failures, agents gone. */
+  tunnel?: TunnelListener;
+}
+
+export interface TunnelListener {
+  /** The most streams per agent this server allows; said in the welcome. */
+  readonly maxStreams: number;
+  attachData(
+    key: KeyRecord,
+    headers: Record<string, string | string[] | undefined>,
+    socket: Duplex,
+    head: Buffer,
+  ): void;
+  failed(agentId: string, m: TunnelFailed): void;
+  agentGone(agentId: string): void;
 }
 
 /** Clients whose failures are remembered at once; beyond it the oldest are forgotten. */
@@ -183,7 +202,8 @@ export class AgentHub {
 
   private async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://x');
-    if (url.pathname !== AGENT_PATH)
+    const data = url.pathname === TUNNEL_PATH && this.o.tunnel !== undefined;
+    if (url.pathname !== AGENT_PATH && !data)
       return refuse(socket, 404, 'NOT_FOUND', `no WebSocket endpoint at ${url.pathname}`);
     if (this.closing) return refuse(socket, 503, 'UNAVAILABLE', 'the server is shutting down');
     const ip = clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], this.trusted);
@@ -219,6 +239,9 @@ export class AgentHub {
         m ? 'unknown, revoked or expired agent key' : 'missing agent key',
       );
     }
+    // A tunnel's data connection: the key is checked as the WebSocket's, and the stream must be
+    // one this key's agent was asked for.
+    if (data) return this.o.tunnel!.attachData(key, req.headers, socket, head);
     // In clear across a network: not TLS here, not TLS at a trusted proxy in front, not loopback.
     const encrypted = (req.socket as Partial<TLSSocket>).encrypted === true;
     const proxiedTls =
@@ -267,6 +290,7 @@ export class AgentHub {
         status: summary?.status ?? 'pending',
         heartbeatMs: this.o.heartbeatMs,
         maxMessageBytes: this.maxMessageBytes,
+        ...(this.o.tunnel ? { tunnel: { maxStreams: this.o.tunnel.maxStreams } } : {}),
       } satisfies ServerMessage),
     );
     const pace = new SnapshotPacer((raw) => this.handle(channel, agentId, log, raw));
@@ -286,6 +310,7 @@ export class AgentHub {
       this.channels.delete(agentId);
       this.o.registry.disconnected(agentId);
       this.exec?.onAgentGone(agentId);
+      this.o.tunnel?.agentGone(agentId);
       log.info({ code, reason: reason.toString() }, 'agent disconnected');
     });
     ws.on('error', (err: Error & { code?: string }) => {
@@ -355,6 +380,8 @@ export class AgentHub {
       await this.o.registry
         .heartbeat(agentId, info)
         .catch((err) => log.error({ err: errorMessage(err) }, 'cannot store heartbeat'));
+    } else if (msg.type === 'tunnel.failed') {
+      this.o.tunnel?.failed(agentId, msg);
     } else if (msg.type === 'protocol.error') {
       this.gate.warn(
         `agent-error:${agentId}`,
@@ -428,14 +455,4 @@ function cleanHeader(v: string | string[] | undefined, max: number): string {
   // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what is removed.
   const printable = s.replace(/[\u0000-\u001f\u007f-\u009f]/g, '');
   return printable.trim().slice(0, max);
-}
-
-function refuse(socket: Duplex, status: number, code: string, message: string): void {
-  const body = JSON.stringify({ error: { code, message } });
-  const text =
-    { 401: 'Unauthorized', 404: 'Not Found', 429: 'Too Many Requests', 503: 'Service Unavailable' }[status] ??
-    'Error';
-  socket.end(
-    `HTTP/1.1 ${status} ${text}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-  );
 }

@@ -400,6 +400,11 @@ export class Registry {
 
   // ---- agents
 
+  /** An agent's record as kept here now (no store round trip). */
+  agentRecord(id: string): AgentRecord | undefined {
+    return this.agents.get(id);
+  }
+
   /**
    * An agent presenting a valid key. A known agent id enrolled with the same key is the same
    * agent; anything else becomes a new agent, pending unless the key auto-approves.

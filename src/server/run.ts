@@ -31,6 +31,7 @@ import { ServerMetrics, serverFamilies } from './server-metrics.js';
 import { statusReport } from './status.js';
 import { SLOT_MS, trafficReport, trafficRoutes } from './traffic.js';
 import { TrafficExchange } from './traffic-replicas.js';
+import { TunnelBroker } from './tunnel-broker.js';
 import { UiAuth } from './ui-auth.js';
 import { appliedFrom, eachRouteView, type RouteViewInput, routeViews } from './views.js';
 
@@ -66,6 +67,17 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
   const wake = () => rec?.wake();
   const plane = await buildDataPlane(config, { logger, store, apiUrl, wake });
   const traffic = plane.traffic;
+  // Tunnel agents' upstreams get local endpoints here; the hub, made below, carries their streams.
+  let hubRef: AgentHub | undefined;
+  let registryRef: Registry | undefined;
+  const tunnels = new TunnelBroker({
+    logger: logger.child({ component: 'tunnel' }),
+    send: (agentId, msg) => hubRef?.send(agentId, msg) ?? false,
+    keyOf: (agentId) => registryRef?.agentRecord(agentId)?.keyId,
+    nameOf: (agentId) => registryRef?.agentRecord(agentId)?.name,
+    connected: (agentId) => hubRef?.connected(agentId) ?? false,
+  });
+  await tunnels.start();
   const registry = new Registry({
     store,
     liveness: {
@@ -78,9 +90,14 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
         },
       },
       ...(config.uiHost ? { reservedHosts: new Set([config.uiHost]) } : {}),
+      tunnels,
     },
     events,
     logger: logger.child({ component: 'registry' }),
+  });
+  registryRef = registry;
+  registry.onDrop((ids) => {
+    for (const id of ids) tunnels.dropAgent(id);
   });
   await registry.load();
   const follower = store.shared
@@ -244,7 +261,9 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
     maxMessageBytes: config.agentMaxMessageBytes,
     trustedProxies: trusted,
     exec: broker,
+    tunnel: tunnels,
   });
+  hubRef = hub;
   let local: LocalAgent | undefined;
   if (config.watch) {
     local = await connectLocalAgent({
@@ -315,6 +334,7 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
         routes: routesNow({ unordered: true }),
         hub: hub.counters,
         exec: broker.counters,
+        tunnel: tunnels.metrics(),
         tcp: tcpMetrics(plane.tcp),
         dns: plane.dns?.stats(),
         http: traffic ? await traffic.families() : [],
@@ -363,6 +383,7 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
       process.off('SIGHUP', onHangup);
       local?.stop();
       hub.close();
+      await tunnels.close();
       await agentTls?.close();
       reconciler.stop();
       routeEvents.stop();

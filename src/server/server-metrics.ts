@@ -44,6 +44,8 @@ export interface MetricSources {
   };
   exec: { allowed: number; denied: number; errors: number };
   tcp: MetricFamily[];
+  /** Tunneled streams, bytes and errors per agent. */
+  tunnel?: MetricFamily[];
   /** The DNS responder's counters (dynamic layout only). */
   dns?: { queries: number; answered: number; notFound: number; errors: number };
   /** The berth_http_* families (per route host), when Caddy streams request lines. */
@@ -100,6 +102,7 @@ export function serverFamilies(s: MetricSources): MetricFamily[] {
         ]
       : []),
     ...s.tcp,
+    ...(s.tunnel ?? []),
     ...(s.http ?? []),
   ];
 }

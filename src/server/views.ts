@@ -73,6 +73,7 @@ export function agentSummary(
   const withheld = admitted.withheld.get(a.id);
   if (withheld) out.withheld = withheld;
   if (a.cleartext && out.status !== 'offline' && out.status !== 'revoked') out.cleartext = true;
+  if (s?.tunnel) out.tunnel = { maxStreams: s.tunnel.maxStreams };
   return out;
 }
 
@@ -210,6 +211,7 @@ export function* eachRouteView(
         errors,
       };
       if (r.allow) view.allow = r.allow;
+      if (s.tunnel) view.tunnel = `tunnel:${agentName}`;
       const n = note(r.notReady);
       if (n) view.note = n;
       yield view;
@@ -242,6 +244,7 @@ export function* eachRouteView(
         }),
         errors,
       };
+      if (s.tunnel) view.tunnel = `tunnel:${agentName}`;
       const n = note(r.notReady);
       if (n) view.note = n;
       yield view;

@@ -226,7 +226,19 @@ async function agentsPage() {
     h(
       'tr',
       { 'data-agent': a.name },
-      h('td', {}, a.name, a.kind === 'local' ? h('span', { class: 'muted' }, ' (local)') : null),
+      h(
+        'td',
+        {},
+        a.name,
+        a.kind === 'local' ? h('span', { class: 'muted' }, ' (local)') : null,
+        a.tunnel
+          ? h(
+              'span',
+              { class: 'muted', 'data-tunnel': 'true', title: 'its routes are reached through its tunnel' },
+              ' (tunnel)',
+            )
+          : null,
+      ),
       a.cleartext
         ? h(
             'td',
@@ -408,6 +420,7 @@ async function routesPage() {
       r.path,
       r.listen ? `tcp :${r.listen}` : '',
       ...r.upstreams,
+      r.tunnel ?? '',
       r.agentName,
       r.container.name,
       ...r.errors,
@@ -458,7 +471,13 @@ async function routesPage() {
       { 'data-route': r.kind === 'tcp' ? `tcp:${r.listen}` : r.hosts.join(',') },
       h('td', {}, r.kind === 'tcp' ? `tcp :${r.listen}` : r.hosts.join(', ') || '—'),
       h('td', {}, r.kind === 'tcp' ? (r.allow?.length ? `allow ${r.allow.join(', ')}` : '—') : r.path || '—'),
-      h('td', {}, r.upstreams.join(', ') || '—'),
+      h(
+        'td',
+        r.tunnel
+          ? { 'data-tunnel': r.tunnel, title: "reached through the agent's tunnel; the agent dials" }
+          : {},
+        r.tunnel ? `${r.tunnel} → ${r.upstreams.join(', ')}` : r.upstreams.join(', ') || '—',
+      ),
       h('td', {}, `${r.agentName} / ${r.container.name}`),
       statusCell(r.status),
       h(

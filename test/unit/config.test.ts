@@ -234,3 +234,18 @@ describe('the agent channel (TLS)', () => {
     }
   });
 });
+
+describe('agent --tunnel', () => {
+  it('is off by default, and --tunnel-max-streams defaults to 1024', () => {
+    expect(agent(['--key', 'k']).tunnel).toBeUndefined();
+    expect(agent(['--key', 'k', '--tunnel']).tunnel).toEqual({ maxStreams: 1024 });
+    expect(agent(['--key', 'k', '--tunnel', '--tunnel-max-streams', '10']).tunnel).toEqual({
+      maxStreams: 10,
+    });
+    expect(agent(['--key', 'k'], { BERTH_TUNNEL: 'true' }).tunnel).toEqual({ maxStreams: 1024 });
+  });
+
+  it.each(['0', '65537', '1.5'])('refuses --tunnel-max-streams %s', (n) => {
+    expect(() => agent(['--key', 'k', '--tunnel', '--tunnel-max-streams', n])).toThrow(/tunnel-max-streams/);
+  });
+});

@@ -3,20 +3,14 @@
 // then piped to an upstream with backpressure and half-close, an idle timeout, a per-listener
 // connection limit, and one access-log line when it ends. A sync touches only the listeners
 // whose port appears or disappears: every other listener, and its connections, carries on.
-import {
-  connect,
-  createServer,
-  type OnReadOpts,
-  type Server,
-  Socket,
-  type SocketConstructorOpts,
-} from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import type { Logger } from 'pino';
 import { errorMessage } from '../../errors.js';
 import { type Cidr, cidrsContain, parseCidr } from '../../model/cidr.js';
 import type { ListenerStatus } from '../../model/data-plane.js';
 import type { TcpListenerSite } from '../../model/desired.js';
+import { relay, withOnread } from '../../net/relay.js';
 
 export interface TcpForwarderOptions {
   /** An IP address, or an interface name (resolved to its address, and re-resolved). */
@@ -446,55 +440,6 @@ class Forwarded implements Conn {
     this.o.accessLog(JSON.stringify(line));
   }
 }
-
-/**
- * Reads for one direction: the socket reads straight into `readBuf`, and each chunk is written to
- * `to()` from there, with no stream machinery and no allocation per chunk. Returning false (the
- * destination is full) stops reading until it drains, and a drained socket has sent everything,
- * so the buffer is free again when reading resumes. A write that the kernel did not take whole
- * while the destination still has room is queued by reference, though, so the next read goes to a
- * fresh buffer. Reads that fill the buffer move on to a bigger one (up to MAX_READ_BYTES): fewer
- * system calls for bulk transfers, little memory for chatty ones.
- */
-function relay(to: () => Socket): OnReadOpts {
-  let readBuf = Buffer.allocUnsafe(FIRST_READ_BYTES);
-  return {
-    buffer: () => readBuf,
-    callback: (n, buf) => {
-      const dest = to();
-      const more = dest.write(buf.subarray(0, n));
-      if (n === buf.length && n < MAX_READ_BYTES) readBuf = Buffer.allocUnsafe(n * 4);
-      else if (more && dest.writableLength > 0) readBuf = Buffer.allocUnsafe(buf.length);
-      return more;
-    },
-  };
-}
-
-/**
- * net.Server has no `onread` option, so the accepted socket's handle moves into a new Socket made
- * with one; the emptied socket is destroyed, which also settles the server's count of it. Node
- * does this itself for every accepted connection (`new Socket({ handle })`). Where a Node release
- * keeps its handle elsewhere, this returns undefined and the caller reads 'data' events instead.
- */
-function withOnread(accepted: Socket, onread: OnReadOpts): Socket | undefined {
-  const s = accepted as unknown as { _handle?: { readStart?: unknown } | null };
-  const handle = s._handle;
-  if (!handle || typeof handle.readStart !== 'function') return undefined;
-  s._handle = null;
-  try {
-    const opts = { handle, allowHalfOpen: true, readable: true, writable: true, onread };
-    const adopted = new Socket(opts as SocketConstructorOpts);
-    accepted.destroy();
-    return adopted;
-  } catch {
-    s._handle = handle;
-    return undefined;
-  }
-}
-
-/** Bytes read from an upstream at a time: a connection starts with FIRST and grows to MAX. */
-const FIRST_READ_BYTES = 16 * 1024;
-const MAX_READ_BYTES = 256 * 1024;
 
 function isAddress(s: string): boolean {
   return parseCidr(s) !== undefined && !s.includes('/');

@@ -29,28 +29,50 @@ export interface TestSwarm {
 
 const ip = (...args: string[]) => execFileSync('ip', args, { stdio: ['ignore', 'pipe', 'pipe'] });
 
-export async function startSwarm(
-  spec: { name: string; role: 'manager' | 'worker' }[],
-  o: { pool?: string } = {},
-): Promise<TestSwarm> {
+/** A bridge of the test's own in the root namespace, and namespaces joined to it by veth pairs. */
+export interface TestBridge {
+  /** The bridge's own address (root namespace). */
+  gateway: string;
+  /** Joins a namespace as `eth0` at the bridge's address .<11 + i>; returns that address. */
+  join(netns: string, i: number): string;
+}
+
+/** A bridge on a random 10.241.x.0/24, removed by the registered cleanups (veth ends go with it). */
+export function startBridge(): TestBridge {
   const net = `10.241.${randomBytes(1)[0]! % 250}`;
   const bridge = `bsw${randomBytes(3).toString('hex')}`;
   ip('link', 'add', bridge, 'type', 'bridge');
   registerCleanup(() => ip('link', 'del', bridge));
   ip('addr', 'add', `${net}.1/24`, 'dev', bridge);
   ip('link', 'set', bridge, 'up');
+  return {
+    gateway: `${net}.1`,
+    join(netns, i) {
+      const veth = `${bridge}${i}`;
+      const addr = `${net}.${11 + i}`;
+      // The veth's far end lives in the node's namespace and goes with it.
+      ip('link', 'add', veth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', netns);
+      ip('link', 'set', veth, 'master', bridge, 'up');
+      ip('netns', 'exec', netns, 'ip', 'addr', 'add', `${addr}/24`, 'dev', 'eth0');
+      ip('netns', 'exec', netns, 'ip', 'link', 'set', 'eth0', 'up');
+      return addr;
+    },
+  };
+}
+
+export async function startSwarm(
+  spec: { name: string; role: 'manager' | 'worker' }[],
+  o: { pool?: string } = {},
+): Promise<TestSwarm> {
+  const bridge = startBridge();
   const started = await Promise.all(
     spec.map((s) => startDockerd({ name: s.name, netns: true, hostname: s.name })),
   );
-  const nodes: SwarmNodeHandle[] = spec.map((s, i) => ({ ...s, addr: `${net}.${11 + i}`, d: started[i]! }));
-  for (const [i, n] of nodes.entries()) {
-    const veth = `${bridge}${i}`;
-    // The veth's far end lives in the node's namespace and goes with it.
-    ip('link', 'add', veth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', n.d.netns!);
-    ip('link', 'set', veth, 'master', bridge, 'up');
-    ip('netns', 'exec', n.d.netns!, 'ip', 'addr', 'add', `${n.addr}/24`, 'dev', 'eth0');
-    ip('netns', 'exec', n.d.netns!, 'ip', 'link', 'set', 'eth0', 'up');
-  }
+  const nodes: SwarmNodeHandle[] = spec.map((s, i) => ({
+    ...s,
+    addr: bridge.join(started[i]!.netns!, i),
+    d: started[i]!,
+  }));
   await Promise.all(nodes.map((n) => importBusybox(n.d, SWARM_IMAGE)));
   const first = nodes[0]!;
   await first.d.run([
@@ -83,7 +105,7 @@ export async function startSwarm(
     return n;
   };
   return {
-    gateway: `${net}.1`,
+    gateway: bridge.gateway,
     nodes,
     byName,
     async leader() {

@@ -161,3 +161,76 @@ describe('admitRoutes: what no key allows', () => {
     expect(r.agentRoutes[0]).toMatchObject({ scope: 'k1', grants: ['*.example.com'] });
   });
 });
+
+describe('admission of a tunnel agent', () => {
+  const tunnelSnapshot = (): Snapshot => ({
+    ...snapshot([['t.example.com']]),
+    hostIp: '127.0.0.1',
+    routes: snapshot([['t.example.com']]).routes.map((r) => ({
+      ...r,
+      upstream: { host: '127.0.0.1', port: 8080, scheme: 'http' as const },
+    })),
+    tcp: [
+      {
+        id: 'c0/tcp/db',
+        name: 'db',
+        listen: 5432,
+        upstream: { host: '127.0.0.1', port: 5432 },
+        allow: [],
+        containerId: 'c0',
+        containerName: 'n0',
+        containerCreated: 1,
+      },
+    ],
+    tunnel: { maxStreams: 64 },
+  });
+  const asked: { agentId: string; upstreams: { host: string; port: number }[]; maxStreams: number }[] = [];
+  const tunnels = {
+    endpoints(agentId: string, upstreams: readonly { host: string; port: number }[], maxStreams: number) {
+      asked.push({ agentId, upstreams: [...upstreams], maxStreams });
+      return (_h: string, port: number) => ({ host: '127.77.0.9', port: 40000 + (port % 1000) });
+    },
+  };
+  const rules = { protected: [], localAddresses: new Set(['127.0.0.1']) };
+
+  it("points its routes at this server's endpoints, checked as addresses on the agent's side", () => {
+    const a = admitRoutes([view({ snapshot: tunnelSnapshot() }, { seenFrom: '10.9.0.7' })], 100_000, {
+      ...o,
+      upstreams: rules,
+      tunnels,
+    });
+    expect(a.errors.size).toBe(0);
+    const entry = a.agentRoutes[0]!;
+    expect(entry.routes[0]!.upstream).toEqual({ host: '127.77.0.9', port: 40080, scheme: 'http' });
+    expect(entry.tcp![0]!.upstream).toEqual({ host: '127.77.0.9', port: 40432 });
+    expect(asked.at(-1)).toEqual({
+      agentId: 'a1',
+      upstreams: [
+        { host: '127.0.0.1', port: 8080, scheme: 'http' },
+        { host: '127.0.0.1', port: 5432 },
+      ],
+      maxStreams: 64,
+    });
+  });
+
+  it('refuses its routes, saying why, on a server without tunnel endpoints', () => {
+    const a = admitRoutes([view({ snapshot: tunnelSnapshot() }, { seenFrom: '10.9.0.7' })], 100_000, {
+      ...o,
+      upstreams: rules,
+    });
+    expect(a.agentRoutes[0]!.routes).toEqual([]);
+    expect([...a.errors.values()].flat()).toContain(
+      'the agent tunnels its routes (--tunnel) and this server has no tunnel endpoints',
+    );
+  });
+
+  it('without --tunnel, the same upstream on another host is refused as before', () => {
+    const s = { ...tunnelSnapshot(), tunnel: undefined };
+    const a = admitRoutes([view({ snapshot: s }, { seenFrom: '10.9.0.7' })], 100_000, {
+      ...o,
+      upstreams: rules,
+      tunnels,
+    });
+    expect([...a.errors.values()].flat().join(' ')).toMatch(/not this agent's host/);
+  });
+});

@@ -52,3 +52,40 @@ describe('upstreamRefusal', () => {
     expect(upstreamRefusal('169.254.169.254', 80, local, rules)).toMatch(/metadata/);
   });
 });
+
+describe('upstreamRefusal, tunnel agents', () => {
+  const tunnel = (seenFrom: string) => ({ kind: 'remote', seenFrom, tunnel: true }) as const;
+  it.each([
+    // The agent dials from its own host: its loopback and its own networks are its side's.
+    ['its own loopback', '127.0.0.1', 8080, tunnel('10.0.0.5'), undefined],
+    ['another address of its network', '192.168.1.20', 80, tunnel('10.0.0.5'), undefined],
+    [
+      "a port that is this server's on this server's loopback",
+      '127.0.0.1',
+      7080,
+      tunnel('10.0.0.5'),
+      undefined,
+    ],
+    // Run on this machine, its loopback is this server's: the server's own listeners stay off limits.
+    [
+      'the server API when the agent runs on this machine',
+      '127.0.0.1',
+      7080,
+      tunnel('127.0.0.1'),
+      /own admin API/,
+    ],
+    ['the server API at a local address', '10.0.0.1', 80, tunnel('10.0.0.1'), /own front door/],
+    ['cloud metadata', '169.254.169.254', 80, tunnel('10.0.0.5'), /link-local, metadata/],
+    ['a name', 'db.internal', 5432, tunnel('10.0.0.5'), /is a name, not an IP address/],
+    ['a tunnel endpoint', '127.77.0.4', 40000, tunnel('10.0.0.5'), /tunnel endpoints/],
+  ])('%s', (_what, host, port, agent, want) => {
+    const got = upstreamRefusal(host, port, agent, rules);
+    if (want === undefined) expect(got).toBeUndefined();
+    else expect(got).toMatch(want);
+  });
+
+  it('keeps every agent, tunnel or not, off the tunnel endpoints', () => {
+    expect(upstreamRefusal('127.77.0.1', 4000, remote('127.0.0.1'), rules)).toMatch(/127\.77\.0\.0\/16/);
+    expect(upstreamRefusal('127.77.0.1', 4000, { kind: 'local' }, rules)).toMatch(/tunnel endpoints/);
+  });
+});

@@ -279,6 +279,18 @@ describe('routeViews', () => {
     ]);
   });
 
+  it("shows a tunnel agent's routes as tunnel:<agent>, with the addresses the agent dials", () => {
+    const tunneled = [{ id: 'a1', name: 'host1', snapshot: { ...snapshot, tunnel: { maxStreams: 8 } } }];
+    const v = routeViews({ agents: tunneled, admitted, applied });
+    // Every route (not the rows of refused containers, which have no upstream).
+    expect(new Set(v.filter((r) => r.upstreams.length > 0).map((r) => r.tunnel))).toEqual(
+      new Set(['tunnel:host1']),
+    );
+    expect(routeViews({ agents, admitted, applied }).some((r) => r.tunnel)).toBe(false);
+    const summary = agentSummary({ view: view({ snapshot: tunneled[0]!.snapshot }) }, none, 10_000, liveness);
+    expect(summary.tunnel).toEqual({ maxStreams: 8 });
+  });
+
   it('lists only routes with errors when asked, and shows every route pending before any pass', () => {
     expect(routeViews({ agents, admitted, applied }, { onlyErrors: true }).map((r) => r.status)).toEqual([
       'error',
