@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
+import { engineTarget } from './agent/docker-engine.js';
 import { UserError } from './errors.js';
 import { DIALECTS, type DialectName } from './labels/index.js';
 import { compileDefaultRule, type DefaultRule } from './labels/traefik.js';
@@ -746,6 +747,11 @@ function watchConfig(raw: RawConfig, problems: string[]): WatchConfig {
     swarmPollMs: Math.max(100, num(raw['swarm-poll'])),
     name: opt(raw.name) ?? hostname(),
   };
+  try {
+    engineTarget(w.docker);
+  } catch (err) {
+    problems.push(`--docker: ${(err as Error).message}`);
+  }
   const hostIp = opt(raw['host-ip']);
   if (hostIp) w.hostIp = hostIp;
   const network = opt(raw.network);

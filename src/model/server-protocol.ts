@@ -20,7 +20,7 @@ export const MAX_SERVER_RULES = 1_000;
 
 /**
  * A Docker container id (12 to 64 hex digits) or a Docker container name. Nothing else reaches a
- * Docker API call: dockerode puts the reference into the request path as it is, so `/`, `..`,
+ * Docker API call: docker.ts puts the reference into the request path as it is, so `/`, `..`,
  * `%`, `?` or `#` would address another endpoint (or, over TCP, another path of the proxy).
  */
 const CONTAINER_ID = '[0-9a-f]{12,64}';
