@@ -339,6 +339,13 @@ export const FLAGS: FlagDef[] = [
     for: ['agent'],
   },
   {
+    name: 'jit',
+    kind: 'bool',
+    default: false,
+    help: "Let V8 compile the agent's hot code (baseline and optimizing compilers): about 10 MiB more RSS for work an agent seldom has",
+    for: ['agent'],
+  },
+  {
     name: 'name',
     kind: 'string',
     help: 'Agent name (default: hostname); for keys create: the key name',
@@ -656,6 +663,8 @@ export interface AgentConfig extends Common, WatchConfig {
   keySource: string;
   reportIntervalMs: number;
   metricsListen?: Listen;
+  /** --jit: leave V8's compilers on (by default the agent runs on the interpreter alone). */
+  jit: boolean;
   /** How the agent checks the server over https:// (wss://). */
   trust: {
     /** SHA-256 of the server CA's public key, from the key string. */
@@ -944,6 +953,7 @@ function agentConfig(
     key: parsed.secret,
     keySource,
     reportIntervalMs: num(raw['report-interval']),
+    jit: raw.jit === true,
     trust: { insecureTransport },
   };
   if (parsed.pin) c.trust.pin = parsed.pin;
