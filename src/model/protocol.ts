@@ -21,7 +21,8 @@ import {
 import type { Diagnostic, Snapshot } from './types.js';
 import { checkHostname, checkPath } from './validate.js';
 
-export const AGENT_PATH = '/agent/v1/connect';
+// Defined with the agent's side of the protocol, which the agent loads without this file's Ajv.
+export { AGENT_PATH } from './server-protocol.js';
 export const PROTOCOL_VERSION = 1;
 
 export interface Heartbeat {
