@@ -4,21 +4,10 @@
 import { Ajv } from 'ajv';
 import { describe, expect, it } from 'vitest';
 import { firstIssue, serverMessageSchema } from '../../src/model/server-protocol.js';
+import { prng } from './labels/fuzz-corpus.js';
 
 const TYPES = ['welcome', 'resync', 'error', 'exec'];
 const ajv = new Ajv({ allErrors: false, strict: false });
-
-/** A small seeded PRNG, so a failure can be replayed. */
-function rng(seed: number) {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const VALID: Record<string, Record<string, unknown>> = {
   welcome: { type: 'welcome', agentId: 'ag_0123456789ab', status: 'pending', heartbeatMs: 15000 },
@@ -80,7 +69,7 @@ describe('server message checks agree with Ajv', () => {
     const schema = serverMessageSchema(type)!;
     const validate = ajv.compile(schema);
     it(`${type}: 3000 random mutations`, () => {
-      const r = rng(type.length * 7919);
+      const r = prng(type.length * 7919);
       const fields = [...Object.keys(schema.properties), 'other'];
       for (let n = 0; n < 3000; n++) {
         const msg: Record<string, unknown> = { ...VALID[type] };
