@@ -1,8 +1,10 @@
-// The only file that imports dockerode: everything else sees ContainerInfo and plain events.
-import { Writable } from 'node:stream';
-import Docker from 'dockerode';
+// The agent's view of Docker: everything else sees ContainerInfo and plain events. The calls go
+// through a minimal Engine API client of our own (docker-engine.ts), not dockerode.
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { isContainerRef } from '../model/server-protocol.js';
 import type { ContainerInfo, PortBinding } from '../model/types.js';
+import { EngineClient, EngineError, engineTarget, FrameDemuxer, JsonLineSplitter } from './docker-engine.js';
 import type { SwarmPort, SwarmService, SwarmState, SwarmTask } from './swarm.js';
 
 export interface DockerEvent {
@@ -45,28 +47,22 @@ export interface ExecHandle {
   done: Promise<{ exitCode: number | null }>;
 }
 
-/** `--docker` / DOCKER_HOST → dockerode options. */
-export function dockerOptions(endpoint: string): Docker.DockerOptions {
-  if (endpoint.startsWith('unix://')) return { socketPath: endpoint.slice('unix://'.length) };
-  if (endpoint.startsWith('/')) return { socketPath: endpoint };
-  const u = new URL(endpoint.replace(/^tcp:/, 'http:'));
-  return {
-    host: u.hostname,
-    port: Number(u.port || (u.protocol === 'https:' ? 2376 : 2375)),
-    protocol: u.protocol === 'https:' ? 'https' : 'http',
-  };
-}
+const CALL_TIMEOUT_MS = 30_000;
+/** A hung Docker call must not stall the watcher forever; it counts as a lost connection. */
+const call = { timeoutMs: CALL_TIMEOUT_MS };
+
+const q = (filters: Record<string, string[]>) => encodeURIComponent(JSON.stringify(filters));
 
 export function createDockerSource(endpoint: string): DockerSource {
-  // No client-wide timeout: it would also cut the event stream after 30 s without events.
-  const docker = new Docker(dockerOptions(endpoint));
+  const docker = new EngineClient(engineTarget(endpoint));
+  const get = <T>(path: string, what: string) => docker.json<T>(path, what, call);
   // Exposed ports and creation time never change for a container id: inspect each once.
   const inspected = new Map<string, { exposed: number[] }>();
 
   return {
     endpoint,
     async list() {
-      const raw = await withTimeout(docker.listContainers({ all: false }), 'list containers');
+      const raw = await get<RawContainer[]>('/containers/json', 'list containers');
       const seen = new Set<string>();
       const out: ContainerInfo[] = [];
       for (const c of raw) {
@@ -74,7 +70,8 @@ export function createDockerSource(endpoint: string): DockerSource {
         let extra = inspected.get(c.Id);
         if (!extra) {
           try {
-            const info = await withTimeout(docker.getContainer(c.Id).inspect(), 'inspect container');
+            checkRef(c.Id);
+            const info = await get<RawInspect>(`/containers/${c.Id}/json`, 'inspect container');
             extra = { exposed: exposedPorts(info.Config?.ExposedPorts) };
             inspected.set(c.Id, extra);
           } catch {
@@ -88,52 +85,48 @@ export function createDockerSource(endpoint: string): DockerSource {
     },
     async events(onEvent, onEnd) {
       // Services and nodes change on managers; tasks have no events of their own (the watcher polls them).
-      const stream = (await docker.getEvents({
-        filters: { type: ['container', 'service', 'node'] },
-      })) as NodeJS.ReadableStream & {
-        destroy?: () => void;
-      };
-      let buf = '';
+      const res = await docker.stream(
+        `/events?filters=${q({ type: ['container', 'service', 'node'] })}`,
+        'events',
+        call,
+      );
       let ended = false;
       const end = (err?: Error) => {
         if (ended) return;
         ended = true;
+        res.destroy();
         onEnd(err);
       };
-      stream.on('data', (chunk: Buffer) => {
-        buf += chunk.toString('utf8');
-        let i = buf.indexOf('\n');
-        while (i >= 0) {
-          const line = buf.slice(0, i).trim();
-          buf = buf.slice(i + 1);
-          i = buf.indexOf('\n');
-          if (!line) continue;
-          try {
-            const e = JSON.parse(line);
-            onEvent({
-              type: e.Type ?? e.type ?? '',
-              action: e.Action ?? e.status ?? '',
-              id: e.Actor?.ID ?? e.id ?? '',
-            });
-          } catch {
-            // a torn line cannot happen with newline framing; ignore garbage rather than die
-          }
+      const lines = new JsonLineSplitter((v) => {
+        const e = (v ?? {}) as RawEvent;
+        onEvent({
+          type: str(e.Type ?? e.type),
+          action: str(e.Action ?? e.status),
+          id: str(e.Actor?.ID ?? e.id),
+        });
+      });
+      res.on('data', (chunk: Buffer) => {
+        if (ended) return;
+        try {
+          lines.push(chunk);
+        } catch (err) {
+          // Reconnecting re-lists everything, which repairs whatever the bad line meant.
+          end(new Error(`docker events: ${(err as Error).message}`));
         }
       });
-      stream.on('end', () => end());
-      stream.on('close', () => end());
-      stream.on('error', (err: Error) => end(err));
+      res.on('end', () => end());
+      res.on('close', () => end());
+      res.on('error', (err: Error) => end(err));
       return () => {
         ended = true;
-        stream.destroy?.();
+        res.destroy();
       };
     },
     async version() {
-      const v = await withTimeout(docker.version(), 'version');
-      return v.Version;
+      return str((await get<{ Version?: string }>('/version', 'version')).Version);
     },
     async swarm() {
-      const info = (await withTimeout(docker.info(), 'info')) as DockerInfo;
+      const info = await get<DockerInfo>('/info', 'info');
       const sw = info.Swarm;
       if (sw?.LocalNodeState !== 'active' || !sw.NodeID) return undefined;
       const state: SwarmState = {
@@ -147,7 +140,7 @@ export function createDockerSource(endpoint: string): DockerSource {
         tasks: [],
       };
       if (!state.manager) return state;
-      const nodes = (await withTimeout(docker.listNodes(), 'list nodes')) as RawNode[];
+      const nodes = await get<RawNode[]>('/nodes', 'list nodes');
       state.nodes = nodes.map((n) => ({
         id: n.ID,
         hostname: n.Description?.Hostname ?? '',
@@ -160,11 +153,9 @@ export function createDockerSource(endpoint: string): DockerSource {
       state.leader = Boolean(self?.leader);
       if (!state.leader) return state;
       const [services, tasks, networks] = await Promise.all([
-        withTimeout(docker.listServices(), 'list services') as Promise<RawService[]>,
-        withTimeout(docker.listTasks({ filters: { 'desired-state': ['running'] } }), 'list tasks') as Promise<
-          RawTask[]
-        >,
-        withTimeout(docker.listNetworks(), 'list networks') as Promise<{ Id: string; Name: string }[]>,
+        get<RawService[]>('/services', 'list services'),
+        get<RawTask[]>(`/tasks?filters=${q({ 'desired-state': ['running'] })}`, 'list tasks'),
+        get<{ Id: string; Name: string }[]>('/networks', 'list networks'),
       ]);
       const netName = new Map(networks.map((n) => [n.Id, n.Name]));
       for (const t of tasks)
@@ -177,64 +168,44 @@ export function createDockerSource(endpoint: string): DockerSource {
     async inspect(ref) {
       checkRef(ref);
       try {
-        const info = await withTimeout(docker.getContainer(ref).inspect(), 'inspect container');
+        const info = await get<RawInspect>(`/containers/${ref}/json`, 'inspect container');
         return {
           id: info.Id,
-          name: info.Name.replace(/^\//, ''),
+          name: (info.Name ?? '').replace(/^\//, ''),
           labels: info.Config?.Labels ?? {},
           running: Boolean(info.State?.Running),
         };
       } catch (err) {
-        if ((err as { statusCode?: number }).statusCode === 404) return undefined;
+        if (err instanceof EngineError && err.statusCode === 404) return undefined;
         throw err;
       }
     },
     async exec(containerId, argv, onOutput) {
       checkRef(containerId);
-      const exec = await withTimeout(
-        docker
-          .getContainer(containerId)
-          .exec({ Cmd: argv, AttachStdout: true, AttachStderr: true, AttachStdin: false, Tty: false }),
-        'create exec',
-      );
-      const stream = await withTimeout(exec.start({ hijack: true, stdin: false }), 'start exec');
-      const sink = (name: 'stdout' | 'stderr') =>
-        new Writable({
-          write(chunk: Buffer, _enc, cb) {
-            try {
-              onOutput(name, chunk);
-            } catch {
-              // the consumer's problem; an error here would be an unhandled stream error
-            }
-            cb();
-          },
-        });
-      docker.modem.demuxStream(stream, sink('stdout'), sink('stderr'));
-      const done = new Promise<{ exitCode: number | null }>((resolve) => {
-        let finishing = false;
-        const finish = async () => {
-          if (finishing) return; // end, close and error can all fire
-          finishing = true;
-          // The stream can end a moment before Docker records the exit.
-          for (let i = 0; i < 25; i++) {
-            try {
-              const info = await exec.inspect();
-              if (!info.Running) return resolve({ exitCode: info.ExitCode ?? null });
-            } catch {
-              return resolve({ exitCode: null });
-            }
-            await new Promise((r) => setTimeout(r, 20));
-          }
-          resolve({ exitCode: null });
-        };
-        stream.on('end', finish);
-        stream.on('close', finish);
-        stream.on('error', finish);
+      const created = await docker.json<{ Id?: string }>(`/containers/${containerId}/exec`, 'create exec', {
+        ...call,
+        method: 'POST',
+        body: { Cmd: argv, AttachStdout: true, AttachStderr: true, AttachStdin: false, Tty: false },
       });
+      const execId = str(created?.Id);
+      // The id goes into paths: only what Docker issues (hex) is used.
+      if (!/^[0-9a-f]{1,128}$/.test(execId))
+        throw new Error(`docker create exec: unexpected exec id ${JSON.stringify(execId.slice(0, 80))}`);
+      const { stream, head } = await docker.hijack(`/exec/${execId}/start`, 'start exec', {
+        ...call,
+        method: 'POST',
+        body: { Detach: false, Tty: false },
+      });
+      const inspectExec = () =>
+        get<{ Running?: boolean; ExitCode?: number | null; Pid?: number }>(
+          `/exec/${execId}/json`,
+          'inspect exec',
+        );
+      const done = pipeExec(stream, head, onOutput, inspectExec);
       return {
         async hostPid() {
           try {
-            return (await exec.inspect()).Pid || undefined;
+            return (await inspectExec()).Pid || undefined;
           } catch {
             return undefined;
           }
@@ -245,24 +216,74 @@ export function createDockerSource(endpoint: string): DockerSource {
   };
 }
 
-const CALL_TIMEOUT_MS = 30_000;
+/**
+ * Exec output through the demuxer to `onOutput` until the stream ends, then Docker's exit code. A
+ * malformed stream ends the output with a line on stderr that says what was wrong.
+ */
+function pipeExec(
+  stream: Duplex | IncomingMessage,
+  head: Buffer | undefined,
+  onOutput: (stream: 'stdout' | 'stderr', chunk: Buffer) => void,
+  inspectExec: () => Promise<{ Running?: boolean; ExitCode?: number | null }>,
+): Promise<{ exitCode: number | null }> {
+  const emit = (name: 'stdout' | 'stderr', chunk: Buffer) => {
+    try {
+      onOutput(name, chunk);
+    } catch {
+      // the consumer's problem; an error here would be an unhandled stream error
+    }
+  };
+  const demux = new FrameDemuxer(emit);
+  let broken = false;
+  const feed = (chunk: Buffer) => {
+    if (broken) return;
+    try {
+      demux.push(chunk);
+    } catch (err) {
+      broken = true;
+      emit('stderr', Buffer.from(`berth: docker exec output: ${(err as Error).message}\n`));
+      stream.destroy();
+    }
+  };
+  return new Promise((resolve) => {
+    let finishing = false;
+    const finish = async () => {
+      if (finishing) return; // end, close and error can all fire
+      finishing = true;
+      if (!broken) {
+        try {
+          demux.end();
+        } catch (err) {
+          emit('stderr', Buffer.from(`berth: docker exec output: ${(err as Error).message}\n`));
+        }
+      }
+      // The stream can end a moment before Docker records the exit.
+      for (let i = 0; i < 25; i++) {
+        try {
+          const info = await inspectExec();
+          if (!info.Running) return resolve({ exitCode: info.ExitCode ?? null });
+        } catch {
+          return resolve({ exitCode: null });
+        }
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      resolve({ exitCode: null });
+    };
+    stream.on('data', feed);
+    stream.on('end', finish);
+    stream.on('close', finish);
+    stream.on('error', finish);
+    // Bytes that came with the 101 answer are the stream's first (nothing is ever written to it).
+    if (head && head.length > 0) feed(head);
+  });
+}
+
+const str = (v: unknown): string => (typeof v === 'string' ? v : '');
 
 function checkRef(ref: unknown): void {
   if (!isContainerRef(ref)) {
     throw new Error(`${JSON.stringify(String(ref).slice(0, 80))} is not a Docker container id or name`);
   }
-}
-
-/** A hung Docker call must not stall the watcher forever; it counts as a lost connection. */
-function withTimeout<T>(p: Promise<T>, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`docker ${what} timed out after ${CALL_TIMEOUT_MS} ms`)),
-      CALL_TIMEOUT_MS,
-    );
-  });
-  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }
 
 function exposedPorts(exposed: Record<string, unknown> | undefined): number[] {
@@ -274,7 +295,7 @@ function exposedPorts(exposed: Record<string, unknown> | undefined): number[] {
   return ports.sort((a, b) => a - b);
 }
 
-function toInfo(c: Docker.ContainerInfo, exposed: number[]): ContainerInfo {
+function toInfo(c: RawContainer, exposed: number[]): ContainerInfo {
   const networks: Record<string, string> = {};
   for (const [name, n] of Object.entries(c.NetworkSettings?.Networks ?? {}))
     networks[name] = n.IPAddress ?? '';
@@ -303,6 +324,36 @@ function healthOf(status: string): ContainerInfo['health'] {
   if (status.includes('(health: starting)')) return 'starting';
   if (status.includes('(healthy)')) return 'healthy';
   return 'none';
+}
+
+/** GET /containers/json: the fields read here. */
+interface RawContainer {
+  Id: string;
+  Names?: string[];
+  Created: number;
+  Labels?: Record<string, string>;
+  State?: string;
+  Status?: string;
+  HostConfig?: { NetworkMode?: string };
+  NetworkSettings?: { Networks?: Record<string, { IPAddress?: string }> };
+  Ports?: { PrivatePort: number; PublicPort?: number; Type?: string; IP?: string }[];
+}
+
+/** GET /containers/{id}/json: the fields read here. */
+interface RawInspect {
+  Id: string;
+  Name?: string;
+  Config?: { Labels?: Record<string, string>; ExposedPorts?: Record<string, unknown> };
+  State?: { Running?: boolean };
+}
+
+interface RawEvent {
+  Type?: unknown;
+  type?: unknown;
+  Action?: unknown;
+  status?: unknown;
+  id?: unknown;
+  Actor?: { ID?: unknown };
 }
 
 interface DockerInfo {

@@ -10,8 +10,13 @@ import { isLoopbackHost } from '../config.js';
 import { errorMessage } from '../errors.js';
 import { LogGate } from '../log-gate.js';
 import { clip, DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE } from '../model/limits.js';
-import { AGENT_PATH, type ExecEvent, type ExecRequest, type Heartbeat } from '../model/protocol.js';
-import { isAgentId, MAX_SERVER_MESSAGE_BYTES, parseServerMessage } from '../model/server-protocol.js';
+import type { ExecEvent, ExecRequest, Heartbeat } from '../model/protocol.js';
+import {
+  AGENT_PATH,
+  isAgentId,
+  MAX_SERVER_MESSAGE_BYTES,
+  parseServerMessage,
+} from '../model/server-protocol.js';
 import type { Snapshot } from '../model/types.js';
 import { DialError, type ServerTrust, secureDial } from './dial.js';
 import { fitSnapshot } from './fit.js';

@@ -3,21 +3,23 @@
 import { realpathSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import pino from 'pino';
-import { type AgentConfig, helpFor, loadConfig, type ServeConfig } from '../config.js';
+import { setFlagsFromString } from 'node:v8';
+import type { Logger } from 'pino';
+import { type AgentConfig, type ClientConfig, helpFor, loadConfig, type ServeConfig } from '../config.js';
 import { errorMessage, UserError } from '../errors.js';
-import { LogGate } from '../log-gate.js';
 import { VERSION } from '../version.js';
-import { apiClient } from './client.js';
-import { auditCommand, execCommand } from './exec.js';
-import { explainCommand } from './explain.js';
-import { agentsCommand, keysCommand } from './fleet.js';
 import { escapeLines, json, line, ours, stderr, stdout } from './format.js';
-import { routesCommand } from './routes.js';
-import { statusCommand } from './status.js';
-import { topCommand } from './top.js';
 
-type Sidecar = (dataDir: string, logger: pino.Logger) => Promise<{ stop(): Promise<void> }>;
+// Only what every command needs is imported here; the rest (the server, the agent, the logger,
+// each client command) is loaded by the command that uses it, so that `berth agent` carries no
+// server or CLI code and runs its own code with the V8 flags it sets (see agent()).
+
+type Sidecar = (dataDir: string, logger: Logger) => Promise<{ stop(): Promise<void> }>;
+
+async function newLogger(level: string, cmd: string): Promise<Logger> {
+  const { default: pino } = await import('pino');
+  return pino({ level, base: { cmd } }, pino.destination(2));
+}
 
 /**
  * Processes the server starts beside itself: `berth <name> --data-dir D`. Loaded on demand, like
@@ -78,7 +80,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     const at = argv.indexOf('--data-dir');
     const dataDir = at >= 0 ? argv[at + 1] : undefined;
     if (!dataDir) throw new UserError('CONFIG_INVALID', `${command} needs --data-dir`);
-    const logger = pino({ level: 'info', base: { cmd: command } }, pino.destination(2));
+    const logger = await newLogger('info', command);
     const running = await (await loadSidecar())(resolve(dataDir), logger);
     await untilSignal(logger, () => running.stop());
     return 0;
@@ -96,40 +98,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     }
     if (loaded.kind === 'serve') return await serve(loaded.config);
     if (loaded.kind === 'agent') return await agent(loaded.config);
-    const { config, rest } = loaded;
-    const api = apiClient(config);
-    switch (command) {
-      case 'keys':
-        return await keysCommand(config, api, rest, out);
-      case 'agents':
-        return await agentsCommand(config, api, rest, out);
-      case 'exec':
-        return await execCommand(config, api, rest);
-      case 'audit':
-        return await auditCommand(config, api, out);
-      case 'password': {
-        if (rest[0] !== 'set')
-          throw new UserError('CONFIG_INVALID', 'usage: echo "$PASSWORD" | berth password set');
-        const password = (await readStdin()).replace(/\r?\n$/, '');
-        await api.post('/api/ui-password', { password });
-        out(ours('web UI password set; sign in at <server>/ui/'));
-        return 0;
-      }
-      case 'routes':
-        return await routesCommand(config, api, out);
-      case 'explain':
-        return await explainCommand(config, api, rest, out);
-      case 'status':
-        return await statusCommand(config, api, out);
-      case 'top':
-        return await topCommand(config, api, out);
-      case 'reconcile': {
-        const r = await api.post<{ passes: number }>('/api/reconcile', { force: config.force });
-        out(config.json ? json(r) : line`reconciled (pass ${r.passes})`);
-        return 0;
-      }
-    }
-    return 2;
+    return await clientCommand(command, loaded.config, loaded.rest);
   } catch (err) {
     if (err instanceof UserError) {
       stderr(escapeLines(`berth: ${err.message}`));
@@ -139,8 +108,45 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   }
 }
 
+async function clientCommand(command: string, config: ClientConfig, rest: string[]): Promise<number> {
+  const out = stdout;
+  const api = (await import('./client.js')).apiClient(config);
+  switch (command) {
+    case 'keys':
+      return await (await import('./fleet.js')).keysCommand(config, api, rest, out);
+    case 'agents':
+      return await (await import('./fleet.js')).agentsCommand(config, api, rest, out);
+    case 'exec':
+      return await (await import('./exec.js')).execCommand(config, api, rest);
+    case 'audit':
+      return await (await import('./exec.js')).auditCommand(config, api, out);
+    case 'password': {
+      if (rest[0] !== 'set')
+        throw new UserError('CONFIG_INVALID', 'usage: echo "$PASSWORD" | berth password set');
+      const password = (await readStdin()).replace(/\r?\n$/, '');
+      await api.post('/api/ui-password', { password });
+      out(ours('web UI password set; sign in at <server>/ui/'));
+      return 0;
+    }
+    case 'routes':
+      return await (await import('./routes.js')).routesCommand(config, api, out);
+    case 'explain':
+      return await (await import('./explain.js')).explainCommand(config, api, rest, out);
+    case 'status':
+      return await (await import('./status.js')).statusCommand(config, api, out);
+    case 'top':
+      return await (await import('./top.js')).topCommand(config, api, out);
+    case 'reconcile': {
+      const r = await api.post<{ passes: number }>('/api/reconcile', { force: config.force });
+      out(config.json ? json(r) : line`reconciled (pass ${r.passes})`);
+      return 0;
+    }
+  }
+  return 2;
+}
+
 async function serve(config: ServeConfig): Promise<number> {
-  const logger = pino({ level: config.logLevel, base: { cmd: config.command } }, pino.destination(2));
+  const logger = await newLogger(config.logLevel, config.command);
   const { runServer } = await import('../server/run.js');
   const server = await runServer(config, logger);
   await untilSignal(logger, () => server.stop());
@@ -148,8 +154,15 @@ async function serve(config: ServeConfig): Promise<number> {
 }
 
 async function agent(config: AgentConfig): Promise<number> {
-  const logger = pino({ level: config.logLevel, base: { cmd: 'agent' } }, pino.destination(2));
+  // An agent is idle nearly always, and its work per change (labels of its containers, one
+  // snapshot) is small: the interpreter does it in about the same time here, while V8's baseline
+  // and optimizing compilers, their code and their memory are about 10 MiB of an idle agent's RSS
+  // (bench/agent-idle.ts). Set before the agent's modules load, so none of its code is compiled.
+  // A --tunnel agent carries its routes' traffic through its own code: it keeps the compilers.
+  if (!config.jit && !config.tunnel) setFlagsFromString('--no-opt --no-sparkplug --no-maglev');
+  const logger = await newLogger(config.logLevel, 'agent');
   const { runAgent } = await import('../agent/run.js');
+  const { LogGate } = await import('../log-gate.js');
   // Last resort: every exec and message path catches its own errors, so this is a bug; the agent
   // logs it (a few lines, however many) and keeps its host's routes flowing rather than exit.
   const gate = new LogGate(logger);
@@ -166,7 +179,7 @@ async function agent(config: AgentConfig): Promise<number> {
   return 0;
 }
 
-function untilSignal(logger: pino.Logger, stop: () => Promise<void>): Promise<void> {
+function untilSignal(logger: Logger, stop: () => Promise<void>): Promise<void> {
   return new Promise<void>((resolveStop) => {
     let stopping = false;
     const onSignal = (sig: string) => {

@@ -22,7 +22,8 @@ import { MAX_TUNNEL_STREAMS } from './tunnel.js';
 import type { Diagnostic, Snapshot } from './types.js';
 import { checkHostname, checkPath } from './validate.js';
 
-export const AGENT_PATH = '/agent/v1/connect';
+// Defined with the agent's side of the protocol, which the agent loads without this file's Ajv.
+export { AGENT_PATH } from './server-protocol.js';
 export const PROTOCOL_VERSION = 1;
 
 export interface Heartbeat {
@@ -394,18 +395,34 @@ const MESSAGE_SCHEMAS: Record<string, object> = {
   },
 };
 
-const ajv = new Ajv({ allErrors: false, strict: false });
-const byType = new Map<string, ValidateFunction>(
-  Object.entries(MESSAGE_SCHEMAS).map(([t, s]) => [t, ajv.compile(s)]),
-);
-const items = {
-  swarmNode: ajv.compile(swarmNodeSchema),
-  service: ajv.compile(serviceSchema),
-  container: ajv.compile(containerSchema),
-  route: ajv.compile(routeSchema),
-  tcp: ajv.compile(tcpSchema),
-  diagnostic: ajv.compile(diagnosticSchema),
+/**
+ * Compiled on first use: only the server checks agent messages, and the agent, which imports this
+ * file for the types and AGENT_PATH, should not carry the compiled schemas.
+ */
+let compiled:
+  | { byType: Map<string, ValidateFunction>; items: Record<keyof typeof ITEM_SCHEMAS, ValidateFunction> }
+  | undefined;
+const ITEM_SCHEMAS = {
+  swarmNode: swarmNodeSchema,
+  service: serviceSchema,
+  container: containerSchema,
+  route: routeSchema,
+  tcp: tcpSchema,
+  diagnostic: diagnosticSchema,
 };
+
+function validators(): NonNullable<typeof compiled> {
+  if (compiled) return compiled;
+  const ajv = new Ajv({ allErrors: false, strict: false });
+  compiled = {
+    byType: new Map(Object.entries(MESSAGE_SCHEMAS).map(([t, s]) => [t, ajv.compile(s)])),
+    items: Object.fromEntries(
+      Object.entries(ITEM_SCHEMAS).map(([k, s]) => [k, ajv.compile(s)]),
+    ) as NonNullable<typeof compiled>['items'],
+  };
+  return compiled;
+}
+
 // The upstream address must be an IP or hostname, never something Caddy would read as a placeholder.
 const UPSTREAM_HOST_RE = /^[A-Za-z0-9.:-]{1,253}$/;
 /** Items checked between two yields to the event loop when checking asynchronously. */
@@ -477,7 +494,7 @@ function* checkValue(msg: unknown): Generator<void, AgentMessage> {
   }
   const type = (msg as { type?: unknown }).type;
   if (typeof type !== 'string') throw new Error('invalid message: no "type"');
-  const validate = byType.get(type);
+  const validate = validators().byType.get(type);
   if (!validate) throw new Error(`invalid message: unknown type "${type.slice(0, 64)}"`);
   if (!validate(msg)) throw new Error(`invalid message: ${describeError(validate.errors?.[0], type)}`);
   if (type !== 'snapshot') return msg as AgentMessage;
@@ -530,6 +547,7 @@ function* checkSnapshotItems(s: Snapshot): Generator<void, Diagnostic[]> {
   };
   const schemaCheck = (v: ValidateFunction, root: string) => (item: unknown) =>
     v(item) ? undefined : describeError(v.errors?.[0], root);
+  const { items } = validators();
 
   s.containers = (yield* keep(s.containers, 'container', schemaCheck(items.container, 'container')))!;
   s.routes = (yield* keep(s.routes, 'route', (r, i) => {

@@ -3,10 +3,15 @@
 // it reach another Docker API endpoint, or make it resolve a name. Every message is bounded and
 // checked against a schema here, before the agent acts on it; the shapes are those of
 // protocol.ts, unchanged, and unknown fields and message types are tolerated (newer servers).
-import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+// The schemas are few and flat (strings, whole numbers, arrays of strings), so they are checked
+// here by a small interpreter of that subset of JSON Schema, in the order and with the first
+// error Ajv would give, rather than by Ajv: the agent then carries no schema compiler.
 import { clip, DEFAULT_MAX_MESSAGE_BYTES, MAX_STRING } from './limits.js';
 import type { ServerMessage } from './protocol.js';
 import { MAX_TUNNEL_STREAMS } from './tunnel.js';
+
+/** Where agents connect (an upgrade to a WebSocket), on the API and on the agent listener. */
+export const AGENT_PATH = '/agent/v1/connect';
 
 /**
  * The largest server message the agent reads; larger frames are refused before they are buffered
@@ -21,7 +26,7 @@ export const MAX_SERVER_RULES = 1_000;
 
 /**
  * A Docker container id (12 to 64 hex digits) or a Docker container name. Nothing else reaches a
- * Docker API call: dockerode puts the reference into the request path as it is, so `/`, `..`,
+ * Docker API call: docker.ts puts the reference into the request path as it is, so `/`, `..`,
  * `%`, `?` or `#` would address another endpoint (or, over TCP, another path of the proxy).
  */
 const CONTAINER_ID = '[0-9a-f]{12,64}';
@@ -42,26 +47,120 @@ export function isAgentId(id: unknown): id is string {
   return typeof id === 'string' && AGENT_ID_RE.test(id);
 }
 
-const safeInt = (minimum: number) => ({ type: 'integer', minimum, maximum: Number.MAX_SAFE_INTEGER });
+/** The subset of JSON Schema the server's messages need. */
+type FieldSchema =
+  | { type: 'string'; maxLength?: number; pattern?: string }
+  | { type: 'integer'; minimum: number; maximum: number }
+  | { type: 'array'; minItems?: number; maxItems?: number; items: { type: 'string'; maxLength: number } }
+  | {
+      type: 'object';
+      required: string[];
+      properties: Record<string, { type: 'integer'; minimum: number; maximum: number }>;
+    };
+
+/** The first problem found, shaped as Ajv reports one (keyword, JSON pointer, parameters). */
+export interface Issue {
+  keyword: string;
+  instancePath: string;
+  params?: { missingProperty?: string };
+  message?: string;
+}
+
+const safeInt = (minimum: number): FieldSchema => ({
+  type: 'integer',
+  minimum,
+  maximum: Number.MAX_SAFE_INTEGER,
+});
 
 interface MessageCheck {
   /** What the message is called in errors: "invalid exec request: …". */
   what: string;
-  validate: ValidateFunction;
+  validate: (msg: Record<string, unknown>) => Issue | undefined;
   /** What each field must be, for the error that names it. */
   rules: Record<string, string>;
+  /** The same rules as a JSON Schema (a test checks validate() against Ajv on it). */
+  schema: { type: 'object'; required: string[]; properties: Record<string, FieldSchema> };
 }
 
-const ajv = new Ajv({ allErrors: false, strict: false });
+/** Length in code points, as JSON Schema counts it; the UTF-16 length bounds it from above. */
+function longerThan(s: string, max: number): boolean {
+  if (s.length <= max) return false;
+  let n = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) i++; // a surrogate pair is one code point
+    if (++n > max) return true;
+  }
+  return false;
+}
+
+const isInteger = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v);
+
+/** One value against its schema, keywords in Ajv's order: type, then limits, pattern, items. */
+function checkField(v: unknown, schema: FieldSchema, path: string, re?: RegExp): Issue | undefined {
+  const issue = (keyword: string, at = path): Issue => ({ keyword, instancePath: at });
+  switch (schema.type) {
+    case 'string':
+      if (typeof v !== 'string') return issue('type');
+      if (schema.maxLength !== undefined && longerThan(v, schema.maxLength)) return issue('maxLength');
+      if (re && !re.test(v)) return issue('pattern');
+      return undefined;
+    case 'integer':
+      if (!isInteger(v)) return issue('type');
+      if (v > schema.maximum) return issue('maximum');
+      if (v < schema.minimum) return issue('minimum');
+      return undefined;
+    case 'array': {
+      if (!Array.isArray(v)) return issue('type');
+      if (schema.maxItems !== undefined && v.length > schema.maxItems) return issue('maxItems');
+      if (schema.minItems !== undefined && v.length < schema.minItems) return issue('minItems');
+      for (let i = 0; i < v.length; i++) {
+        const item = v[i];
+        if (typeof item !== 'string') return issue('type', `${path}/${i}`);
+        if (longerThan(item, schema.items.maxLength)) return issue('maxLength', `${path}/${i}`);
+      }
+      return undefined;
+    }
+    case 'object': {
+      if (typeof v !== 'object' || v === null || Array.isArray(v)) return issue('type');
+      const o = v as Record<string, unknown>;
+      for (const name of schema.required)
+        if (!Object.hasOwn(o, name))
+          return { keyword: 'required', instancePath: path, params: { missingProperty: name } };
+      for (const [name, p] of Object.entries(schema.properties))
+        if (Object.hasOwn(o, name)) {
+          const inner = checkField(o[name], p, `${path}/${name}`);
+          if (inner) return inner;
+        }
+      return undefined;
+    }
+  }
+}
 
 function check(
   what: string,
   required: string[],
-  fields: Record<string, { schema: object; rule: string }>,
+  fields: Record<string, { schema: FieldSchema; rule: string }>,
 ): MessageCheck {
-  const properties = Object.fromEntries(Object.entries(fields).map(([k, f]) => [k, f.schema]));
   const rules = Object.fromEntries(Object.entries(fields).map(([k, f]) => [k, f.rule]));
-  return { what, validate: ajv.compile({ type: 'object', required, properties }), rules };
+  const list = Object.entries(fields).map(([name, f]) => ({
+    name,
+    schema: f.schema,
+    re: f.schema.type === 'string' && f.schema.pattern ? new RegExp(f.schema.pattern, 'u') : undefined,
+  }));
+  const validate = (msg: Record<string, unknown>): Issue | undefined => {
+    for (const name of required)
+      if (!Object.hasOwn(msg, name))
+        return { keyword: 'required', instancePath: '', params: { missingProperty: name } };
+    for (const f of list) {
+      if (!Object.hasOwn(msg, f.name)) continue;
+      const issue = checkField(msg[f.name], f.schema, `/${f.name}`, f.re);
+      if (issue) return issue;
+    }
+    return undefined;
+  };
+  const properties = Object.fromEntries(Object.entries(fields).map(([k, f]) => [k, f.schema]));
+  return { what, validate, rules, schema: { type: 'object', required, properties } };
 }
 
 const CHECKS = new Map<string, MessageCheck>([
@@ -150,6 +249,16 @@ const CHECKS = new Map<string, MessageCheck>([
   ],
 ]);
 
+/** The JSON Schema of a server message type the agent checks, for tests; undefined if unknown. */
+export function serverMessageSchema(type: string): MessageCheck['schema'] | undefined {
+  return CHECKS.get(type)?.schema;
+}
+
+/** The first problem with a message of a known type, as Ajv would report it; for tests. */
+export function firstIssue(type: string, msg: Record<string, unknown>): Issue | undefined {
+  return CHECKS.get(type)?.validate(msg);
+}
+
 export type ServerMessageResult =
   | { kind: 'message'; message: ServerMessage }
   /** A type this agent does not know (a newer server): ignored. */
@@ -199,14 +308,14 @@ export function parseServerMessage(raw: string | Buffer, binary = false): Server
   const type = fields.type;
   const c = CHECKS.get(type);
   if (!c) return { kind: 'unknown', type: clip(type, 64) };
-  if (c.validate(msg)) return { kind: 'message', message: msg as ServerMessage };
+  const e = c.validate(fields);
+  if (!e) return { kind: 'message', message: msg as ServerMessage };
   const execId =
     type === 'exec' && typeof fields.id === 'string' && EXEC_ID_RE.test(fields.id) ? fields.id : undefined;
   const tunnelId =
     type === 'tunnel.open' && Number.isSafeInteger(fields.id) && (fields.id as number) > 0
       ? (fields.id as number)
       : undefined;
-  const e = c.validate.errors?.[0];
   const field = e && fieldOf(e);
   return {
     kind: 'invalid',
@@ -218,15 +327,16 @@ export function parseServerMessage(raw: string | Buffer, binary = false): Server
   };
 }
 
-function fieldOf(e: ErrorObject): string | undefined {
-  if (e.keyword === 'required') return String((e.params as { missingProperty: string }).missingProperty);
+function fieldOf(e: Issue): string | undefined {
+  if (e.keyword === 'required' && e.instancePath === '')
+    return String((e.params as { missingProperty: string }).missingProperty);
   return e.instancePath.split('/')[1];
 }
 
 /** `argv must be an array of strings (…): item 3 is a number`, from Ajv's first error. */
 function describe(
   c: MessageCheck,
-  e: ErrorObject | undefined,
+  e: Issue | undefined,
   field: string | undefined,
   msg: Record<string, unknown>,
 ): string {

@@ -52,6 +52,15 @@ describe('loadConfig', () => {
     );
   });
 
+  it('refuses a Docker endpoint the agent cannot reach, naming it', () => {
+    expect(() => serve([], { DOCKER_HOST: 'ssh://me@host' })).toThrowError(
+      /--docker: docker endpoint "ssh:\/\/me@host": expected unix:\/\/\/path or tcp:\/\/host:port/,
+    );
+    expect(serve([], { DOCKER_HOST: 'https://docker.example:2376' }).watch?.docker).toBe(
+      'https://docker.example:2376',
+    );
+  });
+
   it('reads BERTH_ADMIN_TOKEN for the server and the CLI, and nowhere else', () => {
     expect(serve([], { BERTH_ADMIN_TOKEN: 'tok' }).adminToken).toBe('tok');
     expect(client('routes', [], { BERTH_ADMIN_TOKEN: 'tok' }).token).toBe('tok');
