@@ -2,7 +2,7 @@
 // protocol) sends a real `berth agent` process a corpus of hostile messages, with valid exec
 // requests interleaved, while the agent reads a real private dockerd through a recording proxy.
 // The agent runs under strace, so a DNS lookup (or any connection but the two it needs) shows.
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -70,6 +70,7 @@ async function startTracedAgent(
     { logFile: join(dir, 'agent.log') },
   );
   // strace's child that runs the agent (strace may first fork a short-lived child of its own).
+  const node = realpathSync(process.execPath);
   let pid = -1;
   await waitUntil(
     () => {
@@ -77,9 +78,13 @@ async function startTracedAgent(
         const children = readFileSync(`/proc/${proc.pid}/task/${proc.pid}/children`, 'utf8')
           .trim()
           .split(' ');
+        // strace's own short-lived child has the same command line (strace's, which names the
+        // agent): only a child that is node itself, running the agent, is the agent.
         pid = Number(
-          children.find((c) =>
-            readFileSync(`/proc/${c}/cmdline`, 'utf8').includes(`${BERTH_BIN}\0agent\0`),
+          children.find(
+            (c) =>
+              realpathSync(`/proc/${c}/exe`) === node &&
+              readFileSync(`/proc/${c}/cmdline`, 'utf8').includes(`${BERTH_BIN}\0agent\0`),
           ) ?? -1,
         );
       } catch {
