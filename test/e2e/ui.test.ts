@@ -218,11 +218,19 @@ describe('web UI', () => {
     );
     await shot('08-routes-revoked');
     await page.locator('nav a[data-page=events]').click();
-    const types = await page
-      .locator('#events tbody tr')
-      .evaluateAll((rows) => rows.map((r) => r.getAttribute('data-type')));
-    for (const t of ['agent.connected', 'agent.approved', 'caddy.applied', 'exec', 'key.revoked'])
-      expect(types).toContain(t);
+    // The page renders its table after the click returns: poll until every type is shown.
+    const wanted = ['agent.connected', 'agent.approved', 'caddy.applied', 'exec', 'key.revoked'];
+    await expect
+      .poll(
+        async () => {
+          const types = await page
+            .locator('#events tbody tr')
+            .evaluateAll((rows) => rows.map((r) => r.getAttribute('data-type')));
+          return wanted.filter((t) => !types.includes(t));
+        },
+        { timeout: 10_000 },
+      )
+      .toEqual([]);
     await shot('09-events');
   });
 
