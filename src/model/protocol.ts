@@ -4,6 +4,7 @@
 // a route, container or diagnostic that is wrong is refused on its container alone, never the
 // whole snapshot, so one bad container cannot freeze every route of its host.
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import { NotJson, parseJsonSteps } from './json-steps.js';
 import {
   DEFAULT_MAX_MESSAGE_BYTES,
   MAX_CIDRS,
@@ -18,6 +19,7 @@ import {
   MAX_SWARM_NODES,
   MAX_TCP_ROUTES,
 } from './limits.js';
+import { drain, inSlices } from './slices.js';
 import { MAX_TUNNEL_STREAMS } from './tunnel.js';
 import type { Diagnostic, Snapshot } from './types.js';
 import { checkHostname, checkPath } from './validate.js';
@@ -423,10 +425,20 @@ function validators(): NonNullable<typeof compiled> {
   return compiled;
 }
 
+/**
+ * Compiles the checks now rather than on the first message: compiling takes tens of milliseconds,
+ * which a server spends at start, not while an agent's first snapshot is waiting.
+ */
+export function compileAgentChecks(): void {
+  validators();
+}
+
 // The upstream address must be an IP or hostname, never something Caddy would read as a placeholder.
 const UPSTREAM_HOST_RE = /^[A-Za-z0-9.:-]{1,253}$/;
-/** Items checked between two yields to the event loop when checking asynchronously. */
-const BATCH = 2_000;
+/** Messages longer than this (characters) are parsed in steps. */
+const PARSE_IN_STEPS_FROM = 1 << 20;
+/** Items checked between two pause points (where an asynchronous check may yield). */
+const BATCH = 500;
 
 function describeError(e: ErrorObject | undefined, root: string): string {
   if (!e) return `${root} does not match the protocol`;
@@ -442,24 +454,15 @@ function describeError(e: ErrorObject | undefined, root: string): string {
  * items that are wrong are removed and reported in `refused`, one error per container.
  */
 export function parseAgentMessage(raw: string, maxBytes = DEFAULT_MAX_MESSAGE_BYTES): AgentMessage {
-  const it = checkMessage(raw, maxBytes);
-  let r = it.next();
-  while (!r.done) r = it.next();
-  return r.value;
+  return drain(checkMessage(raw, maxBytes));
 }
 
-/** As parseAgentMessage, yielding to the event loop every few thousand snapshot items. */
-export async function parseAgentMessageAsync(
+/** As parseAgentMessage, yielding to the event loop between slices of a snapshot's items. */
+export function parseAgentMessageAsync(
   raw: string,
   maxBytes = DEFAULT_MAX_MESSAGE_BYTES,
 ): Promise<AgentMessage> {
-  const it = checkMessage(raw, maxBytes);
-  let r = it.next();
-  while (!r.done) {
-    await new Promise((resolve) => setImmediate(resolve));
-    r = it.next();
-  }
-  return r.value;
+  return inSlices(checkMessage(raw, maxBytes));
 }
 
 function* checkMessage(raw: string, maxBytes: number): Generator<void, AgentMessage> {
@@ -469,9 +472,11 @@ function* checkMessage(raw: string, maxBytes: number): Generator<void, AgentMess
   }
   let msg: unknown;
   try {
-    msg = JSON.parse(raw);
-  } catch {
-    throw new Error('message is not JSON');
+    // A big message is parsed in steps: one JSON.parse of 8 MiB holds the event loop ~80 ms.
+    msg = raw.length > PARSE_IN_STEPS_FROM ? yield* parseJsonSteps(raw) : JSON.parse(raw);
+  } catch (err) {
+    const deep = err instanceof NotJson && err.message.startsWith('nesting');
+    throw new Error(deep ? `message is not JSON that Berth reads: ${err.message}` : 'message is not JSON');
   }
   return yield* checkValue(msg);
 }
@@ -482,10 +487,7 @@ function* checkMessage(raw: string, maxBytes: number): Generator<void, AgentMess
  * items are removed from it, so the sender's own value is never changed.
  */
 export function checkAgentMessage(value: unknown): AgentMessage {
-  const it = checkValue(value);
-  let r = it.next();
-  while (!r.done) r = it.next();
-  return r.value;
+  return drain(checkValue(value));
 }
 
 function* checkValue(msg: unknown): Generator<void, AgentMessage> {

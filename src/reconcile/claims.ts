@@ -1,6 +1,7 @@
 // When the server first saw each claim of an agent: the order of competing claims. A time an
 // agent reports (a container's creation time) is only a claim itself, so a hostile agent could
 // say "-1e15" and win every conflict; the server's own clock decides instead. Pure.
+import { drain, pauseEvery } from '../model/slices.js';
 import type { ClaimRecord, RouteSpec, TcpRouteSpec } from '../model/types.js';
 
 export type { ClaimRecord };
@@ -15,8 +16,19 @@ export const tcpUnit = (listen: number) => `tcp:${listen}`;
 
 /** Every unit a snapshot's routes claim. */
 export function unitsOf(routes: readonly RouteSpec[], tcp: readonly TcpRouteSpec[] = []): Set<string> {
+  return drain(unitSteps(routes, tcp));
+}
+
+function* unitSteps(
+  routes: readonly RouteSpec[],
+  tcp: readonly TcpRouteSpec[],
+): Generator<void, Set<string>> {
+  const pause = pauseEvery();
   const units = new Set<string>();
-  for (const r of routes) for (const h of r.hosts) units.add(httpUnit(h, r.path));
+  for (const r of routes) {
+    if (pause()) yield;
+    for (const h of r.hosts) units.add(httpUnit(h, r.path));
+  }
   for (const r of tcp) units.add(tcpUnit(r.listen));
   return units;
 }
@@ -32,10 +44,32 @@ export function nextClaims(
   now: number,
   memoryMs: number,
 ): Claims {
+  return drain(nextClaimSteps(prev, units, now, memoryMs));
+}
+
+/** As nextClaims of the units of these routes, with pause points (25k units are ~50 ms). */
+export function* claimSteps(
+  prev: Claims | undefined,
+  routes: readonly RouteSpec[],
+  tcp: readonly TcpRouteSpec[] | undefined,
+  now: number,
+  memoryMs: number,
+): Generator<void, Claims> {
+  return yield* nextClaimSteps(prev, yield* unitSteps(routes, tcp ?? []), now, memoryMs);
+}
+
+function* nextClaimSteps(
+  prev: Claims | undefined,
+  units: Set<string>,
+  now: number,
+  memoryMs: number,
+): Generator<void, Claims> {
+  const pause = pauseEvery();
   const out: Claims = Object.create(null);
   // The lookup index of the new claims is made here, where their entries are at hand anyway.
   const index = new Map<string, number>();
   for (const u of units) {
+    if (pause()) yield;
     const p = prev?.[u];
     const keeps = p && (p.releasedAt === undefined || now - p.releasedAt <= memoryMs);
     // A claim held before is the same record again (no new object per unit of 25k).
@@ -46,8 +80,10 @@ export function nextClaims(
   indexes.set(out, index);
   if (!prev) return out;
   const released: [string, ClaimRecord][] = [];
-  for (const [u, p] of Object.entries(prev)) {
+  for (const u of Object.keys(prev)) {
+    if (pause()) yield;
     if (units.has(u)) continue;
+    const p = prev[u]!;
     const at = p.releasedAt ?? now;
     if (now - at <= memoryMs) released.push([u, { since: p.since, releasedAt: at }]);
   }

@@ -1,6 +1,7 @@
 // Desired state: every agent's routes merged into what the front door should serve. Pure.
 import type { Site, SiteChanges, TcpListenerSite } from '../model/desired.js';
 import { domainCovers } from '../model/domains.js';
+import { drain, inSlices } from '../model/slices.js';
 import type { RouteSpec, TcpRouteSpec, Upstream } from '../model/types.js';
 import { type Claims, claimedSince, httpUnit, tcpUnit } from './claims.js';
 
@@ -127,10 +128,7 @@ export class DesiredModel {
   private updated = false;
 
   update(agents: readonly AgentRoutes[]): Desired {
-    const steps = this.steps(agents);
-    let r = steps.next();
-    while (!r.done) r = steps.next();
-    return r.value;
+    return drain(this.steps(agents));
   }
 
   /**
@@ -140,18 +138,8 @@ export class DesiredModel {
    * meanwhile (the reconciler runs one pass at a time); readers of the outcomes map may see it
    * part-way, as they see it change between passes.
    */
-  async updateInSlices(agents: readonly AgentRoutes[], sliceMs = 15): Promise<Desired> {
-    const steps = this.steps(agents);
-    let from = performance.now();
-    let r = steps.next();
-    while (!r.done) {
-      if (performance.now() - from >= sliceMs) {
-        await new Promise((resolve) => setImmediate(resolve));
-        from = performance.now();
-      }
-      r = steps.next();
-    }
-    return r.value;
+  updateInSlices(agents: readonly AgentRoutes[], sliceMs = 15): Promise<Desired> {
+    return inSlices(this.steps(agents), sliceMs);
   }
 
   /** Work done since the last pause point: one every PAUSE_EVERY routes, units or keys. */
@@ -272,11 +260,20 @@ export class DesiredModel {
     if (prev.agentName !== a.agentName || prev.scope !== a.scope || !sameData(prev.grants, a.grants))
       return false;
     const before = new Map<string, RouteSpec>();
-    for (const r of prev.routes) before.set(r.id, r);
+    for (const r of prev.routes) {
+      if (this.pause()) yield;
+      before.set(r.id, r);
+    }
     const ids = new Set<string>();
-    for (const r of a.routes) ids.add(r.id);
+    for (const r of a.routes) {
+      if (this.pause()) yield;
+      ids.add(r.id);
+    }
     if (before.size !== prev.routes.length || ids.size !== a.routes.length) return false;
-    for (const r of prev.routes) if (!ids.has(r.id)) this.dropRoute(prev, r, dirty, touched);
+    for (const r of prev.routes) {
+      if (this.pause()) yield;
+      if (!ids.has(r.id)) this.dropRoute(prev, r, dirty, touched);
+    }
     for (const r of a.routes) {
       if (this.pause()) yield;
       const p = before.get(r.id);

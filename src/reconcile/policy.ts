@@ -2,6 +2,7 @@
 // their traffic may go. Pure.
 import type { AgentStatus } from '../model/api.js';
 import { domainAllowed, publicSuffixWildcard } from '../model/domains.js';
+import { drain, pauseEvery } from '../model/slices.js';
 import type { TunnelEndpoints } from '../model/tunnel.js';
 import type { ContainerSummary, RouteSpec, Snapshot, TcpRouteSpec } from '../model/types.js';
 import type { AgentRecord, KeyRecord } from '../store/store.js';
@@ -112,6 +113,17 @@ export function admitAgent(
   o: LivenessOptions,
   swarm: SwarmContext = NO_SWARM,
 ): AgentAdmission {
+  return drain(admissionSteps(a, now, o, swarm));
+}
+
+/** As admitAgent, with pause points: an agent's 10k routes and more are then checked in slices. */
+export function* admissionSteps(
+  a: AgentView,
+  now: number,
+  o: LivenessOptions,
+  swarm: SwarmContext = NO_SWARM,
+): Generator<void, AgentAdmission> {
+  const pause = pauseEvery();
   const agentId = a.record.id;
   if (!a.snapshot) return { agentId, errors: [] };
   const why = withheldBecause(a, now, o);
@@ -161,7 +173,7 @@ export function admitAgent(
   };
   // A task's upstream is checked as its node's agent would be (swarm.checkTask did), a VIP as the speaker's.
   const routeUpstreamOk = (r: RouteSpec) => (r.swarm?.task ? true : upstreamOk(r));
-  let routes = (inSwarm ? snapshot.routes.flatMap((r) => swarmOk(r) ?? []) : snapshot.routes).filter((r) => {
+  const admits = (r: RouteSpec) => {
     // Per route of up to 10k: no arrays made unless something is wrong.
     let wide: string[] | undefined;
     let suffix: string | undefined;
@@ -196,7 +208,13 @@ export function admitAgent(
       return false;
     }
     return routeUpstreamOk(r);
-  });
+  };
+  let routes: RouteSpec[] = [];
+  for (const given of snapshot.routes) {
+    if (pause()) yield;
+    const r = inSwarm ? swarmOk(given) : given;
+    if (r && admits(r)) routes.push(r);
+  }
   // A key limited to domains names what its hosts may claim; front-door ports are not in it.
   let tcp = (snapshot.tcp ?? []).filter((r) => {
     if (domains.length > 0) {
@@ -211,15 +229,17 @@ export function admitAgent(
   const limit =
     a.record.kind === 'local' ? Number.POSITIVE_INFINITY : (a.key?.maxRoutes ?? DEFAULT_MAX_ROUTES_PER_AGENT);
   if (routes.length + tcp.length > limit) {
-    const kept = withinLimit(routes, tcp, snapshot, limit);
-    for (const r of [...routes, ...tcp]) {
-      if (kept.has(r.containerId)) continue;
-      refuse(
-        r.id,
-        `the agent has ${routes.length + tcp.length} routes and key ${a.key?.name} allows ${limit} per agent; container ${r.containerName}'s are not served (berth keys update ${a.key?.name} --max-routes N)`,
-      );
+    const kept = yield* withinLimit(routes, tcp, snapshot, limit);
+    const keptRoutes: RouteSpec[] = [];
+    for (const r of routes) {
+      if (pause()) yield;
+      if (kept.has(r.containerId)) keptRoutes.push(r);
+      else refuse(r.id, overLimit(a, routes.length + tcp.length, limit, r.containerName));
     }
-    routes = routes.filter((r) => kept.has(r.containerId));
+    for (const r of tcp)
+      if (!kept.has(r.containerId))
+        refuse(r.id, overLimit(a, routes.length + tcp.length, limit, r.containerName));
+    routes = keptRoutes;
     tcp = tcp.filter((r) => kept.has(r.containerId));
   }
   if (snapshot.tunnel) ({ routes, tcp } = throughTunnel(a, routes, tcp, o.tunnels, refuse));
@@ -227,6 +247,10 @@ export function admitAgent(
   if (snapshot.claims) entry.claims = snapshot.claims;
   if (domains.length > 0) entry.grants = domains;
   return { agentId, entry, errors: [...errors] };
+}
+
+function overLimit(a: AgentView, count: number, limit: number, container: string): string {
+  return `the agent has ${count} routes and key ${a.key?.name} allows ${limit} per agent; container ${container}'s are not served (berth keys update ${a.key?.name} --max-routes N)`;
 }
 
 /**
@@ -426,19 +450,30 @@ export function swarmContext(agents: AgentView[], now: number, o: LivenessOption
  * Containers whose routes fit an agent's limit, whole containers only: those whose claims the
  * server saw first, then by container id, so the same ones serve from pass to pass.
  */
-function withinLimit(routes: RouteSpec[], tcp: TcpRouteSpec[], s: Snapshot, limit: number): Set<string> {
+function* withinLimit(
+  routes: RouteSpec[],
+  tcp: TcpRouteSpec[],
+  s: Snapshot,
+  limit: number,
+): Generator<void, Set<string>> {
   // The same snapshot, routes and limit give the same answer: worked out once per snapshot.
   const memo = limitMemo.get(s);
   if (memo && memo.limit === limit && memo.routes === routes.length && memo.tcp === tcp.length)
     return memo.kept;
-  const kept = fitContainers(routes, tcp, s, limit);
+  const kept = yield* fitContainers(routes, tcp, s, limit);
   limitMemo.set(s, { limit, routes: routes.length, tcp: tcp.length, kept });
   return kept;
 }
 
 const limitMemo = new WeakMap<Snapshot, { limit: number; routes: number; tcp: number; kept: Set<string> }>();
 
-function fitContainers(routes: RouteSpec[], tcp: TcpRouteSpec[], s: Snapshot, limit: number): Set<string> {
+function* fitContainers(
+  routes: RouteSpec[],
+  tcp: TcpRouteSpec[],
+  s: Snapshot,
+  limit: number,
+): Generator<void, Set<string>> {
+  const pause = pauseEvery();
   // Per container (by slot): its routes and its oldest claim. Plain arrays, not an object per
   // container: a hostile snapshot has 25k containers, and this runs for each of its snapshots.
   const slot = new Map<string, number>();
@@ -457,13 +492,19 @@ function fitContainers(routes: RouteSpec[], tcp: TcpRouteSpec[], s: Snapshot, li
     counts[i]!++;
     if (t < since[i]!) since[i] = t;
   };
-  for (const r of routes) note(r.containerId, claimedSince(s.claims, httpUnit(r.hosts[0] ?? '', r.path)));
+  for (const r of routes) {
+    if (pause()) yield;
+    note(r.containerId, claimedSince(s.claims, httpUnit(r.hosts[0] ?? '', r.path)));
+  }
   for (const r of tcp) note(r.containerId, claimedSince(s.claims, tcpUnit(r.listen)));
+  yield;
   const order = ids.map((_, i) => i);
   order.sort((a, b) => since[a]! - since[b]! || (ids[a]! < ids[b]! ? -1 : ids[a]! > ids[b]! ? 1 : 0));
+  yield;
   const kept = new Set<string>();
   let used = 0;
   for (const i of order) {
+    if (pause()) yield;
     if (used + counts[i]! > limit) continue;
     used += counts[i]!;
     kept.add(ids[i]!);

@@ -18,6 +18,7 @@ import {
   AGENT_PATH,
   type AgentMessage,
   checkAgentMessage,
+  compileAgentChecks,
   type ExecEvent,
   type Heartbeat,
   parseAgentMessageAsync,
@@ -123,6 +124,7 @@ export class AgentHub {
 
   constructor(private readonly o: HubOptions) {
     this.maxMessageBytes = o.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+    compileAgentChecks();
     // perMessageDeflate stays off: a compressed message could expand past every limit.
     this.wss = new WebSocketServer({
       noServer: true,

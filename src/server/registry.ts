@@ -6,12 +6,14 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { errorMessage, UserError } from '../errors.js';
 import type { AgentSummary, KeySummary } from '../model/api.js';
+import { inSlices } from '../model/slices.js';
 import type { Snapshot } from '../model/types.js';
-import { nextClaims, unitsOf } from '../reconcile/claims.js';
+import { claimSteps, unitsOf } from '../reconcile/claims.js';
 import {
   type Admitted,
   type AgentAdmission,
   type AgentView,
+  admissionSteps,
   admitAgent,
   agentStatus,
   combine,
@@ -636,13 +638,17 @@ export class Registry {
     );
     if (swarm) incoming = { ...incoming, swarm };
     if (carried.length > 0) incoming = { ...incoming, routes: [...incoming.routes, ...carried] };
-    const claims = nextClaims(
-      before,
-      unitsOf(incoming.routes, incoming.tcp),
-      this.clock(),
-      this.liveness.offlineGraceMs,
+    // Worked out in slices (25k units are tens of milliseconds), before the snapshot is seen.
+    const claims = await inSlices(
+      claimSteps(before, incoming.routes, incoming.tcp, this.clock(), this.liveness.offlineGraceMs),
     );
     const s: Snapshot = { ...incoming, claims };
+    const admitted = await this.admitAhead(a, s);
+    // Meanwhile the agent may have been removed, or a newer snapshot of it landed.
+    if (this.agents.get(a.id) !== a) return false;
+    const now2 = this.snapshots.get(s.agentId);
+    if (now2 !== prev && now2 && now2.generation >= s.generation) return false;
+    if (admitted) this.admissions.set(a.id, admitted);
     this.snapshots.set(s.agentId, s);
     try {
       if (s.hostIp && a.hostIp !== s.hostIp) {
@@ -741,12 +747,43 @@ export class Registry {
 
   /** One agent's admission, computed again only when something it reads has changed. */
   private admitOne(v: AgentView, now: number, swarm?: SwarmContext): AgentAdmission {
+    const inputs = this.admissionInputs(v, now);
+    const c = this.admissions.get(v.record.id);
+    // Only agents outside a swarm come here (admitted() re-admits those in one every time): their
+    // admission is their own, whatever the swarm context.
+    if (c && c.inputs === inputs && c.snapshot === v.snapshot) return c.value;
+    const value = admitAgent(v, now, this.liveness, swarm);
+    this.admissions.set(v.record.id, { inputs, snapshot: v.snapshot, value });
+    return value;
+  }
+
+  /**
+   * A new snapshot's admission, worked out in slices before the snapshot is seen, so that
+   * admitted() finds it ready rather than checking an agent's 25k routes in one task. Only for
+   * agents whose admission is their own (no swarm anywhere); others are admitted as before.
+   */
+  private async admitAhead(
+    a: AgentRecord,
+    s: Snapshot,
+  ): Promise<{ inputs: string; snapshot: Snapshot; value: AgentAdmission } | undefined> {
+    if (s.swarm || [...this.snapshots.values()].some((o) => o.swarm)) return undefined;
+    const now = this.clock();
+    const v: AgentView = { ...this.view(a), snapshot: s };
+    const inputs = this.admissionInputs(v, now);
+    const value = await inSlices(admissionSteps(v, now, this.liveness));
+    return { inputs, snapshot: s, value };
+  }
+
+  /**
+   * What an admission reads besides the snapshot. Records and keys change in place, so their
+   * fields are part of the inputs; a snapshot is replaced whole on every change, so its identity
+   * stands for its content.
+   */
+  private admissionInputs(v: AgentView, now: number): string {
     const withheld = v.snapshot ? withheldBecause(v, now, this.liveness) : undefined;
     const r = v.record;
     const k = v.key;
-    // Records and keys change in place, so their fields are part of the inputs; a snapshot is
-    // replaced whole on every change, so its identity stands for its content.
-    const inputs = JSON.stringify([
+    return JSON.stringify([
       withheld,
       r.name,
       r.kind,
@@ -757,13 +794,6 @@ export class Registry {
       k?.upstreams,
       k?.maxRoutes,
     ]);
-    const c = this.admissions.get(r.id);
-    // Only agents outside a swarm come here (admitted() re-admits those in one every time): their
-    // admission is their own, whatever the swarm context.
-    if (c && c.inputs === inputs && c.snapshot === v.snapshot) return c.value;
-    const value = admitAgent(v, now, this.liveness, swarm);
-    this.admissions.set(r.id, { inputs, snapshot: v.snapshot, value });
-    return value;
   }
 
   /** Name and status of one agent, without looking at any other (for logs). */

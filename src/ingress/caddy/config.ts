@@ -3,6 +3,7 @@
 // with `@id: berth_tls`; everything else in the operator's Caddy config is left as it is.
 import type { Site, SiteChanges } from '../../model/desired.js';
 import { AGENT_PATH } from '../../model/protocol.js';
+import { drain, pauseEvery } from '../../model/slices.js';
 
 export type TlsMode = 'auto' | 'internal' | 'off';
 
@@ -103,27 +104,40 @@ export class SiteSplit {
    * undefined when it was worked out anew (every host may have).
    */
   update(sites: readonly Site[], changes?: SiteChanges): Set<string> | undefined {
+    return drain(this.updateSteps(sites, changes));
+  }
+
+  /** As update, with pause points: a hostile agent's 25k changed sites are worked in slices. */
+  *updateSteps(sites: readonly Site[], changes?: SiteChanges): Generator<void, Set<string> | undefined> {
     if (sites === this.sites) return new Set();
+    const pause = pauseEvery();
     if (!changes || changes.since !== this.sites) {
-      this.rebuild(sites);
+      yield* this.rebuild(sites, pause);
       return undefined;
     }
     this.sites = sites;
     const hosts = new Set<string>();
     for (const s of changes.removed) {
+      if (pause()) yield;
       hosts.add(s.host);
       const rest = (this.byHost.get(s.host) ?? []).filter((x) => x !== s);
       if (rest.length > 0) this.byHost.set(s.host, rest);
       else this.byHost.delete(s.host);
     }
     for (const s of changes.added) {
+      if (pause()) yield;
       hosts.add(s.host);
       const list = this.byHost.get(s.host);
       if (list) list.push(s);
       else this.byHost.set(s.host, [s]);
     }
-    let explicitChanged = changes.removed.some((s) => this.explicitSet.delete(s));
+    let explicitChanged = false;
+    for (const s of changes.removed) {
+      if (pause()) yield;
+      if (this.explicitSet.delete(s)) explicitChanged = true;
+    }
     for (const host of hosts) {
+      if (pause()) yield;
       this.dynamic.delete(host);
       const list = this.byHost.get(host) ?? [];
       for (const s of list) this.explicitSet.delete(s);
@@ -134,21 +148,33 @@ export class SiteSplit {
         explicitChanged ||= list.length > 0;
       }
     }
-    if (explicitChanged) this.explicitList = sites.filter((s) => this.explicitSet.has(s));
+    if (explicitChanged) {
+      const explicit: Site[] = [];
+      for (const s of sites) {
+        if (pause()) yield;
+        if (this.explicitSet.has(s)) explicit.push(s);
+      }
+      this.explicitList = explicit;
+    }
     return hosts;
   }
 
-  private rebuild(sites: readonly Site[]): void {
+  private *rebuild(sites: readonly Site[], pause: () => boolean): Generator<void> {
     this.sites = sites;
     this.byHost.clear();
     this.dynamic.clear();
     for (const s of sites) {
+      if (pause()) yield;
       const list = this.byHost.get(s.host);
       if (list) list.push(s);
       else this.byHost.set(s.host, [s]);
     }
-    const { explicit, dynamic } = splitSites(sites);
-    for (const s of dynamic) this.dynamic.set(s.host, s);
+    const explicit: Site[] = [];
+    for (const s of sites) {
+      if (pause()) yield;
+      if (this.byHost.get(s.host)!.length === 1 && plainSite(s)) this.dynamic.set(s.host, s);
+      else explicit.push(s);
+    }
     this.explicitList = explicit;
     this.explicitSet = new Set(explicit);
   }

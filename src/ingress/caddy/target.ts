@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import { errorMessage } from '../../errors.js';
 import type { ApplyResult } from '../../model/data-plane.js';
 import { type Site, type SiteChanges, siteSignature } from '../../model/desired.js';
+import { inSlices } from '../../model/slices.js';
 import { type CaddyAdminClient, CaddyRejectedError } from './admin.js';
 import {
   type BerthCaddyParts,
@@ -60,7 +61,7 @@ export class CaddyTarget {
   async apply(all: Site[], changes?: SiteChanges): Promise<ApplyResult> {
     // In the dynamic layout, hosts served through DNS are not part of Caddy's config: changing
     // them costs no apply at all. They are served once the catch-all route is in place.
-    if (this.opts.dynamic) this.split.update(all, changes);
+    if (this.opts.dynamic) await inSlices(this.split.updateSteps(all, changes));
     const sites = this.opts.dynamic ? this.split.explicit : all;
     let result: ApplyResult;
     try {
