@@ -26,12 +26,27 @@ function agree(text: string, bigChars: number): { ok: boolean; why?: string } {
     gotOk = false;
     if (!(err instanceof SyntaxError)) return { ok: false, why: `threw ${String(err)}` };
   }
-  if (wantOk !== gotOk) return { ok: false, why: `JSON.parse ${wantOk ? 'accepts' : 'refuses'}, ours does not` };
+  if (wantOk !== gotOk)
+    return { ok: false, why: `JSON.parse ${wantOk ? 'accepts' : 'refuses'}, ours does not` };
   if (wantOk && !isDeepStrictEqual(got, want)) return { ok: false, why: 'different values' };
   return { ok: true };
 }
 
-const STRINGS = ['', 'a', 'é', '"', '\\', '\\"', '\n', '\u2028', '😀', '__proto__', 'constructor', '{[]}', ',:'];
+const STRINGS = [
+  '',
+  'a',
+  'é',
+  '"',
+  '\\',
+  '\\"',
+  '\n',
+  '\u2028',
+  '😀',
+  '__proto__',
+  'constructor',
+  '{[]}',
+  ',:',
+];
 const NUMBERS = [0, -0, 1, -1, 1.5, 1e21, -2.5e-7, Number.MAX_SAFE_INTEGER];
 
 function randomValue(r: () => number, depth: number): unknown {
@@ -47,7 +62,12 @@ function randomValue(r: () => number, depth: number): unknown {
   const o: Record<string, unknown> = {};
   for (let i = 0; i < n; i++) {
     const key = STRINGS[Math.floor(r() * STRINGS.length)]! + (r() < 0.5 ? String(i) : '');
-    Object.defineProperty(o, key, { value: randomValue(r, depth + 1), enumerable: true, writable: true, configurable: true });
+    Object.defineProperty(o, key, {
+      value: randomValue(r, depth + 1),
+      enumerable: true,
+      writable: true,
+      configurable: true,
+    });
   }
   return o;
 }
