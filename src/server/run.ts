@@ -11,6 +11,7 @@ import type { CaddyTarget } from '../ingress/caddy/target.js';
 import { tcpMetrics } from '../metrics.js';
 import { type Site, siteSignature } from '../model/desired.js';
 import { HostIndex } from '../model/domains.js';
+import { inSlices } from '../model/slices.js';
 import type { RouteSpec } from '../model/types.js';
 import type { Desired } from '../reconcile/desired.js';
 import { Reconciler, type ReconcileState, servedEverywhere } from '../reconcile/reconciler.js';
@@ -29,7 +30,7 @@ import { ReplicaFollower } from './replicas.js';
 import { RouteEvents } from './route-events.js';
 import { ServerMetrics, serverFamilies } from './server-metrics.js';
 import { statusReport } from './status.js';
-import { SLOT_MS, trafficReport, trafficRoutes } from './traffic.js';
+import { SLOT_MS, trafficReport, trafficRouteSteps } from './traffic.js';
 import { TrafficExchange } from './traffic-replicas.js';
 import { TunnelBroker } from './tunnel-broker.js';
 import { UiAuth } from './ui-auth.js';
@@ -139,6 +140,7 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
   // Only what changed since the list last sent goes to the thread (the desired state says what it
   // added and removed), with owners looked up for those sites alone; else the whole list.
   let sentFrom: readonly Site[] | undefined;
+  let trafficSent = Promise.resolve();
   const sendTrafficRoutes = (desired: Desired) => {
     if (!traffic || desired.sites === sentFrom) return;
     const patch = desired.changes && desired.changes.since === sentFrom ? desired.changes : undefined;
@@ -160,11 +162,20 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
         ? { agent: a.name, container: r.containerName, upstream: `${r.upstream.host}:${r.upstream.port}` }
         : undefined;
     };
-    traffic.patchRoutes(
-      removed.map((s) => ({ host: s.host, path: s.path })),
-      trafficRoutes(added, ownerOf),
-      { reset: patch === undefined },
-    );
+    const reset = patch === undefined;
+    // In slices, in the order of the passes: 25k changed sites are 25k owners to look up.
+    trafficSent = trafficSent
+      .then(async () => {
+        const routes = await inSlices(trafficRouteSteps(added, ownerOf));
+        traffic.patchRoutes(
+          removed.map((s) => ({ host: s.host, path: s.path })),
+          routes,
+          { reset },
+        );
+      })
+      .catch((err) =>
+        logger.warn({ err: errorMessage(err) }, 'cannot send the routes to the traffic counter'),
+      );
   };
   const reconciler = new Reconciler({
     source: () => registry.admitted().agentRoutes,

@@ -10,6 +10,7 @@ import type { HttpAccess } from '../ingress/caddy/traffic.js';
 import type { ListenerCounters } from '../ingress/tcp/forwarder.js';
 import { histogramSamples, type MetricFamily } from '../metrics.js';
 import type { HostTraffic, TcpTraffic, TrafficReport } from '../model/api.js';
+import { drain, pauseEvery } from '../model/slices.js';
 
 export const SLOT_MS = 5_000;
 export const WINDOW_SLOTS = 180;
@@ -74,14 +75,26 @@ export function trafficRoutes(
   sites: readonly { host: string; path: string; routeKeys: string[] }[],
   ownerOf: (routeKey: string) => (Owner & { upstream: string }) | undefined,
 ): TrafficRoute[] {
-  return sites.map((s) => ({
-    host: s.host,
-    path: s.path,
-    owners: s.routeKeys.flatMap((k) => {
+  return drain(trafficRouteSteps(sites, ownerOf));
+}
+
+/** As trafficRoutes, with pause points (a hostile agent's snapshot changes 25k sites). */
+export function* trafficRouteSteps(
+  sites: readonly { host: string; path: string; routeKeys: string[] }[],
+  ownerOf: (routeKey: string) => (Owner & { upstream: string }) | undefined,
+): Generator<void, TrafficRoute[]> {
+  const pause = pauseEvery();
+  const out: TrafficRoute[] = [];
+  for (const s of sites) {
+    if (pause()) yield;
+    const owners: (Owner & { upstream: string })[] = [];
+    for (const k of s.routeKeys) {
       const o = ownerOf(k);
-      return o ? [o] : [];
-    }),
-  }));
+      if (o) owners.push(o);
+    }
+    out.push({ host: s.host, path: s.path, owners });
+  }
+  return out;
 }
 
 export interface TrafficOptions {
