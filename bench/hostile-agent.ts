@@ -100,6 +100,24 @@ try {
     await sleep(1_000);
   });
 
+  // The same as a swarm manager: a swarm agent's admission depends on the other agents of its
+  // swarm, so it is not kept per agent like the others'.
+  const d = await connectFakeAgent(server.apiUrl, secret, 'worst-swarm');
+  const swarm = {
+    clusterId: 'evil',
+    nodeId: 'n1',
+    nodeName: 'n1',
+    manager: true,
+    leader: true,
+    nodes: [],
+    services: [],
+  };
+  await measure(`${SNAPSHOTS} swarm snapshots of 25k routes`, async () => {
+    for (let i = 0; i < SNAPSHOTS; i++) d.snapshot(routes.slice(i), { swarm } as never);
+    await landed('worst-swarm', routes.length - (SNAPSHOTS - 1));
+    await sleep(1_000);
+  });
+
   const c = await connectFakeAgent(server.apiUrl, secret, 'worst-huge');
   await measure('one 64 MiB message', async () => {
     c.ws.send(`{"type":"snapshot","pad":"${'x'.repeat(64 << 20)}"}`);

@@ -564,6 +564,9 @@ function* checkSnapshotItems(s: Snapshot): Generator<void, Diagnostic[]> {
       return `route ${r.id}: path "${r.path.slice(0, 256)}" is not a path prefix`;
     if (!UPSTREAM_HOST_RE.test(r.upstream.host))
       return `route ${r.id}: upstream host "${r.upstream.host.slice(0, 256)}" is not an address`;
+    // A service route's upstream is checked as its node's agent would be: only in a swarm.
+    if (r.swarm && !s.swarm)
+      return `route ${r.id}: names Swarm service ${r.swarm.service.slice(0, 64)}, but the agent reports no swarm`;
     return undefined;
   }))!;
   s.tcp = yield* keep(s.tcp, 'TCP route', (r, i) => {

@@ -212,7 +212,8 @@ export function* admissionSteps(
   let routes: RouteSpec[] = [];
   for (const given of snapshot.routes) {
     if (pause()) yield;
-    const r = inSwarm ? swarmOk(given) : given;
+    // A service route outside a swarm is never ours (the protocol check refuses it already).
+    const r = inSwarm || given.swarm ? swarmOk(given) : given;
     if (r && admits(r)) routes.push(r);
   }
   // A key limited to domains names what its hosts may claim; front-door ports are not in it.

@@ -62,6 +62,18 @@ const newId = (prefix: string) => `${prefix}_${randomBytes(6).toString('hex')}`;
 export const ENROLMENTS_PER_MINUTE = 60;
 /** How long an admission result is reused when nothing changed. */
 const ADMITTED_TTL_MS = 250;
+
+/** A number per snapshot object: its identity, in a string of admission inputs. */
+const serials = new WeakMap<Snapshot, number>();
+let lastSerial = 0;
+function serialOf(s: Snapshot): number {
+  let n = serials.get(s);
+  if (n === undefined) {
+    n = ++lastSerial;
+    serials.set(s, n);
+  }
+  return n;
+}
 /**
  * Snapshots are written behind, at most once per agent per this, the latest state each time: an
  * agent sending its whole state back to back (8 MiB each, at worst) costs one write of it, not
@@ -648,7 +660,7 @@ export class Registry {
     if (this.agents.get(a.id) !== a) return false;
     const now2 = this.snapshots.get(s.agentId);
     if (now2 !== prev && now2 && now2.generation >= s.generation) return false;
-    if (admitted) this.admissions.set(a.id, admitted);
+    this.admissions.set(a.id, admitted);
     this.snapshots.set(s.agentId, s);
     try {
       if (s.hostIp && a.hostIp !== s.hostIp) {
@@ -733,11 +745,10 @@ export class Registry {
     const views = [...this.agents.values()].map((record) => this.view(record));
     // Agents in a swarm are admitted with the others of their swarm (speaker, nodes' agents).
     const swarm = views.some((v) => v.snapshot?.swarm) ? swarmContext(views, now, this.liveness) : undefined;
+    const swarmKey = swarm ? this.swarmInputs(views, now, swarm) : '';
     for (const v of views) {
       seen.add(v.record.id);
-      parts.push(
-        swarm && v.snapshot?.swarm ? admitAgent(v, now, this.liveness, swarm) : this.admitOne(v, now, swarm),
-      );
+      parts.push(this.admitOne(v, now, swarm, v.snapshot?.swarm ? swarmKey : ''));
     }
     for (const id of this.admissions.keys()) if (!seen.has(id)) this.admissions.delete(id);
     const value = combine(parts, swarm);
@@ -745,12 +756,19 @@ export class Registry {
     return value;
   }
 
-  /** One agent's admission, computed again only when something it reads has changed. */
-  private admitOne(v: AgentView, now: number, swarm?: SwarmContext): AgentAdmission {
-    const inputs = this.admissionInputs(v, now);
+  /**
+   * One agent's admission, computed again only when something it reads has changed: its own
+   * inputs, and for an agent in a swarm the inputs of every agent in one (`swarmKey`).
+   */
+  private admitOne(
+    v: AgentView,
+    now: number,
+    swarm: SwarmContext | undefined,
+    swarmKey: string,
+  ): AgentAdmission {
+    const inputs = swarmKey + this.admissionInputs(v, now);
     const c = this.admissions.get(v.record.id);
-    // Only agents outside a swarm come here (admitted() re-admits those in one every time): their
-    // admission is their own, whatever the swarm context.
+    // An agent outside a swarm is admitted the same whatever the swarm context (swarmKey '').
     if (c && c.inputs === inputs && c.snapshot === v.snapshot) return c.value;
     const value = admitAgent(v, now, this.liveness, swarm);
     this.admissions.set(v.record.id, { inputs, snapshot: v.snapshot, value });
@@ -759,19 +777,30 @@ export class Registry {
 
   /**
    * A new snapshot's admission, worked out in slices before the snapshot is seen, so that
-   * admitted() finds it ready rather than checking an agent's 25k routes in one task. Only for
-   * agents whose admission is their own (no swarm anywhere); others are admitted as before.
+   * admitted() finds it ready rather than checking an agent's 25k routes in one task. It holds
+   * while nothing else it reads changes meanwhile (else admitted() works it out again).
    */
   private async admitAhead(
     a: AgentRecord,
     s: Snapshot,
-  ): Promise<{ inputs: string; snapshot: Snapshot; value: AgentAdmission } | undefined> {
-    if (s.swarm || [...this.snapshots.values()].some((o) => o.swarm)) return undefined;
+  ): Promise<{ inputs: string; snapshot: Snapshot; value: AgentAdmission }> {
     const now = this.clock();
     const v: AgentView = { ...this.view(a), snapshot: s };
-    const inputs = this.admissionInputs(v, now);
-    const value = await inSlices(admissionSteps(v, now, this.liveness));
+    const views = [...this.agents.values()].map((record) => (record === a ? v : this.view(record)));
+    const swarm = views.some((x) => x.snapshot?.swarm) ? swarmContext(views, now, this.liveness) : undefined;
+    const inputs =
+      (s.swarm && swarm ? this.swarmInputs(views, now, swarm) : '') + this.admissionInputs(v, now);
+    const value = await inSlices(admissionSteps(v, now, this.liveness, swarm));
     return { inputs, snapshot: s, value };
+  }
+
+  /** What the admission of an agent in a swarm reads of the others: who speaks, and each one's inputs. */
+  private swarmInputs(views: AgentView[], now: number, swarm: SwarmContext): string {
+    const parts = [[...swarm.speaking].sort().join(',')];
+    for (const v of views)
+      if (v.snapshot?.swarm)
+        parts.push(`${v.record.id}\u0001${serialOf(v.snapshot)}\u0001${this.admissionInputs(v, now)}`);
+    return `${parts.join('\u0002')}\u0003`;
   }
 
   /**

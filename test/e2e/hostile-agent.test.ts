@@ -156,6 +156,31 @@ describe('a hostile agent', () => {
       expect(r.status, h).toBe(404);
       expect(r.body).not.toContain('"keys"');
     }
+    // A Swarm task's upstream is checked as its node's agent would be; outside a swarm, a route
+    // dressed as one is refused, not let through unchecked.
+    evil.snapshot([
+      {
+        hosts: ['task.ssrf.test'],
+        upstream: { host: '127.0.0.1', port: apiPort, scheme: 'http' as const },
+        containerId: 'task',
+        containerName: 'task',
+        swarm: { serviceId: 'svc', service: 'svc', task: 't1', node: 'n1' },
+      },
+    ]);
+    await waitUntil(
+      async () =>
+        (await server.routes()).some(
+          (r) =>
+            r.agentName === 'ssrf' && r.status === 'error' && /reports no swarm/.test(r.errors.join(' ')),
+        ),
+      {
+        timeoutMs: 15_000,
+        message: async () => JSON.stringify((await server.routes()).filter((r) => r.agentName === 'ssrf')),
+      },
+    );
+    const task = await front('task.ssrf.test', '/%61pi/keys');
+    expect(task.status).toBe(404);
+    expect(task.body).not.toContain('"keys"');
     evil.ws.close();
   });
 
