@@ -35,5 +35,5 @@ export interface DnsTableSync {
    * Publishes the table for `sites`. With `transition` (before an apply), hosts that move from the
    * table into Caddy's config keep their entries, so they are served until that apply has landed.
    */
-  publish(sites: Site[], o?: { transition?: boolean }, changes?: SiteChanges): void;
+  publish(sites: Site[], o?: { transition?: boolean }, changes?: SiteChanges): void | Promise<void>;
 }

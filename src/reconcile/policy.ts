@@ -71,7 +71,7 @@ export { domainAllowed };
 export interface Admitted {
   agentRoutes: AgentRoutes[];
   /** Route key → why it is not served (domain policy). */
-  errors: Map<string, string[]>;
+  errors: RouteErrors;
   /** Agent id → why none of its routes are served. */
   withheld: Map<string, string>;
   /** Agents whose swarm service routes serve, one per swarm and key (others' are not shown either). */
@@ -84,7 +84,7 @@ export interface AgentAdmission {
   /** Its routes that may serve; absent when none may (withheld, or no snapshot). */
   entry?: AgentRoutes;
   /** Route key → why it is not served. */
-  errors: [string, string[]][];
+  errors: ReadonlyMap<string, string[]>;
   /** Why none of its routes are served. */
   withheld?: string;
 }
@@ -125,9 +125,9 @@ export function* admissionSteps(
 ): Generator<void, AgentAdmission> {
   const pause = pauseEvery();
   const agentId = a.record.id;
-  if (!a.snapshot) return { agentId, errors: [] };
+  if (!a.snapshot) return { agentId, errors: NO_ERRORS };
   const why = withheldBecause(a, now, o);
-  if (why) return { agentId, errors: [], withheld: why };
+  if (why) return { agentId, errors: NO_ERRORS, withheld: why };
   const snapshot = a.snapshot;
   const id = a.record.id;
   const errors = new Map<string, string[]>();
@@ -247,7 +247,7 @@ export function* admissionSteps(
   const entry: AgentRoutes = { agentId: id, agentName: a.record.name, routes, tcp, scope: a.key?.id ?? id };
   if (snapshot.claims) entry.claims = snapshot.claims;
   if (domains.length > 0) entry.grants = domains;
-  return { agentId, entry, errors: [...errors] };
+  return { agentId, entry, errors };
 }
 
 function overLimit(a: AgentView, count: number, limit: number, container: string): string {
@@ -288,17 +288,58 @@ function throughTunnel(
   };
 }
 
+const NO_ERRORS: ReadonlyMap<string, string[]> = new Map();
+
+/**
+ * Every agent's route errors as one map, without copying them: a route key starts with its
+ * agent's id (`agentId:routeId`, and ids have no colon), which names the agent's own map. A
+ * hostile agent's 15k refused routes are then not copied again on every admission.
+ */
+export class RouteErrors {
+  constructor(private readonly byAgent: ReadonlyMap<string, ReadonlyMap<string, string[]>>) {}
+
+  get(key: string): string[] | undefined {
+    return this.byAgent.get(key.slice(0, key.indexOf(':')))?.get(key);
+  }
+
+  has(key: string): boolean {
+    return this.get(key) !== undefined;
+  }
+
+  get size(): number {
+    let n = 0;
+    for (const m of this.byAgent.values()) n += m.size;
+    return n;
+  }
+
+  *entries(): IterableIterator<[string, string[]]> {
+    for (const m of this.byAgent.values()) yield* m.entries();
+  }
+
+  *keys(): IterableIterator<string> {
+    for (const m of this.byAgent.values()) yield* m.keys();
+  }
+
+  *values(): IterableIterator<string[]> {
+    for (const m of this.byAgent.values()) yield* m.values();
+  }
+
+  [Symbol.iterator](): IterableIterator<[string, string[]]> {
+    return this.entries();
+  }
+}
+
 /** Every agent's admission as one. */
 export function combine(parts: AgentAdmission[], swarm: SwarmContext = NO_SWARM): Admitted {
   const agentRoutes: AgentRoutes[] = [];
-  const errors = new Map<string, string[]>();
+  const errors = new Map<string, ReadonlyMap<string, string[]>>();
   const withheld = new Map<string, string>();
   for (const p of parts) {
     if (p.entry) agentRoutes.push(p.entry);
-    for (const [k, v] of p.errors) errors.set(k, v);
+    if (p.errors.size > 0) errors.set(p.agentId, p.errors);
     if (p.withheld) withheld.set(p.agentId, p.withheld);
   }
-  const out: Admitted = { agentRoutes, errors, withheld };
+  const out: Admitted = { agentRoutes, errors: new RouteErrors(errors), withheld };
   if (swarm.speaking.size > 0) out.swarmSpeakers = swarm.speaking;
   return out;
 }

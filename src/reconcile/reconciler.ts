@@ -142,7 +142,7 @@ export class Reconciler<T extends HttpTarget = HttpTarget> {
       this.o.onDesired?.(desired);
       await yieldToIo();
       // Hosts moving into Caddy's config stay in DNS until every apply below has landed.
-      this.o.dns?.publish(desired.sites, { transition: true }, desired.changes);
+      await this.o.dns?.publish(desired.sites, { transition: true }, desired.changes);
       await yieldToIo();
       let tcp = new Map<number, ListenerStatus>();
       if (this.o.tcp) {
@@ -187,7 +187,7 @@ export class Reconciler<T extends HttpTarget = HttpTarget> {
       }
       if (!failed) {
         await yieldToIo();
-        this.o.dns?.publish(desired.sites);
+        await this.o.dns?.publish(desired.sites);
       }
       // The budget is for Caddy applies (each re-provisions Caddy's whole config): a pass that
       // changed only the DNS table or TCP listeners gives its token back, so containers starting

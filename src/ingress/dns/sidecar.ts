@@ -19,6 +19,7 @@ import { connect, createServer as netServer } from 'node:net';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Site, SiteChanges } from '../../model/desired.js';
+import { drain, inSlices, pauseEvery } from '../../model/slices.js';
 import { SiteSplit } from '../caddy/config.js';
 import { alive, readPid, stopPid } from '../pid.js';
 import { DnsResponder, type HostTable } from './responder.js';
@@ -76,7 +77,17 @@ export class DnsTable {
 
   /** The new file text, or undefined when nothing in it changed. */
   update(sites: readonly Site[], o: { transition?: boolean }, changes?: SiteChanges): string | undefined {
-    const hosts = this.split.update(sites, changes);
+    return drain(this.updateSteps(sites, o, changes));
+  }
+
+  /** As update, with pause points: a hostile agent's snapshot changes 25k hosts at once. */
+  *updateSteps(
+    sites: readonly Site[],
+    o: { transition?: boolean },
+    changes?: SiteChanges,
+  ): Generator<void, string | undefined> {
+    const hosts = yield* this.split.updateSteps(sites, changes);
+    const pause = pauseEvery();
     const kept = new Set<string>();
     let changed = false;
     const place = (host: string) => {
@@ -94,10 +105,19 @@ export class DnsTable {
       else this.entries.set(host, after);
     };
     if (hosts === undefined) {
-      for (const host of [...this.entries.keys()]) if (!this.split.dynamic.has(host)) place(host);
-      for (const host of this.split.dynamic.keys()) place(host);
+      for (const host of [...this.entries.keys()]) {
+        if (pause()) yield;
+        if (!this.split.dynamic.has(host)) place(host);
+      }
+      for (const host of [...this.split.dynamic.keys()]) {
+        if (pause()) yield;
+        place(host);
+      }
     } else {
-      for (const host of hosts) place(host);
+      for (const host of hosts) {
+        if (pause()) yield;
+        place(host);
+      }
       for (const host of this.keptAside) if (!hosts.has(host)) place(host);
     }
     this.keptAside = kept;
@@ -254,8 +274,12 @@ export class DnsSidecar {
    * Writes the table for the sidecar (atomically); unchanged tables are not rewritten. Before an
    * apply (`transition`), hosts leaving the table for Caddy's config keep their entries.
    */
-  publish(sites: readonly Site[], o: { transition?: boolean } = {}, changes?: SiteChanges): void {
-    const text = this.table.update(sites, o, changes);
+  async publish(
+    sites: readonly Site[],
+    o: { transition?: boolean } = {},
+    changes?: SiteChanges,
+  ): Promise<void> {
+    const text = await inSlices(this.table.updateSteps(sites, o, changes));
     if (text === undefined || text === this.lastTable) return;
     const p = paths(this.o.dataDir);
     writeFileSync(`${p.table}.tmp`, text);
