@@ -656,8 +656,9 @@ export class Registry {
     );
     const s: Snapshot = { ...incoming, claims };
     const admitted = await this.admitAhead(a, s);
-    // Meanwhile the agent may have been removed, or a newer snapshot of it landed.
-    if (this.agents.get(a.id) !== a) return false;
+    // Meanwhile the agent may have been removed, or a newer snapshot of it landed. (Its record
+    // may have been replaced, approved say: the snapshot still lands, and is admitted again.)
+    if (!this.agents.has(a.id)) return false;
     const now2 = this.snapshots.get(s.agentId);
     if (now2 !== prev && now2 && now2.generation >= s.generation) return false;
     this.admissions.set(a.id, admitted);

@@ -184,6 +184,25 @@ describe('Registry', () => {
     await store.close();
   });
 
+  it('lands a big snapshot whose record another replica replaced meanwhile, and none once the agent is removed', async () => {
+    const { registry } = setup();
+    const a = await registry.register(await keyed(registry), { name: 'big' });
+    const routes = Array.from({ length: 25_000 }, (_, i) => route(`c${i}`));
+    // 25k routes are worked out in slices: what happens between them must not lose the snapshot.
+    const landing = registry.replaceAgentState(snapshot(a.id, 1, routes));
+    await new Promise((r) => setImmediate(r));
+    registry.applyRemoteAgent(a.id, { ...registry.agentRecord(a.id)!, approved: true });
+    expect(await landing).toBe(true);
+    expect(registry.snapshotOf(a.id)?.routes).toHaveLength(25_000);
+    // Admitted as the approved agent it is now (the key's limit: 10k routes), not as it was.
+    expect(registry.admitted().agentRoutes.find((x) => x.agentId === a.id)?.routes).toHaveLength(10_000);
+    const late = registry.replaceAgentState(snapshot(a.id, 2, routes.slice(1)));
+    await new Promise((r) => setImmediate(r));
+    await registry.removeAgent(a.id);
+    expect(await late).toBe(false);
+    expect(registry.snapshotOf(a.id)).toBeUndefined();
+  });
+
   it('tells who publishes presence about connections, and who closes sockets about drops', async () => {
     const { registry } = setup();
     const live: [string, LiveChange['kind']][] = [];
