@@ -4,10 +4,10 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
-import type { Logger } from 'pino';
 import WebSocket from 'ws';
 import { isLoopbackHost } from '../config.js';
 import { errorMessage } from '../errors.js';
+import type { Logger } from '../log.js';
 import { LogGate } from '../log-gate.js';
 import { clip, DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE } from '../model/limits.js';
 import type { ExecEvent, ExecRequest, Heartbeat } from '../model/protocol.js';

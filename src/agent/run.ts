@@ -1,9 +1,9 @@
 // `berth agent`: one agent (Docker watcher and exec runner, see agent.ts) reporting over one
 // outbound WebSocket, and optionally its own /metrics listener.
 import { createServer, type Server } from 'node:http';
-import type { Logger } from 'pino';
 import type { AgentConfig, Listen } from '../config.js';
 import { UserError } from '../errors.js';
+import type { Logger } from '../log.js';
 import { type MetricFamily, renderMetrics, simple } from '../metrics.js';
 import { VERSION } from '../version.js';
 import { Agent } from './agent.js';
