@@ -2,7 +2,7 @@
 // requests). The first of a kind is logged at once; repeats within the window are only counted,
 // and one summary line says how many there were. A hostile peer sending 100k bad messages
 // writes a handful of lines, not 100k.
-import type { Logger } from 'pino';
+import type { Logger } from './log.js';
 
 type Level = 'warn' | 'info' | 'error' | 'debug';
 

@@ -2,8 +2,8 @@
 // host's allow-list. The same assembly serves `berth agent` (reporting over a WebSocket) and the
 // local agent of `berth standalone` (connected in-process); only the link differs.
 import { existsSync } from 'node:fs';
-import type { Logger } from 'pino';
 import type { WatchConfig } from '../config.js';
+import type { Logger } from '../log.js';
 import { type MetricFamily, simple } from '../metrics.js';
 import type { ExecEvent, ExecRequest, Heartbeat } from '../model/protocol.js';
 import type { Snapshot } from '../model/types.js';

@@ -4,8 +4,9 @@
 //
 // handle() never rejects and answers every request exactly once with a final event (exit,
 // denied or error): whatever fails inside, the server hears about it and the agent keeps running.
-import type { Logger } from 'pino';
+
 import { errorMessage } from '../errors.js';
+import type { Logger } from '../log.js';
 import { clip, MAX_STRING } from '../model/limits.js';
 import type { ExecEvent, ExecRequest } from '../model/protocol.js';
 import { isContainerRef } from '../model/server-protocol.js';

@@ -4,10 +4,10 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
-import type { Logger } from 'pino';
 import WebSocket from 'ws';
 import { isLoopbackHost } from '../config.js';
 import { errorMessage } from '../errors.js';
+import type { Logger } from '../log.js';
 import { LogGate } from '../log-gate.js';
 import { clip, DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE } from '../model/limits.js';
 import type { ExecEvent, ExecRequest, Heartbeat } from '../model/protocol.js';
@@ -20,7 +20,7 @@ import {
 import type { Snapshot } from '../model/types.js';
 import { DialError, type ServerTrust, secureDial } from './dial.js';
 import { fitSnapshot } from './fit.js';
-import { TunnelClient } from './tunnel.js';
+import type { TunnelClient } from './tunnel.js';
 
 export interface LinkOptions {
   /** One URL, or several replicas' URLs: each (re)connect after a failure tries the next. */
@@ -40,8 +40,11 @@ export interface LinkOptions {
   heartbeat: () => Omit<Heartbeat, 'type' | 'version' | 'intervalMs'>;
   /** Runs one checked exec request; a throw or rejection is logged, never fatal. */
   onExec?: (req: ExecRequest) => void | Promise<void>;
-  /** --tunnel: the front door reaches this agent's routes through streams it opens to the server. */
-  tunnel?: { maxStreams: number };
+  /**
+   * --tunnel: the front door reaches this agent's routes through streams it opens to the server.
+   * The client class comes with it, so that an agent without --tunnel never loads its code.
+   */
+  tunnel?: { maxStreams: number; Client: typeof TunnelClient };
 }
 
 /** Bytes of a refusing server's HTTP answer that are read for the log line. */
@@ -87,7 +90,7 @@ export class ServerLink {
     this.agentId = readIdentity(o.dataDir);
     this.gate = new LogGate(o.logger, 60_000, 64);
     if (o.tunnel)
-      this.tunnel = new TunnelClient({
+      this.tunnel = new o.tunnel.Client({
         maxStreams: o.tunnel.maxStreams,
         logger: o.logger.child({ component: 'tunnel' }),
         target: () =>

@@ -1,9 +1,9 @@
 // `berth agent`: one agent (Docker watcher and exec runner, see agent.ts) reporting over one
 // outbound WebSocket, and optionally its own /metrics listener.
 import { createServer, type Server } from 'node:http';
-import type { Logger } from 'pino';
 import type { AgentConfig, Listen } from '../config.js';
 import { UserError } from '../errors.js';
+import type { Logger } from '../log.js';
 import { type MetricFamily, renderMetrics, simple } from '../metrics.js';
 import { VERSION } from '../version.js';
 import { Agent } from './agent.js';
@@ -31,6 +31,8 @@ export async function runAgent(config: AgentConfig, logger: Logger): Promise<Run
     logger,
     output: { publish: (s) => link?.publish(s), execEvent: (e) => link?.sendExecEvent(e) },
   });
+  // Loaded only for --tunnel (about 1 MiB of an agent that never carries a stream).
+  const Tunnel = config.tunnel ? (await import('./tunnel.js')).TunnelClient : undefined;
   link = new ServerLink({
     serverUrls: config.servers,
     key: config.key,
@@ -48,7 +50,7 @@ export async function runAgent(config: AgentConfig, logger: Logger): Promise<Run
     },
     heartbeat: () => agent.heartbeat(),
     onExec: (req) => agent.handleExec(req),
-    ...(config.tunnel ? { tunnel: config.tunnel } : {}),
+    ...(config.tunnel && Tunnel ? { tunnel: { ...config.tunnel, Client: Tunnel } } : {}),
   });
   if (config.hostIp) agent.setHostIp(config.hostIp, 'flag');
   link.start();

@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import { jsonBytes } from '../labels/fit.js';
 import { type ExtractContext, type Extracted, extractRoutes } from '../labels/index.js';
+import { localeOrder } from '../model/collation.js';
 import {
   clip,
   DEFAULT_MAX_MESSAGE_BYTES,
@@ -114,7 +115,7 @@ export function snapshotContent(
     diagnostics.push(...r.diagnostics);
     summaries.push(summary);
   }
-  summaries.sort((a, b) => a.id.localeCompare(b.id));
+  summaries.sort((a, b) => localeOrder(a.id, b.id));
   return { containers: summaries, routes, tcp, diagnostics };
 }
 

@@ -5,6 +5,7 @@
 // every dialect means the same on a service as on a container. Pure: docker.ts does the I/O.
 
 import { type ExtractContext, extractRoutes } from '../labels/index.js';
+import { localeOrder } from '../model/collation.js';
 import { clip, MAX_STRING } from '../model/limits.js';
 import type {
   ContainerInfo,
@@ -121,9 +122,9 @@ export function serviceRoutes(
     byService.set(t.serviceId, list);
   }
   const summaries: ServiceSummary[] = [];
-  for (const svc of [...state.services].sort((a, b) => a.id.localeCompare(b.id))) {
+  for (const svc of [...state.services].sort((a, b) => localeOrder(a.id, b.id))) {
     const tasks = (byService.get(svc.id) ?? []).sort(
-      (a, b) => (a.slot ?? 0) - (b.slot ?? 0) || a.id.localeCompare(b.id),
+      (a, b) => (a.slot ?? 0) - (b.slot ?? 0) || localeOrder(a.id, b.id),
     );
     const summary: ServiceSummary = {
       id: clip(svc.id, MAX_STRING),

@@ -5,8 +5,8 @@
 // or a new one) and joins the two. Nothing listens on the agent's host. Whatever the server asks
 // beyond that is refused and logged.
 import { type Socket, connect as tcpConnect } from 'node:net';
-import type { Logger } from 'pino';
 import { errorMessage } from '../errors.js';
+import type { Logger } from '../log.js';
 import { LogGate } from '../log-gate.js';
 import { type MetricFamily, simple } from '../metrics.js';
 import type { TunnelFailed, TunnelOpen } from '../model/protocol.js';

@@ -2,8 +2,8 @@
 // a full re-list, a periodic re-list repairs anything missed, and a lost connection is retried
 // with backoff. While Docker is unreachable the last snapshot stands: an outage is not "no containers".
 import { createHash, randomUUID } from 'node:crypto';
-import type { Logger } from 'pino';
 import type { ExtractContext } from '../labels/index.js';
+import type { Logger } from '../log.js';
 import type { ContainerInfo, Snapshot } from '../model/types.js';
 import type { DockerSource } from './docker.js';
 import { snapshotContent, withServices } from './snapshot.js';

@@ -4,9 +4,10 @@ import { realpathSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
-import type { Logger } from 'pino';
+import type { Logger as PinoLogger } from 'pino';
 import { type AgentConfig, type ClientConfig, helpFor, loadConfig, type ServeConfig } from '../config.js';
 import { errorMessage, UserError } from '../errors.js';
+import type { Logger } from '../log.js';
 import { VERSION } from '../version.js';
 import { escapeLines, json, line, ours, stderr, stdout } from './format.js';
 
@@ -14,9 +15,9 @@ import { escapeLines, json, line, ours, stderr, stdout } from './format.js';
 // each client command) is loaded by the command that uses it, so that `berth agent` carries no
 // server or CLI code and runs its own code with the V8 flags it sets (see agent()).
 
-type Sidecar = (dataDir: string, logger: Logger) => Promise<{ stop(): Promise<void> }>;
+type Sidecar = (dataDir: string, logger: PinoLogger) => Promise<{ stop(): Promise<void> }>;
 
-async function newLogger(level: string, cmd: string): Promise<Logger> {
+async function newLogger(level: string, cmd: string): Promise<PinoLogger> {
   const { default: pino } = await import('pino');
   return pino({ level, base: { cmd } }, pino.destination(2));
 }
@@ -160,7 +161,9 @@ async function agent(config: AgentConfig): Promise<number> {
   // (bench/agent-idle.ts). Set before the agent's modules load, so none of its code is compiled.
   // A --tunnel agent carries its routes' traffic through its own code: it keeps the compilers.
   if (!config.jit && !config.tunnel) setFlagsFromString('--no-opt --no-sparkplug --no-maglev');
-  const logger = await newLogger(config.logLevel, 'agent');
+  // pino's own lines from a small writer: pino and its helpers are about 1 MiB of an idle agent.
+  const { jsonLogger } = await import('../log.js');
+  const logger = jsonLogger({ level: config.logLevel, base: { cmd: 'agent' }, fd: 2 });
   const { runAgent } = await import('../agent/run.js');
   const { LogGate } = await import('../log-gate.js');
   // Last resort: every exec and message path catches its own errors, so this is a bug; the agent

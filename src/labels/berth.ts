@@ -1,4 +1,5 @@
 // The native dialect: `berth.host`, `berth.port`, … and named groups `berth.<group>.host`, ….
+import { localeOrder } from '../model/collation.js';
 import type { ContainerInfo } from '../model/types.js';
 import type { DialectResult, LabelNote, RouteDraft, TcpDraft } from './draft.js';
 import { composeGroup, DiagnosticSink } from './draft.js';
@@ -179,9 +180,9 @@ export function parseBerthLabels(c: ContainerInfo, prefix: string): DialectResul
 
   const hasBase = Object.keys(base).length > 0;
   if (base.host !== undefined || (hasBase && groups.size === 0)) build('default', base, {});
-  for (const [name, g] of [...groups].sort(([a], [b]) => a.localeCompare(b))) build(name, g, base);
+  for (const [name, g] of [...groups].sort(([a], [b]) => localeOrder(a, b))) build(name, g, base);
   const tcp = [...tcpGroups]
-    .sort(([a], [b]) => a.localeCompare(b))
+    .sort(([a], [b]) => localeOrder(a, b))
     .flatMap(([name, g]) => tcpDraft(name, g, prefix, sink, compose) ?? []);
   return { drafts, tcp, diagnostics: sink.list, disabled: false, used, quiet };
 }

@@ -4,6 +4,7 @@
 // directive and a `_<n>` suffix keeps same-named ones apart, so both are stripped to find its name.
 // The prefix `caddy` can be another one (`--caddy-label-prefix`, as caddy-docker-proxy's own
 // `--label-prefix`); `caddy_ingress_network` keeps its name whatever the prefix, as there.
+import { localeOrder } from '../model/collation.js';
 import type { ContainerInfo, UpstreamScheme } from '../model/types.js';
 import {
   composeGroup,
@@ -71,7 +72,7 @@ export function parseCaddyLabels(c: ContainerInfo, prefix = DEFAULT_CADDY_PREFIX
   const blocks = new Map<string, Block>();
   let network: string | undefined;
 
-  for (const [key, value] of Object.entries(c.labels).sort(([a], [b]) => a.localeCompare(b))) {
+  for (const [key, value] of Object.entries(c.labels).sort(([a], [b]) => localeOrder(a, b))) {
     if (key === CADDY_NETWORK_LABEL) {
       const n = checkName(value);
       if (!n.ok) sink.error(key, value, `expected ${n.expected}`);

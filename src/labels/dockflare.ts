@@ -3,6 +3,7 @@
 // `dockflare.<n>.hostname` / `.service` / `.path`, whose service falls back to the base one. The
 // legacy prefix `cloudflare.tunnel.` takes the same keys. DockFlare only manages containers with
 // `enable=true`, and neither does Berth.
+import { localeOrder } from '../model/collation.js';
 import type { ContainerInfo } from '../model/types.js';
 import {
   composeGroup,
@@ -41,7 +42,7 @@ export function parseDockflareLabels(c: ContainerInfo): DialectResult {
   const quiet: LabelNote[] = [];
   const all = Object.entries(c.labels)
     .filter(([k]) => isDockflareLabel(k))
-    .sort(([a], [b]) => a.localeCompare(b));
+    .sort(([a], [b]) => localeOrder(a, b));
   // One prefix at a time, as DockFlare reads one: the current one wins over the legacy one.
   const prefix = all.some(([k]) => k.startsWith(PREFIXES[0])) ? PREFIXES[0] : PREFIXES[1];
   const base: Partial<Record<RouteKey, Entry>> = {};

@@ -6,6 +6,7 @@
 // default would claim a hostname made from every container's name). A problem with one router,
 // or with the service it uses, keeps out that router only, as Traefik does. Option names are
 // case-insensitive there, so they are compared in lower case here; names are not.
+import { localeOrder } from '../model/collation.js';
 import type { ContainerInfo, UpstreamScheme } from '../model/types.js';
 import {
   composeGroup,
@@ -162,7 +163,7 @@ function present(opt: Option | undefined, env: Env, what: string): Option | unde
 /** Phase 1: `enable` and `docker.network` read; routers, services and middlewares grouped by name. */
 function groupLabels(c: ContainerInfo, sink: DiagnosticSink, used: LabelNote[]): Grouped {
   const g: Grouped = { enabled: true, routers: new Map(), services: new Map(), middlewares: new Map() };
-  for (const [key, value] of Object.entries(c.labels).sort(([a], [b]) => a.localeCompare(b))) {
+  for (const [key, value] of Object.entries(c.labels).sort(([a], [b]) => localeOrder(a, b))) {
     if (!key.startsWith(P)) continue;
     const parts = key.slice(P.length).split('.');
     const lower = parts.map((s) => s.toLowerCase());
