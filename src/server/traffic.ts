@@ -114,6 +114,11 @@ export class Traffic {
   /** Exact host → its routes, longest path first; wildcard routes under their pattern. */
   private routes = new Map<string, RouteEntry[]>();
   private readonly now: () => number;
+  /** Counters found in the current slot, by route host (see counters()); emptied every slot. */
+  private readonly hot = new Map<string, { t: HostTotals; s: Slot }>();
+  private hotSlot = -1;
+  private isoSecond = -1;
+  private isoPrefix = '';
   logged = 0;
 
   constructor(private readonly o: TrafficOptions) {
@@ -153,67 +158,70 @@ export class Traffic {
       if (dot > 0) list = this.routes.get(`*${host.slice(dot)}`);
     }
     if (!list) return undefined;
-    const p = path.split('?')[0] ?? path;
-    return list.find((e) => e.path === '/' || p === e.path || p.startsWith(`${e.path}/`));
+    const q = path.indexOf('?');
+    const p = q < 0 ? path : path.slice(0, q);
+    return list.find(
+      (e) =>
+        e.path === '/' || p === e.path || (p.startsWith(e.path) && p.charCodeAt(e.path.length) === SLASH),
+    );
   }
 
   /** Requests from Caddy, in the order it logged them. */
   record(requests: HttpAccess[]): void {
     const slot = Math.floor(this.now() / SLOT_MS);
+    if (slot !== this.hotSlot) {
+      this.hot.clear();
+      this.hotSlot = slot;
+    }
+    const logging = this.o.log.enabled;
     const lines: string[] = [];
     for (const a of requests) {
       const route = this.route(a.host, a.path);
-      const label = this.label(route?.host);
-      this.count(label, slot, a);
-      if (!this.o.log.enabled) continue;
+      this.count(this.counters(route?.host, slot), a);
+      if (!logging) continue;
       const owner =
         route &&
         (route.owners.length === 1 ? route.owners[0] : route.owners.find((x) => x.upstream === a.upstream));
+      // Written out by hand, in the order of the TCP log's fields: JSON.stringify of an object per
+      // request was most of the cost of a line. Strings still go through JSON.stringify.
       lines.push(
-        JSON.stringify({
-          time: new Date(a.start).toISOString(),
-          client: a.client,
-          host: a.host,
-          method: a.method,
-          path: a.path,
-          proto: a.proto,
-          status: a.status,
-          bytesIn: a.bytesIn,
-          bytesOut: a.bytesOut,
-          durationMs: a.durationMs,
-          upstream: a.upstream,
-          route: route ? `${route.host}${route.path === '/' ? '' : route.path}` : null,
-          owner: owner ? { agent: owner.agent, container: owner.container } : null,
-        }),
+        `{"time":${this.iso(a.start)},"client":${str(a.client)},"host":${str(a.host)},"method":${str(a.method)},"path":${str(a.path)},"proto":${str(a.proto)},"status":${num(a.status)},"bytesIn":${num(a.bytesIn)},"bytesOut":${num(a.bytesOut)},"durationMs":${num(a.durationMs)},"upstream":${a.upstream === null ? 'null' : str(a.upstream)},"route":${route ? str(route.path === '/' ? route.host : `${route.host}${route.path}`) : 'null'},"owner":${owner ? `{"agent":${str(owner.agent)},"container":${str(owner.container)}}` : 'null'}}`,
       );
     }
     this.logged += lines.length;
     this.o.log.writeLines(lines);
   }
 
-  /** The metrics label of a route host: itself while there is room, else "other". */
-  private label(host: string | undefined): string {
-    if (host === undefined) return OTHER;
-    if (this.totals.has(host)) return host;
-    // "other" takes no place of its own among the maxHosts.
-    return this.totals.size - (this.totals.has(OTHER) ? 1 : 0) < this.o.maxHosts ? host : OTHER;
+  /** A start time as JSON (an ISO string); the date and time up to the second is made once a second. */
+  private iso(ms: number): string {
+    if (!(ms >= 0 && ms < MAX_ISO_MS)) {
+      const d = new Date(ms);
+      return Number.isNaN(d.getTime()) ? 'null' : `"${d.toISOString()}"`;
+    }
+    const second = Math.floor(ms / 1000);
+    if (second !== this.isoSecond) {
+      this.isoSecond = second;
+      // "2026-12-02T14:30:05."
+      this.isoPrefix = `"${new Date(second * 1000).toISOString().slice(0, 20)}`;
+    }
+    const m = Math.floor(ms - second * 1000);
+    return `${this.isoPrefix}${m < 10 ? '00' : m < 100 ? '0' : ''}${m}Z"`;
   }
 
-  private count(label: string, slotIndex: number, a: HttpAccess): void {
+  /**
+   * The counters of a route host (undefined: no route) in this slot, found once per slot: its
+   * label ("other" past maxHosts), totals and slot.
+   */
+  private counters(host: string | undefined, slotIndex: number): { t: HostTotals; s: Slot } {
+    const key = host ?? NO_ROUTE;
+    let c = this.hot.get(key);
+    if (c) return c;
+    const label = this.label(host);
     let t = this.totals.get(label);
     if (!t) {
       t = { classes: CLASSES.map(() => 0), bytesIn: 0, bytesOut: 0, buckets: newBuckets(), durationSum: 0 };
       this.totals.set(label, t);
     }
-    const cls = a.status < 100 ? 0 : Math.min(5, Math.floor(a.status / 100));
-    t.classes[cls]!++;
-    t.bytesIn += a.bytesIn;
-    t.bytesOut += a.bytesOut;
-    const seconds = a.durationMs / 1000;
-    const b = bucketOf(seconds);
-    t.buckets[b]!++;
-    t.durationSum += seconds;
-
     let series = this.slots.get(label);
     if (!series) {
       series = new Map();
@@ -224,6 +232,28 @@ export class Traffic {
       s = new Array(SLOT_LEN).fill(0);
       series.set(slotIndex, s);
     }
+    c = { t, s };
+    this.hot.set(key, c);
+    return c;
+  }
+
+  /** The metrics label of a route host: itself while there is room, else "other". */
+  private label(host: string | undefined): string {
+    if (host === undefined) return OTHER;
+    if (this.totals.has(host)) return host;
+    // "other" takes no place of its own among the maxHosts.
+    return this.totals.size - (this.totals.has(OTHER) ? 1 : 0) < this.o.maxHosts ? host : OTHER;
+  }
+
+  private count({ t, s }: { t: HostTotals; s: Slot }, a: HttpAccess): void {
+    const cls = a.status < 100 ? 0 : Math.min(5, Math.floor(a.status / 100));
+    t.classes[cls]!++;
+    t.bytesIn += a.bytesIn;
+    t.bytesOut += a.bytesOut;
+    const seconds = a.durationMs / 1000;
+    const b = bucketOf(seconds);
+    t.buckets[b]!++;
+    t.durationSum += seconds;
     s[REQ]!++;
     if (a.status >= 500) s[ERR]!++;
     s[BIN]! += a.bytesIn;
@@ -237,6 +267,8 @@ export class Traffic {
    */
   tick(tcp: Map<number, ListenerCounters>, active: Map<number, number>): void {
     const slot = Math.floor(this.now() / SLOT_MS);
+    // Pruning may drop slots the hot counters point to.
+    this.hot.clear();
     const next = new Map<
       string,
       { connections: number; bytesIn: number; bytesOut: number; active: number }
@@ -346,6 +378,15 @@ export class Traffic {
     return out;
   }
 }
+
+/** The hot-counter key of requests no route serves (route hosts never start with a space). */
+const NO_ROUTE = ' none';
+/** Year 10000: from there toISOString writes a six-digit year with a sign. */
+const MAX_ISO_MS = 253_402_300_800_000;
+const SLASH = 47;
+const str = JSON.stringify as (s: string) => string;
+/** A number as JSON writes it (null when not finite). */
+const num = (n: number) => (Number.isFinite(n) ? String(n) : 'null');
 
 const newBuckets = () => new Array(LATENCY_BUCKETS.length + 1).fill(0) as number[];
 

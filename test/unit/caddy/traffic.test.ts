@@ -1,3 +1,7 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import {
   ACCESS_LOGGER,
@@ -6,7 +10,13 @@ import {
   extractParts,
   mergeIntoConfig,
 } from '../../../src/ingress/caddy/config.js';
-import { bareHost, parseCaddyAccess } from '../../../src/ingress/caddy/traffic.js';
+import {
+  bareHost,
+  type HttpAccess,
+  MAX_LINE_BYTES,
+  parseCaddyAccess,
+  TrafficListener,
+} from '../../../src/ingress/caddy/traffic.js';
 import type { Site } from '../../../src/reconcile/desired.js';
 
 const site = (host: string): Site => ({
@@ -69,6 +79,38 @@ describe('Caddy request lines', () => {
     expect(bareHost('A.Example.com:443')).toBe('a.example.com');
     expect(bareHost('[::1]:80')).toBe('::1');
     expect(bareHost('fe80::1')).toBe('fe80::1');
+  });
+});
+
+describe('TrafficListener', () => {
+  it('reads every line once and in order, however the writes cut them, skipping one too long', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tl-'));
+    const got: HttpAccess[] = [];
+    const listener = new TrafficListener({
+      socketPath: join(dir, 'traffic.sock'),
+      onRequests: (r) => got.push(...r),
+    });
+    await listener.start();
+    try {
+      const lines = Array.from({ length: 3000 }, (_, i) => LINE.replace('"size":5', `"size":${i}`));
+      const long = LINE.replace('/post', `/${'x'.repeat(MAX_LINE_BYTES)}`);
+      const text = `${lines.slice(0, 1000).join('\n')}\n${long}\nnot json\n${lines.slice(1000).join('\n')}\n`;
+      const c = connect(join(dir, 'traffic.sock'));
+      await new Promise((r) => c.once('connect', r));
+      // Pieces of every size, some a few bytes, some many lines, a few pauses between them.
+      for (let at = 0, n = 1; at < text.length; at += n, n = (n * 7 + 13) % 40_000) {
+        c.write(text.slice(at, at + n));
+        if (n % 5 === 0) await new Promise((r) => setTimeout(r, 1));
+      }
+      await new Promise<void>((r) => c.end(r));
+      const deadline = Date.now() + 10_000;
+      while (got.length < lines.length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      expect(got.map((a) => a.bytesOut)).toEqual(lines.map((_, i) => i));
+      expect(listener.counters).toEqual({ lines: 3002, unreadable: 2 });
+    } finally {
+      await listener.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
