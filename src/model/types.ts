@@ -47,6 +47,12 @@ export interface Upstream {
   host: string;
   port: number;
   scheme: UpstreamScheme;
+  /**
+   * Set by the server, never by an agent: for an https upstream of a tunnel agent (whose host is
+   * then this server's local endpoint), the address the agent dials, which the front door checks
+   * the upstream's certificate against instead of the endpoint's.
+   */
+  tlsServerName?: string;
 }
 
 /** One HTTP route extracted from one container's labels. */

@@ -4,7 +4,7 @@ import type { AgentStatus } from '../model/api.js';
 import { domainAllowed, publicSuffixWildcard } from '../model/domains.js';
 import { drain, pauseEvery } from '../model/slices.js';
 import type { TunnelEndpoints } from '../model/tunnel.js';
-import type { ContainerSummary, RouteSpec, Snapshot, TcpRouteSpec } from '../model/types.js';
+import type { ContainerSummary, RouteSpec, Snapshot, TcpRouteSpec, Upstream } from '../model/types.js';
 import type { AgentRecord, KeyRecord } from '../store/store.js';
 import { claimedSince, httpUnit, tcpUnit } from './claims.js';
 import { type AgentRoutes, routeKey } from './desired.js';
@@ -277,8 +277,15 @@ function throughTunnel(
   return {
     routes: routes.flatMap((r) => {
       const e = endpoint(r.upstream.host, r.upstream.port);
-      if (!e) refuse(r.id, full);
-      return e ? [{ ...r, upstream: { ...r.upstream, host: e.host, port: e.port } }] : [];
+      if (!e) {
+        refuse(r.id, full);
+        return [];
+      }
+      const { scheme, host } = r.upstream;
+      // The certificate of an https upstream names the address the agent dials, not the endpoint.
+      const upstream: Upstream = { host: e.host, port: e.port, scheme };
+      if (scheme === 'https') upstream.tlsServerName = host;
+      return [{ ...r, upstream }];
     }),
     tcp: tcp.flatMap((r) => {
       const e = endpoint(r.upstream.host, r.upstream.port);

@@ -2,14 +2,20 @@
 // of this test with its own dockerd, agent and app, whose app listens on the namespace's own
 // loopback (nothing outside can reach it); one directly reachable host on the bridge; the server
 // and the front door in this namespace. Everything the tunnel hosts serve crosses connections
-// their agents opened to the server's agent listener.
+// their agents opened to the server's agent listener. Screenshots of the UI go to
+// test-output/tunnel/.
+import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { connect as netConnect } from 'node:net';
-import { resolve } from 'node:path';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { type AgentProcess, type BerthProcess, inNetns, startAgent, startBerth } from './support/berth.js';
+import { openBrowser, signIn } from './support/browser.js';
 import { registerCleanup, useCleanup } from './support/cleanup.js';
 import { importBusybox, runHostContainer, startDockerd, type TestDockerd } from './support/dockerd.js';
 import { startFakeServer } from './support/fake-server.js';
@@ -23,6 +29,14 @@ const APP = resolve(import.meta.dirname, 'support/tunnel-app.mjs');
 const APP_PORT = 8080;
 const ECHO_PORT = 9000;
 const MiB = 1 << 20;
+const SHOTS = resolve(import.meta.dirname, '../../test-output/tunnel');
+/**
+ * t2's HTTPS listeners, on its loopback: a certificate for 127.0.0.1 (the address the agent
+ * dials), one the front door trusts but made for another address, and one it does not trust.
+ */
+const TLS_PORT = 8443;
+const TLS_WRONG_NAME_PORT = 8444;
+const TLS_UNTRUSTED_PORT = 8445;
 
 interface Host {
   name: string;
@@ -39,13 +53,14 @@ const hosts: Host[] = [];
 const byName = (n: string) => hosts.find((h) => h.name === n)!;
 
 /** The app in a namespace, on `ip` (the namespace's loopback for a tunnel host). */
-async function startApp(d: TestDockerd, ip: string, name: string): Promise<Logged> {
+async function startApp(d: TestDockerd, ip: string, name: string, extra: string[] = []): Promise<Logged> {
   const [cmd, args] = inNetns(d.netns, process.execPath, [
     APP,
     ip,
     String(APP_PORT),
     String(ECHO_PORT),
     name,
+    ...extra,
   ]);
   const p = spawnLogged(cmd, args);
   registerCleanup(() => p.stop('SIGTERM', 5_000));
@@ -107,7 +122,53 @@ function download(
   });
 }
 
+/** A self-signed certificate (and its key) for one IP address, made with Debian's openssl. */
+async function selfSigned(dir: string, name: string, ip: string): Promise<{ cert: string; key: string }> {
+  const cert = join(dir, `${name}.crt`);
+  const key = join(dir, `${name}.key`);
+  await promisify(execFile)('openssl', [
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-days',
+    '2',
+    '-subj',
+    `/CN=${name}`,
+    '-addext',
+    `subjectAltName=IP:${ip}`,
+    '-keyout',
+    key,
+    '-out',
+    cert,
+  ]);
+  return { cert, key };
+}
+
+/**
+ * t2's HTTPS certificates, and the CA bundle the front door trusts: as an operator would, the
+ * server's Caddy is given the upstream's certificate as a trusted root (SSL_CERT_FILE, which Go's
+ * TLS reads, as it reads the system's bundle without it).
+ */
+async function makeCerts(): Promise<{ appArgs: string[]; bundle: string }> {
+  const dir = mkdtempSync(join(tmpdir(), 'btls-'));
+  const good = await selfSigned(dir, 'tls-good', '127.0.0.1');
+  const wrongName = await selfSigned(dir, 'tls-wrong-name', '192.0.2.1');
+  const untrusted = await selfSigned(dir, 'tls-untrusted', '127.0.0.1');
+  const bundle = join(dir, 'trusted.pem');
+  writeFileSync(bundle, readFileSync(good.cert, 'utf8') + readFileSync(wrongName.cert, 'utf8'));
+  const arg = (port: number, c: { cert: string; key: string }) => `https:${port}:${c.cert}:${c.key}`;
+  return {
+    appArgs: [arg(TLS_PORT, good), arg(TLS_WRONG_NAME_PORT, wrongName), arg(TLS_UNTRUSTED_PORT, untrusted)],
+    bundle,
+  };
+}
+
 beforeAll(async () => {
+  const certs = await makeCerts();
   const bridge = startBridge();
   const ds = await Promise.all(['t1', 't2', 'direct'].map((name) => startDockerd({ name, netns: true })));
   for (const [i, name] of ['t1', 't2', 'direct'].entries()) {
@@ -115,11 +176,21 @@ beforeAll(async () => {
     const addr = bridge.join(d.netns!, i);
     await importBusybox(d);
     // Tunnel hosts serve on their own loopback; the direct host on its bridge address.
-    const app = await startApp(d, name === 'direct' ? addr : '127.0.0.1', name);
+    const app = await startApp(
+      d,
+      name === 'direct' ? addr : '127.0.0.1',
+      name,
+      name === 't2' ? certs.appArgs : [],
+    );
     hosts.push({ name, d, addr, app });
   }
   tcpFront = await freePort();
-  berth = await startBerth({ command: 'server', apiHost: bridge.gateway, args: ['--tcp-bind', '127.0.0.1'] });
+  berth = await startBerth({
+    command: 'server',
+    apiHost: bridge.gateway,
+    args: ['--tcp-bind', '127.0.0.1'],
+    env: { SSL_CERT_FILE: certs.bundle },
+  });
   const created = await berth.cli(['keys', 'create', '--name', 'hosts', '--auto-approve']);
   expect(created.code, created.stderr).toBe(0);
   key = /^\s+(berth_agent_\S+)$/m.exec(created.stdout)?.[1] ?? '';
@@ -132,6 +203,10 @@ beforeAll(async () => {
     'berth.tcp.echo.port': String(ECHO_PORT),
   });
   await routeTo(t2, 'app2', { 'berth.host': 't2.test' });
+  const https = (port: number) => ({ 'berth.port': String(port), 'berth.scheme': 'https' });
+  await routeTo(t2, 'tls-good', { 'berth.host': 'tls.test', ...https(TLS_PORT) });
+  await routeTo(t2, 'tls-wrong-name', { 'berth.host': 'tls-wrong-name.test', ...https(TLS_WRONG_NAME_PORT) });
+  await routeTo(t2, 'tls-untrusted', { 'berth.host': 'tls-untrusted.test', ...https(TLS_UNTRUSTED_PORT) });
   for (const h of [t1, t2, direct])
     await routeTo(h, `share-${h.name}`, { 'berth.host': 'shared.test', 'berth.group': 'pool' });
   for (const h of [t1, t2, direct]) {
@@ -175,6 +250,70 @@ describe('tunnels', () => {
     expect(agents.stdout).not.toMatch(/direct\s+online, tunnel/);
     // Nothing of the agent listens: the agent opened no port of its own.
     expect(byName('t1').agent!.output()).not.toMatch(/listening on/i);
+  });
+
+  it('carries an HTTPS upstream, its certificate checked against the address the agent dials', async () => {
+    // Over TLS from the front door's Caddy to the app: the agent and the tunnel carry only ciphertext.
+    await serves('tls.test', '"encrypted":true');
+    const got = await front('tls.test');
+    expect(got.status).toBe(200);
+    // No SNI, as for a direct upstream dialled at an IP address.
+    expect(JSON.parse(got.body)).toEqual({ name: 't2', port: TLS_PORT, encrypted: true, servername: null });
+    const routes = await berth.routes();
+    expect(routes.find((r) => r.hosts.includes('tls.test'))).toMatchObject({
+      tunnel: 'tunnel:t2',
+      upstreams: [`https://127.0.0.1:${TLS_PORT}`],
+      status: 'applied',
+    });
+    // The certificate is really checked: one for another address, and one Caddy does not trust,
+    // are refused with a 502, while their routes are applied like the one above.
+    for (const host of ['tls-wrong-name.test', 'tls-untrusted.test']) {
+      expect(routes.find((r) => r.hosts.includes(host))).toMatchObject({
+        tunnel: 'tunnel:t2',
+        status: 'applied',
+      });
+      expect((await front(host)).status, host).toBe(502);
+    }
+    const caddyLog = readFileSync(join(berth.dataDir, 'caddy.log'), 'utf8');
+    expect(caddyLog).toContain('certificate is valid for 192.0.2.1, not 127.0.0.1');
+    expect(caddyLog).toMatch(/certificate signed by unknown authority/);
+  });
+
+  it('shows the tunnel on the Routes and Agents pages of the web UI', async () => {
+    mkdirSync(SHOTS, { recursive: true });
+    const page = await openBrowser({ width: 1400, height: 900 });
+    await signIn(page, berth.apiUrl, berth.token);
+    await page.locator('nav a[data-page=routes]').click();
+    const upstream = (host: string) => page.locator(`#routes tr[data-route="${host}"] td:nth-child(3)`);
+    await expect
+      .poll(() => upstream('t1.test').textContent(), { timeout: 20_000 })
+      .toBe(`tunnel:t1 → http://127.0.0.1:${APP_PORT}`);
+    expect(await upstream('t1.test').getAttribute('data-tunnel')).toBe('tunnel:t1');
+    expect(await upstream('tls.test').textContent()).toBe(`tunnel:t2 → https://127.0.0.1:${TLS_PORT}`);
+    // The shared group: two tunnelled upstreams and the direct host's own address, without a tunnel.
+    const shared = (await upstream('shared.test').allTextContents()).sort();
+    expect(shared).toEqual([
+      `http://${byName('direct').addr}:${APP_PORT}`,
+      `tunnel:t1 → http://127.0.0.1:${APP_PORT}`,
+      `tunnel:t2 → http://127.0.0.1:${APP_PORT}`,
+    ]);
+    // The route filter finds a tunnel's routes by its name.
+    await page.locator('#route-filter').fill('tunnel:t1');
+    await expect
+      .poll(() => page.locator('#routes tbody tr').count())
+      .toBe((await berth.routes()).filter((r) => r.tunnel === 'tunnel:t1').length);
+    await page.locator('#route-filter').fill('');
+    await page.screenshot({ path: join(SHOTS, 'routes.png'), fullPage: true });
+
+    await page.locator('nav a[data-page=agents]').click();
+    const agent = (name: string) => page.locator(`#agents tr[data-agent="${name}"]`);
+    await expect
+      .poll(() => agent('t1').locator('[data-status]').textContent(), { timeout: 20_000 })
+      .toBe('online');
+    for (const name of ['t1', 't2'])
+      expect(await agent(name).locator('[data-tunnel]').textContent()).toBe(' (tunnel)');
+    expect(await agent('direct').locator('[data-tunnel]').count()).toBe(0);
+    await page.screenshot({ path: join(SHOTS, 'agents.png'), fullPage: true });
   });
 
   it('downloads and uploads 256 MiB byte for byte', async () => {

@@ -4,6 +4,8 @@
 import type { Site, SiteChanges } from '../../model/desired.js';
 import { AGENT_PATH } from '../../model/protocol.js';
 import { drain, pauseEvery } from '../../model/slices.js';
+import { isTunnelAddress } from '../../model/tunnel.js';
+import type { Upstream } from '../../model/types.js';
 
 export type TlsMode = 'auto' | 'internal' | 'off';
 
@@ -436,10 +438,26 @@ function proxyHandler(s: Site): Json {
     ...(s.upstreams.length > 1 ? RETRY : {}),
   };
   const scheme = s.upstreams[0]?.scheme;
-  if (scheme === 'https') proxy.transport = { protocol: 'http', tls: {} };
+  if (scheme === 'https') proxy.transport = { protocol: 'http', tls: upstreamTls(s.upstreams) };
   // HTTP/2 without TLS (gRPC and friends): Caddy speaks h2c when it is the only version offered.
   else if (scheme === 'h2c') proxy.transport = { protocol: 'http', versions: ['h2c'] };
   return proxy;
+}
+
+/**
+ * TLS to https upstreams. Caddy checks the certificate (against the system's roots) for the
+ * address it dials; a tunnel agent's upstream is dialled at this server's local endpoint, which
+ * no certificate names, so it is checked for the address the agent dials, as it would be if the
+ * front door reached it directly. The name is one per handler: when a site's upstreams would need
+ * different ones (a tunneled upstream in a group with others), the dialled addresses are used.
+ * A name is taken only for an endpoint address, which no agent's own route may point at.
+ */
+function upstreamTls(upstreams: readonly Upstream[]): Json {
+  const names = new Set(
+    upstreams.map((u) => (isTunnelAddress(u.host) && u.tlsServerName ? u.tlsServerName : undefined)),
+  );
+  const [name] = names;
+  return names.size === 1 && name ? { server_name: name } : {};
 }
 
 function dial(host: string, port: number): string {

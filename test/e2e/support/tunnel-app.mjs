@@ -1,15 +1,19 @@
 // An upstream for tunnel tests and benches, run as a process inside a tunnel host's network
 // namespace on its loopback (where nothing outside the namespace can reach it):
-//   node tunnel-app.mjs <host> <httpPort> <tcpEchoPort> <name>
+//   node tunnel-app.mjs <host> <httpPort> <tcpEchoPort> <name> [https:<port>:<certFile>:<keyFile> …]
 // HTTP: GET / (its name), GET /bytes?n=N (N deterministic bytes, x-sha256 header), POST /upload
 // (sha256 and length of the body), GET /sse (an event every 100 ms), GET /ping (tiny), a WebSocket
 // echo at /ws. TCP: an echo that, on the client's half-close, writes "bye <bytes>" and ends.
+// HTTPS (each `https:` argument, on the same host): any request is answered with JSON naming the
+// app and saying whether the connection it came on is TLS (`encrypted`) and the SNI it carried.
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createTcpServer } from 'node:net';
 import { WebSocketServer } from 'ws';
 
-const [host = '127.0.0.1', httpPort = '0', tcpPort = '0', name = 'app'] = process.argv.slice(2);
+const [host = '127.0.0.1', httpPort = '0', tcpPort = '0', name = 'app', ...tls] = process.argv.slice(2);
 
 /** 1 MiB of bytes derived from "berth": chunk i of a stream is this with i in its first 8 bytes. */
 const BLOCK = (() => {
@@ -101,9 +105,27 @@ const tcp = createTcpServer({ allowHalfOpen: true }, (s) => {
   s.on('error', () => s.destroy());
 });
 
-http.listen(Number(httpPort), host, () => {
-  tcp.listen(Number(tcpPort), host, () => {
-    process.stdout.write(`listening ${http.address().port} ${tcp.address().port}\n`);
+const listen = (server, port) => new Promise((done) => server.listen(Number(port), host, () => done()));
+const https = tls.map((arg) => {
+  const [, port, cert, key] = arg.split(':');
+  const server = createHttpsServer({ cert: readFileSync(cert), key: readFileSync(key) }, (req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(
+      JSON.stringify({
+        name,
+        port: Number(port),
+        encrypted: req.socket.encrypted === true,
+        servername: req.socket.servername || null,
+      }),
+    );
   });
+  return { server, port };
 });
+
+await listen(http, httpPort);
+await listen(tcp, tcpPort);
+for (const h of https) await listen(h.server, h.port);
+process.stdout.write(
+  `listening ${[http, tcp, ...https.map((h) => h.server)].map((s) => s.address().port).join(' ')}\n`,
+);
 process.on('SIGTERM', () => process.exit(0));

@@ -57,6 +57,33 @@ describe('buildCaddyParts', () => {
     expect(proxy.transport).toEqual({ protocol: 'http', tls: {} });
   });
 
+  it("checks a tunneled https upstream's certificate for the address the agent dials", () => {
+    const tunneled = {
+      host: '127.77.0.3',
+      port: 40001,
+      scheme: 'https' as const,
+      tlsServerName: '127.0.0.1',
+    };
+    const direct = { host: '10.0.0.5', port: 8443, scheme: 'https' as const };
+    const transport = (upstreams: Site['upstreams']) =>
+      buildCaddyParts([site('t.example.com', '/', { upstreams })], opts).servers.berth_http.routes[0]
+        .handle[0].transport;
+    expect(transport([tunneled])).toEqual({ protocol: 'http', tls: { server_name: '127.0.0.1' } });
+    // Two agents' tunnels to the same address on each side: one name fits both.
+    expect(transport([tunneled, { ...tunneled, host: '127.77.0.4' }]).tls).toEqual({
+      server_name: '127.0.0.1',
+    });
+    // A direct upstream is checked for the address Caddy dials, as before; so is a group that
+    // would need two names, since a handler has one.
+    expect(transport([direct]).tls).toEqual({});
+    expect(transport([direct, tunneled]).tls).toEqual({});
+    expect(transport([tunneled, { ...tunneled, host: '127.77.0.4', tlsServerName: '10.1.1.1' }]).tls).toEqual(
+      {},
+    );
+    // A name on an upstream that is not a tunnel endpoint is not taken (only the server sets one).
+    expect(transport([{ ...direct, tlsServerName: 'evil.example' }]).tls).toEqual({});
+  });
+
   it('speaks h2c to an h2c upstream, and matches an IPv6 literal host as Caddy sees it', () => {
     const parts = buildCaddyParts(
       [site('10::10', '/', { upstreams: [{ host: '127.0.0.1', port: 50051, scheme: 'h2c' }] })],

@@ -213,6 +213,27 @@ describe('admission of a tunnel agent', () => {
     });
   });
 
+  it('checks an https upstream for the address the agent dials, and takes no such name from the agent', () => {
+    const s = tunnelSnapshot();
+    s.routes = s.routes.map((r) => ({
+      ...r,
+      // What an agent sends is never the name checked: the server sets it from the upstream itself.
+      upstream: { host: '127.0.0.1', port: 8443, scheme: 'https' as const, tlsServerName: 'evil.example' },
+    }));
+    const a = admitRoutes([view({ snapshot: s }, { seenFrom: '10.9.0.7' })], 100_000, {
+      ...o,
+      upstreams: rules,
+      tunnels,
+    });
+    expect(a.errors.size).toBe(0);
+    expect(a.agentRoutes[0]!.routes[0]!.upstream).toEqual({
+      host: '127.77.0.9',
+      port: 40443,
+      scheme: 'https',
+      tlsServerName: '127.0.0.1',
+    });
+  });
+
   it('refuses its routes, saying why, on a server without tunnel endpoints', () => {
     const a = admitRoutes([view({ snapshot: tunnelSnapshot() }, { seenFrom: '10.9.0.7' })], 100_000, {
       ...o,
