@@ -1,7 +1,12 @@
 // Small helpers shared by bench/burst.ts and bench/soak.ts: flags, percentiles, /proc readings,
 // Prometheus text, and a cleanup that also runs on SIGINT/SIGTERM.
-import { readFileSync } from 'node:fs';
-import { runCleanups } from '../test/e2e/support/cleanup.js';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { registerCleanup, runCleanups } from '../test/e2e/support/cleanup.js';
+import { freePort } from '../test/e2e/support/ports.js';
+import { httpGet, waitUntil } from '../test/e2e/support/proc.js';
 
 /** `--name value` from argv, else the default. */
 export function flag(name: string, dflt: number): number {
@@ -149,3 +154,35 @@ export function cleanupOnExit(extra?: () => Promise<void> | void): () => Promise
 }
 
 export const fmtS = (ms: number) => (Number.isFinite(ms) ? `${(ms / 1000).toFixed(2)} s` : 'n/a');
+
+/** A Caddy static response (200, `body`) on a free loopback port: a bench's upstream. Stopped at cleanup. */
+export async function staticUpstream(body: string): Promise<{ port: number; pid: number }> {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'bupstream-'));
+  const cfg = join(dir, 'caddy.json');
+  writeFileSync(
+    cfg,
+    JSON.stringify({
+      admin: { disabled: true },
+      apps: {
+        http: {
+          servers: {
+            up: {
+              listen: [`127.0.0.1:${port}`],
+              routes: [{ handle: [{ handler: 'static_response', status_code: 200, body }] }],
+            },
+          },
+        },
+      },
+    }),
+  );
+  const p = spawn('caddy', ['run', '--config', cfg], { stdio: 'ignore', env: { ...process.env, HOME: dir } });
+  registerCleanup(() => {
+    p.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
+  await waitUntil(async () => (await httpGet(`http://127.0.0.1:${port}/`)).status === 200, {
+    message: 'the upstream Caddy did not start',
+  });
+  return { port, pid: p.pid ?? 0 };
+}

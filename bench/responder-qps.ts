@@ -13,17 +13,20 @@
 //
 // BERTH_BIN runs another build (one from before a change, say); it must have
 // berth_dns_queries_total.
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { BERTH_BIN, startBerth } from '../test/e2e/support/berth.js';
-import { registerCleanup } from '../test/e2e/support/cleanup.js';
 import { importBusybox, runHostContainer, startDockerd } from '../test/e2e/support/dockerd.js';
-import { freePort } from '../test/e2e/support/ports.js';
 import { httpGet, waitUntil } from '../test/e2e/support/proc.js';
-import { cleanupOnExit, fetchMetrics, flag, loadavg, metricValues, pct, sleep } from './lib.js';
+import {
+  cleanupOnExit,
+  fetchMetrics,
+  flag,
+  loadavg,
+  metricValues,
+  pct,
+  sleep,
+  staticUpstream,
+} from './lib.js';
 
 const RATE = flag('rate', 2000);
 const SECONDS = flag('seconds', 10);
@@ -40,38 +43,6 @@ const HOST = 'hot.qps.test';
 const UNKNOWN = 'nobody.qps.test';
 // The responder writes its counters once a second; wait past that before reading them.
 const STATS_LAG_MS = 1_500;
-
-/** A Caddy static response on a free loopback port: the route's upstream. */
-async function upstream(): Promise<number> {
-  const port = await freePort();
-  const dir = mkdtempSync(join(tmpdir(), 'bqps-up-'));
-  const cfg = join(dir, 'caddy.json');
-  writeFileSync(
-    cfg,
-    JSON.stringify({
-      admin: { disabled: true },
-      apps: {
-        http: {
-          servers: {
-            up: {
-              listen: [`127.0.0.1:${port}`],
-              routes: [{ handle: [{ handler: 'static_response', status_code: 200, body: 'hot' }] }],
-            },
-          },
-        },
-      },
-    }),
-  );
-  const p = spawn('caddy', ['run', '--config', cfg], { stdio: 'ignore', env: { ...process.env, HOME: dir } });
-  registerCleanup(() => {
-    p.kill('SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
-  });
-  await waitUntil(async () => (await httpGet(`http://127.0.0.1:${port}/`)).status === 200, {
-    message: 'the upstream Caddy did not start',
-  });
-  return port;
-}
 
 interface Paced {
   sent: number;
@@ -164,7 +135,7 @@ try {
   say(
     `responder queries: ${BERTH_BIN} ${SERVER_ARGS.join(' ')}, ${RATE} req/s for ${SECONDS} s per phase; load ${loadavg()}`,
   );
-  const upPort = await upstream();
+  const upPort = (await staticUpstream('hot')).port;
   const d = await startDockerd({ name: 'bqps' });
   await importBusybox(d);
   const berth = await startBerth({ docker: d.dockerHost, args: [...SERVER_ARGS, '--log-level', 'warn'] });

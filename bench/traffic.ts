@@ -8,8 +8,8 @@
 //
 //   npm run build && npx tsx bench/traffic.ts [--rounds 3] [--seconds 10] [--connections 50]
 //     [--variants on,off,on-nolog,devnull,discard] [--berth-nice N] [--json]
-import { execFile, spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -18,9 +18,16 @@ import { ACCESS_LOG } from '../src/ingress/caddy/config.js';
 import { type BerthProcess, startBerth } from '../test/e2e/support/berth.js';
 import { registerCleanup } from '../test/e2e/support/cleanup.js';
 import { connectFakeAgent } from '../test/e2e/support/fake-agent.js';
-import { freePort } from '../test/e2e/support/ports.js';
 import { httpGet, waitUntil } from '../test/e2e/support/proc.js';
-import { cleanupOnExit, fetchMetrics, flag, loadavg, metricValues, procSample } from './lib.js';
+import {
+  cleanupOnExit,
+  fetchMetrics,
+  flag,
+  loadavg,
+  metricValues,
+  procSample,
+  staticUpstream,
+} from './lib.js';
 
 const run = promisify(execFile);
 const rounds = flag('rounds', 3);
@@ -114,37 +121,6 @@ const median = (xs: number[]) => {
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
 
-async function upstream(): Promise<{ port: number; pid: number }> {
-  const port = await freePort();
-  const dir = mkdtempSync(join(tmpdir(), 'bupstream-'));
-  const cfg = join(dir, 'caddy.json');
-  writeFileSync(
-    cfg,
-    JSON.stringify({
-      admin: { disabled: true },
-      apps: {
-        http: {
-          servers: {
-            up: {
-              listen: [`127.0.0.1:${port}`],
-              routes: [{ handle: [{ handler: 'static_response', status_code: 200, body: 'x'.repeat(128) }] }],
-            },
-          },
-        },
-      },
-    }),
-  );
-  const p = spawn('caddy', ['run', '--config', cfg], { stdio: 'ignore', env: { ...process.env, HOME: dir } });
-  registerCleanup(() => {
-    p.kill('SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
-  });
-  await waitUntil(async () => (await httpGet(`http://127.0.0.1:${port}/`)).status === 200, {
-    message: 'the upstream Caddy did not start',
-  });
-  return { port, pid: p.pid ?? 0 };
-}
-
 async function berthWith(args: string[], upstreamPort: number): Promise<BerthProcess> {
   // --log-level debug (the test harness's) would log every Caddy apply; the bench wants quiet.
   const b = await startBerth({ command: 'server', args: [...args, '--log-level', 'warn'] });
@@ -203,7 +179,7 @@ interface Variant {
 }
 
 try {
-  const up = await upstream();
+  const up = await staticUpstream('x'.repeat(128));
   const logDir = mkdtempSync(join(tmpdir(), 'btraffic-bench-'));
   registerCleanup(() => rmSync(logDir, { recursive: true, force: true }));
   const variants: Variant[] = [];

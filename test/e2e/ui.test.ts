@@ -11,6 +11,7 @@ import WebSocket from 'ws';
 import { AGENT_PATH } from '../../src/model/protocol.js';
 import type { Snapshot } from '../../src/model/types.js';
 import { type AgentProcess, type BerthProcess, startAgent, startBerth } from './support/berth.js';
+import { CHROMIUM_ARGS } from './support/browser.js';
 import { registerCleanup, useCleanup } from './support/cleanup.js';
 import { importBusybox, runHostContainer, startDockerd, type TestDockerd } from './support/dockerd.js';
 import { freePort } from './support/ports.js';
@@ -19,16 +20,6 @@ import { httpGet, waitUntil } from './support/proc.js';
 useCleanup();
 
 const SHOTS = resolve(import.meta.dirname, '../../test-output/ui');
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 let server: BerthProcess;
 let d: TestDockerd;
 let agent: AgentProcess;
