@@ -65,6 +65,8 @@ export class ServerLink {
   private maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES;
   private ws?: WebSocket;
   private snapshot?: Snapshot;
+  /** Docker's version and state as the last heartbeat told the server. */
+  private beatDocker = '';
   private backoffMs = 500;
   /** Index into serverUrls of the replica this link uses now. */
   private current = 0;
@@ -127,6 +129,9 @@ export class ServerLink {
     this.snapshot = s;
     this.tunnel?.setRoutes(s);
     this.sendSnapshot();
+    // Docker's version and state are known only once the agent reaches Docker, which may be
+    // after the first heartbeat: say so now, not one report interval later.
+    if (dockerState(this.o.heartbeat()) !== this.beatDocker) this.sendHeartbeat();
   }
 
   private connect(): void {
@@ -408,15 +413,21 @@ export class ServerLink {
   private sendHeartbeat(): void {
     if (!this.agentId || this.ws?.readyState !== WebSocket.OPEN) return;
     // sentAt lets the server measure how late it reads heartbeats (berth_heartbeat_delay_seconds).
+    const fields = this.o.heartbeat();
     const hb: Heartbeat & { sentAt: number } = {
       type: 'heartbeat',
       version: this.o.version,
       intervalMs: this.o.reportIntervalMs,
-      ...this.o.heartbeat(),
+      ...fields,
       sentAt: Date.now(),
     };
     this.ws.send(JSON.stringify(hb));
+    this.beatDocker = dockerState(fields);
   }
+}
+
+function dockerState(h: Omit<Heartbeat, 'type' | 'version' | 'intervalMs'>): string {
+  return `${h.dockerVersion ?? ''} ${h.dockerConnected ?? ''}`;
 }
 
 function readIdentity(dataDir: string): string | undefined {
