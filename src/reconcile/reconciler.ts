@@ -3,6 +3,7 @@
 import type { Logger } from 'pino';
 import { errorMessage } from '../errors.js';
 import type { ListenerStatus, ServedSites } from '../model/data-plane.js';
+import { nextTurn } from '../model/slices.js';
 import type { DnsTableSync, HttpTarget, TcpListenerSync } from './data-plane.js';
 import type { AgentRoutes, Desired } from './desired.js';
 import { DesiredModel } from './desired.js';
@@ -237,4 +238,4 @@ export function servedEverywhere(state: ReconcileState, sig: string): boolean {
 }
 
 /** Lets pending I/O (agents' messages, API requests) run between the CPU-bound steps of a pass. */
-const yieldToIo = () => new Promise<void>((resolve) => setImmediate(resolve));
+const yieldToIo = nextTurn;

@@ -2,6 +2,7 @@
 // changed at all. Most route changes never touch Caddy's config (the dynamic layout), so no
 // other event would tell a page showing routes to refresh.
 import type { RouteView } from '../model/api.js';
+import { nextTurn } from '../model/slices.js';
 import type { EventBus } from './events.js';
 
 /** Listing routes costs about half a second at 50k: the error scan runs at most this often. */
@@ -87,7 +88,7 @@ export class RouteEvents {
       // Run to its end at once when the scan never had to yield (the common case).
       let r = slices.next();
       while (!r.done) {
-        await new Promise((resolve) => setImmediate(resolve));
+        await nextTurn();
         if (this.stopped) return;
         r = slices.next();
       }

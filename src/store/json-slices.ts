@@ -2,10 +2,12 @@
 // an agent's snapshot of 25k routes is 7 MiB of JSON, and one JSON.stringify of it held every
 // other request (and /healthz) for a fifth of a second. The text is exactly JSON.stringify's.
 
+import { nextTurn } from '../model/slices.js';
+
 /** Array items or object entries turned to text between two yields. */
 const SLICE = 2_000;
 
-const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
+const tick = nextTurn;
 
 /**
  * JSON.stringify(value), with the top-level arrays and plain objects of more than SLICE items
