@@ -18,9 +18,15 @@ export interface FakeAgent {
  * tests and benchmarks. `snapshot()` fills in whatever a route needs, with a spoofed container
  * name and an "older than anyone" creation time unless told otherwise.
  */
-export function connectFakeAgent(apiUrl: string, secret: string, name: string): Promise<FakeAgent> {
+export function connectFakeAgent(
+  apiUrl: string,
+  secret: string,
+  name: string,
+  options: WebSocket.ClientOptions = {},
+): Promise<FakeAgent> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(`${apiUrl.replace(/^http/, 'ws')}${AGENT_PATH}`, {
+      ...options,
       headers: { authorization: `Bearer ${secret}`, 'x-berth-agent-name': name },
     });
     registerCleanup(() => ws.terminate());
