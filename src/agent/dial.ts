@@ -2,7 +2,7 @@
 // (which carries the key) is written: with a pin, the chain must hold the pinned CA; with
 // --ca-file, it must chain to that CA; otherwise to the system's CAs. Only a socket that passed
 // is handed to the WebSocket.
-import { isIP } from 'node:net';
+import { isIP, type OnReadOpts } from 'node:net';
 import { connect, type TLSSocket } from 'node:tls';
 import { ChainError, type ChainProblem, peerChain, verifyPinnedChain } from '../tls/verify.js';
 
@@ -21,8 +21,16 @@ export class DialError extends Error {
   }
 }
 
-/** A TLS socket to `url`'s host and port whose certificate passed the agent's check. */
-export function secureDial(url: URL, trust: ServerTrust, timeoutMs = 10_000): Promise<TLSSocket> {
+/**
+ * A TLS socket to `url`'s host and port whose certificate passed the agent's check; with `onread`,
+ * its decrypted reads go to that instead of 'data' events (a tunnel's data connection).
+ */
+export function secureDial(
+  url: URL,
+  trust: ServerTrust,
+  timeoutMs = 10_000,
+  onread?: OnReadOpts,
+): Promise<TLSSocket> {
   const host = url.hostname.replace(/^\[|\]$/g, '');
   const port = Number(url.port || 443);
   const pinned = trust.pin !== undefined && trust.ca === undefined;
@@ -35,6 +43,7 @@ export function secureDial(url: URL, trust: ServerTrust, timeoutMs = 10_000): Pr
       // With a pin the chain is checked below, against the pin, before anything is written.
       rejectUnauthorized: !pinned,
       ...(trust.ca ? { ca: trust.ca } : {}),
+      ...(onread ? { onread } : {}),
     });
     const timer = setTimeout(
       () => fail(new DialError('network', `TLS handshake with ${host}:${port} timed out`)),
