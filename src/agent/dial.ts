@@ -3,7 +3,7 @@
 // --ca-file, it must chain to that CA; otherwise to the system's CAs. Only a socket that passed
 // is handed to the WebSocket.
 import { isIP, type OnReadOpts } from 'node:net';
-import { connect, type TLSSocket } from 'node:tls';
+import { connect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
 import { ChainError, type ChainProblem, peerChain, verifyPinnedChain } from '../tls/verify.js';
 
 export interface ServerTrust {
@@ -19,6 +19,19 @@ export class DialError extends Error {
   ) {
     super(message);
   }
+}
+
+/**
+ * The TLS settings every connection to the server shares (the trusted CAs), made once: a context
+ * per connection is memory and handshake time that a --tunnel agent, which opens one connection
+ * per stream, pays for every stream. One entry: an agent trusts one server's CA at a time.
+ */
+let shared: { ca: string | undefined; context: SecureContext } | undefined;
+function secureContextFor(ca: string | undefined): SecureContext {
+  if (shared && shared.ca === ca) return shared.context;
+  const context = createSecureContext(ca ? { ca } : {});
+  shared = { ca, context };
+  return context;
 }
 
 /**
@@ -42,7 +55,7 @@ export function secureDial(
       ALPNProtocols: ['http/1.1'],
       // With a pin the chain is checked below, against the pin, before anything is written.
       rejectUnauthorized: !pinned,
-      ...(trust.ca ? { ca: trust.ca } : {}),
+      secureContext: secureContextFor(trust.ca),
       ...(onread ? { onread } : {}),
     });
     const timer = setTimeout(

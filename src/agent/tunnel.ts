@@ -40,6 +40,8 @@ export interface TunnelClientOptions {
   /** Where data connections go now; undefined while the link is down. */
   target: () => DataTarget | undefined;
   send: (m: TunnelFailed) => void;
+  /** A stream is about to be carried (the agent turns V8's compilers on at the first). */
+  onStream?: () => void;
 }
 
 interface Stream {
@@ -157,6 +159,7 @@ export class TunnelClient {
       refuse('FAILED', 'the agent is not connected');
       return;
     }
+    this.o.onStream?.();
     const s: Stream = { id: req.id, done: false };
     this.streams.set(req.id, s);
     this.counters.streams++;
