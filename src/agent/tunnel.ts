@@ -195,7 +195,7 @@ export class TunnelClient {
       if (s.done || !upstreamReady || !conn) return;
       clearTimeout(timer);
       // The data connection reads into a reused buffer too; TLS records are gathered into writes.
-      const before = conn.reads.relayTo(() => upstream, { gather: conn.tls });
+      const before = conn.reads.relayTo(() => upstream, { tls: conn.tls });
       if (before.length > 0) upstream.write(before);
       splice(upstream, conn.socket, (failed) => {
         if (failed) this.counters.errors++;

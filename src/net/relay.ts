@@ -5,13 +5,15 @@ import { type OnReadOpts, Socket, type SocketConstructorOpts } from 'node:net';
 
 export interface RelayOptions {
   /**
-   * The source is TLS: it hands decrypted data over one record (at most 16 KiB) per read, so a
-   * bulk transfer would cost one write to the destination per 16 KiB. Full records are gathered
+   * The source is TLS. It hands decrypted data over one record (at most 16 KiB) per read, so a
+   * bulk transfer would cost one write to the destination per 16 KiB: full records are gathered
    * instead (the destination corked, uncorked once the buffer is full, a shorter read comes, or
    * before the event loop next waits), so a burst leaves in one writev of up to the buffer's size.
-   * A short message is never held: only a full record is.
+   * A short message is never held: only a full record is. And stopping its reads does not stop
+   * them at once (the records already decrypted from what the kernel gave still come), so a
+   * buffer that a pending write holds is never handed out again, full destination or not.
    */
-  gather?: boolean;
+  tls?: boolean;
 }
 
 /**
@@ -21,8 +23,8 @@ export interface RelayOptions {
  * so the buffer is free again when reading resumes. A write that the kernel did not take whole
  * while the destination still has room is queued by reference, though, so the next read goes to a
  * fresh buffer. Reads that fill the buffer move on to a bigger one (up to MAX_READ_BYTES): fewer
- * system calls for bulk transfers, little memory for chatty ones. With `gather`, consecutive full
- * TLS records are read into consecutive parts of one buffer and written together.
+ * system calls for bulk transfers, little memory for chatty ones. From a TLS source (`tls`),
+ * consecutive full records are read into consecutive parts of one buffer and written together.
  */
 export function relay(to: () => Socket, o: RelayOptions = {}): OnReadOpts {
   let readBuf = Buffer.allocUnsafe(FIRST_READ_BYTES);
@@ -33,7 +35,7 @@ export function relay(to: () => Socket, o: RelayOptions = {}): OnReadOpts {
     buffer: () => next,
     callback: (n, buf) => {
       const dest = to();
-      const gather = o.gather === true && n === TLS_RECORD_BYTES && buf.length - n >= TLS_RECORD_BYTES;
+      const gather = o.tls === true && n === TLS_RECORD_BYTES && buf.length - n >= TLS_RECORD_BYTES;
       if (gather && !dest.writableCorked) {
         dest.cork();
         setImmediate(uncork, dest);
@@ -54,7 +56,7 @@ export function relay(to: () => Socket, o: RelayOptions = {}): OnReadOpts {
       const filled = offset + n === readBuf.length;
       offset = 0;
       if (filled && readBuf.length < MAX_READ_BYTES) readBuf = Buffer.allocUnsafe(readBuf.length * 4);
-      else if (more && dest.writableLength > 0) readBuf = Buffer.allocUnsafe(readBuf.length);
+      else if ((more || o.tls) && dest.writableLength > 0) readBuf = Buffer.allocUnsafe(readBuf.length);
       next = readBuf;
       return more;
     },

@@ -234,7 +234,7 @@ export class TunnelBroker implements TunnelEndpoints {
     } else
       readIntoBuffers(
         data,
-        relay(() => s.front, { gather: true }),
+        relay(() => s.front, { tls: true }),
       );
     splice(s.front, s.data, (failed) => this.end(s, failed ? 'reset' : undefined));
   }

@@ -2,12 +2,8 @@
 // a real TLS handshake: records gathered into bigger writes arrive whole and in order, a short
 // message is not held, a half-close still follows the last byte; a connection's first bytes are
 // read before its handover and none is lost; an accepted TLS socket reads into a given buffer.
-import { createServer as createTcpServer, connect as tcpConnect, type Server, type Socket } from 'node:net';
-import {
-  connect as tlsConnect,
-  createServer as createTlsServer,
-  type Server as TlsServer,
-} from 'node:tls';
+import { createServer as createTcpServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
+import { createServer as createTlsServer, type Server as TlsServer, connect as tlsConnect } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { handover, readIntoBuffers, relay } from '../../../src/net/relay.js';
 import { splice } from '../../../src/net/splice.js';
@@ -29,15 +25,28 @@ function pattern(n: number, from = 0): Buffer {
   return b;
 }
 
-/** A plain sink: everything it got, once its peer half-closes. */
-async function sink(): Promise<{ port: number; got: Promise<Buffer> }> {
+/**
+ * A plain sink: everything it got, once its peer half-closes. With `stalls`, it stops reading for
+ * a moment every 256 KiB, so the relay's writes back up (the case where a reused buffer could be
+ * overwritten while a write still holds it).
+ */
+async function sink(stalls = false): Promise<{ port: number; got: Promise<Buffer> }> {
   let gotIt!: (b: Buffer) => void;
   const got = new Promise<Buffer>((r) => {
     gotIt = r;
   });
   const s = createTcpServer({ allowHalfOpen: true }, (c) => {
     const parts: Buffer[] = [];
-    c.on('data', (d) => parts.push(d));
+    let since = 0;
+    c.on('data', (d) => {
+      parts.push(d);
+      since += d.length;
+      if (stalls && since >= 128 * 1024) {
+        since = 0;
+        c.pause();
+        setTimeout(() => c.resume(), 5);
+      }
+    });
     c.on('end', () => {
       gotIt(Buffer.concat(parts));
       c.end();
@@ -49,9 +58,9 @@ async function sink(): Promise<{ port: number; got: Promise<Buffer> }> {
 }
 
 describe('relay, gathering TLS records', () => {
-  it('delivers a bulk transfer whole and in order, then the half-close, and the answer back', async () => {
-    const out = await sink();
-    const body = pattern(8 * 1024 * 1024 + 777);
+  it('delivers a bulk transfer whole and in order to a reader that stalls, then the half-close', async () => {
+    const out = await sink(true);
+    const body = pattern(32 * 1024 * 1024 + 777);
     // The TLS server sends the body and half-closes; the client relays it to the sink, gathered.
     const server = createTlsServer({ ...chain, allowHalfOpen: true }, (t) => {
       t.on('error', () => {});
@@ -72,7 +81,7 @@ describe('relay, gathering TLS records', () => {
       host: '127.0.0.1',
       ca: chain.cert,
       allowHalfOpen: true,
-      onread: relay(() => plain, { gather: true }),
+      onread: relay(() => plain, { tls: true }),
     });
     t.on('error', () => {});
     // The TLS end's half-close reaches the sink only after the last byte.
@@ -98,7 +107,10 @@ describe('relay, gathering TLS records', () => {
       const up: Socket = tcpConnect({ port: echoPort, host: '127.0.0.1', allowHalfOpen: true });
       up.on('error', () => {});
       // Before any byte came (else it keeps 'data' events): writes wait for the connect.
-      adopted = readIntoBuffers(t, relay(() => up, { gather: true }));
+      adopted = readIntoBuffers(
+        t,
+        relay(() => up, { tls: true }),
+      );
       splice(up, t);
     });
     closers.push(() => server.close());
