@@ -15,13 +15,19 @@
 // new connection is answered), the agent started again and the server restarted (until the route
 // serves). Prints figures; asserts nothing.
 //
+// --bin [LABEL=]DIR (repeatable) runs Berth's targets once per build (DIR a checkout, its
+// dist/cli/main.js, or a main.js), one after the other in the same run, so a before/after
+// comparison shares the machine's noise; results are then named `berth@LABEL` (LABEL defaults to
+// DIR's base name). Without it, BERTH_BIN or this checkout's build. BERTH_NODE_ARGS passes node
+// flags to the server and the agent (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`).
+//
 //   npm run build && npx tsx bench/tunnel.ts [--size-mb 1024] [--round-trips 20000] [--connections 1000]
-//                                            [--targets direct,berth,berth-tls,ssh] [--json]
+//                                            [--targets direct,berth,berth-tls,ssh] [--bin [LABEL=]DIR]… [--no-recovery] [--json]
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import { type AgentProcess, type BerthProcess, startAgent, startBerth } from '../test/e2e/support/berth.js';
 import { registerCleanup } from '../test/e2e/support/cleanup.js';
 import { importBusybox, runHostContainer, startDockerd } from '../test/e2e/support/dockerd.js';
@@ -37,9 +43,29 @@ const SIZE_MB = flag('size-mb', 1024);
 const ROUND_TRIPS = flag('round-trips', 20_000);
 const CONNECTIONS = flag('connections', 1000);
 const STREAMS = 100;
+/** Leaves out the kill -9 and restarts (their processes would write no --cpu-prof). */
+const NO_RECOVERY = process.argv.includes('--no-recovery');
 const asJson = process.argv.includes('--json');
 const ti = process.argv.indexOf('--targets');
 const TARGETS = (ti > 0 ? process.argv[ti + 1]! : 'direct,berth,berth-tls,ssh').split(',');
+const BERTH_TARGETS = ['berth', 'berth-tls'];
+
+/** The builds to run Berth's targets with (--bin, repeatable), each with a label for its results. */
+function bins(): { label: string; bin: string }[] {
+  const out: { label: string; bin: string }[] = [];
+  for (let i = 0; i < process.argv.length; i++) {
+    if (process.argv[i] !== '--bin') continue;
+    const v = process.argv[i + 1] ?? '';
+    const eq = v.indexOf('=');
+    const dir = resolve(eq > 0 ? v.slice(eq + 1) : v);
+    const bin = dir.endsWith('.js') ? dir : join(dir, 'dist', 'cli', 'main.js');
+    if (!existsSync(bin)) throw new Error(`--bin ${v}: no ${bin} (run npm run build there)`);
+    const label = eq > 0 ? v.slice(0, eq) : basename(dir.endsWith('.js') ? join(dir, '..', '..', '..') : dir);
+    out.push({ label, bin });
+  }
+  return out;
+}
+const BINS = bins();
 const say = (s: string) => !asJson && console.log(s);
 const done = cleanupOnExit();
 const MiB = 1 << 20;
@@ -96,25 +122,43 @@ const children = (pid: number): number[] => {
 };
 
 /** One berth server (and dockerd with the route's container) for both Berth targets. */
-async function berthSide(
-  upstreamPort: number,
-): Promise<{ berth: BerthProcess; docker: string; agentDir: string }> {
-  const d = await startDockerd({ name: 'tunnelbench' });
-  await importBusybox(d);
-  const listen = await freePort();
-  await runHostContainer(
-    d,
-    'bench-upstream',
-    { 'berth.tcp.bench.listen': String(listen), 'berth.tcp.bench.port': String(upstreamPort) },
-    ['sleep', '1000000'],
-  );
+interface Side {
+  berth: BerthProcess;
+  docker: string;
+  agentDir: string;
+  bin?: string;
+}
+
+let docker: Promise<string> | undefined;
+
+/** The private dockerd with the route's container, shared by every build's server. */
+function dockerWithUpstream(upstreamPort: number): Promise<string> {
+  docker ??= (async () => {
+    const d = await startDockerd({ name: 'tunnelbench' });
+    await importBusybox(d);
+    const listen = await freePort();
+    await runHostContainer(
+      d,
+      'bench-upstream',
+      { 'berth.tcp.bench.listen': String(listen), 'berth.tcp.bench.port': String(upstreamPort) },
+      ['sleep', '1000000'],
+    );
+    return d.dockerHost;
+  })();
+  return docker;
+}
+
+/** One berth server of one build for both Berth targets. */
+async function berthSide(upstreamPort: number, bin?: string): Promise<Side> {
+  const dockerHost = await dockerWithUpstream(upstreamPort);
   const berth = await startBerth({
     command: 'server',
+    ...(bin ? { bin } : {}),
     args: ['--tcp-bind', '127.0.0.1', '--log-level', 'warn'],
   });
   const agentDir = mkdtempSync(join(tmpdir(), 'btun-agent-'));
   registerCleanup(() => rmSync(agentDir, { recursive: true, force: true }));
-  return { berth, docker: d.dockerHost, agentDir };
+  return { berth, docker: dockerHost, agentDir, ...(bin ? { bin } : {}) };
 }
 
 /** The local endpoint the TCP forwarder dials for the tunneled route (from its listener file). */
@@ -136,12 +180,7 @@ async function endpointOf(berth: BerthProcess): Promise<Addr> {
   return { host: '127.77.0.1', port };
 }
 
-async function berthTarget(
-  name: string,
-  side: { berth: BerthProcess; docker: string; agentDir: string },
-  key: string,
-  tls: boolean,
-): Promise<Target> {
+async function berthTarget(name: string, side: Side, key: string, tls: boolean): Promise<Target> {
   // One agent identity (its data dir) for both: the same route, the same endpoint, over plain or TLS.
   const metricsPort = await freePort();
   const agent: AgentProcess = await startAgent({
@@ -151,6 +190,7 @@ async function berthTarget(
     docker: side.docker,
     hostIp: '127.0.0.1',
     name: 'bench-agent',
+    ...(side.bin ? { bin: side.bin } : {}),
     args: ['--tunnel', '--log-level', 'warn', '--metrics-listen', `127.0.0.1:${metricsPort}`],
   });
   const port = await endpointOf(side.berth);
@@ -426,15 +466,30 @@ async function main(): Promise<void> {
   say(`tunnels on loopback to one upstream (127.0.0.1:${upstreamPort}); load ${loadavg()}`);
   const results: Record<string, Result> = {};
   const recovery: Record<string, Record<string, number | boolean>> = {};
-  let side: Awaited<ReturnType<typeof berthSide>> | undefined;
+  let side: Side | undefined;
   let key = '';
+  // Berth's targets run together, once per build, where the first of them is named.
+  const jobs: { name: string; build?: { label: string; bin: string } }[] = [];
   for (const name of TARGETS) {
+    if (!BERTH_TARGETS.includes(name)) jobs.push({ name });
+    else if (!jobs.some((j) => BERTH_TARGETS.includes(j.name)))
+      for (const build of BINS.length > 0 ? BINS : [undefined])
+        for (const n of TARGETS.filter((x) => BERTH_TARGETS.includes(x)))
+          jobs.push({ name: n, ...(build ? { build } : {}) });
+  }
+  const labelled = (name: string, build?: { label: string }) =>
+    BINS.length > 1 && build ? `${name}@${build.label}` : name;
+  for (const { name, build } of jobs) {
     let t: Target;
     if (name === 'direct') t = directTarget(upstreamPort);
     else if (name === 'ssh') t = await sshTarget(upstreamPort);
-    else if (name === 'berth' || name === 'berth-tls') {
+    else if (BERTH_TARGETS.includes(name)) {
+      if (side && side.bin !== build?.bin) {
+        await side.berth.stop();
+        side = undefined;
+      }
       if (!side) {
-        side = await berthSide(upstreamPort);
+        side = await berthSide(upstreamPort, build?.bin);
         const created = await side.berth.cli([
           'keys',
           'create',
@@ -445,38 +500,42 @@ async function main(): Promise<void> {
         ]);
         key = JSON.parse(created.stdout).secret;
       }
-      t = await berthTarget(name, side, key, name === 'berth-tls');
+      t = await berthTarget(labelled(name, build), side, key, name === 'berth-tls');
     } else throw new Error(`unknown target ${name} (direct, berth, berth-tls, ssh)`);
-    say(`  measuring ${t.name} …`);
+    say(`  measuring ${t.name} …${build ? ` (${build.bin})` : ''}`);
     results[t.name] = await measure(t);
     say(`    ${JSON.stringify(results[t.name])}`);
     if (t.metrics) {
       const streams = metricValues(await t.metrics(), 'berth_agent_tunnel_streams_total');
       say(`    agent streams: ${JSON.stringify(Object.fromEntries(streams))}`);
     }
-    if (t.recovery) {
+    if (t.recovery && !NO_RECOVERY) {
       recovery[t.name] = await t.recovery();
       say(`    recovery: ${JSON.stringify(recovery[t.name])}`);
     }
     await t.stop();
   }
   const d = results.direct;
-  const b = results.berth;
   const s = results['ssh -R'];
-  const goals: Record<string, unknown> = {};
-  if (b && s)
-    goals.throughputVsSsh = Number(
-      Math.min(b.downloadMiBps / s.downloadMiBps, b.uploadMiBps / s.uploadMiBps).toFixed(2),
-    );
-  if (b && d) {
-    goals.throughputVsDirect = Number(
-      Math.min(b.downloadMiBps / d.downloadMiBps, b.uploadMiBps / d.uploadMiBps).toFixed(2),
-    );
-    goals.rtt1P99LimitUs = Math.round(1.5 * d.rtt1P99Us + 100);
-    goals.rtt1P99Us = b.rtt1P99Us;
+  // Against the goals (issue 16), for each Berth target (plain and TLS) of each build.
+  const goals: Record<string, Record<string, unknown>> = {};
+  for (const [name, b] of Object.entries(results)) {
+    if (!BERTH_TARGETS.includes(name.split('@')[0]!)) continue;
+    const g: Record<string, unknown> = {};
+    if (s)
+      g.throughputVsSsh = Number(
+        Math.min(b.downloadMiBps / s.downloadMiBps, b.uploadMiBps / s.uploadMiBps).toFixed(2),
+      );
+    if (d) {
+      g.throughputVsDirect = Number(
+        Math.min(b.downloadMiBps / d.downloadMiBps, b.uploadMiBps / d.uploadMiBps).toFixed(2),
+      );
+      g.rtt1P99LimitUs = Math.round(1.5 * d.rtt1P99Us + 100);
+      g.rtt1P99Us = b.rtt1P99Us;
+    }
+    if (b.agentRssMiBWith100Streams !== undefined) g.agentRssMiBWith100Streams = b.agentRssMiBWith100Streams;
+    goals[name] = g;
   }
-  if (b?.agentRssMiBWith100Streams !== undefined)
-    goals.agentRssMiBWith100Streams = b.agentRssMiBWith100Streams;
   const summary = {
     sizeMiB: SIZE_MB,
     roundTrips: ROUND_TRIPS,
@@ -488,11 +547,12 @@ async function main(): Promise<void> {
   if (asJson) console.log(JSON.stringify(summary));
   else {
     const names = Object.keys(results);
+    const w = Math.max(12, ...names.map((n) => n.length + 2));
     const row = (label: string, f: (r: Result) => number | undefined) =>
       console.log(
-        `  ${label.padEnd(44)}${names.map((n) => String(f(results[n]!) ?? '-').padStart(12)).join('')}`,
+        `  ${label.padEnd(44)}${names.map((n) => String(f(results[n]!) ?? '-').padStart(w)).join('')}`,
       );
-    console.log(`\n  ${''.padEnd(44)}${names.map((n) => n.padStart(12)).join('')}`);
+    console.log(`\n  ${''.padEnd(44)}${names.map((n) => n.padStart(w)).join('')}`);
     row(`download, 1 stream of ${SIZE_MB} MiB, MiB/s`, (r) => r.downloadMiBps);
     row(`upload, 1 stream of ${SIZE_MB} MiB, MiB/s`, (r) => r.uploadMiBps);
     row('round trip, 1 conn, p50 µs', (r) => r.rtt1P50Us);
@@ -508,7 +568,8 @@ async function main(): Promise<void> {
     row('agent side RSS MiB, after the transfers', (r) => r.agentRssMiBAfter);
     row('server side RSS MiB, after the transfers', (r) => r.serverRssMiBAfter);
     for (const [n, r] of Object.entries(recovery)) console.log(`  recovery, ${n}: ${JSON.stringify(r)}`);
-    console.log(`  goals: ${JSON.stringify(goals)}; load ${summary.load}`);
+    for (const [n, g] of Object.entries(goals)) console.log(`  goals, ${n}: ${JSON.stringify(g)}`);
+    console.log(`  load ${summary.load}`);
   }
   await side?.berth.stop();
 }

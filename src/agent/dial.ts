@@ -2,8 +2,8 @@
 // (which carries the key) is written: with a pin, the chain must hold the pinned CA; with
 // --ca-file, it must chain to that CA; otherwise to the system's CAs. Only a socket that passed
 // is handed to the WebSocket.
-import { isIP } from 'node:net';
-import { connect, type TLSSocket } from 'node:tls';
+import { isIP, type OnReadOpts } from 'node:net';
+import { connect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
 import { ChainError, type ChainProblem, peerChain, verifyPinnedChain } from '../tls/verify.js';
 
 export interface ServerTrust {
@@ -21,8 +21,29 @@ export class DialError extends Error {
   }
 }
 
-/** A TLS socket to `url`'s host and port whose certificate passed the agent's check. */
-export function secureDial(url: URL, trust: ServerTrust, timeoutMs = 10_000): Promise<TLSSocket> {
+/**
+ * The TLS settings every connection to the server shares (the trusted CAs), made once: a context
+ * per connection is memory and handshake time that a --tunnel agent, which opens one connection
+ * per stream, pays for every stream. One entry: an agent trusts one server's CA at a time.
+ */
+let shared: { ca: string | undefined; context: SecureContext } | undefined;
+function secureContextFor(ca: string | undefined): SecureContext {
+  if (shared && shared.ca === ca) return shared.context;
+  const context = createSecureContext(ca ? { ca } : {});
+  shared = { ca, context };
+  return context;
+}
+
+/**
+ * A TLS socket to `url`'s host and port whose certificate passed the agent's check; with `onread`,
+ * its decrypted reads go to that instead of 'data' events (a tunnel's data connection).
+ */
+export function secureDial(
+  url: URL,
+  trust: ServerTrust,
+  timeoutMs = 10_000,
+  onread?: OnReadOpts,
+): Promise<TLSSocket> {
   const host = url.hostname.replace(/^\[|\]$/g, '');
   const port = Number(url.port || 443);
   const pinned = trust.pin !== undefined && trust.ca === undefined;
@@ -34,7 +55,8 @@ export function secureDial(url: URL, trust: ServerTrust, timeoutMs = 10_000): Pr
       ALPNProtocols: ['http/1.1'],
       // With a pin the chain is checked below, against the pin, before anything is written.
       rejectUnauthorized: !pinned,
-      ...(trust.ca ? { ca: trust.ca } : {}),
+      secureContext: secureContextFor(trust.ca),
+      ...(onread ? { onread } : {}),
     });
     const timer = setTimeout(
       () => fail(new DialError('network', `TLS handshake with ${host}:${port} timed out`)),

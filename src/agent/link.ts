@@ -44,7 +44,7 @@ export interface LinkOptions {
    * --tunnel: the front door reaches this agent's routes through streams it opens to the server.
    * The client class comes with it, so that an agent without --tunnel never loads its code.
    */
-  tunnel?: { maxStreams: number; Client: typeof TunnelClient };
+  tunnel?: { maxStreams: number; Client: typeof TunnelClient; onStream?: () => void };
 }
 
 /** Bytes of a refusing server's HTTP answer that are read for the log line. */
@@ -95,6 +95,7 @@ export class ServerLink {
       this.tunnel = new o.tunnel.Client({
         maxStreams: o.tunnel.maxStreams,
         logger: o.logger.child({ component: 'tunnel' }),
+        ...(o.tunnel.onStream ? { onStream: o.tunnel.onStream } : {}),
         target: () =>
           this.agentId && this.connected
             ? { server: this.server, trust: o.trust ?? {}, key: o.key, agentId: this.agentId }

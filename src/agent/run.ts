@@ -7,6 +7,7 @@ import type { Logger } from '../log.js';
 import { type MetricFamily, renderMetrics, simple } from '../metrics.js';
 import { VERSION } from '../version.js';
 import { Agent } from './agent.js';
+import { compileFromNow } from './jit.js';
 import { ServerLink } from './link.js';
 
 export interface RunningAgent {
@@ -50,7 +51,9 @@ export async function runAgent(config: AgentConfig, logger: Logger): Promise<Run
     },
     heartbeat: () => agent.heartbeat(),
     onExec: (req) => agent.handleExec(req),
-    ...(config.tunnel && Tunnel ? { tunnel: { ...config.tunnel, Client: Tunnel } } : {}),
+    ...(config.tunnel && Tunnel
+      ? { tunnel: { ...config.tunnel, Client: Tunnel, onStream: compileFromNow } }
+      : {}),
   });
   if (config.hostIp) agent.setHostIp(config.hostIp, 'flag');
   link.start();

@@ -22,7 +22,7 @@ import {
   tunnelTargets,
 } from '../model/tunnel.js';
 import type { Snapshot } from '../model/types.js';
-import { relay, withOnread } from '../net/relay.js';
+import { type Handover, handover, relay } from '../net/relay.js';
 import { resetSocket, splice } from '../net/splice.js';
 import { type ServerTrust, secureDial } from './dial.js';
 
@@ -40,6 +40,8 @@ export interface TunnelClientOptions {
   /** Where data connections go now; undefined while the link is down. */
   target: () => DataTarget | undefined;
   send: (m: TunnelFailed) => void;
+  /** A stream is about to be carried (the agent turns V8's compilers on at the first). */
+  onStream?: () => void;
 }
 
 interface Stream {
@@ -49,10 +51,13 @@ interface Stream {
   done: boolean;
 }
 
-/** A data connection after the server's 101: the socket and any bytes that came after the answer. */
+/**
+ * A data connection after the server's 101. It reads into reused buffers from the start (plain or
+ * TLS): `reads` has any bytes that came after the answer, and hands the reads to the stream.
+ */
 export interface DataConnection {
   socket: Socket;
-  rest: Buffer;
+  reads: Handover;
   tls: boolean;
 }
 
@@ -154,6 +159,7 @@ export class TunnelClient {
       refuse('FAILED', 'the agent is not connected');
       return;
     }
+    this.o.onStream?.();
     const s: Stream = { id: req.id, done: false };
     this.streams.set(req.id, s);
     this.counters.streams++;
@@ -188,17 +194,10 @@ export class TunnelClient {
     const joinIfReady = () => {
       if (s.done || !upstreamReady || !conn) return;
       clearTimeout(timer);
-      if (conn.rest.length > 0) upstream.write(conn.rest);
-      // A plain data connection reads into a reused buffer too; a TLS one emits its chunks.
-      s.data =
-        (!conn.tls &&
-          conn.socket.readableLength === 0 &&
-          withOnread(
-            conn.socket,
-            relay(() => upstream),
-          )) ||
-        conn.socket;
-      splice(upstream, s.data, (failed) => {
+      // The data connection reads into a reused buffer too; TLS records are gathered into writes.
+      const before = conn.reads.relayTo(() => upstream, { tls: conn.tls });
+      if (before.length > 0) upstream.write(before);
+      splice(upstream, conn.socket, (failed) => {
         if (failed) this.counters.errors++;
         this.finish(s, false);
       });
@@ -270,9 +269,9 @@ export class TunnelClient {
   private waitForOpen(c: DataConnection, opened: number): void {
     const sock = c.socket;
     this.idle.add(sock);
-    let line = c.rest;
+    let line: Buffer = Buffer.alloc(0);
     const stop = () => {
-      sock.off('data', onData);
+      c.reads.take(undefined);
       sock.off('close', onClose);
       this.idle.delete(sock);
     };
@@ -298,9 +297,8 @@ export class TunnelClient {
       sock.pause();
       this.retryMs = POOL_RETRY_MS;
       const r = parseServerMessage(line.subarray(0, end));
-      const rest = line.subarray(end + 1);
-      if (r.kind === 'message' && r.message.type === 'tunnel.open')
-        this.start(r.message, { socket: sock, rest, tls: c.tls });
+      c.reads.unread(line.subarray(end + 1));
+      if (r.kind === 'message' && r.message.type === 'tunnel.open') this.start(r.message, c);
       else {
         this.counters.refused++;
         const why = r.kind === 'invalid' ? r.error : 'not a tunnel request';
@@ -315,14 +313,10 @@ export class TunnelClient {
       }
       this.fill();
     };
-    sock.on('data', onData);
     sock.on('close', onClose);
     sock.on('error', () => {});
-    if (line.length > 0) {
-      const first = line;
-      line = Buffer.alloc(0);
-      onData(first);
-    } else sock.resume();
+    c.reads.take(onData);
+    if (this.idle.has(sock)) sock.resume();
   }
 
   /** The server gave the stream up. */
@@ -406,10 +400,12 @@ export function openDataConnection(
   const host = url.hostname.replace(/^\[|\]$/g, '');
   const tls = url.protocol === 'https:' || url.protocol === 'wss:';
   const port = Number(url.port || (tls ? 443 : 80));
+  // Read into reused buffers from the start: the answer's head first, then the stream's bytes.
+  const reads = handover();
   const dialed: Promise<Socket> = tls
-    ? secureDial(url, t.trust, timeoutMs)
+    ? secureDial(url, t.trust, timeoutMs, reads)
     : new Promise((resolve, reject) => {
-        const s = tcpConnect({ host, port, allowHalfOpen: true, noDelay: true });
+        const s = tcpConnect({ host, port, allowHalfOpen: true, noDelay: true, onread: reads });
         s.once('connect', () => {
           s.removeAllListeners('error');
           resolve(s);
@@ -425,7 +421,7 @@ export function openDataConnection(
         let head = Buffer.alloc(0);
         const fail = (err: Error) => {
           clearTimeout(timer);
-          socket.off('data', onData);
+          reads.take(undefined);
           socket.destroy();
           reject(err);
         };
@@ -437,7 +433,7 @@ export function openDataConnection(
             return;
           }
           clearTimeout(timer);
-          socket.off('data', onData);
+          reads.take(undefined);
           socket.off('error', fail);
           socket.off('end', ended);
           const status = head.subarray(0, head.indexOf('\r\n')).toString('latin1');
@@ -453,10 +449,11 @@ export function openDataConnection(
             return reject(new Error(message.slice(0, 300)));
           }
           socket.pause();
-          resolve({ socket, rest: head.subarray(end + 4), tls });
+          reads.unread(head.subarray(end + 4));
+          resolve({ socket, reads, tls });
         };
         const ended = () => fail(new Error('the server closed the data connection before answering'));
-        socket.on('data', onData);
+        reads.take(onData);
         socket.once('error', fail);
         socket.once('end', ended);
         socket.write(

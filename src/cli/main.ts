@@ -3,7 +3,6 @@
 import { realpathSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { setFlagsFromString } from 'node:v8';
 import type { Logger as PinoLogger } from 'pino';
 import { type AgentConfig, type ClientConfig, helpFor, loadConfig, type ServeConfig } from '../config.js';
 import { errorMessage, UserError } from '../errors.js';
@@ -155,12 +154,9 @@ async function serve(config: ServeConfig): Promise<number> {
 }
 
 async function agent(config: AgentConfig): Promise<number> {
-  // An agent is idle nearly always, and its work per change (labels of its containers, one
-  // snapshot) is small: the interpreter does it in about the same time here, while V8's baseline
-  // and optimizing compilers, their code and their memory are about 10 MiB of an idle agent's RSS
-  // (bench/agent-idle.ts). Set before the agent's modules load, so none of its code is compiled.
-  // A --tunnel agent carries its routes' traffic through its own code: it keeps the compilers.
-  if (!config.jit && !config.tunnel) setFlagsFromString('--no-opt --no-sparkplug --no-maglev');
+  // The interpreter alone until there is traffic to carry (see agent/jit.ts); --jit keeps V8's
+  // compilers on from the start.
+  if (!config.jit) (await import('../agent/jit.js')).startLean();
   // pino's own lines from a small writer: pino and its helpers are about 1 MiB of an idle agent.
   const { jsonLogger } = await import('../log.js');
   const logger = jsonLogger({ level: config.logLevel, base: { cmd: 'agent' }, fd: 2 });

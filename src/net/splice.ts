@@ -3,6 +3,10 @@
 // towards the other, and a failure of either resets both, so a broken stream ends at once at
 // both ends instead of hanging.
 import type { Socket } from 'node:net';
+import { TLS_RECORD_BYTES, uncork } from './relay.js';
+
+/** The most a 'data' reader gathers into one write (see below). */
+const GATHER_BYTES = 256 * 1024;
 
 /** Closes a socket with a reset (RST) where the platform can, else destroys it. */
 export function resetSocket(s: Socket): void {
@@ -31,8 +35,25 @@ export function splice(a: Socket, b: Socket, done: (failed: boolean) => void = (
     done(failed);
   };
   const oneWay = (from: Socket, to: Socket) => {
+    // A TLS socket emits one record (at most 16 KiB) per 'data': full records are gathered, the
+    // destination corked until a shorter one comes, GATHER_BYTES are held or the event loop turns,
+    // so a bulk transfer costs one writev per burst rather than one write per record. A short
+    // message is never held. (A socket that reads into a buffer of its own never emits 'data'.)
     from.on('data', (chunk: Buffer) => {
-      if (!to.write(chunk)) from.pause();
+      const full = chunk.length === TLS_RECORD_BYTES;
+      if (full && !to.writableCorked) {
+        to.cork();
+        setImmediate(uncork, to);
+      }
+      const more = to.write(chunk);
+      if (to.writableCorked === 0) {
+        if (!more) from.pause();
+        return;
+      }
+      if (!full || to.writableLength >= GATHER_BYTES) {
+        uncork(to);
+        if (to.writableLength >= to.writableHighWaterMark) from.pause();
+      }
     });
     to.on('drain', () => from.resume());
     from.once('end', () => {

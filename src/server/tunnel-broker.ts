@@ -25,7 +25,7 @@ import {
   TUNNEL_UPGRADE,
   type TunnelEndpoints,
 } from '../model/tunnel.js';
-import { relay, withOnread } from '../net/relay.js';
+import { readIntoBuffers, relay, withOnread } from '../net/relay.js';
 import { resetSocket, splice } from '../net/splice.js';
 import type { KeyRecord } from '../store/store.js';
 import { refuseUpgrade as refuse } from './refuse-upgrade.js';
@@ -211,7 +211,8 @@ export class TunnelBroker implements TunnelEndpoints {
   /** Pairs a stream's front connection with its data connection, both ways. */
   private join(s: Stream, data: Socket): void {
     s.data = data;
-    // Plain sockets read into reused buffers; a TLS one (or one with bytes already read) emits chunks.
+    // Both read into reused buffers (a TLS one's records gathered into bigger writes); one with
+    // bytes already read emits chunks.
     const front =
       withOnread(
         s.front,
@@ -221,13 +222,20 @@ export class TunnelBroker implements TunnelEndpoints {
       front.on('error', () => {});
       s.front = front;
     }
-    if (!(data as Partial<TLSSocket>).encrypted && data.readableLength === 0) {
-      const adopted = withOnread(
-        data,
-        relay(() => s.front),
-      );
+    if (!(data as Partial<TLSSocket>).encrypted) {
+      const adopted =
+        data.readableLength === 0
+          ? withOnread(
+              data,
+              relay(() => s.front),
+            )
+          : undefined;
       if (adopted) s.data = adopted;
-    }
+    } else
+      readIntoBuffers(
+        data,
+        relay(() => s.front, { tls: true }),
+      );
     splice(s.front, s.data, (failed) => this.end(s, failed ? 'reset' : undefined));
   }
 

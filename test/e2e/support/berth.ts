@@ -240,7 +240,13 @@ export async function startAgent(o: {
       await proc?.stop(signal, 10_000);
     },
     async start() {
+      // BERTH_NODE_ARGS: as for the server (e.g. --cpu-prof for both ends of a tunnel bench);
+      // BERTH_AGENT_NODE_ARGS, when set, for agents instead.
+      const nodeArgs = (process.env.BERTH_AGENT_NODE_ARGS ?? process.env.BERTH_NODE_ARGS ?? '')
+        .split(' ')
+        .filter(Boolean);
       const [cmd, argv] = inNetns(o.netns, process.execPath, [
+        ...nodeArgs,
         o.bin ?? BERTH_BIN,
         'agent',
         '--server',
