@@ -29,6 +29,7 @@ export const LOG_MAGIC = Buffer.from('BERTH-DNS-TABLE 1\n', 'latin1');
 /** The largest record a reader accepts: a 50k-host base is about 3 MB. */
 export const MAX_RECORD_BYTES = 256 * 1024 * 1024;
 const MAX_TARGETS = 1_000;
+const BASE_CHUNK = 1_000;
 
 /** One record, framed. */
 export function frame(payload: string): Buffer {
@@ -56,11 +57,28 @@ export class TableLogWriter {
     private readonly o: { factor?: number; minBytes?: number } = {},
   ) {}
 
-  /** Writes a new file holding the whole table (atomically: temp file, then rename). */
+  /**
+   * Writes a new file holding the whole table (atomically: temp file, then rename). The table goes
+   * in records of BASE_CHUNK hosts, the first a "full" and the rest patches: a reader parses
+   * small pieces (its heap stays small) and, the file being whole once renamed, still swaps in
+   * the whole table at once.
+   */
   writeFull(entries: Iterable<string>): void {
-    const body = frame(`{"full":{${[...entries].join(',')}}}`);
+    const parts: Buffer[] = [LOG_MAGIC];
+    let chunk: string[] = [];
+    const flush = () => {
+      const members = chunk.join(',');
+      parts.push(frame(parts.length === 1 ? `{"full":{${members}}}` : `{"set":{${members}},"del":[]}`));
+      chunk = [];
+    };
+    for (const e of entries) {
+      chunk.push(e);
+      if (chunk.length >= BASE_CHUNK) flush();
+    }
+    if (chunk.length > 0 || parts.length === 1) flush();
+    const body = Buffer.concat(parts);
     const tmp = `${this.file}.tmp`;
-    writeFileSync(tmp, Buffer.concat([LOG_MAGIC, body]));
+    writeFileSync(tmp, body);
     renameSync(tmp, this.file);
     this.close();
     this.fd = openSync(this.file, 'a');
@@ -236,8 +254,8 @@ function apply(table: HostTable, rec: unknown, base: boolean): string | undefine
   if (typeof set !== 'object' || set === null || Array.isArray(set)) return 'hosts are not an object';
   if (!Array.isArray(del) || !del.every((h) => typeof h === 'string')) return '"del" is not a list of hosts';
   const parsed: [string, SrvTarget[]][] = [];
-  for (const [host, ups] of Object.entries(set)) {
-    const targets = targetsOf(ups);
+  for (const host in set) {
+    const targets = targetsOf((set as Record<string, unknown>)[host]);
     if (!targets) return `the upstreams of ${JSON.stringify(host.slice(0, 100))} are not [[ip, port], …]`;
     parsed.push([host, targets]);
   }
