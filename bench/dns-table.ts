@@ -103,13 +103,13 @@ async function run(bin: string): Promise<Row> {
   });
   try {
     await dns.start();
-    const pid = pidFrom(join(dataDir, 'dns', 'dns.pid'));
     let sites: Site[] = Array.from({ length: HOSTS }, (_, i) =>
       site(`h${i}.bench.test`, 10_000 + (i % 50_000)),
     );
     await dns.publish(sites);
     await answeredAfter(dns.addresses.resolver, `h${HOSTS - 1}.bench.test`);
     await sleep(2_000); // let the first load settle (and its garbage go)
+    const pid = pidFrom(join(dataDir, 'dns', 'dns.pid'));
     const before = procSample(pid)!;
     const publishMs: number[] = [];
     const visibleMs: number[] = [];
@@ -138,10 +138,11 @@ async function run(bin: string): Promise<Row> {
       await sleep(Math.max(0, due - performance.now()));
     }
     const elapsed = (performance.now() - t0) / 1000;
-    const after = pidFrom(join(dataDir, 'dns', 'dns.pid')) === pid ? procSample(pid) : undefined;
+    const nowPid = pidFrom(join(dataDir, 'dns', 'dns.pid'));
+    const after = nowPid === pid ? procSample(pid) : undefined;
     if (!after)
       throw new Error(
-        `${bin}: the responder exited (and was restarted) during the run:\n${readFileSync(join(dataDir, 'dns', 'dns.log'), 'utf8').slice(-2000)}`,
+        `${bin}: the responder ${pid} exited (now ${nowPid}) during the run:\n${readFileSync(join(dataDir, 'dns', 'dns.log'), 'utf8').slice(-2000)}`,
       );
     const r2 = (x: number) => Math.round(x * 100) / 100;
     return {
