@@ -17,15 +17,16 @@ import {
   watch,
   writeFileSync,
 } from 'node:fs';
-import { createServer, type Server } from 'node:http';
-import { connect, createServer as netServer } from 'node:net';
+import { createServer, request as httpRequest, type Server } from 'node:http';
+import { connect, createServer as netServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Site, SiteChanges } from '../../model/desired.js';
 import { drain, inSlices, pauseEvery } from '../../model/slices.js';
 import { SiteSplit } from '../caddy/config.js';
 import { alive, readPid, stopPid } from '../pid.js';
-import { DnsResponder, type HostTable } from './responder.js';
+import { bareHost } from '../caddy/traffic.js';
+import { DnsResponder, type HostTable, type SrvTarget } from './responder.js';
 import { TableLogReader, TableLogWriter } from './table-log.js';
 
 export const ZONE = 'berth.internal';
@@ -173,12 +174,13 @@ const paths = (dataDir: string) => {
 export async function runDnsServer(dataDir: string, logger: Logger): Promise<{ stop(): Promise<void> }> {
   const p = paths(dataDir);
   const cfg = JSON.parse(readFileSync(p.config, 'utf8')) as SidecarConfig;
-  const notFound: Server = createServer((_req, res) => {
-    res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' });
-    res.end(NOT_FOUND_BODY);
+  const dns = new DnsResponder({
+    zone: ZONE,
+    notFound: { host: cfg.host, port: cfg.notFoundPort },
+    answerUnknown: true,
   });
+  const notFound = notFoundListener((host) => dns.lookup(host));
   await new Promise<void>((resolve) => notFound.listen(cfg.notFoundPort, cfg.host, resolve));
-  const dns = new DnsResponder({ zone: ZONE, notFound: { host: cfg.host, port: cfg.notFoundPort } });
   const log = new TableLogReader(p.table);
   let legacyMtime = -1;
   let reported = '';
@@ -251,6 +253,55 @@ export async function runDnsServer(dataDir: string, logger: Logger): Promise<{ s
       rmSync(p.pid, { force: true });
     },
   };
+}
+
+/**
+ * Where Caddy sends a host the responder did not know when Caddy last asked (it keeps that answer
+ * for its refresh, 1 s): a clean 404, unless a route for the host has appeared since, which this
+ * forwards to, so the route is live at once. Only for that second; Caddy's next lookup goes direct.
+ */
+export function notFoundListener(lookup: (host: string) => SrvTarget[] | undefined): Server {
+  const targetOf = (hostHeader: string | undefined) => {
+    const ts = hostHeader ? lookup(bareHost(hostHeader)) : undefined;
+    return ts && ts.length > 0 ? ts[Math.floor(Math.random() * ts.length)] : undefined;
+  };
+  const server = createServer((req, res) => {
+    const t = targetOf(req.headers.host);
+    if (!t) {
+      res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' });
+      res.end(NOT_FOUND_BODY);
+      return;
+    }
+    const up = httpRequest({ host: t.host, port: t.port, method: req.method, path: req.url, headers: req.headers });
+    up.on('response', (r) => {
+      res.writeHead(r.statusCode ?? 502, r.rawHeaders);
+      r.pipe(res);
+    });
+    up.on('error', () => {
+      if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain; charset=utf-8' });
+      res.end();
+    });
+    req.pipe(up);
+  });
+  // A WebSocket to a host routed within that second: the upgrade request, replayed, then bytes.
+  server.on('upgrade', (req, sock: Socket, head: Buffer) => {
+    sock.on('error', () => sock.destroy());
+    const t = targetOf(req.headers.host);
+    if (!t) {
+      sock.end(`HTTP/1.1 404 Not Found\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(NOT_FOUND_BODY)}\r\nconnection: close\r\n\r\n${NOT_FOUND_BODY}`);
+      return;
+    }
+    const up = connect({ host: t.host, port: t.port }, () => {
+      const lines = [`${req.method} ${req.url} HTTP/1.1`];
+      for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
+      up.write(`${lines.join('\r\n')}\r\n\r\n`);
+      if (head.length > 0) up.write(head);
+      up.pipe(sock).pipe(up);
+    });
+    up.on('error', () => sock.destroy());
+    sock.on('close', () => up.destroy());
+  });
+  return server;
 }
 
 export interface SidecarOptions {
