@@ -182,7 +182,9 @@ describe('notFoundListener', () => {
       expect(String(await new Promise((r) => ws.once('message', r)))).toBe('echo:hi');
       ws.close();
       const refused = new WebSocket(`ws://127.0.0.1:${nfPort}/`, { headers: { host: 'other.test' } });
-      const status = await new Promise((r) => refused.once('unexpected-response', (_q, res) => r(res.statusCode)));
+      const status = await new Promise((r) =>
+        refused.once('unexpected-response', (_q, res) => r(res.statusCode)),
+      );
       expect(status).toBe(404);
     } finally {
       nf.close();

@@ -24,8 +24,8 @@ import type { Logger } from 'pino';
 import type { Site, SiteChanges } from '../../model/desired.js';
 import { drain, inSlices, pauseEvery } from '../../model/slices.js';
 import { SiteSplit } from '../caddy/config.js';
-import { alive, readPid, stopPid } from '../pid.js';
 import { bareHost } from '../caddy/traffic.js';
+import { alive, readPid, stopPid } from '../pid.js';
 import { DnsResponder, type HostTable, type SrvTarget } from './responder.js';
 import { TableLogReader, TableLogWriter } from './table-log.js';
 
@@ -272,7 +272,13 @@ export function notFoundListener(lookup: (host: string) => SrvTarget[] | undefin
       res.end(NOT_FOUND_BODY);
       return;
     }
-    const up = httpRequest({ host: t.host, port: t.port, method: req.method, path: req.url, headers: req.headers });
+    const up = httpRequest({
+      host: t.host,
+      port: t.port,
+      method: req.method,
+      path: req.url,
+      headers: req.headers,
+    });
     up.on('response', (r) => {
       res.writeHead(r.statusCode ?? 502, r.rawHeaders);
       r.pipe(res);
@@ -288,12 +294,15 @@ export function notFoundListener(lookup: (host: string) => SrvTarget[] | undefin
     sock.on('error', () => sock.destroy());
     const t = targetOf(req.headers.host);
     if (!t) {
-      sock.end(`HTTP/1.1 404 Not Found\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(NOT_FOUND_BODY)}\r\nconnection: close\r\n\r\n${NOT_FOUND_BODY}`);
+      sock.end(
+        `HTTP/1.1 404 Not Found\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(NOT_FOUND_BODY)}\r\nconnection: close\r\n\r\n${NOT_FOUND_BODY}`,
+      );
       return;
     }
     const up = connect({ host: t.host, port: t.port }, () => {
       const lines = [`${req.method} ${req.url} HTTP/1.1`];
-      for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
+      for (let i = 0; i < req.rawHeaders.length; i += 2)
+        lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
       up.write(`${lines.join('\r\n')}\r\n\r\n`);
       if (head.length > 0) up.write(head);
       up.pipe(sock).pipe(up);
