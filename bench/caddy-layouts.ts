@@ -5,17 +5,19 @@
 // request latency p50/p99 for the first and the last host, Caddy's RSS, and whether a proxied
 // WebSocket survives the change. Everything on 127.0.0.0/8; every process stopped at the end.
 //
-//   npx tsx bench/caddy-layouts.ts [--sizes 1000,10000,50000] [--requests 300]
+//   npm run build && npx tsx bench/caddy-layouts.ts [--sizes 1000,10000,50000] [--requests 300]
+//     [--layouts static,dynamic] [--refresh 1s] [--json]
+// The DNS responder is the one of the build in BERTH_BIN (default dist), run as its own process.
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { Agent, createServer, request } from 'node:http';
 import { cpus, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import pino from 'pino';
 import { WebSocket, WebSocketServer } from 'ws';
 import type { CaddyBuildOptions } from '../src/ingress/caddy/config.js';
 import { CaddySupervisor } from '../src/ingress/caddy/supervisor.js';
 import { CaddyTarget } from '../src/ingress/caddy/target.js';
-import { DnsResponder, type HostTable } from '../src/ingress/dns/responder.js';
 import type { Site } from '../src/model/desired.js';
 
 const arg = (name: string, dflt: string) => {
@@ -25,6 +27,20 @@ const arg = (name: string, dflt: string) => {
 const SIZES = arg('sizes', '1000,10000,50000').split(',').map(Number);
 const REQUESTS = Number(arg('requests', '300'));
 const JSON_OUT = process.argv.includes('--json');
+/** Caddy's SRV refresh (Berth uses 1s): a longer one shows what the lookups themselves cost. */
+const REFRESH = arg('refresh', '1s');
+const LAYOUTS = arg('layouts', 'static,dynamic').split(',') as ('static' | 'dynamic')[];
+/** The build whose DNS responder (`berth dns-server`, its own process, as in production) serves. */
+const DIST = resolve(process.env.BERTH_BIN ?? 'dist');
+interface Sidecar {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  publish(sites: readonly Site[]): Promise<void>;
+  readonly addresses: { resolver: string; notFound: string };
+}
+const { DnsSidecar } = (await import(pathToFileURL(join(DIST, 'ingress/dns/sidecar.js')).href)) as {
+  DnsSidecar: new (o: unknown) => Sidecar;
+};
 const logger = pino({ level: 'silent' });
 
 function freePort(host = '127.0.0.1'): Promise<number> {
@@ -114,26 +130,19 @@ async function measure(
     onRestart: () => undefined,
   });
   active.add(sup);
-  let dns: DnsResponder | undefined;
-  let notFound: ReturnType<typeof createServer> | undefined;
+  let dns: Sidecar | undefined;
   try {
     await sup.start();
     const opts: CaddyBuildOptions = { tls: 'off', httpListen: `127.0.0.1:${httpPort}`, httpsListen: ':443' };
     if (layout === 'dynamic') {
-      const nfPort = await freePort();
-      notFound = createServer((_q, s) => {
-        s.statusCode = 404;
-        s.end('no route\n');
+      dns = new DnsSidecar({
+        dataDir: dir,
+        listen: '127.0.0.1:0',
+        command: [process.execPath, join(DIST, 'cli/main.js')],
+        logger,
       });
-      await new Promise<void>((r) => notFound!.listen(nfPort, '127.0.0.1', r));
-      dns = new DnsResponder({ zone: 'berth.internal', notFound: { host: '127.0.0.1', port: nfPort } });
-      const a = await dns.listen('127.0.0.1', 0);
-      opts.dynamic = {
-        resolver: `127.0.0.1:${a.port}`,
-        zone: 'berth.internal',
-        notFound: `127.0.0.1:${nfPort}`,
-        refresh: '1s',
-      };
+      await dns.start();
+      opts.dynamic = { ...dns.addresses, zone: 'berth.internal', refresh: REFRESH };
     }
     const site = (host: string, port = upstreamPort): Site => ({
       host,
@@ -144,12 +153,10 @@ async function measure(
     });
     const sites = Array.from({ length: n }, (_, i) => site(`h${i}.bench.test`));
     sites.push(site('ws.bench.test', wsPort));
-    const table = (list: Site[]): HostTable =>
-      new Map(list.map((s) => [s.host, s.upstreams.map((u) => ({ host: u.host, port: u.port }))]));
     const target = new CaddyTarget(sup.admin, opts, logger);
 
     const t = performance.now();
-    dns?.setTable(table(sites));
+    await dns?.publish(sites);
     await target.apply(sites);
     const firstApplyMs = performance.now() - t;
     for (let i = 0; i < 200 && (await get(httpPort, `h${n - 1}.bench.test`)) !== 200; i++)
@@ -168,13 +175,13 @@ async function measure(
 
     // One route change: a new host. Time until it answers through Caddy.
     const changed = [...sites, site('new.bench.test')];
-    dns?.setTable(table(changed));
+    await dns?.publish(changed);
     let applying = target.apply(changed);
     const live = await until(async () => (await get(httpPort, 'new.bench.test')) === 200);
     await applying;
     // Another change: an existing host moves to another upstream (a container restarted elsewhere).
     const moved = changed.map((s) => (s.host === 'h0.bench.test' ? site(s.host, movedPort) : s));
-    dns?.setTable(table(moved));
+    await dns?.publish(moved);
     applying = target.apply(moved);
     const move = await until(async () => (await fetchBody(httpPort, 'h0.bench.test')).body === 'moved\n');
     await applying;
@@ -196,8 +203,7 @@ async function measure(
   } finally {
     active.delete(sup);
     await sup.stop();
-    await dns?.close();
-    notFound?.close();
+    await dns?.stop();
     rmSync(dir, { recursive: true, force: true });
   }
 }
@@ -229,8 +235,7 @@ wss.on('connection', (sock) => sock.on('error', () => undefined));
 const rows: Row[] = [];
 try {
   for (const n of SIZES)
-    for (const layout of ['static', 'dynamic'] as const)
-      rows.push(await measure(layout, n, upstreamPort, wsPort, movedPort));
+    for (const layout of LAYOUTS) rows.push(await measure(layout, n, upstreamPort, wsPort, movedPort));
 } finally {
   upstream.close();
   movedUpstream.close();
@@ -238,7 +243,7 @@ try {
   agent.destroy();
 }
 console.log(
-  `caddy layouts — ${cpus().length} CPUs, ${REQUESTS} requests per latency figure, loadavg ${readFileSync('/proc/loadavg', 'utf8').trim()}`,
+  `caddy layouts — ${DIST}, ${cpus().length} CPUs, ${REQUESTS} requests per latency figure, loadavg ${readFileSync('/proc/loadavg', 'utf8').trim()}`,
 );
 console.table(rows);
 // The summary, one line and last, for scripts comparing runs.

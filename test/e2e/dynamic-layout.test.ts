@@ -1,6 +1,6 @@
 // The zero-reload layout: simple hosts are served through Berth's DNS responder (Caddy's SRV
 // dynamic upstreams), so route changes never re-provision Caddy and never close WebSockets.
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
@@ -155,6 +155,32 @@ describe('dynamic layout', () => {
     await serves('steady.test', 'body of steady');
     expect(readFileSync(pidFile, 'utf8')).toBe(dnsPid);
     expect(berth.output()).toMatch(/adopted the DNS responder left running by a previous Berth/);
+  });
+
+  it('a responder that dies is restarted and reads the whole current table from table.log', async () => {
+    await web('survivor', 'survivor.test');
+    await serves('survivor.test', 'body of survivor');
+    const pidFile = join(berth.dataDir, 'dns', 'dns.pid');
+    const dnsPid = Number(readFileSync(pidFile, 'utf8'));
+    process.kill(dnsPid, 'SIGKILL');
+    await waitUntil(async () => Number(readFileSync(pidFile, 'utf8')) !== dnsPid, { timeoutMs: 10_000 });
+    // Both hosts, one routed long before: the new responder starts from the file, not from patches.
+    await serves('survivor.test', 'body of survivor');
+    await serves('steady.test', 'body of steady');
+  });
+
+  it('replaces a responder from before table.log (it would never see a change) on restart', async () => {
+    const pidFile = join(berth.dataDir, 'dns', 'dns.pid');
+    const dnsPid = readFileSync(pidFile, 'utf8');
+    await berth.kill();
+    // An older responder never wrote dns/format.
+    rmSync(join(berth.dataDir, 'dns', 'format'));
+    await berth.restart();
+    expect(berth.output()).toMatch(/replacing the DNS responder left running by an older Berth/);
+    expect(readFileSync(pidFile, 'utf8')).not.toBe(dnsPid);
+    await serves('steady.test', 'body of steady');
+    await web('after-upgrade', 'after-upgrade.test');
+    await serves('after-upgrade.test', 'body of after-upgrade');
   });
 });
 

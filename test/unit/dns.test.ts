@@ -1,7 +1,10 @@
+import { createServer, request } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
+import { WebSocket, WebSocketServer } from 'ws';
 import { buildCaddyParts, splitSites } from '../../src/ingress/caddy/config.js';
 import { DnsResponder, labelFor } from '../../src/ingress/dns/responder.js';
-import { tableFromSites } from '../../src/ingress/dns/sidecar.js';
+import { notFoundListener, tableFromSites } from '../../src/ingress/dns/sidecar.js';
 import type { Site } from '../../src/model/desired.js';
 
 /** A DNS query for one name and type, as Go's resolver sends it. */
@@ -127,5 +130,66 @@ describe('dynamic Caddy layout', () => {
     });
     // Once applied: only what the catch-all serves.
     expect(tableFromSites(after)).toEqual({ 'stays.test': [['127.0.0.1', 80]] });
+  });
+});
+
+describe('DNS responder answering unknown hosts (with the forwarding not-found listener)', () => {
+  it('answers an unknown host with the not-found listener, which Caddy may cache', () => {
+    const dns = new DnsResponder({
+      zone: 'berth.internal',
+      notFound: { host: '127.0.0.1', port: 9 },
+      answerUnknown: true,
+    });
+    const a = dns.answer(query('nobody.test.berth.internal', 33), 512)!;
+    expect(rcode(a)).toBe(0);
+    expect(answers(a)).toBe(1);
+    expect(a.includes(Buffer.from(labelFor('127.0.0.1')))).toBe(true);
+    expect(a.includes(Buffer.from([0, 9, labelFor('127.0.0.1').length]))).toBe(true); // port 9, then the name
+    // Only SRV: other types for a name no one routes stay a name error.
+    expect(rcode(dns.answer(query('nobody.test.berth.internal', 1), 512)!)).toBe(3);
+    expect(dns.stats).toMatchObject({ answered: 0, notFound: 2 });
+  });
+});
+
+describe('notFoundListener', () => {
+  it('answers 404 for a host no route serves, and forwards requests and WebSockets to one routed since', async () => {
+    const upstream = createServer((req, res) => res.end(`upstream saw ${req.headers.host} ${req.url}`));
+    const wss = new WebSocketServer({ server: upstream });
+    wss.on('connection', (s) => s.on('message', (m) => s.send(`echo:${m}`)));
+    await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+    const port = (upstream.address() as AddressInfo).port;
+    const table = new Map<string, { host: string; port: number }[]>();
+    const nf = notFoundListener((h) => table.get(h));
+    await new Promise<void>((r) => nf.listen(0, '127.0.0.1', r));
+    const nfPort = (nf.address() as AddressInfo).port;
+    const get = (host: string) =>
+      new Promise<string>((resolve, reject) => {
+        const q = request({ host: '127.0.0.1', port: nfPort, path: '/p?q=1', headers: { host } }, (r) => {
+          let body = '';
+          r.on('data', (c) => (body += c));
+          r.on('end', () => resolve(`${r.statusCode} ${body}`));
+        });
+        q.on('error', reject);
+        q.end();
+      });
+    try {
+      expect(await get('late.test')).toBe('404 berth: no route for this host or path\n');
+      table.set('late.test', [{ host: '127.0.0.1', port }]);
+      expect(await get('late.test:8080')).toBe('200 upstream saw late.test:8080 /p?q=1');
+      const ws = new WebSocket(`ws://127.0.0.1:${nfPort}/`, { headers: { host: 'late.test' } });
+      await new Promise((r, j) => ws.once('open', r).once('error', j));
+      ws.send('hi');
+      expect(String(await new Promise((r) => ws.once('message', r)))).toBe('echo:hi');
+      ws.close();
+      const refused = new WebSocket(`ws://127.0.0.1:${nfPort}/`, { headers: { host: 'other.test' } });
+      const status = await new Promise((r) =>
+        refused.once('unexpected-response', (_q, res) => r(res.statusCode)),
+      );
+      expect(status).toBe(404);
+    } finally {
+      nf.close();
+      wss.close();
+      upstream.close();
+    }
   });
 });

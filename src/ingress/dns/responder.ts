@@ -3,8 +3,10 @@
 // container starting, stopping or moving changes where traffic goes without touching Caddy's
 // config (no re-provision, no closed WebSockets). SRV targets are names under the zone that
 // this responder also answers with A/AAAA records, because Caddy dials them through the same
-// resolver. Unknown hosts are a name error: Caddy then uses its static upstream, a listener that
-// answers a clean 404, and asks again on the next request (an error is never cached).
+// resolver. An unknown host gets an answer naming the not-found listener: Caddy caches it for its
+// refresh (1 s) like any answer, so a host nobody routes costs one query a second, not one per
+// request. That listener (sidecar.ts) looks the host up again per request and forwards to the
+// route that appeared meanwhile, so a route is live at once even for a host asked for before.
 // UDP and TCP (RFC 1035 framing), questions of one name, no recursion, no EDNS beyond ignoring it.
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { isIPv4, isIPv6, type Server, createServer as tcpServer } from 'node:net';
@@ -27,6 +29,11 @@ export interface DnsResponderOptions {
   zone: string;
   /** What unknown hosts resolve to (Berth's 404 listener). */
   notFound: SrvTarget;
+  /**
+   * Answer unknown hosts with `notFound` (cached by Caddy) instead of a name error (never cached,
+   * asked again per request). Only when that listener forwards routes that appear meanwhile.
+   */
+  answerUnknown?: boolean;
   ttlSeconds?: number;
 }
 
@@ -106,12 +113,10 @@ export class DnsResponder {
     const suffix = `.${this.zone}`;
     if (!name.endsWith(suffix)) return respond(query, q, RCODE.REFUSED, []);
     const label = name.slice(0, -suffix.length);
+    const notFoundBefore = this.stats.notFound;
     const records = this.records(label, q.type);
-    if (!records) {
-      this.stats.notFound++;
-      return respond(query, q, RCODE.NXDOMAIN, []);
-    }
-    this.stats.answered++;
+    if (!records) return respond(query, q, RCODE.NXDOMAIN, []);
+    if (this.stats.notFound === notFoundBefore) this.stats.answered++;
     let reply = respond(query, q, RCODE.OK, records);
     // Too big for UDP: send what fits with TC set, so the client retries over TCP.
     if (reply.length > maxSize) reply = truncated(query, q);
@@ -128,16 +133,20 @@ export class DnsResponder {
       return [];
     }
     const targets = this.lookup(label);
-    // An unknown host is a name error, never an answer: Caddy caches answers for its refresh
-    // (1 s), and a "not found" answer cached for a host asked for just before its route existed
-    // kept the new route dark that long. An error is not cached: Caddy asks again next time and
-    // meanwhile sends the request to its static upstream, the not-found listener.
-    if (!targets) return undefined;
+    if (!targets) {
+      this.stats.notFound++;
+      // Without a listener that forwards late routes, an unknown host must be a name error:
+      // Caddy caches answers for its refresh, and one for a host asked for just before its
+      // route existed would keep the new route dark that long. An error is not cached.
+      if (!this.o.answerUnknown || (type !== TYPE.SRV && type !== TYPE.ANY)) return undefined;
+      return [rr(TYPE.SRV, ttl, srv(this.o.notFound.port, `${labelFor(this.o.notFound.host)}.${this.zone}`))];
+    }
     if (type !== TYPE.SRV && type !== TYPE.ANY) return [];
     return targets.map((t) => rr(TYPE.SRV, ttl, srv(t.port, `${labelFor(t.host)}.${this.zone}`)));
   }
 
-  private lookup(host: string): SrvTarget[] | undefined {
+  /** Where `host` goes now (exact name, else the longest wildcard), if anywhere. */
+  lookup(host: string): SrvTarget[] | undefined {
     const exact = this.table.get(host);
     if (exact) return exact;
     // The longest wildcard that covers the name: a.b.example.com → *.b.example.com, *.example.com.

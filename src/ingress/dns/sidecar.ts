@@ -1,7 +1,9 @@
 // The DNS responder runs as its own small process (`berth dns-server`), like Caddy: if the
 // Berth server dies, Caddy keeps asking it and it keeps answering from the last table, so the
-// front door keeps serving. The server writes the table to a file (atomically); the sidecar
-// re-reads it within milliseconds of a change. A restarted server adopts the running sidecar.
+// front door keeps serving. The server hands it the table as a file, `table.log` (table-log.ts):
+// the whole table, then patches appended per change, which the sidecar applies within
+// milliseconds, reading only what was appended. A restarted server adopts the running sidecar
+// when it reads that format, and replaces one from before it (which read only `table.json`).
 import { type ChildProcess, spawn } from 'node:child_process';
 import {
   closeSync,
@@ -11,20 +13,25 @@ import {
   readFileSync,
   renameSync,
   rmSync,
+  statSync,
   watch,
   writeFileSync,
 } from 'node:fs';
-import { createServer, type Server } from 'node:http';
-import { connect, createServer as netServer } from 'node:net';
+import { createServer, request as httpRequest, type Server } from 'node:http';
+import { connect, createServer as netServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Site, SiteChanges } from '../../model/desired.js';
 import { drain, inSlices, pauseEvery } from '../../model/slices.js';
 import { SiteSplit } from '../caddy/config.js';
+import { bareHost } from '../caddy/traffic.js';
 import { alive, readPid, stopPid } from '../pid.js';
-import { DnsResponder, type HostTable } from './responder.js';
+import { DnsResponder, type HostTable, type SrvTarget } from './responder.js';
+import { TableLogReader, TableLogWriter } from './table-log.js';
 
 export const ZONE = 'berth.internal';
+/** What a responder that reads `table.log` writes to `dns/format`, with its PID. */
+const TABLE_FORMAT = 'table.log 1';
 const NOT_FOUND_BODY = 'berth: no route for this host or path\n';
 
 interface SidecarConfig {
@@ -74,10 +81,12 @@ export class DnsTable {
   readonly entries = new Map<string, string>();
   /** Hosts kept at their old entry while they move into Caddy's config. */
   private keptAside = new Set<string>();
+  /** Hosts whose entry changed since the last takePatch(). */
+  private dirty = new Set<string>();
 
   /** The new file text, or undefined when nothing in it changed. */
   update(sites: readonly Site[], o: { transition?: boolean }, changes?: SiteChanges): string | undefined {
-    return drain(this.updateSteps(sites, o, changes));
+    return drain(this.updateSteps(sites, o, changes)) ? this.text() : undefined;
   }
 
   /** As update, with pause points: a hostile agent's snapshot changes 25k hosts at once. */
@@ -85,7 +94,7 @@ export class DnsTable {
     sites: readonly Site[],
     o: { transition?: boolean },
     changes?: SiteChanges,
-  ): Generator<void, string | undefined> {
+  ): Generator<void, boolean> {
     const hosts = yield* this.split.updateSteps(sites, changes);
     const pause = pauseEvery();
     const kept = new Set<string>();
@@ -101,6 +110,7 @@ export class DnsTable {
       }
       if (after === before) return;
       changed = true;
+      this.dirty.add(host);
       if (after === undefined) this.entries.delete(host);
       else this.entries.set(host, after);
     };
@@ -121,11 +131,24 @@ export class DnsTable {
       for (const host of this.keptAside) if (!hosts.has(host)) place(host);
     }
     this.keptAside = kept;
-    return changed || hosts === undefined ? this.text() : undefined;
+    return changed || hosts === undefined;
   }
 
   text(): string {
     return `{${[...this.entries.values()].join(',')}}`;
+  }
+
+  /** The entries set and the hosts removed since the last call. */
+  takePatch(): { set: string[]; del: string[] } {
+    const set: string[] = [];
+    const del: string[] = [];
+    for (const host of this.dirty) {
+      const e = this.entries.get(host);
+      if (e === undefined) del.push(host);
+      else set.push(e);
+    }
+    this.dirty.clear();
+    return { set, del };
   }
 }
 
@@ -138,8 +161,11 @@ const paths = (dataDir: string) => {
   return {
     dir,
     config: join(dir, 'config.json'),
-    table: join(dir, 'table.json'),
+    /** What servers before table.log wrote (and a responder still reads, for a downgrade). */
+    legacyTable: join(dir, 'table.json'),
+    table: join(dir, 'table.log'),
     pid: join(dir, 'dns.pid'),
+    format: join(dir, 'format'),
     stats: join(dir, 'stats.json'),
   };
 };
@@ -148,29 +174,50 @@ const paths = (dataDir: string) => {
 export async function runDnsServer(dataDir: string, logger: Logger): Promise<{ stop(): Promise<void> }> {
   const p = paths(dataDir);
   const cfg = JSON.parse(readFileSync(p.config, 'utf8')) as SidecarConfig;
-  const notFound: Server = createServer((_req, res) => {
-    res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' });
-    res.end(NOT_FOUND_BODY);
+  const dns = new DnsResponder({
+    zone: ZONE,
+    notFound: { host: cfg.host, port: cfg.notFoundPort },
+    answerUnknown: true,
   });
+  const notFound = notFoundListener((host) => dns.lookup(host));
   await new Promise<void>((resolve) => notFound.listen(cfg.notFoundPort, cfg.host, resolve));
-  const dns = new DnsResponder({ zone: ZONE, notFound: { host: cfg.host, port: cfg.notFoundPort } });
-  let last = '';
-  const reload = () => {
+  const log = new TableLogReader(p.table);
+  let legacyMtime = -1;
+  let reported = '';
+  const mtime = (f: string) => {
     try {
-      const text = readFileSync(p.table, 'utf8');
-      if (text === last) return;
-      dns.setTable(toHostTable(JSON.parse(text)));
-      last = text;
-      logger.debug({ bytes: text.length }, 'dns table reloaded');
-    } catch (err) {
-      // A missing or half-written file: keep answering from the previous table.
-      logger.debug({ err: (err as Error).message }, 'dns table not read');
+      return statSync(f).mtimeMs;
+    } catch {
+      return -1;
     }
+  };
+  const reload = () => {
+    // An older server (a downgrade) writes only table.json: whichever file changed last wins.
+    const lm = mtime(p.legacyTable);
+    if (lm !== legacyMtime && lm >= mtime(p.table)) {
+      legacyMtime = lm;
+      try {
+        dns.setTable(toHostTable(JSON.parse(readFileSync(p.legacyTable, 'utf8'))));
+        logger.info('dns table read from table.json (written by an older Berth)');
+      } catch (err) {
+        logger.debug({ err: (err as Error).message }, 'dns table.json not read');
+      }
+      return;
+    }
+    const r = log.poll();
+    if (r.changed) {
+      dns.setTable(log.table);
+      logger.debug({ hosts: log.table.size }, 'dns table updated');
+    }
+    // A damaged file: reported once, the table as of its last good record kept.
+    if (r.error && r.error !== reported)
+      logger.error({ err: r.error }, 'dns table: stopped reading a damaged file');
+    reported = r.error ?? reported;
   };
   reload();
   await dns.listen(cfg.host, cfg.dnsPort);
   const watcher = watch(p.dir, (_event, file) => {
-    if (file !== 'stats.json') reload();
+    if (file === 'table.log' || file === 'table.json') reload();
   });
   // Counters for the server's /metrics, written once a second when they moved.
   let lastStats = '';
@@ -190,6 +237,7 @@ export async function runDnsServer(dataDir: string, logger: Logger): Promise<{ s
     writeStats();
   }, 1_000);
   writeFileSync(p.pid, String(process.pid));
+  writeFileSync(p.format, JSON.stringify({ pid: process.pid, table: TABLE_FORMAT }));
   logger.info(
     { dns: `${cfg.host}:${cfg.dnsPort}`, notFound: `${cfg.host}:${cfg.notFoundPort}` },
     'dns responder up',
@@ -198,12 +246,71 @@ export async function runDnsServer(dataDir: string, logger: Logger): Promise<{ s
     async stop() {
       clearInterval(poll);
       watcher.close();
+      log.close();
       await dns.close();
       await new Promise<void>((r) => notFound.close(() => r()));
       // Gone for good: a PID left behind could name some other process later.
       rmSync(p.pid, { force: true });
     },
   };
+}
+
+/**
+ * Where Caddy sends a host the responder did not know when Caddy last asked (it keeps that answer
+ * for its refresh, 1 s): a clean 404, unless a route for the host has appeared since, which this
+ * forwards to, so the route is live at once. Only for that second; Caddy's next lookup goes direct.
+ */
+export function notFoundListener(lookup: (host: string) => SrvTarget[] | undefined): Server {
+  const targetOf = (hostHeader: string | undefined) => {
+    const ts = hostHeader ? lookup(bareHost(hostHeader)) : undefined;
+    return ts && ts.length > 0 ? ts[Math.floor(Math.random() * ts.length)] : undefined;
+  };
+  const server = createServer((req, res) => {
+    const t = targetOf(req.headers.host);
+    if (!t) {
+      res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' });
+      res.end(NOT_FOUND_BODY);
+      return;
+    }
+    const up = httpRequest({
+      host: t.host,
+      port: t.port,
+      method: req.method,
+      path: req.url,
+      headers: req.headers,
+    });
+    up.on('response', (r) => {
+      res.writeHead(r.statusCode ?? 502, r.rawHeaders);
+      r.pipe(res);
+    });
+    up.on('error', () => {
+      if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain; charset=utf-8' });
+      res.end();
+    });
+    req.pipe(up);
+  });
+  // A WebSocket to a host routed within that second: the upgrade request, replayed, then bytes.
+  server.on('upgrade', (req, sock: Socket, head: Buffer) => {
+    sock.on('error', () => sock.destroy());
+    const t = targetOf(req.headers.host);
+    if (!t) {
+      sock.end(
+        `HTTP/1.1 404 Not Found\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(NOT_FOUND_BODY)}\r\nconnection: close\r\n\r\n${NOT_FOUND_BODY}`,
+      );
+      return;
+    }
+    const up = connect({ host: t.host, port: t.port }, () => {
+      const lines = [`${req.method} ${req.url} HTTP/1.1`];
+      for (let i = 0; i < req.rawHeaders.length; i += 2)
+        lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
+      up.write(`${lines.join('\r\n')}\r\n\r\n`);
+      if (head.length > 0) up.write(head);
+      up.pipe(sock).pipe(up);
+    });
+    up.on('error', () => sock.destroy());
+    sock.on('close', () => up.destroy());
+  });
+  return server;
 }
 
 export interface SidecarOptions {
@@ -225,8 +332,8 @@ export class DnsSidecar {
   private timer?: NodeJS.Timeout;
   private stopping = false;
   private cfg?: SidecarConfig;
-  private lastTable = '';
   private readonly table = new DnsTable();
+  private log?: TableLogWriter;
   restarts = 0;
 
   constructor(private readonly o: SidecarOptions) {}
@@ -251,10 +358,17 @@ export class DnsSidecar {
     mkdirSync(p.dir, { recursive: true, mode: 0o700 });
     this.cfg = await this.config(p.config);
     const pid = readPid(p.pid);
-    if (pid && alive(pid) && (await answering(this.cfg))) {
+    const running = pid !== undefined && alive(pid) && (await answering(this.cfg));
+    if (running && readsTableLog(p.format, pid)) {
       this.adopted = pid;
       this.o.logger.info({ pid }, 'adopted the DNS responder left running by a previous Berth');
     } else {
+      if (running && isDnsServer(pid)) {
+        // One from before table.log would never see a change: replace it. Until the new one
+        // answers (well under a second), Caddy sends these hosts to its not-found upstream.
+        this.o.logger.info({ pid }, 'replacing the DNS responder left running by an older Berth');
+        await stopPid(pid);
+      }
       await this.spawn();
     }
     // Restart it if it dies (checked, not awaited: the table file carries the state).
@@ -279,17 +393,25 @@ export class DnsSidecar {
     o: { transition?: boolean } = {},
     changes?: SiteChanges,
   ): Promise<void> {
-    const text = await inSlices(this.table.updateSteps(sites, o, changes));
-    if (text === undefined || text === this.lastTable) return;
+    const changed = await inSlices(this.table.updateSteps(sites, o, changes));
     const p = paths(this.o.dataDir);
-    writeFileSync(`${p.table}.tmp`, text);
-    renameSync(`${p.table}.tmp`, p.table);
-    this.lastTable = text;
+    // A full pass also repairs a file removed or replaced behind our back.
+    const intact = this.log?.intact() ?? false;
+    if (!changed && intact) return;
+    const patch = this.table.takePatch();
+    if (intact && patch.set.length + patch.del.length === 0) return;
+    if (!intact || !this.log!.append(patch.set, patch.del)) {
+      this.log ??= new TableLogWriter(p.table);
+      this.log.writeFull(this.table.entries.values());
+      // The file an older server wrote; a responder prefers whichever changed last.
+      rmSync(p.legacyTable, { force: true });
+    }
   }
 
   async stop(): Promise<void> {
     this.stopping = true;
     clearInterval(this.timer);
+    this.log?.close();
     const pid = this.child?.pid ?? this.adopted;
     if (pid) await stopPid(pid);
   }
@@ -323,6 +445,25 @@ export class DnsSidecar {
       await new Promise((r) => setTimeout(r, 50));
     }
     this.o.logger.error('the DNS responder did not start; see dns/dns.log in the data dir');
+  }
+}
+
+/** Whether the responder with this PID said it reads table.log. */
+function readsTableLog(formatFile: string, pid: number): boolean {
+  try {
+    const f = JSON.parse(readFileSync(formatFile, 'utf8')) as { pid?: unknown; table?: unknown };
+    return f.pid === pid && f.table === TABLE_FORMAT;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether that PID runs `berth dns-server` (and not a process that got its number since). */
+function isDnsServer(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes('dns-server');
+  } catch {
+    return false;
   }
 }
 

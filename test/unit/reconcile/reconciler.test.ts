@@ -1,12 +1,13 @@
 // The reconcile loop against fakes of the data-plane interfaces it declares
 // (reconcile/data-plane.ts): how wakes coalesce, what a pass hands to whom and in which order,
 // what it does when a target fails, and how drift is repaired.
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DnsSidecar } from '../../../src/ingress/dns/sidecar.js';
+import { TableLogReader } from '../../../src/ingress/dns/table-log.js';
 import type { ApplyResult, ListenerStatus } from '../../../src/model/data-plane.js';
 import { type Site, siteSignature, type TcpListenerSite } from '../../../src/model/desired.js';
 import type { RouteSpec, TcpRouteSpec } from '../../../src/model/types.js';
@@ -437,8 +438,13 @@ describe('Reconciler with the real DNS table', () => {
       command: [],
       logger: pino({ level: 'silent' }),
     });
-    const table = () =>
-      Object.keys(JSON.parse(readFileSync(join(dataDir, 'dns', 'table.json'), 'utf8'))).sort();
+    // What a responder starting now would read.
+    const table = () => {
+      const reader = new TableLogReader(join(dataDir, 'dns', 'table.log'));
+      reader.poll();
+      reader.close();
+      return [...reader.table.keys()].sort();
+    };
     const { rec, world, target } = setup({ dns });
     world.routes = [route('moving.test'), route('plain.test')];
     rec.wake();
