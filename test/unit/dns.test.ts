@@ -1,10 +1,14 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, request } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
 import { describe, expect, it } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
 import { buildCaddyParts, splitSites } from '../../src/ingress/caddy/config.js';
 import { DnsResponder, labelFor } from '../../src/ingress/dns/responder.js';
-import { notFoundListener, tableFromSites } from '../../src/ingress/dns/sidecar.js';
+import { notFoundListener, runDnsServer, tableFromSites } from '../../src/ingress/dns/sidecar.js';
 import type { Site } from '../../src/model/desired.js';
 
 /** A DNS query for one name and type, as Go's resolver sends it. */
@@ -189,6 +193,61 @@ describe('notFoundListener', () => {
     } finally {
       nf.close();
       wss.close();
+      upstream.close();
+    }
+  });
+});
+
+describe('berth dns-server', () => {
+  /** A free TCP port on 127.0.0.1 (the responder takes UDP and TCP on its DNS port). */
+  const freePort = () =>
+    new Promise<number>((resolve) => {
+      const s = createServer().listen(0, '127.0.0.1', () => {
+        const { port } = s.address() as AddressInfo;
+        s.close(() => resolve(port));
+      });
+    });
+
+  it('forwards late routes from its not-found listener only when it listens on loopback', async () => {
+    const upstream = createServer((_req, res) => res.end('routed'));
+    await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+    const up = (upstream.address() as AddressInfo).port;
+    const status = async (listenHost: string) => {
+      const dataDir = mkdtempSync(join(tmpdir(), 'berth-dns-'));
+      mkdirSync(join(dataDir, 'dns'));
+      const cfg = { host: listenHost, dnsPort: await freePort(), notFoundPort: await freePort() };
+      writeFileSync(join(dataDir, 'dns', 'config.json'), JSON.stringify(cfg));
+      writeFileSync(join(dataDir, 'dns', 'table.json'), JSON.stringify({ 'late.test': [['127.0.0.1', up]] }));
+      const dns = await runDnsServer(dataDir, pino({ level: 'silent' }));
+      try {
+        // The table is read once the server is up; the forwarded answer or the 404 says which.
+        let last = '';
+        for (let i = 0; i < 50 && last !== '200 routed'; i++) {
+          last = await new Promise<string>((resolve, reject) => {
+            const q = request(
+              { host: '127.0.0.1', port: cfg.notFoundPort, path: '/', headers: { host: 'late.test' } },
+              (r) => {
+                let body = '';
+                r.on('data', (c) => (body += c));
+                r.on('end', () => resolve(`${r.statusCode} ${body}`));
+              },
+            );
+            q.on('error', reject);
+            q.end();
+          });
+          if (last !== '200 routed') await new Promise((r) => setTimeout(r, 20));
+        }
+        return last;
+      } finally {
+        await dns.stop();
+        rmSync(dataDir, { recursive: true, force: true });
+      }
+    };
+    try {
+      expect(await status('127.0.0.1')).toBe('200 routed');
+      // On any other address, whoever reaches the listener would reach the upstreams past Caddy.
+      expect(await status('0.0.0.0')).toBe('404 berth: no route for this host or path\n');
+    } finally {
       upstream.close();
     }
   });

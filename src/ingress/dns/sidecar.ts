@@ -21,6 +21,7 @@ import { createServer, request as httpRequest, type Server } from 'node:http';
 import { connect, createServer as netServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
+import { isLoopbackHost } from '../../config.js';
 import type { Site, SiteChanges } from '../../model/desired.js';
 import { drain, inSlices, pauseEvery } from '../../model/slices.js';
 import { SiteSplit } from '../caddy/config.js';
@@ -174,12 +175,17 @@ const paths = (dataDir: string) => {
 export async function runDnsServer(dataDir: string, logger: Logger): Promise<{ stop(): Promise<void> }> {
   const p = paths(dataDir);
   const cfg = JSON.parse(readFileSync(p.config, 'utf8')) as SidecarConfig;
+  // The not-found listener forwards late routes only on loopback: on any other address, whoever
+  // reaches it would reach the dynamic hosts' upstreams (tunnel endpoints among them) past the
+  // front door. There it is a 404 only, and unknown hosts are name errors again (asked per
+  // request, so a route is still live on the first ask).
+  const forward = isLoopbackHost(cfg.host);
   const dns = new DnsResponder({
     zone: ZONE,
     notFound: { host: cfg.host, port: cfg.notFoundPort },
-    answerUnknown: true,
+    answerUnknown: forward,
   });
-  const notFound = notFoundListener((host) => dns.lookup(host));
+  const notFound = notFoundListener(forward ? (host) => dns.lookup(host) : () => undefined);
   await new Promise<void>((resolve) => notFound.listen(cfg.notFoundPort, cfg.host, resolve));
   const log = new TableLogReader(p.table);
   let legacyMtime = -1;
