@@ -45,6 +45,7 @@ try {
     // What the phase before left to do (store writes, error scans) is not this phase's.
     await quiet(server.pid);
     const probe = watchHealth(`${server.apiUrl}/healthz`, 20);
+    await probe.ready;
     let peak = procSample(server.pid)?.rssMb ?? 0;
     const sampler = setInterval(() => {
       peak = Math.max(peak, procSample(server.pid)?.rssMb ?? 0);

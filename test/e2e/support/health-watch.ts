@@ -20,6 +20,9 @@ export function watchHealth(url: string, everyMs = 50) {
     let stop = false;
     process.on('SIGTERM', () => { stop = true; });
     (async () => {
+      // A first fetch loads and sets up the HTTP client (tens of ms): not the server's latency.
+      try { await (await fetch(process.argv[1], { signal: AbortSignal.timeout(10000) })).text(); } catch {}
+      process.stdout.write('ready\\n');
       while (!stop) {
         const t = performance.now();
         try {
@@ -32,22 +35,34 @@ export function watchHealth(url: string, everyMs = 50) {
         if (stats.latenciesMs.length < 200000) stats.latenciesMs.push(Math.round(ms * 100) / 100);
         await new Promise((r) => setTimeout(r, Number(process.argv[2])));
       }
-      process.stdout.write(JSON.stringify(stats));
+      process.stdout.write(JSON.stringify(stats) + '\\n');
     })();`;
   const child = spawn(process.execPath, ['-e', script, url, String(everyMs)], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   registerCleanup(() => child.kill('SIGKILL'));
   let out = '';
+  let onReady: () => void = () => {};
+  const ready = new Promise<void>((r) => {
+    onReady = r;
+  });
   child.stdout.on('data', (c) => {
     out += c;
+    if (out.startsWith('ready\n')) onReady();
   });
-  const exited = new Promise<void>((r) => child.on('exit', () => r()));
+  const exited = new Promise<void>((r) =>
+    child.on('exit', () => {
+      onReady();
+      r();
+    }),
+  );
   return {
+    /** Resolves once the prober has made its first (uncounted) request. */
+    ready,
     async stop(): Promise<HealthStats> {
       child.kill('SIGTERM');
       await exited;
-      return JSON.parse(out);
+      return JSON.parse(out.replace(/^ready\n/, ''));
     },
   };
 }
