@@ -149,12 +149,13 @@ async function clientCommand(command: string, config: ClientConfig, rest: string
 /**
  * How far past what the last full collection kept V8 lets the server's heap grow before the next
  * one, in percent. V8's own choice is up to 300 % for a process allocating as fast as a server
- * busy with agents does: at 1,000 agents × 50 routes that held about 150 MiB and collected at
- * 500 to 700 MiB (bench/soak.ts). Its garbage is short-lived (each pass's lists, each message's
- * parse), so collecting sooner costs a few percent of a core and keeps the RSS near what is held.
+ * busy with agents: at 1,000 agents × 50 routes it held about 150 MiB and collected at 500 to
+ * 700 MiB (bench/soak.ts). What it keeps grows slowly (a snapshot replaces the last; each pass's
+ * lists and each message's parse die young), so a full collection every few tens of seconds is
+ * enough, costs well under 1 % of a core here, and keeps the RSS near what is held.
  * `node --heap-growing-percent=N` (or NODE_OPTIONS) sets another value.
  */
-export const SERVER_HEAP_GROWING_PERCENT = 50;
+export const SERVER_HEAP_GROWING_PERCENT = 20;
 
 /** Set before the server loads: a flag of V8's that it reads at every collection. */
 function serverHeapFlags(env: NodeJS.ProcessEnv): void {

@@ -194,7 +194,10 @@ export class DesiredModel {
     // TCP routes are few (one per front-door port): worked out whole each time, in the same map.
     for (const key of this.tcpKeys) this.outcomes.delete(key);
     const tcp = computeTcp(agents, this.outcomes);
-    this.tcpKeys = agents.flatMap((a) => (a.tcp ?? []).map((r) => routeKey(a.agentId, r.id)));
+    // A loop, not flatMap: a list per agent, every pass, for the few agents with TCP routes.
+    const tcpKeys: string[] = [];
+    for (const a of agents) if (a.tcp) for (const r of a.tcp) tcpKeys.push(routeKey(a.agentId, r.id));
+    this.tcpKeys = tcpKeys;
     // The outcomes map is the model's own, changed by its next update: readers use the latest.
     const d: Desired = { sites: this.sites, tcp, outcomes: this.outcomes };
     if (this.updated) d.changes = { since, added: changed, removed: [...replaced] };
@@ -325,7 +328,11 @@ export class DesiredModel {
  * first allocates that several times over, on every pass. Each added site's place is found by
  * binary search and the kept runs between them are moved whole: not a comparison per site.
  */
-export function mergeSites(sites: readonly Site[], removed: ReadonlySet<Site>, added: readonly Site[]): Site[] {
+export function mergeSites(
+  sites: readonly Site[],
+  removed: ReadonlySet<Site>,
+  added: readonly Site[],
+): Site[] {
   // concat and slice allocate exactly the length they return; the array only shrinks after.
   const out = added.length > removed.size ? sites.concat(added) : sites.slice();
   let kept = sites.length;

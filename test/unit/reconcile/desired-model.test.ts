@@ -258,7 +258,9 @@ describe('mergeSites', () => {
       const names = Array.from({ length: 1 + r.int(40) }, (_, i) => `h${r.int(60)}-${i % 3}.test`);
       const sites = sorted(names.map((h) => site(h, r.pick(PATHS))));
       const removed = new Set(sites.filter(() => r.next() < 0.3));
-      const added = sorted(Array.from({ length: r.int(8) }, () => site(`h${r.int(60)}-${r.int(3)}.test`, r.pick(PATHS))));
+      const added = sorted(
+        Array.from({ length: r.int(8) }, () => site(`h${r.int(60)}-${r.int(3)}.test`, r.pick(PATHS))),
+      );
       const got = mergeSites(sites, removed, added);
       const want = sorted([...sites.filter((s) => !removed.has(s)), ...added]);
       const key = (xs: Site[]) => xs.map((s) => `${s.host}${s.path}`);
