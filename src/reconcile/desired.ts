@@ -96,10 +96,11 @@ export function computeDesired(agents: readonly AgentRoutes[]): Desired {
   return new DesiredModel().update(agents);
 }
 
-/** What one unit (a host and path) settled to: its site, if any, and errors per route key. */
+/** What one unit (a host and path) settled to: its site, if any, and errors per route key (if any). */
 interface UnitResult {
   site?: Site;
-  errors: Map<string, string[]>;
+  /** Absent when no claim on the unit was refused (most units: one Map each would be 10 MiB at 50k). */
+  errors?: Map<string, string[]>;
 }
 
 /** Routes, units or keys dealt with between two of an update's pause points. */
@@ -193,7 +194,10 @@ export class DesiredModel {
     // TCP routes are few (one per front-door port): worked out whole each time, in the same map.
     for (const key of this.tcpKeys) this.outcomes.delete(key);
     const tcp = computeTcp(agents, this.outcomes);
-    this.tcpKeys = agents.flatMap((a) => (a.tcp ?? []).map((r) => routeKey(a.agentId, r.id)));
+    // A loop, not flatMap: a list per agent, every pass, for the few agents with TCP routes.
+    const tcpKeys: string[] = [];
+    for (const a of agents) if (a.tcp) for (const r of a.tcp) tcpKeys.push(routeKey(a.agentId, r.id));
+    this.tcpKeys = tcpKeys;
     // The outcomes map is the model's own, changed by its next update: readers use the latest.
     const d: Desired = { sites: this.sites, tcp, outcomes: this.outcomes };
     if (this.updated) d.changes = { since, added: changed, removed: [...replaced] };
@@ -302,7 +306,7 @@ export class DesiredModel {
     for (const unit of unitsOfRoute(r)) {
       const res = this.results.get(unit);
       if (!res) continue;
-      const errors = res.errors.get(key);
+      const errors = res.errors?.get(key);
       if (errors) o.errors.push(...errors);
       if (res.site?.routeKeys.includes(key)) o.units++;
     }
@@ -313,27 +317,50 @@ export class DesiredModel {
   private sitesAfter(dirty: number, replaced: Set<Site>, changed: Site[]): Site[] {
     if (dirty > this.sites.length * RESORT_SHARE)
       return [...this.results.values()].flatMap((r) => (r.site ? [r.site] : [])).sort(bySite);
-    const kept = replaced.size > 0 ? this.sites.filter((s) => !replaced.has(s)) : this.sites;
     changed.sort(bySite);
-    // Each changed site's place by binary search (a few comparisons each), then the runs of kept
-    // sites between them copied whole: not a comparison per site of the fleet.
-    const out: Site[] = [];
-    let from = 0;
-    for (const c of changed) {
-      let lo = from;
-      let hi = kept.length;
-      while (lo < hi) {
-        const mid = (lo + hi) >>> 1;
-        if (bySite(kept[mid]!, c) <= 0) lo = mid + 1;
-        else hi = mid;
-      }
-      for (let i = from; i < lo; i++) out.push(kept[i]!);
-      out.push(c);
-      from = lo;
-    }
-    for (let i = from; i < kept.length; i++) out.push(kept[i]!);
-    return out;
+    return mergeSites(this.sites, replaced, changed);
   }
+}
+
+/**
+ * `sites` (sorted) without `removed`, with `added` (sorted) in their places, as a new array made
+ * once at its final size: a list of 50k sites is 400 KiB, and a list grown by pushes or filtered
+ * first allocates that several times over, on every pass. Each added site's place is found by
+ * binary search and the kept runs between them are moved whole: not a comparison per site.
+ */
+export function mergeSites(
+  sites: readonly Site[],
+  removed: ReadonlySet<Site>,
+  added: readonly Site[],
+): Site[] {
+  // concat and slice allocate exactly the length they return; the array only shrinks after.
+  const out = added.length > removed.size ? sites.concat(added) : sites.slice();
+  let kept = sites.length;
+  if (removed.size > 0) {
+    kept = 0;
+    for (let i = 0; i < sites.length; i++) {
+      const s = sites[i]!;
+      if (!removed.has(s)) out[kept++] = s;
+    }
+  }
+  // From the right: each added site goes after the kept ones that sort before it (or equal),
+  // the kept ones after it move right by the number of added sites still to place.
+  let end = kept;
+  for (let j = added.length - 1; j >= 0; j--) {
+    const c = added[j]!;
+    let lo = 0;
+    let hi = end;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (bySite(out[mid]!, c) <= 0) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let i = end - 1; i >= lo; i--) out[i + j + 1] = out[i]!;
+    out[lo + j] = c;
+    end = lo;
+  }
+  out.length = kept + added.length;
+  return out;
 }
 
 /** Whether two JSON-like values (a route, a list of grants) hold the same data. */
@@ -375,8 +402,9 @@ function unitsOfRoute(r: RouteSpec): readonly string[] {
 
 function settleUnit(unit: string, claims: Claim<RouteSpec>[]): UnitResult {
   const [host, path] = unit.split('\u0000') as [string, string];
-  const errors = new Map<string, string[]>();
+  let errors: Map<string, string[]> | undefined;
   const refuse = (key: string, message: string) => {
+    errors ??= new Map();
     const list = errors.get(key);
     if (list) list.push(message);
     else errors.set(key, [message]);
@@ -395,11 +423,19 @@ function settleUnit(unit: string, claims: Claim<RouteSpec>[]): UnitResult {
     if (!dup) upstreams.push(m.route.upstream);
     keys.push(m.key);
   }
-  if (upstreams.length === 0) return { errors };
+  if (upstreams.length === 0) return errors ? { errors } : {};
   upstreams.sort((a, b) => a.host.localeCompare(b.host) || a.port - b.port);
-  const site: Site = { host, path, stripPath: winner.route.stripPath, upstreams, routeKeys: keys.sort() };
+  // Copied to their exact size: a pushed-to array keeps room for 16 more, 2 × 128 bytes per site,
+  // and sites are what the server keeps most of (one per host and path of the fleet).
+  const site: Site = {
+    host,
+    path,
+    stripPath: winner.route.stripPath,
+    upstreams: upstreams.slice(),
+    routeKeys: keys.sort().slice(),
+  };
   if (winner.route.allow) site.allow = winner.route.allow;
-  return { site, errors };
+  return errors ? { site, errors } : { site };
 }
 
 /** localeCompare's order, from one collator made once (several times cheaper at 50k sites). */

@@ -12,6 +12,13 @@ import type { FromWorker, ToWorker, TrafficWorkerData } from './traffic-worker.j
 type Ask = Extract<ToWorker, { id: number }>;
 type AskWithout<T extends Ask['type']> = Omit<Extract<Ask, { type: T }>, 'id' | 'type'>;
 
+/**
+ * The thread's young generation, at most (V8's default is the main thread's, 48 MiB): what it
+ * allocates is a batch of request lines at a time, short-lived, but a new route list (50k routes
+ * after a full pass) grows the young generation to its largest, and it stays that size in RSS.
+ */
+const TRAFFIC_YOUNG_GENERATION_MB = 12;
+
 export class TrafficThread {
   private readonly worker: Worker;
   private nextId = 1;
@@ -19,7 +26,10 @@ export class TrafficThread {
   private readonly ready: Promise<string>;
 
   constructor(data: TrafficWorkerData, logger: Logger) {
-    this.worker = new Worker(new URL('./traffic-worker.js', import.meta.url), { workerData: data });
+    this.worker = new Worker(new URL('./traffic-worker.js', import.meta.url), {
+      workerData: data,
+      resourceLimits: { maxYoungGenerationSizeMb: TRAFFIC_YOUNG_GENERATION_MB },
+    });
     this.worker.unref();
     this.ready = new Promise((resolve, reject) => {
       this.worker.on('message', (m: FromWorker) => {

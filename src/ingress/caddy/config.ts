@@ -85,7 +85,8 @@ export function splitSites(sites: readonly Site[]): { explicit: Site[]; dynamic:
  */
 export class SiteSplit {
   private sites?: readonly Site[];
-  private readonly byHost = new Map<string, Site[]>();
+  /** Host → its site, or its sites when it has several (most have one: no list for them). */
+  private readonly byHost = new Map<string, Site | Site[]>();
   /** Host → the one site DNS serves for it. */
   readonly dynamic = new Map<string, Site>();
   private explicitSet = new Set<Site>();
@@ -122,16 +123,15 @@ export class SiteSplit {
     for (const s of changes.removed) {
       if (pause()) yield;
       hosts.add(s.host);
-      const rest = (this.byHost.get(s.host) ?? []).filter((x) => x !== s);
-      if (rest.length > 0) this.byHost.set(s.host, rest);
+      const rest = this.sitesOf(s.host).filter((x) => x !== s);
+      if (rest.length > 1) this.byHost.set(s.host, rest);
+      else if (rest.length === 1) this.byHost.set(s.host, rest[0]!);
       else this.byHost.delete(s.host);
     }
     for (const s of changes.added) {
       if (pause()) yield;
       hosts.add(s.host);
-      const list = this.byHost.get(s.host);
-      if (list) list.push(s);
-      else this.byHost.set(s.host, [s]);
+      this.addSite(s);
     }
     let explicitChanged = false;
     for (const s of changes.removed) {
@@ -141,7 +141,7 @@ export class SiteSplit {
     for (const host of hosts) {
       if (pause()) yield;
       this.dynamic.delete(host);
-      const list = this.byHost.get(host) ?? [];
+      const list = this.sitesOf(host);
       for (const s of list) this.explicitSet.delete(s);
       const one = list.length === 1 ? list[0]! : undefined;
       if (one && plainSite(one)) this.dynamic.set(host, one);
@@ -167,18 +167,28 @@ export class SiteSplit {
     this.dynamic.clear();
     for (const s of sites) {
       if (pause()) yield;
-      const list = this.byHost.get(s.host);
-      if (list) list.push(s);
-      else this.byHost.set(s.host, [s]);
+      this.addSite(s);
     }
     const explicit: Site[] = [];
     for (const s of sites) {
       if (pause()) yield;
-      if (this.byHost.get(s.host)!.length === 1 && plainSite(s)) this.dynamic.set(s.host, s);
+      if (this.byHost.get(s.host) === s && plainSite(s)) this.dynamic.set(s.host, s);
       else explicit.push(s);
     }
     this.explicitList = explicit;
     this.explicitSet = new Set(explicit);
+  }
+
+  private sitesOf(host: string): Site[] {
+    const v = this.byHost.get(host);
+    return v === undefined ? [] : Array.isArray(v) ? v : [v];
+  }
+
+  private addSite(s: Site): void {
+    const v = this.byHost.get(s.host);
+    if (v === undefined) this.byHost.set(s.host, s);
+    else if (Array.isArray(v)) v.push(s);
+    else this.byHost.set(s.host, [v, s]);
   }
 }
 

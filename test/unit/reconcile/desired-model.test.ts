@@ -11,6 +11,7 @@ import {
   computeDesired,
   type Desired,
   DesiredModel,
+  mergeSites,
 } from '../../../src/reconcile/desired.js';
 
 /** A small deterministic PRNG (mulberry32), so a failure names a seed that reproduces it. */
@@ -237,5 +238,44 @@ describe('DesiredModel', () => {
       expect(ticks).toBeGreaterThan(0);
       expect(JSON.stringify(plain(got))).toBe(JSON.stringify(plain(whole.update(fleet))));
     }
+  });
+});
+
+describe('mergeSites', () => {
+  const site = (host: string, path = '/'): Site => ({
+    host,
+    path,
+    stripPath: false,
+    upstreams: [{ host: '127.0.0.1', port: 80, scheme: 'http' }],
+    routeKeys: [`a:${host}${path}`],
+  });
+  const collate = new Intl.Collator().compare;
+  const sorted = (xs: Site[]) => xs.sort((a, b) => collate(a.host, b.host) || collate(a.path, b.path));
+
+  it('equals filtering and sorting again, for 2,000 random lists, removals and additions (equal keys included)', () => {
+    for (let seed = 1; seed <= 2_000; seed++) {
+      const r = rng(seed);
+      const names = Array.from({ length: 1 + r.int(40) }, (_, i) => `h${r.int(60)}-${i % 3}.test`);
+      const sites = sorted(names.map((h) => site(h, r.pick(PATHS))));
+      const removed = new Set(sites.filter(() => r.next() < 0.3));
+      const added = sorted(
+        Array.from({ length: r.int(8) }, () => site(`h${r.int(60)}-${r.int(3)}.test`, r.pick(PATHS))),
+      );
+      const got = mergeSites(sites, removed, added);
+      const want = sorted([...sites.filter((s) => !removed.has(s)), ...added]);
+      const key = (xs: Site[]) => xs.map((s) => `${s.host}${s.path}`);
+      expect(key(got), `seed ${seed}`).toEqual(key(want));
+      expect(got.length, `seed ${seed}`).toBe(sites.length - removed.size + added.length);
+      // Every kept and added object is there once, and nothing removed.
+      expect(new Set(got).size, `seed ${seed}`).toBe(got.length);
+      for (const s of got) expect(removed.has(s), `seed ${seed}`).toBe(false);
+    }
+  });
+
+  it('leaves its input list alone', () => {
+    const sites = sorted([site('a.test'), site('c.test'), site('e.test')]);
+    const before = [...sites];
+    mergeSites(sites, new Set([sites[1]!]), [site('b.test'), site('d.test'), site('f.test')]);
+    expect(sites).toEqual(before);
   });
 });
