@@ -3,6 +3,7 @@
 import { realpathSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { setFlagsFromString } from 'node:v8';
 import type { Logger as PinoLogger } from 'pino';
 import { type AgentConfig, type ClientConfig, helpFor, loadConfig, type ServeConfig } from '../config.js';
 import { errorMessage, UserError } from '../errors.js';
