@@ -4,6 +4,8 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
+// Before ws, which reads the masking functions when it loads.
+import '../net/ws-mask.js';
 import WebSocket from 'ws';
 import { isLoopbackHost } from '../config.js';
 import { errorMessage } from '../errors.js';

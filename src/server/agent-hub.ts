@@ -8,6 +8,8 @@ import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
+// Before ws, which reads the masking functions when it loads.
+import '../net/ws-mask.js';
 import { type RawData, type WebSocket, WebSocketServer } from 'ws';
 import { isLoopbackHost } from '../config.js';
 import { errorMessage, UserError } from '../errors.js';
