@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { parseListen, type ServeConfig } from '../config.js';
 import { CaddyAdmin } from '../ingress/caddy/admin.js';
-import type { CaddyBuildOptions } from '../ingress/caddy/config.js';
+import { type CaddyBuildOptions, SiteSplit } from '../ingress/caddy/config.js';
 import { CaddySupervisor } from '../ingress/caddy/supervisor.js';
 import { CaddyTarget } from '../ingress/caddy/target.js';
 import { DnsSidecar, ZONE } from '../ingress/dns/sidecar.js';
@@ -73,12 +73,16 @@ export async function buildDataPlane(
   }
 
   let dns: DnsSidecar | undefined;
+  // Which hosts Caddy's config names and which DNS serves: worked out once per pass for the DNS
+  // table and every Caddy target (at 50k hosts each copy is several MiB).
+  const split = new SiteSplit();
   if (c.layout === 'dynamic') {
     dns = new DnsSidecar({
       dataDir: config.dataDir,
       listen: c.dnsListen,
       command,
       logger: logger.child({ component: 'dns' }),
+      split,
     });
     await dns.start();
     for (const [what, addr] of [
@@ -128,10 +132,10 @@ export async function buildDataPlane(
         o.wake();
       },
     });
-    targets.push(new CaddyTarget(supervisor.admin, buildOpts, logger));
+    targets.push(new CaddyTarget(supervisor.admin, buildOpts, logger, split));
   } else {
     for (const url of c.admin) {
-      targets.push(new CaddyTarget(new CaddyAdmin(url), buildOpts, logger));
+      targets.push(new CaddyTarget(new CaddyAdmin(url), buildOpts, logger, split));
       const u = /^https?:\/\/([^/]+)/.exec(url);
       if (u) {
         const { hostname, port } = new URL(`http://${u[1]}`);

@@ -85,6 +85,13 @@ export function splitSites(sites: readonly Site[]): { explicit: Site[]; dynamic:
  */
 export class SiteSplit {
   private sites?: readonly Site[];
+  /**
+   * The list before the last update and the hosts that update touched (undefined after a rebuild):
+   * one split serves every reader of a pass (each Caddy target and the DNS table), and a reader
+   * one step behind asks hostsSince() for the hosts of that step.
+   */
+  private before?: readonly Site[];
+  private touched?: Set<string>;
   /** Host → its site, or its sites when it has several (most have one: no list for them). */
   private readonly byHost = new Map<string, Site | Site[]>();
   /** Host → the one site DNS serves for it. */
@@ -114,6 +121,8 @@ export class SiteSplit {
   *updateSteps(sites: readonly Site[], changes?: SiteChanges): Generator<void, Set<string> | undefined> {
     if (sites === this.sites) return new Set();
     const pause = pauseEvery();
+    this.before = this.sites;
+    this.touched = undefined;
     if (!changes || changes.since !== this.sites) {
       yield* this.rebuild(sites, pause);
       return undefined;
@@ -158,7 +167,24 @@ export class SiteSplit {
       }
       this.explicitList = explicit;
     }
+    this.touched = hosts;
     return hosts;
+  }
+
+  /**
+   * Brings the split to `sites` (if another reader has not already) and returns the hosts whose
+   * classification may have changed since `from`, the list this reader last saw: undefined when
+   * that is not known (the reader is further behind, or the split was worked out anew), and then
+   * every host may have. The returned set is shared between readers: read it, do not change it.
+   */
+  *hostsSinceSteps(
+    from: readonly Site[] | undefined,
+    sites: readonly Site[],
+    changes?: SiteChanges,
+  ): Generator<void, ReadonlySet<string> | undefined> {
+    if (sites !== this.sites) yield* this.updateSteps(sites, changes);
+    if (from === sites) return new Set();
+    return from !== undefined && from === this.before ? this.touched : undefined;
   }
 
   private *rebuild(sites: readonly Site[], pause: () => boolean): Generator<void> {

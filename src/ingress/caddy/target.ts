@@ -27,8 +27,6 @@ export class CaddyTarget {
   /** Sites Caddy accepted before: safe to keep while bisecting a rejected change. */
   private known = new Set<string>();
   private rejected = new Map<string, string>();
-  /** Which sites Caddy's config names and which DNS serves (the dynamic layout), kept between passes. */
-  private readonly split = new SiteSplit();
   stats = {
     loads: 0,
     failures: 0,
@@ -38,10 +36,15 @@ export class CaddyTarget {
     reachable: false,
   };
 
+  /**
+   * @param split which sites Caddy's config names and which DNS serves (the dynamic layout), kept
+   *   between passes; one split may serve every target and the DNS table of the same passes.
+   */
   constructor(
     readonly admin: CaddyAdminClient,
     private readonly opts: CaddyBuildOptions,
     private readonly logger: Logger,
+    private readonly split: SiteSplit = new SiteSplit(),
   ) {}
 
   get name(): string {

@@ -58,32 +58,46 @@ export function tableFromSites(sites: readonly Site[], keep?: TableFile): TableF
 /** `"host":[[ip,port],…]`, the table file's text for one host. */
 const entryText = (host: string, ups: [string, number][]) => `${JSON.stringify(host)}:${JSON.stringify(ups)}`;
 
-/** Each site's entry text, made once per site object: the desired state keeps sites it did not touch. */
-const entryTexts = new WeakMap<Site, string>();
-function entryOf(s: Site): string {
-  let e = entryTexts.get(s);
-  if (e === undefined) {
-    e = entryText(
-      s.host,
-      s.upstreams.map((u) => [u.host, u.port]),
-    );
-    entryTexts.set(s, e);
-  }
-  return e;
+/**
+ * A host's entry: the site DNS serves for it, or the text of one taken from a file (`keep`). The
+ * text of a site is made when it is written, not kept: at 50k hosts that is 5 MiB the server
+ * would hold for a file it only appends to.
+ */
+type Entry = Site | string;
+
+function textOf(e: Entry): string {
+  return typeof e === 'string'
+    ? e
+    : entryText(
+        e.host,
+        e.upstreams.map((u) => [u.host, u.port]),
+      );
+}
+
+/** Whether two entries write the same text (a site the desired state made anew, say). */
+function sameEntry(a: Entry, b: Entry): boolean {
+  if (a === b) return true;
+  if (typeof a === 'string' || typeof b === 'string') return textOf(a) === textOf(b);
+  if (a.host !== b.host || a.upstreams.length !== b.upstreams.length) return false;
+  return a.upstreams.every((u, i) => u.host === b.upstreams[i]!.host && u.port === b.upstreams[i]!.port);
 }
 
 /**
  * The table, kept between passes: with the changes since the sites it last saw, only the hosts
- * they touch are looked at again (and those it kept aside for a transition).
+ * they touch are looked at again (and those it kept aside for a transition). The split may be
+ * shared with the Caddy targets of the same pass (whichever reads first works it out).
  */
 export class DnsTable {
-  private readonly split = new SiteSplit();
-  /** Host → entry text: what the file holds (or will, once written). */
-  readonly entries = new Map<string, string>();
+  /** Host → its entry: what the file holds (or will, once written). */
+  readonly entries = new Map<string, Entry>();
+  /** The sites this table was last brought to. */
+  private seen?: readonly Site[];
   /** Hosts kept at their old entry while they move into Caddy's config. */
   private keptAside = new Set<string>();
   /** Hosts whose entry changed since the last takePatch(). */
   private dirty = new Set<string>();
+
+  constructor(private readonly split: SiteSplit = new SiteSplit()) {}
 
   /** The new file text, or undefined when nothing in it changed. */
   update(sites: readonly Site[], o: { transition?: boolean }, changes?: SiteChanges): string | undefined {
@@ -96,20 +110,26 @@ export class DnsTable {
     o: { transition?: boolean },
     changes?: SiteChanges,
   ): Generator<void, boolean> {
-    const hosts = yield* this.split.updateSteps(sites, changes);
+    const hosts = yield* this.split.hostsSinceSteps(this.seen, sites, changes);
+    this.seen = sites;
     const pause = pauseEvery();
     const kept = new Set<string>();
     let changed = false;
     const place = (host: string) => {
       const site = this.split.dynamic.get(host);
       const before = this.entries.get(host);
-      let after: string | undefined;
-      if (site) after = entryOf(site);
+      let after: Entry | undefined;
+      if (site) after = site;
       else if (o.transition && before !== undefined && this.split.has(host)) {
         after = before;
         kept.add(host);
       }
       if (after === before) return;
+      if (after !== undefined && before !== undefined && sameEntry(after, before)) {
+        // The same text: hold the new site (the old one is garbage), nothing to write.
+        this.entries.set(host, after);
+        return;
+      }
       changed = true;
       this.dirty.add(host);
       if (after === undefined) this.entries.delete(host);
@@ -135,8 +155,13 @@ export class DnsTable {
     return changed || hosts === undefined;
   }
 
+  /** Every entry's text, as the file holds them. */
+  *texts(): Generator<string> {
+    for (const e of this.entries.values()) yield textOf(e);
+  }
+
   text(): string {
-    return `{${[...this.entries.values()].join(',')}}`;
+    return `{${[...this.texts()].join(',')}}`;
   }
 
   /** The entries set and the hosts removed since the last call. */
@@ -146,7 +171,7 @@ export class DnsTable {
     for (const host of this.dirty) {
       const e = this.entries.get(host);
       if (e === undefined) del.push(host);
-      else set.push(e);
+      else set.push(textOf(e));
     }
     this.dirty.clear();
     return { set, del };
@@ -326,6 +351,8 @@ export interface SidecarOptions {
   /** argv that runs `berth dns-server` (node + this CLI). */
   command: string[];
   logger: Logger;
+  /** The split the Caddy targets of the same passes read (one per pass instead of one each). */
+  split?: SiteSplit;
 }
 
 /**
@@ -338,11 +365,13 @@ export class DnsSidecar {
   private timer?: NodeJS.Timeout;
   private stopping = false;
   private cfg?: SidecarConfig;
-  private readonly table = new DnsTable();
+  private readonly table: DnsTable;
   private log?: TableLogWriter;
   restarts = 0;
 
-  constructor(private readonly o: SidecarOptions) {}
+  constructor(private readonly o: SidecarOptions) {
+    this.table = new DnsTable(o.split);
+  }
 
   /** The responder's counters, as it last wrote them (once a second); zeros before it has. */
   stats(): { queries: number; answered: number; notFound: number; errors: number } {
@@ -408,7 +437,7 @@ export class DnsSidecar {
     if (intact && patch.set.length + patch.del.length === 0) return;
     if (!intact || !this.log!.append(patch.set, patch.del)) {
       this.log ??= new TableLogWriter(p.table);
-      this.log.writeFull(this.table.entries.values());
+      this.log.writeFull(this.table.texts());
       // The file an older server wrote; a responder prefers whichever changed last.
       rmSync(p.legacyTable, { force: true });
     }
