@@ -6,12 +6,15 @@
 // WebSocket survives the change. Everything on 127.0.0.0/8; every process stopped at the end.
 //
 //   npm run build && npx tsx bench/caddy-layouts.ts [--sizes 1000,10000,50000] [--requests 300]
-//     [--layouts static,dynamic] [--refresh 1s] [--json]
+//     [--layouts static,dynamic] [--refresh 1s] [--client probe|inline] [--json]
 // The DNS responder is the one of the build in BERTH_BIN (default dist), run as its own process.
+
+import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { Agent, createServer, request } from 'node:http';
+import { Agent, createServer, request, type Server } from 'node:http';
 import { cpus, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
 import { pathToFileURL } from 'node:url';
 import pino from 'pino';
 import { WebSocket, WebSocketServer } from 'ws';
@@ -82,13 +85,39 @@ async function until(ok: () => Promise<boolean>): Promise<number> {
   return 0;
 }
 
+/**
+ * The client of the latency figures and the upstream they reach: bench/http/probe.mjs, a process
+ * of its own (`--client probe`, the default), or this one (`--client inline`, as before), whose
+ * collections of the run's 50k sites land in the figures' tail.
+ */
+const CLIENT = arg('client', 'probe') as 'probe' | 'inline';
+const probe =
+  CLIENT === 'probe'
+    ? spawn(process.execPath, [join(import.meta.dirname, 'http/probe.mjs'), '127.0.0.2'], {
+        stdio: ['pipe', 'pipe', 'inherit'],
+      })
+    : undefined;
+const probeLines = probe ? createInterface({ input: probe.stdout! })[Symbol.asyncIterator]() : undefined;
+async function probeAnswer<T>(): Promise<T> {
+  const next = await probeLines!.next();
+  if (next.done) throw new Error('bench/http/probe.mjs exited');
+  return JSON.parse(next.value) as T;
+}
+
 async function latency(port: number, host: string): Promise<{ p50: number; p99: number }> {
-  for (let i = 0; i < 20; i++) await get(port, host); // warm-up
-  const ms: number[] = [];
-  for (let i = 0; i < REQUESTS; i++) {
-    const t = performance.now();
-    await get(port, host);
-    ms.push(performance.now() - t);
+  let ms: number[] = [];
+  if (probe) {
+    probe.stdin!.write(`${JSON.stringify({ port, host, requests: REQUESTS, warmup: 20 })}\n`);
+    const r = await probeAnswer<{ ms: number[]; failed: number }>();
+    if (r.failed > 0) throw new Error(`${r.failed} of ${REQUESTS} requests to ${host} failed`);
+    ms = r.ms;
+  } else {
+    for (let i = 0; i < 20; i++) await get(port, host); // warm-up
+    for (let i = 0; i < REQUESTS; i++) {
+      const t = performance.now();
+      await get(port, host);
+      ms.push(performance.now() - t);
+    }
   }
   return { p50: pct(ms, 50), p99: pct(ms, 99) };
 }
@@ -222,9 +251,15 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   });
 }
 
-const upstreamPort = await freePort('127.0.0.2');
-const upstream = createServer((_q, s) => s.end('ok\n'));
-await new Promise<void>((r) => upstream.listen(upstreamPort, '127.0.0.2', r));
+let upstreamPort: number;
+let upstream: Server | undefined;
+if (probe) upstreamPort = (await probeAnswer<{ port: number }>()).port;
+else {
+  upstreamPort = await freePort('127.0.0.2');
+  const u = createServer((_q, s) => s.end('ok\n'));
+  upstream = u;
+  await new Promise<void>((r) => u.listen(upstreamPort, '127.0.0.2', r));
+}
 const movedPort = await freePort('127.0.0.2');
 const movedUpstream = createServer((_q, s) => s.end('moved\n'));
 await new Promise<void>((r) => movedUpstream.listen(movedPort, '127.0.0.2', r));
@@ -237,15 +272,18 @@ try {
   for (const n of SIZES)
     for (const layout of LAYOUTS) rows.push(await measure(layout, n, upstreamPort, wsPort, movedPort));
 } finally {
-  upstream.close();
+  upstream?.close();
+  probe?.stdin?.end();
   movedUpstream.close();
   wss.close();
   agent.destroy();
 }
 console.log(
-  `caddy layouts — ${DIST}, ${cpus().length} CPUs, ${REQUESTS} requests per latency figure, loadavg ${readFileSync('/proc/loadavg', 'utf8').trim()}`,
+  `caddy layouts — ${DIST}, ${cpus().length} CPUs, ${REQUESTS} requests per latency figure (client: ${CLIENT === 'probe' ? 'its own process' : 'the bench process'}), loadavg ${readFileSync('/proc/loadavg', 'utf8').trim()}`,
 );
 console.table(rows);
 // The summary, one line and last, for scripts comparing runs.
 if (JSON_OUT)
-  console.log(JSON.stringify({ bench: 'caddy-layouts', cpus: cpus().length, requests: REQUESTS, rows }));
+  console.log(
+    JSON.stringify({ bench: 'caddy-layouts', cpus: cpus().length, requests: REQUESTS, client: CLIENT, rows }),
+  );

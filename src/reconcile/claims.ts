@@ -67,15 +67,17 @@ function* nextClaimSteps(
   const pause = pauseEvery();
   const out: Claims = Object.create(null);
   // The lookup index of the new claims is made here, where their entries are at hand anyway.
-  const index = new Map<string, number>();
+  const index = units.size >= INDEXED_FROM ? new Map<string, number>() : null;
+  // The claims first seen now share one record.
+  const fresh: ClaimRecord = { since: now };
   for (const u of units) {
     if (pause()) yield;
-    const p = prev?.[u];
+    const p = prev && Object.hasOwn(prev, u) ? prev[u] : undefined;
     const keeps = p && (p.releasedAt === undefined || now - p.releasedAt <= memoryMs);
     // A claim held before is the same record again (no new object per unit of 25k).
-    const c = keeps ? (p.releasedAt === undefined ? p : { since: p.since }) : { since: now };
+    const c = keeps ? (p.releasedAt === undefined ? p : { since: p.since }) : fresh;
     out[u] = c;
-    index.set(u, c.since);
+    index?.set(u, c.since);
   }
   indexes.set(out, index);
   if (!prev) return out;
@@ -92,17 +94,27 @@ function* nextClaimSteps(
   return out;
 }
 
-const indexes = new WeakMap<Claims, Map<string, number>>();
+/**
+ * Claims stay a plain object (they are stored as JSON). Past this many units, lookups go through
+ * a Map made once (a hostile agent's 25k units, looked up one by one); below it, in the object
+ * itself: a Map per agent of a fleet would be 3 MiB more at 1,000 agents × 50 routes.
+ */
+const INDEXED_FROM = 1024;
+/** Each claims object's index, or null when it is looked up in place. */
+const indexes = new WeakMap<Claims, Map<string, number> | null>();
 
 /** Since when the agent claims a unit; 0 for claims recorded before the server kept them. */
 export function claimedSince(claims: Claims | undefined, unit: string): number {
   if (!claims) return 0;
-  // Claims stay a plain object (they are stored as JSON); lookups go through a Map made once.
   let index = indexes.get(claims);
-  if (!index) {
-    index = new Map();
-    for (const [u, c] of Object.entries(claims)) if (c.releasedAt === undefined) index.set(u, c.since);
+  if (index === undefined) {
+    const entries = Object.entries(claims);
+    index = entries.length >= INDEXED_FROM ? new Map() : null;
+    if (index) for (const [u, c] of entries) if (c.releasedAt === undefined) index.set(u, c.since);
     indexes.set(claims, index);
   }
-  return index.get(unit) ?? 0;
+  if (index) return index.get(unit) ?? 0;
+  // Own properties only: claims read back from the store have Object's prototype.
+  const c = Object.hasOwn(claims, unit) ? claims[unit] : undefined;
+  return c && c.releasedAt === undefined ? c.since : 0;
 }

@@ -118,6 +118,12 @@ function plainOutcome(units: number): RouteOutcome {
   return o;
 }
 
+/** A unit's site, whether its result is the site itself or has refused claims too. */
+const siteOf = (r: Site | UnitResult | undefined): Site | undefined =>
+  r === undefined ? undefined : 'routeKeys' in r ? r : r.site;
+const errorsOf = (r: Site | UnitResult): Map<string, string[]> | undefined =>
+  'routeKeys' in r ? undefined : r.errors;
+
 /** Routes, units or keys dealt with between two of an update's pause points. */
 const PAUSE_EVERY = 500;
 
@@ -133,9 +139,13 @@ const RESORT_SHARE = 0.25;
  */
 export class DesiredModel {
   private readonly agents = new Map<string, AgentRoutes>();
-  /** Unit → its claims (in no order: settling sorts them). */
-  private readonly claims = new Map<string, Claim<RouteSpec>[]>();
-  private readonly results = new Map<string, UnitResult>();
+  /**
+   * Unit → its claims (in no order: settling sorts them): the claim itself when there is one
+   * (nearly every unit; a list each is 2.7 MiB at 50k).
+   */
+  private readonly claims = new Map<string, Claim<RouteSpec> | Claim<RouteSpec>[]>();
+  /** Unit → what it settled to: its site itself when that is all (no refused claim). */
+  private readonly results = new Map<string, Site | UnitResult>();
   /** HTTP route key → its route, and the route's outcome. */
   private readonly routes = new Map<string, RouteSpec>();
   private readonly outcomes = new Map<string, RouteOutcome>();
@@ -187,15 +197,15 @@ export class DesiredModel {
     const replaced = new Set<Site>();
     for (const unit of dirty) {
       if (this.pause()) yield;
-      const old = this.results.get(unit)?.site;
+      const old = siteOf(this.results.get(unit));
       if (old) replaced.add(old);
-      const list = this.claims.get(unit);
-      if (!list) {
+      const list = this.claimsOf(unit);
+      if (list.length === 0) {
         this.results.delete(unit);
         continue;
       }
       const r = settleUnit(unit, list);
-      this.results.set(unit, r);
+      this.results.set(unit, r.site && !r.errors ? r.site : r);
       if (r.site) changed.push(r.site);
       for (const c of list) touched.add(c.key);
     }
@@ -233,9 +243,10 @@ export class DesiredModel {
     touched.add(key);
     for (const unit of unitsOfRoute(r)) {
       const claim = { key, agent: a, route: r, since: claimedSince(a.claims, unit) };
-      const list = this.claims.get(unit);
-      if (list) list.push(claim);
-      else this.claims.set(unit, [claim]);
+      const had = this.claims.get(unit);
+      if (had === undefined) this.claims.set(unit, claim);
+      else if (Array.isArray(had)) had.push(claim);
+      else this.claims.set(unit, [had, claim]);
       dirty.add(unit);
     }
   }
@@ -253,10 +264,11 @@ export class DesiredModel {
     this.outcomes.delete(key);
     touched.add(key);
     for (const unit of unitsOfRoute(r)) {
-      const list = this.claims.get(unit);
-      if (!list) continue;
+      const list = this.claimsOf(unit);
+      if (list.length === 0) continue;
       const rest = list.filter((c) => c.key !== key);
-      if (rest.length > 0) this.claims.set(unit, rest);
+      if (rest.length > 1) this.claims.set(unit, rest);
+      else if (rest.length === 1) this.claims.set(unit, rest[0]!);
       else this.claims.delete(unit);
       dirty.add(unit);
     }
@@ -301,7 +313,7 @@ export class DesiredModel {
         const key = routeKey(a.agentId, r.id);
         this.routes.set(key, r);
         for (const unit of units)
-          for (const c of this.claims.get(unit) ?? [])
+          for (const c of this.claimsOf(unit))
             if (c.key === key) {
               c.agent = a;
               c.route = r;
@@ -314,6 +326,12 @@ export class DesiredModel {
     return true;
   }
 
+  /** A unit's claims, as a list. */
+  private claimsOf(unit: string): Claim<RouteSpec>[] {
+    const c = this.claims.get(unit);
+    return c === undefined ? [] : Array.isArray(c) ? c : [c];
+  }
+
   /** A route's outcome from its units' results, in the order of its hosts. */
   private outcomeOf(key: string, r: RouteSpec): RouteOutcome {
     const o: RouteOutcome = { errors: [], units: 0 };
@@ -321,9 +339,9 @@ export class DesiredModel {
     for (const unit of unitsOfRoute(r)) {
       const res = this.results.get(unit);
       if (!res) continue;
-      const errors = res.errors?.get(key);
+      const errors = errorsOf(res)?.get(key);
       if (errors) o.errors.push(...errors);
-      if (res.site?.routeKeys.includes(key)) o.units++;
+      if (siteOf(res)?.routeKeys.includes(key)) o.units++;
     }
     return o.pending === undefined && o.errors.length === 0 ? plainOutcome(o.units) : o;
   }
@@ -331,7 +349,7 @@ export class DesiredModel {
   /** The sorted site list with the sites of dirty units (`replaced`) replaced by `changed`. */
   private sitesAfter(dirty: number, replaced: Set<Site>, changed: Site[]): Site[] {
     if (dirty > this.sites.length * RESORT_SHARE)
-      return [...this.results.values()].flatMap((r) => (r.site ? [r.site] : [])).sort(bySite);
+      return [...this.results.values()].flatMap((r) => siteOf(r) ?? []).sort(bySite);
     changed.sort(bySite);
     return mergeSites(this.sites, replaced, changed);
   }

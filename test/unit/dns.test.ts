@@ -135,6 +135,25 @@ describe('dynamic Caddy layout', () => {
     // Once applied: only what the catch-all serves.
     expect(tableFromSites(after)).toEqual({ 'stays.test': [['127.0.0.1', 80]] });
   });
+
+  it('writes every host and upstream as JSON reads it back, plain or not', () => {
+    const odd = ['we"ird.test', 'back\\slash.test', 'ünï.test', 'tab\t.test', '*.wild.test'];
+    const sites = odd.map((h, i) =>
+      site(h, {
+        upstreams: [
+          { host: i % 2 ? `up"${i}` : '10.0.0.1', port: 80 + i, scheme: 'http' },
+          { host: 'b.internal', port: 8080, scheme: 'http' },
+        ],
+      }),
+    );
+    const table = tableFromSites(sites);
+    expect(Object.keys(table).sort()).toEqual([...odd].sort());
+    for (const [i, h] of odd.entries())
+      expect(table[h]).toEqual([
+        [i % 2 ? `up"${i}` : '10.0.0.1', 80 + i],
+        ['b.internal', 8080],
+      ]);
+  });
 });
 
 describe('DNS responder answering unknown hosts (with the forwarding not-found listener)', () => {

@@ -34,4 +34,21 @@ describe('nextClaims', () => {
     c = nextClaims(c, units(), 1, 60_000);
     expect(Object.keys(c)).toHaveLength(10_000);
   });
+
+  it('answers the same looked up in place (few units) or through its index (many), and for claims read back from JSON', () => {
+    for (const n of [3, 50, 1_023, 1_024, 5_000]) {
+      const all = Array.from({ length: n }, (_, i) => `h${i}.test\u0000/`);
+      const first = nextClaims(undefined, new Set(all.slice(0, n - 1)), 1_000, 60_000);
+      // One released (remembered, not claimed), one new.
+      const next = nextClaims(first, new Set([...all.slice(1, n - 1), all[n - 1]!]), 2_000, 60_000);
+      for (const c of [next, JSON.parse(JSON.stringify(next))]) {
+        expect(claimedSince(c, all[0]!)).toBe(0);
+        expect(claimedSince(c, all[1]!)).toBe(1_000);
+        expect(claimedSince(c, all[n - 1]!)).toBe(2_000);
+        // Names of Object's prototype are not claims.
+        for (const u of ['constructor', '__proto__', 'toString', 'hasOwnProperty'])
+          expect(claimedSince(c, u)).toBe(0);
+      }
+    }
+  });
 });
