@@ -156,14 +156,27 @@ async function clientCommand(command: string, config: ClientConfig, rest: string
  * young collection: 20 % kept the RSS 15 MiB lower but cost about 8 % of a core more while each
  * pass rendered the whole 50k-host DNS table text; 50 % cost about 4 %, and nothing measurable
  * once the table is patched instead.
- * `node --heap-growing-percent=N` (or NODE_OPTIONS) sets another value.
+ * `BERTH_HEAP_GROWING_PERCENT=N` or `node --heap-growing-percent=N` sets another value (Node
+ * refuses V8's flag in NODE_OPTIONS).
  */
 export const SERVER_HEAP_GROWING_PERCENT = 50;
 
 /** Set before the server loads: a flag of V8's that it reads at every collection. */
 function serverHeapFlags(env: NodeJS.ProcessEnv): void {
-  const given = [...process.execArgv, env.NODE_OPTIONS ?? ''].some((a) => a.includes('heap-growing-percent'));
-  if (!given) setFlagsFromString(`--heap-growing-percent=${SERVER_HEAP_GROWING_PERCENT}`);
+  if (process.execArgv.some((a) => a.includes('heap-growing-percent'))) return;
+  setFlagsFromString(`--heap-growing-percent=${heapGrowingPercent(env.BERTH_HEAP_GROWING_PERCENT)}`);
+}
+
+/** BERTH_HEAP_GROWING_PERCENT's value (a whole number, 1 to 1000), else the server's default. */
+export function heapGrowingPercent(given: string | undefined): number {
+  if (given === undefined || given === '') return SERVER_HEAP_GROWING_PERCENT;
+  const n = Number(given);
+  if (!/^\d+$/.test(given) || n < 1 || n > 1000)
+    throw new UserError(
+      'CONFIG_INVALID',
+      `BERTH_HEAP_GROWING_PERCENT must be a whole number from 1 to 1000, not ${JSON.stringify(given)}`,
+    );
+  return n;
 }
 
 async function serve(config: ServeConfig, env: NodeJS.ProcessEnv): Promise<number> {
