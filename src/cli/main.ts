@@ -152,14 +152,15 @@ async function clientCommand(command: string, config: ClientConfig, rest: string
  * busy with agents: at 1,000 agents × 50 routes it held about 150 MiB and collected at 500 to
  * 700 MiB (bench/soak.ts). What it keeps grows slowly (a snapshot replaces the last; each pass's
  * lists and each message's parse die young), so collecting sooner keeps the RSS near what is held
- * (about 310 to 330 MiB there). What it costs is in proportion to the large objects that outlive a
- * young collection: 20 % kept the RSS 15 MiB lower but cost about 8 % of a core more while each
- * pass rendered the whole 50k-host DNS table text; 50 % cost about 4 %, and nothing measurable
- * once the table is patched instead.
+ * (about 260 to 310 MiB there). What it costs is in proportion to the large objects that outlive a
+ * young collection. There, 3-minute soaks of one build: 50 % gave an RSS median of 290 to 311 MiB
+ * at 12 % of a core, 30 % 269 MiB at 12 %, 20 % 259 MiB at 15 % (and heartbeats waited longer:
+ * p99 69 ms against 21). While each pass rendered the whole DNS table text, 20 % cost 8 % of a
+ * core more; the table is patched now.
  * `BERTH_HEAP_GROWING_PERCENT=N` or `node --heap-growing-percent=N` sets another value (Node
  * refuses V8's flag in NODE_OPTIONS).
  */
-export const SERVER_HEAP_GROWING_PERCENT = 50;
+export const SERVER_HEAP_GROWING_PERCENT = 30;
 
 /** Set before the server loads: a flag of V8's that it reads at every collection. */
 function serverHeapFlags(env: NodeJS.ProcessEnv): void {
