@@ -4,6 +4,7 @@
 // is handed to the WebSocket.
 import { isIP, type OnReadOpts } from 'node:net';
 import { connect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
+import { AGENT_CHANNEL_CIPHERS } from '../tls/ciphers.js';
 import { ChainError, type ChainProblem, peerChain, verifyPinnedChain } from '../tls/verify.js';
 
 export interface ServerTrust {
@@ -22,14 +23,15 @@ export class DialError extends Error {
 }
 
 /**
- * The TLS settings every connection to the server shares (the trusted CAs), made once: a context
+ * The TLS settings every connection to the server shares (the trusted CAs, the suites in the
+ * agent's order: tls/ciphers.ts), made once: a context
  * per connection is memory and handshake time that a --tunnel agent, which opens one connection
  * per stream, pays for every stream. One entry: an agent trusts one server's CA at a time.
  */
 let shared: { ca: string | undefined; context: SecureContext } | undefined;
 function secureContextFor(ca: string | undefined): SecureContext {
   if (shared && shared.ca === ca) return shared.context;
-  const context = createSecureContext(ca ? { ca } : {});
+  const context = createSecureContext({ ...(ca ? { ca } : {}), ciphers: AGENT_CHANNEL_CIPHERS });
   shared = { ca, context };
   return context;
 }
