@@ -5,7 +5,7 @@
 import { isIP, type OnReadOpts } from 'node:net';
 import { connect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
 import { AGENT_CHANNEL_CIPHERS } from '../tls/ciphers.js';
-import { ChainError, type ChainProblem, peerChain, verifyPinnedChain } from '../tls/verify.js';
+import { ChainError, type ChainProblem, peerX509Chain, pinnedChainCheck } from '../tls/verify.js';
 
 export interface ServerTrust {
   pin?: string;
@@ -35,6 +35,9 @@ function secureContextFor(ca: string | undefined): SecureContext {
   shared = { ca, context };
   return context;
 }
+
+/** The pinned check of every connection to the server (the same chain each time, checked once). */
+const checkPinned = pinnedChainCheck();
 
 /**
  * A TLS socket to `url`'s host and port whose certificate passed the agent's check; with `onread`,
@@ -84,7 +87,7 @@ export function secureDial(
     socket.once('secureConnect', () => {
       if (pinned) {
         try {
-          verifyPinnedChain(peerChain(socket.getPeerCertificate(true)), trust.pin!, host);
+          checkPinned(peerX509Chain(socket), trust.pin!, host);
         } catch (err) {
           if (err instanceof ChainError) return fail(new DialError(err.problem, err.message));
           return fail(err as Error);

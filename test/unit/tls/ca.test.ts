@@ -10,7 +10,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { DialError, secureDial } from '../../../src/agent/dial.js';
 import { createCa, issueServerCert, spkiPin, splitPem, subjectAltNames } from '../../../src/tls/ca.js';
 import { int, oid, time, uint } from '../../../src/tls/der.js';
-import { ChainError, verifyPinnedChain } from '../../../src/tls/verify.js';
+import { ChainError, pinnedChainCheck, verifyPinnedChain } from '../../../src/tls/verify.js';
 
 const servers: Server[] = [];
 afterEach(() => {
@@ -170,6 +170,51 @@ describe('verifyPinnedChain', () => {
 
   it('refuses an empty chain', () => {
     expect(() => verifyPinnedChain([], pin, '127.0.0.1')).toThrow(/no certificate/);
+  });
+});
+
+describe('pinnedChainCheck', () => {
+  const ca = createCa();
+  const pin = spkiPin(ca.cert);
+  const chain = (pem: string) => splitPem(pem).map((c) => new X509Certificate(c));
+  const s = issueServerCert(ca, { names: ['127.0.0.1'], days: 1 });
+
+  it('checks a chain once, then passes the same certificates again without their signatures', () => {
+    const check = pinnedChainCheck();
+    const first = chain(s.cert);
+    let verified = 0;
+    const verify = first[0]!.verify.bind(first[0]);
+    first[0]!.verify = (k) => {
+      verified++;
+      return verify(k);
+    };
+    check(first, pin, '127.0.0.1');
+    check(first, pin, '127.0.0.1');
+    check(chain(s.cert), pin, '127.0.0.1');
+    expect(verified).toBe(1);
+  });
+
+  it('still refuses, after a pass, another pin, another host, another chain or a certificate past its time', () => {
+    const check = pinnedChainCheck();
+    check(chain(s.cert), pin, '127.0.0.1');
+    expect(() => check(chain(s.cert), spkiPin(createCa().cert), '127.0.0.1')).toThrow(
+      expect.objectContaining({ problem: 'pin-mismatch' }),
+    );
+    expect(() => check(chain(s.cert), pin, '10.9.9.9')).toThrow(
+      expect.objectContaining({ problem: 'wrong-host' }),
+    );
+    const forged = splitPem(issueServerCert(createCa(), { names: ['127.0.0.1'] }).cert)[0]!;
+    expect(() => check(chain(forged + ca.cert), pin, '127.0.0.1')).toThrow(
+      expect.objectContaining({ problem: 'bad-signature' }),
+    );
+    const later = new Date(Date.now() + 3 * 86_400_000);
+    expect(() => check(chain(s.cert), pin, '127.0.0.1', later)).toThrow(
+      expect.objectContaining({ problem: 'expired' }),
+    );
+    const earlier = new Date(Date.now() - 86_400_000);
+    expect(() => check(chain(s.cert), pin, '127.0.0.1', earlier)).toThrow(
+      expect.objectContaining({ problem: 'not-yet-valid' }),
+    );
   });
 });
 
