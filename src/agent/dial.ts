@@ -4,7 +4,8 @@
 // is handed to the WebSocket.
 import { isIP, type OnReadOpts } from 'node:net';
 import { connect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
-import { ChainError, type ChainProblem, peerChain, verifyPinnedChain } from '../tls/verify.js';
+import { AGENT_CHANNEL_CIPHERS } from '../tls/ciphers.js';
+import { ChainError, type ChainProblem, peerX509Chain, pinnedChainCheck } from '../tls/verify.js';
 
 export interface ServerTrust {
   pin?: string;
@@ -22,17 +23,21 @@ export class DialError extends Error {
 }
 
 /**
- * The TLS settings every connection to the server shares (the trusted CAs), made once: a context
+ * The TLS settings every connection to the server shares (the trusted CAs, the suites in the
+ * agent's order: tls/ciphers.ts), made once: a context
  * per connection is memory and handshake time that a --tunnel agent, which opens one connection
  * per stream, pays for every stream. One entry: an agent trusts one server's CA at a time.
  */
 let shared: { ca: string | undefined; context: SecureContext } | undefined;
 function secureContextFor(ca: string | undefined): SecureContext {
   if (shared && shared.ca === ca) return shared.context;
-  const context = createSecureContext(ca ? { ca } : {});
+  const context = createSecureContext({ ...(ca ? { ca } : {}), ciphers: AGENT_CHANNEL_CIPHERS });
   shared = { ca, context };
   return context;
 }
+
+/** The pinned check of every connection to the server (the same chain each time, checked once). */
+const checkPinned = pinnedChainCheck();
 
 /**
  * A TLS socket to `url`'s host and port whose certificate passed the agent's check; with `onread`,
@@ -82,7 +87,7 @@ export function secureDial(
     socket.once('secureConnect', () => {
       if (pinned) {
         try {
-          verifyPinnedChain(peerChain(socket.getPeerCertificate(true)), trust.pin!, host);
+          checkPinned(peerX509Chain(socket), trust.pin!, host);
         } catch (err) {
           if (err instanceof ChainError) return fail(new DialError(err.problem, err.message));
           return fail(err as Error);

@@ -2,6 +2,7 @@
 // buffers (`onread`) and each chunk is written on at once. Shared by the TCP forwarder and the
 // tunnels (src/net/splice.ts).
 import { type OnReadOpts, Socket, type SocketConstructorOpts } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 
 export interface RelayOptions {
   /**
@@ -22,7 +23,7 @@ export interface RelayOptions {
  * destination is full) stops reading until it drains, and a drained socket has sent everything,
  * so the buffer is free again when reading resumes. A write that the kernel did not take whole
  * while the destination still has room is queued by reference, though, so the next read goes to a
- * fresh buffer. Reads that fill the buffer move on to a bigger one (up to MAX_READ_BYTES): fewer
+ * fresh buffer (not when it is TLS, which has copied it). Reads that fill the buffer move on to a bigger one (up to MAX_READ_BYTES): fewer
  * system calls for bulk transfers, little memory for chatty ones. From a TLS source (`tls`),
  * consecutive full records are read into consecutive parts of one buffer and written together.
  */
@@ -40,6 +41,10 @@ export function relay(to: () => Socket, o: RelayOptions = {}): OnReadOpts {
         dest.cork();
         setImmediate(uncork, dest);
       }
+      // A TLS destination encrypts what it is given before write() returns (Node's TLSWrap copies
+      // anything it cannot encrypt at once), so the buffer is free again at once, though the write's
+      // callback comes later; unless the write waits in the stream's own queue, behind another.
+      const copied = dest.writableLength === 0 && !dest.writableCorked && isTls(dest);
       let more = dest.write(n === buf.length ? buf : buf.subarray(0, n));
       // Corked, write() says "full" past the socket's highWaterMark (16 KiB): what is held is
       // bounded by the buffer instead, and the uncork below or at setImmediate sends it.
@@ -56,12 +61,15 @@ export function relay(to: () => Socket, o: RelayOptions = {}): OnReadOpts {
       const filled = offset + n === readBuf.length;
       offset = 0;
       if (filled && readBuf.length < MAX_READ_BYTES) readBuf = Buffer.allocUnsafe(readBuf.length * 4);
-      else if ((more || o.tls) && dest.writableLength > 0) readBuf = Buffer.allocUnsafe(readBuf.length);
+      else if (!copied && (more || o.tls) && dest.writableLength > 0)
+        readBuf = Buffer.allocUnsafe(readBuf.length);
       next = readBuf;
       return more;
     },
   };
 }
+
+const isTls = (s: Socket) => (s as Partial<TLSSocket>).encrypted === true && !s.connecting && !s.destroyed;
 
 /** Sends everything a corked socket holds (however many times it was corked). */
 export function uncork(s: Socket): void {

@@ -21,6 +21,7 @@ import {
   splitPem,
   subjectAltNames,
 } from '../tls/ca.js';
+import { AGENT_LISTENER_TLS } from '../tls/ciphers.js';
 
 /** Where the CA lives in the store's meta area: `{"cert": PEM, "key": PEM}`. */
 export const CA_META_KEY = 'agent_tls_ca';
@@ -56,6 +57,14 @@ export interface AgentTls {
   listen(attach: (server: Server) => void): Promise<void>;
   close(): Promise<void>;
 }
+
+/** The listener's TLS settings (the same again when the certificate is re-issued). */
+const tlsOf = (c: CertKey) => ({
+  cert: c.cert,
+  key: c.key,
+  minVersion: 'TLSv1.2' as const,
+  ...AGENT_LISTENER_TLS,
+});
 
 /** Loads (or makes) the CA and the server certificate. Throws a UserError naming the problem. */
 export async function prepareAgentTls(
@@ -105,14 +114,11 @@ export async function prepareAgentTls(
   return {
     info,
     async listen(attach) {
-      const s = createServer(
-        { cert: current.cert, key: current.key, minVersion: 'TLSv1.2', handshakeTimeout: 10_000 },
-        (_req, res) => {
-          // Only the agent WebSocket lives here (its upgrade never reaches this handler).
-          res.writeHead(404, { 'content-type': 'application/json' });
-          res.end('{"error":{"code":"NOT_FOUND","message":"this listener serves only the agent WebSocket"}}');
-        },
-      );
+      const s = createServer({ ...tlsOf(current), handshakeTimeout: 10_000 }, (_req, res) => {
+        // Only the agent WebSocket lives here (its upgrade never reaches this handler).
+        res.writeHead(404, { 'content-type': 'application/json' });
+        res.end('{"error":{"code":"NOT_FOUND","message":"this listener serves only the agent WebSocket"}}');
+      });
       s.on('tlsClientError', (err) => logger.debug({ err: err.message }, 'agent TLS handshake failed'));
       attach(s);
       await new Promise<void>((resolve, reject) => {
@@ -127,7 +133,7 @@ export async function prepareAgentTls(
       if (ca === 'berth') {
         timer = setInterval(() => {
           current = issue();
-          s.setSecureContext({ cert: current.cert, key: current.key, minVersion: 'TLSv1.2' });
+          s.setSecureContext(tlsOf(current));
           info.validTo = validTo();
         }, REISSUE_MS);
         timer.unref();

@@ -1,8 +1,10 @@
 // The server's side of the agent channel: the CA made once and kept in the store, the names its
 // certificate covers, an operator chain, and a store whose CA cannot be read.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect } from 'node:tls';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CA_META_KEY, certificateNames, prepareAgentTls } from '../../../src/server/agent-tls.js';
@@ -93,6 +95,35 @@ describe('prepareAgentTls', () => {
         logger,
       ),
     ).rejects.toThrow(/--agent-tls-cert\/--agent-tls-key: .*(key values mismatch|does not match)/i);
+    await store.close();
+  });
+
+  it('picks AES-128-GCM for an agent of any version, ChaCha20 for one that lists it first', async () => {
+    const store = SqliteStore.openDataDir(tmp());
+    const t = await prepareAgentTls(
+      { listen: { host: '127.0.0.1', port: 0 }, publicNames: [] },
+      store,
+      logger,
+    );
+    let port = 0;
+    await t!.listen((s) => s.once('listening', () => (port = (s.address() as AddressInfo).port)));
+    const cipherOf = (ciphers?: string) =>
+      new Promise<string>((resolve, reject) => {
+        const c = connect(
+          { host: '127.0.0.1', port, rejectUnauthorized: false, ...(ciphers ? { ciphers } : {}) },
+          () => {
+            resolve(c.getCipher().standardName);
+            c.destroy();
+          },
+        );
+        c.once('error', reject);
+      });
+    // Node's own client order (an older agent) puts AES-256-GCM first; the listener's order decides.
+    expect(await cipherOf()).toBe('TLS_AES_128_GCM_SHA256');
+    expect(await cipherOf('TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256')).toBe(
+      'TLS_CHACHA20_POLY1305_SHA256',
+    );
+    await t!.close();
     await store.close();
   });
 });

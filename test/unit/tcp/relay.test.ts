@@ -148,6 +148,93 @@ describe('relay, gathering TLS records', () => {
   });
 });
 
+describe('relay to a TLS destination', () => {
+  /**
+   * A TLS server that reads what its client (the relay's destination) sends: echoes each chunk
+   * back, or collects everything, stalling every 128 KiB so the relay's writes back up.
+   */
+  async function tlsPeer(mode: 'echo' | 'collect'): Promise<{ port: number; got: Promise<Buffer> }> {
+    let gotIt!: (b: Buffer) => void;
+    const got = new Promise<Buffer>((r) => {
+      gotIt = r;
+    });
+    const server = createTlsServer({ ...chain, allowHalfOpen: true }, (t) => {
+      t.on('error', () => {});
+      const parts: Buffer[] = [];
+      let since = 0;
+      t.on('data', (d: Buffer) => {
+        if (mode === 'echo') return t.write(d);
+        parts.push(d);
+        since += d.length;
+        if (since >= 128 * 1024) {
+          since = 0;
+          t.pause();
+          setTimeout(() => t.resume(), 5);
+        }
+      });
+      t.on('end', () => {
+        gotIt(Buffer.concat(parts));
+        t.end();
+      });
+    });
+    closers.push(() => server.close());
+    return { port: await listen(server), got };
+  }
+
+  /** A plain connection whose reads are relayed to a TLS socket; `buffers` are those handed out. */
+  async function plainToTls(port: number) {
+    const t = tlsConnect({ port, host: '127.0.0.1', ca: chain.cert, allowHalfOpen: true });
+    t.on('error', () => {});
+    await new Promise((r) => t.once('secureConnect', r));
+    const buffers = new Set<unknown>();
+    const r = relay(() => t);
+    const onread = {
+      buffer: () => {
+        const b = (r.buffer as () => Uint8Array)();
+        buffers.add(b.buffer);
+        return b;
+      },
+      callback: r.callback,
+    };
+    let from!: Socket;
+    const src = createTcpServer({ allowHalfOpen: true }, (c) => {
+      from = c;
+    });
+    closers.push(() => src.close());
+    const srcPort = await listen(src);
+    const plain = tcpConnect({ port: srcPort, host: '127.0.0.1', allowHalfOpen: true, onread });
+    plain.on('error', () => {});
+    await new Promise((r) => plain.once('connect', r));
+    await new Promise((r) => setTimeout(r, 20));
+    splice(plain, t);
+    return { t, from, buffers };
+  }
+
+  it('reuses its buffer for chatty traffic: TLS has encrypted each chunk before write() returned', async () => {
+    const peer = await tlsPeer('echo');
+    const { t, from, buffers } = await plainToTls(peer.port);
+    for (let i = 0; i < 50; i++) {
+      const msg = pattern(64, i);
+      const back = new Promise<Buffer>((r) => t.once('data', r));
+      from.write(msg);
+      expect((await back).equals(msg)).toBe(true);
+    }
+    // One buffer read into throughout (a fresh one per message before).
+    expect(buffers.size).toBeLessThanOrEqual(2);
+    t.destroy();
+  });
+
+  it('delivers a bulk transfer whole and in order to a TLS reader that stalls', async () => {
+    const peer = await tlsPeer('collect');
+    const { from } = await plainToTls(peer.port);
+    const body = pattern(32 * 1024 * 1024 + 333);
+    from.end(body);
+    const got = await peer.got;
+    expect(got.length).toBe(body.length);
+    expect(got.equals(body)).toBe(true);
+  });
+});
+
 describe('handover', () => {
   it('keeps what came before anyone took it, gives it first, and hands the rest to the relay', async () => {
     const out = await sink();

@@ -5,12 +5,12 @@ import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createServer, type Server } from 'node:tls';
+import { createServer, type Server, type TlsOptions } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DialError, secureDial } from '../../../src/agent/dial.js';
 import { createCa, issueServerCert, spkiPin, splitPem, subjectAltNames } from '../../../src/tls/ca.js';
 import { int, oid, time, uint } from '../../../src/tls/der.js';
-import { ChainError, verifyPinnedChain } from '../../../src/tls/verify.js';
+import { ChainError, pinnedChainCheck, verifyPinnedChain } from '../../../src/tls/verify.js';
 
 const servers: Server[] = [];
 afterEach(() => {
@@ -18,12 +18,12 @@ afterEach(() => {
 });
 
 /** A TLS server presenting `chain`; resolves with its port. Records whether any byte arrived. */
-async function serve(chain: {
-  cert: string;
-  key: string;
-}): Promise<{ port: number; received: () => number }> {
+async function serve(
+  chain: { cert: string; key: string },
+  tls: TlsOptions = {},
+): Promise<{ port: number; received: () => number }> {
   let received = 0;
-  const s = createServer(chain, (sock) => {
+  const s = createServer({ ...chain, ...tls }, (sock) => {
     sock.on('data', (d) => {
       received += d.length;
     });
@@ -173,6 +173,51 @@ describe('verifyPinnedChain', () => {
   });
 });
 
+describe('pinnedChainCheck', () => {
+  const ca = createCa();
+  const pin = spkiPin(ca.cert);
+  const chain = (pem: string) => splitPem(pem).map((c) => new X509Certificate(c));
+  const s = issueServerCert(ca, { names: ['127.0.0.1'], days: 1 });
+
+  it('checks a chain once, then passes the same certificates again without their signatures', () => {
+    const check = pinnedChainCheck();
+    const first = chain(s.cert);
+    let verified = 0;
+    const verify = first[0]!.verify.bind(first[0]);
+    first[0]!.verify = (k) => {
+      verified++;
+      return verify(k);
+    };
+    check(first, pin, '127.0.0.1');
+    check(first, pin, '127.0.0.1');
+    check(chain(s.cert), pin, '127.0.0.1');
+    expect(verified).toBe(1);
+  });
+
+  it('still refuses, after a pass, another pin, another host, another chain or a certificate past its time', () => {
+    const check = pinnedChainCheck();
+    check(chain(s.cert), pin, '127.0.0.1');
+    expect(() => check(chain(s.cert), spkiPin(createCa().cert), '127.0.0.1')).toThrow(
+      expect.objectContaining({ problem: 'pin-mismatch' }),
+    );
+    expect(() => check(chain(s.cert), pin, '10.9.9.9')).toThrow(
+      expect.objectContaining({ problem: 'wrong-host' }),
+    );
+    const forged = splitPem(issueServerCert(createCa(), { names: ['127.0.0.1'] }).cert)[0]!;
+    expect(() => check(chain(forged + ca.cert), pin, '127.0.0.1')).toThrow(
+      expect.objectContaining({ problem: 'bad-signature' }),
+    );
+    const later = new Date(Date.now() + 3 * 86_400_000);
+    expect(() => check(chain(s.cert), pin, '127.0.0.1', later)).toThrow(
+      expect.objectContaining({ problem: 'expired' }),
+    );
+    const earlier = new Date(Date.now() - 86_400_000);
+    expect(() => check(chain(s.cert), pin, '127.0.0.1', earlier)).toThrow(
+      expect.objectContaining({ problem: 'not-yet-valid' }),
+    );
+  });
+});
+
 describe('secureDial (a real TLS handshake)', () => {
   const ca = createCa();
   const pin = spkiPin(ca.cert);
@@ -210,6 +255,43 @@ describe('secureDial (a real TLS handshake)', () => {
     const err = await secureDial(new URL(`wss://127.0.0.1:${s.port}/`), {}).catch((e) => e);
     expect(err.problem).toBe('untrusted');
     expect(err.message).toMatch(/this key has no pin/);
+  });
+
+  it('offers AES-128-GCM first; AES-256-GCM, ChaCha20 and TLS 1.2 ECDHE with an AEAD still agree', async () => {
+    const chain = issueServerCert(ca, { names: ['127.0.0.1'] });
+    const cipherWith = async (tls: TlsOptions) => {
+      const s = await serve(chain, tls);
+      const sock = await secureDial(new URL(`wss://127.0.0.1:${s.port}/`), { pin });
+      const c = sock.getCipher();
+      sock.destroy();
+      return `${c.version} ${c.standardName}`;
+    };
+    // A server that goes by the client's order.
+    expect(await cipherWith({ honorCipherOrder: false })).toBe('TLSv1.3 TLS_AES_128_GCM_SHA256');
+    // An older Berth server: Node's own order, AES-256-GCM first, as before.
+    expect(await cipherWith({})).toBe('TLSv1.3 TLS_AES_256_GCM_SHA384');
+    expect(await cipherWith({ ciphers: 'TLS_CHACHA20_POLY1305_SHA256' })).toBe(
+      'TLSv1.3 TLS_CHACHA20_POLY1305_SHA256',
+    );
+    expect(await cipherWith({ maxVersion: 'TLSv1.2', honorCipherOrder: false })).toBe(
+      'TLSv1.2 TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256',
+    );
+  });
+
+  it('agrees on nothing weaker: no TLS 1.2 CBC suite, no TLS 1.1', async () => {
+    const chain = issueServerCert(ca, { names: ['127.0.0.1'] });
+    const cbc = await serve(chain, { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-AES128-SHA256' });
+    const err = await secureDial(new URL(`wss://127.0.0.1:${cbc.port}/`), { pin }).catch((e) => e);
+    expect(err).toBeInstanceOf(DialError);
+    expect(err.message).toMatch(/handshake failure|no shared cipher|SSL alert/i);
+    const old = await serve(chain, {
+      minVersion: 'TLSv1.1',
+      maxVersion: 'TLSv1.1',
+      ciphers: 'DEFAULT@SECLEVEL=0',
+    });
+    expect(await secureDial(new URL(`wss://127.0.0.1:${old.port}/`), { pin }).catch((e) => e)).toBeInstanceOf(
+      DialError,
+    );
   });
 
   it('says when nothing answers', async () => {
