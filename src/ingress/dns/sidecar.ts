@@ -51,12 +51,17 @@ type TableFile = Record<string, [string, number][]>;
  */
 export function tableFromSites(sites: readonly Site[], keep?: TableFile): TableFile {
   const t = new DnsTable();
-  if (keep) for (const [host, ups] of Object.entries(keep)) t.entries.set(host, entryText(host, ups));
+  if (keep)
+    for (const [host, ups] of Object.entries(keep))
+      t.entries.set(
+        host,
+        entryText(
+          host,
+          ups.map(([h, port]) => ({ host: h, port })),
+        ),
+      );
   return JSON.parse(t.update(sites, { transition: keep !== undefined }) ?? t.text()) as TableFile;
 }
-
-/** `"host":[[ip,port],…]`, the table file's text for one host. */
-const entryText = (host: string, ups: [string, number][]) => `${JSON.stringify(host)}:${JSON.stringify(ups)}`;
 
 /**
  * A host's entry: the site DNS serves for it, or the text of one taken from a file (`keep`). The
@@ -65,14 +70,17 @@ const entryText = (host: string, ups: [string, number][]) => `${JSON.stringify(h
  */
 type Entry = Site | string;
 
-function textOf(e: Entry): string {
-  if (typeof e === 'string') return e;
-  // Host names and addresses are plain (checked at admission): quoted as they are, several times
-  // faster than JSON.stringify, which a whole table's 50k entries would wait on. Anything else is
-  // encoded.
-  let text = `${quoted(e.host)}:[`;
-  for (let i = 0; i < e.upstreams.length; i++) {
-    const u = e.upstreams[i]!;
+const textOf = (e: Entry): string => (typeof e === 'string' ? e : entryText(e.host, e.upstreams));
+
+/**
+ * `"host":[[ip,port],…]`, the table file's text for one host. Host names and addresses are plain
+ * (checked at admission): quoted as they are, several times faster than JSON.stringify, which a
+ * whole table's 50k entries would wait on. Anything else is encoded.
+ */
+function entryText(host: string, ups: readonly { host: string; port: number }[]): string {
+  let text = `${quoted(host)}:[`;
+  for (let i = 0; i < ups.length; i++) {
+    const u = ups[i]!;
     text += `${i > 0 ? ',' : ''}[${quoted(u.host)},${Number(u.port)}]`;
   }
   return `${text}]`;
