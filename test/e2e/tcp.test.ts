@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type BerthProcess, startBerth } from './support/berth.js';
-import { useCleanup } from './support/cleanup.js';
+import { registerCleanup, useCleanup } from './support/cleanup.js';
 import { importBusybox, runHostContainer, startDockerd, type TestDockerd } from './support/dockerd.js';
 import { freePort } from './support/ports.js';
 import { httpGet, waitUntil } from './support/proc.js';
@@ -403,6 +403,10 @@ describe('the TCP forwarder process', () => {
     const c = await open(port.liveListen!);
     await until(c, 'live');
     const before = forwarderPid();
+    // A line a second keeps the connection inside the 4 s idle timeout however long the restart
+    // takes, so that what ends it below can only be the forwarder's death.
+    const ticking = setInterval(() => c.sock.write('tick\n'), 1_000);
+    registerCleanup(() => clearInterval(ticking));
     await berth.kill();
     // The server is gone: the open connection and the listener carry on.
     c.sock.write('through the crash\n');
@@ -414,6 +418,7 @@ describe('the TCP forwarder process', () => {
     await berth.restart();
     await applied(port.liveListen!, 'ib');
     expect(forwarderPid()).toBe(before); // adopted, not replaced
+    clearInterval(ticking);
     c.sock.write('after the restart\n');
     await until(c, 'after the restart');
 
