@@ -132,6 +132,13 @@ export const FLAGS: FlagDef[] = [
   { name: 'http-listen', kind: 'string', default: ':80', help: 'Front-door HTTP address', for: SERVE },
   { name: 'https-listen', kind: 'string', default: ':443', help: 'Front-door HTTPS address', for: SERVE },
   {
+    name: 'keep-sysctls',
+    kind: 'bool',
+    default: false,
+    help: "Change no kernel setting: leave net.ipv4.tcp_migrate_req at 0 (Caddy's reloads then reset connections waiting to be accepted) and only warn",
+    for: SERVE,
+  },
+  {
     name: 'caddy-layout',
     kind: 'string',
     default: 'dynamic',
@@ -637,6 +644,8 @@ export interface ServeConfig extends Common {
     httpBind?: string;
     tls: TlsMode;
     dnsListen: string;
+    /** --keep-sysctls: never set net.ipv4.tcp_migrate_req, only warn. */
+    keepSysctls: boolean;
   };
   tcp: {
     bind: string;
@@ -834,6 +843,7 @@ function serveConfig(
       httpsListen: bind('https-listen'),
       tls: str(raw.tls) as TlsMode,
       dnsListen: str(raw['dns-listen']),
+      keepSysctls: raw['keep-sysctls'] === true,
     },
     tcp: {
       bind: str(raw['tcp-bind']),

@@ -25,12 +25,18 @@ export async function statusCommand(config: ClientConfig, api: ApiClient, out: O
     lastApplyMs: number;
     lastError: string;
     lease?: { holder?: string; mine: boolean; replica: string };
+    reloadQueue?: 'on' | 'set' | 'off' | 'unsupported';
   }[]) {
     const lease = c.lease
       ? `, applied by ${c.lease.mine ? `this replica (${c.lease.replica})` : (c.lease.holder ?? 'nobody yet')}`
       : '';
+    // Only what needs the operator: reloads that reset the connections waiting to be accepted.
+    const queue =
+      c.reloadQueue === 'off' || c.reloadQueue === 'unsupported'
+        ? ', reloads reset waiting connections (net.ipv4.tcp_migrate_req)'
+        : '';
     lines.push(
-      line`caddy ${c.admin}: ${c.reachable ? 'reachable' : 'UNREACHABLE'}${lease}, ${c.loads} loads, last apply ${c.lastApplyMs} ms${c.lastError ? `, last error: ${c.lastError}` : ''}`,
+      line`caddy ${c.admin}: ${c.reachable ? 'reachable' : 'UNREACHABLE'}${lease}, ${c.loads} loads, last apply ${c.lastApplyMs} ms${queue}${c.lastError ? `, last error: ${c.lastError}` : ''}`,
     );
   }
   for (const l of lines) out(l);

@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import { parseListen, type ServeConfig } from '../config.js';
 import { CaddyAdmin } from '../ingress/caddy/admin.js';
 import { type CaddyBuildOptions, SiteSplit } from '../ingress/caddy/config.js';
+import { ensureReloadQueue, isLocalCaddyAdmin, type ReloadQueue } from '../ingress/caddy/reload-queue.js';
 import { CaddySupervisor } from '../ingress/caddy/supervisor.js';
 import { CaddyTarget } from '../ingress/caddy/target.js';
 import { DnsSidecar, ZONE } from '../ingress/dns/sidecar.js';
@@ -26,6 +27,11 @@ export interface DataPlane {
   /** Reads, counts and logs Caddy's request lines, in a thread of its own; absent with --traffic off or a Caddy out of reach. */
   traffic?: TrafficThread;
   leases?: CaddyLeases;
+  /**
+   * net.ipv4.tcp_migrate_req as the server found or left it, when some Caddy it drives shares its
+   * network namespace (its own, or one whose admin API is on loopback or a unix socket).
+   */
+  reloadQueue?: ReloadQueue;
   /** The server's own listeners: API, front door, DNS responder, Caddy admin, Redis. */
   protected: ProtectedEndpoint[];
   /** Starts what runs as processes of its own (Caddy) and the leases. */
@@ -97,9 +103,7 @@ export async function buildDataPlane(
 
   // Caddy writes request lines to a unix socket Berth listens on, so Caddy must be on this machine.
   let traffic: TrafficThread | undefined;
-  const remote = c.admin.filter(
-    (url) => !/^unix:|^https?:\/\/(127\.[\d.]+|localhost|\[::1\])(:|\/|$)/.test(url),
-  );
+  const remote = c.admin.filter((url) => !isLocalCaddyAdmin(url));
   if (config.traffic.enabled && remote.length > 0) {
     logger.warn(
       { caddy: remote },
@@ -118,6 +122,12 @@ export async function buildDataPlane(
     // Before any apply: Caddy refuses a config whose log writer it cannot connect to.
     buildOpts.traffic = { address: await traffic.start(), query: config.traffic.query };
   }
+
+  // Before the first load: Caddy's reloads must not reset the connections waiting to be accepted.
+  const reloadQueue =
+    c.admin.length === 0 || remote.length < c.admin.length
+      ? ensureReloadQueue({ change: !c.keepSysctls, logger: logger.child({ component: 'caddy' }) })
+      : undefined;
 
   let supervisor: CaddySupervisor | undefined;
   const targets: CaddyTarget[] = [];
@@ -187,6 +197,7 @@ export async function buildDataPlane(
     tcp,
     traffic,
     leases,
+    reloadQueue,
     protected: protectedEndpoints,
     async start() {
       if (supervisor) await supervisor.start();

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { ServeConfig } from '../config.js';
 import { errorMessage, UserError } from '../errors.js';
+import { isLocalCaddyAdmin } from '../ingress/caddy/reload-queue.js';
 import type { CaddyTarget } from '../ingress/caddy/target.js';
 import { tcpMetrics } from '../metrics.js';
 import { type Site, siteSignature } from '../model/desired.js';
@@ -306,6 +307,8 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
             restarts: plane.supervisor?.restarts,
             ...t.stats,
             lease: plane.leases?.view(t),
+            reloadQueue:
+              plane.supervisor || isLocalCaddyAdmin(t.admin.display) ? plane.reloadQueue : undefined,
           },
         })),
       dockerConnected: local ? () => local.dockerConnected : undefined,

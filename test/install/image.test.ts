@@ -200,6 +200,10 @@ describe('the compose stacks', () => {
       expect((await d.run(['exec', c, 'id', '-u'])).stdout.trim()).toBe('10001');
       expect((await d.docker(['exec', c, 'touch', '/app/x'])).code).not.toBe(0);
     }
+    // The stack sets net.ipv4.tcp_migrate_req in the server's namespace, where Berth may not:
+    // Caddy's reloads keep the connections waiting to be accepted.
+    const status = JSON.parse((await a.d.docker(['exec', server, 'berth', 'status', '--json'])).stdout);
+    expect(status.caddy[0].reloadQueue).toBe('on');
     // The agent reaches Docker only through the proxy, and the proxy only lets reads through.
     const ask = async (method: string, path: string) => {
       const r = await b.d.run([
