@@ -6,11 +6,11 @@
 // WebSocket survives the change. Everything on 127.0.0.0/8; every process stopped at the end.
 //
 //   npm run build && npx tsx bench/caddy-layouts.ts [--sizes 1000,10000,50000] [--requests 300]
-//     [--layouts static,dynamic] [--refresh 1s] [--client probe|inline] [--json]
+//     [--layouts static,dynamic] [--refresh 1s] [--client probe|inline] [--pin] [--json]
 // The DNS responder is the one of the build in BERTH_BIN (default dist), run as its own process.
 
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { Agent, createServer, request, type Server } from 'node:http';
 import { cpus, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -91,9 +91,16 @@ async function until(ok: () => Promise<boolean>): Promise<number> {
  * collections of the run's 50k sites land in the figures' tail.
  */
 const CLIENT = arg('client', 'probe') as 'probe' | 'inline';
+/**
+ * --pin: the probe on CPU 0 and Caddy on CPU 1 (taskset), so that the client and the server being
+ * measured never wait for each other's core; everything else stays unpinned.
+ */
+const PIN = process.argv.includes('--pin');
+if (PIN && CLIENT !== 'probe') throw new Error('--pin needs --client probe');
+const probeArgv = [process.execPath, join(import.meta.dirname, 'http/probe.mjs'), '127.0.0.2'];
 const probe =
   CLIENT === 'probe'
-    ? spawn(process.execPath, [join(import.meta.dirname, 'http/probe.mjs'), '127.0.0.2'], {
+    ? spawn(PIN ? 'taskset' : probeArgv[0]!, PIN ? ['-c', '0', ...probeArgv] : probeArgv.slice(1), {
         stdio: ['pipe', 'pipe', 'inherit'],
       })
     : undefined;
@@ -169,8 +176,13 @@ async function measure(
 ): Promise<Row> {
   const dir = mkdtempSync(join(tmpdir(), 'bench-layout-'));
   const httpPort = await freePort();
+  let bin = 'caddy';
+  if (PIN) {
+    bin = join(dir, 'caddy-on-cpu1');
+    writeFileSync(bin, '#!/bin/sh\nexec taskset -c 1 caddy "$@"\n', { mode: 0o755 });
+  }
   const sup = new CaddySupervisor({
-    bin: 'caddy',
+    bin,
     dataDir: dir,
     socketPath: join(dir, 'admin.sock'),
     logger,
@@ -299,11 +311,18 @@ try {
   agent.destroy();
 }
 console.log(
-  `caddy layouts — ${DIST}, ${cpus().length} CPUs, ${REQUESTS} requests per latency figure (client: ${CLIENT === 'probe' ? 'its own process' : 'the bench process'}), loadavg ${readFileSync('/proc/loadavg', 'utf8').trim()}`,
+  `caddy layouts — ${DIST}, ${cpus().length} CPUs, ${REQUESTS} requests per latency figure (client: ${CLIENT === 'probe' ? 'its own process' : 'the bench process'}${PIN ? ', on CPU 0, Caddy on CPU 1' : ''}), loadavg ${readFileSync('/proc/loadavg', 'utf8').trim()}`,
 );
 console.table(rows);
 // The summary, one line and last, for scripts comparing runs.
 if (JSON_OUT)
   console.log(
-    JSON.stringify({ bench: 'caddy-layouts', cpus: cpus().length, requests: REQUESTS, client: CLIENT, rows }),
+    JSON.stringify({
+      bench: 'caddy-layouts',
+      cpus: cpus().length,
+      requests: REQUESTS,
+      client: CLIENT,
+      pin: PIN,
+      rows,
+    }),
   );
