@@ -6,14 +6,14 @@
 // WebSocket survives the change. Everything on 127.0.0.0/8; every process stopped at the end.
 //
 //   npm run build && npx tsx bench/caddy-layouts.ts [--sizes 1000,10000,50000] [--requests 300]
-//     [--layouts static,dynamic] [--refresh 1s] [--client probe|inline] [--pin] [--json]
+//     [--layouts static,dynamic] [--refresh 1s] [--client probe|inline|wrk] [--turn-seconds 2] [--delay-ms 0] [--pin] [--no-baseline] [--json]
 // The DNS responder is the one of the build in BERTH_BIN (default dist), run as its own process.
 
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { Agent, createServer, request, type Server } from 'node:http';
 import { cpus, tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { pathToFileURL } from 'node:url';
 import pino from 'pino';
@@ -90,13 +90,27 @@ async function until(ok: () => Promise<boolean>): Promise<number> {
  * of its own (`--client probe`, the default), or this one (`--client inline`, as before), whose
  * collections of the run's 50k sites land in the figures' tail.
  */
-const CLIENT = arg('client', 'probe') as 'probe' | 'inline';
+const CLIENT = arg('client', 'probe') as 'probe' | 'inline' | 'wrk';
+/**
+ * --client wrk: no JavaScript on the measured path. wrk (one thread, one keep-alive connection,
+ * requests back to back for --turn-seconds per turn) is the client, and HAProxy answering 200
+ * itself is the upstream, so the figures are Caddy's and the DNS responder's, not the collections
+ * of a Node client or upstream. Latencies come from wrk's own histogram (microseconds).
+ */
+const TURN_SECONDS = Number(arg('turn-seconds', '2'));
+/**
+ * --delay-ms D (with --client wrk): a pause of D ms before each request, so that Caddy is not
+ * busy back to back (the default, 0) but sees one client at about 1000/D requests a second.
+ * The pause is not part of a request's time.
+ */
+const DELAY_MS = Number(arg('delay-ms', '0'));
+if (DELAY_MS > 0 && CLIENT !== 'wrk') throw new Error('--delay-ms needs --client wrk');
 /**
  * --pin: the probe on CPU 0 and Caddy on CPU 1 (taskset), so that the client and the server being
  * measured never wait for each other's core; everything else stays unpinned.
  */
 const PIN = process.argv.includes('--pin');
-if (PIN && CLIENT !== 'probe') throw new Error('--pin needs --client probe');
+if (PIN && CLIENT === 'inline') throw new Error('--pin needs a client of its own (--client probe or wrk)');
 const probeArgv = [process.execPath, join(import.meta.dirname, 'http/probe.mjs'), '127.0.0.2'];
 const probe =
   CLIENT === 'probe'
@@ -113,6 +127,7 @@ async function probeAnswer<T>(): Promise<T> {
 
 /** Times of `requests` requests to `host`, one after another, after `warmup` more. */
 async function times(port: number, host: string, requests: number, warmup: number): Promise<number[]> {
+  if (CLIENT === 'wrk') return wrkTimes(port, host, requests > 0 ? TURN_SECONDS : 1);
   if (probe) {
     probe.stdin!.write(`${JSON.stringify({ port, host, requests, warmup })}\n`);
     const r = await probeAnswer<{ ms: number[]; failed: number }>();
@@ -129,6 +144,95 @@ async function times(port: number, host: string, requests: number, warmup: numbe
   return ms;
 }
 
+const WRK_SCRIPT = join(mkdtempSync(join(tmpdir(), 'bench-wrk-')), 'histogram.lua');
+// wrk's done() hook: its latency histogram, one "microseconds:count" per distinct value.
+writeFileSync(
+  WRK_SCRIPT,
+  'done = function(summary, latency, requests)\n' +
+    '  local out = { "berth-histogram", summary.errors.status + summary.errors.read + summary.errors.connect }\n' +
+    '  for i = 1, #latency do local v, c = latency(i); out[#out + 1] = v .. ":" .. c end\n' +
+    '  io.write(table.concat(out, " ") .. "\\n")\n' +
+    'end\n' +
+    (DELAY_MS > 0 ? `delay = function() return ${DELAY_MS} end\n` : ''),
+);
+
+/** Latencies in ms of wrk's requests to `host` for `seconds` (from its histogram). */
+function wrkTimes(port: number, host: string, seconds: number): Promise<number[]> {
+  const argv = [
+    '-t1',
+    '-c1',
+    `-d${seconds}s`,
+    '-H',
+    `Host: ${host}`,
+    '-s',
+    WRK_SCRIPT,
+    `http://127.0.0.1:${port}/`,
+  ];
+  const w = spawn(PIN ? 'taskset' : 'wrk', PIN ? ['-c', '0', 'wrk', ...argv] : argv, {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let out = '';
+  w.stdout!.on('data', (d) => (out += d));
+  return new Promise((resolve, reject) => {
+    w.once('error', reject);
+    w.once('close', (code) => {
+      const line = out.split('\n').find((l) => l.startsWith('berth-histogram '));
+      if (code !== 0 || !line) return reject(new Error(`wrk exited ${code}: ${out.slice(-500)}`));
+      const [, errors, ...points] = line.trim().split(' ');
+      if (Number(errors) > 0) return reject(new Error(`${errors} of wrk's requests to ${host} failed`));
+      const ms: number[] = [];
+      for (const p of points) {
+        const [us, count] = p.split(':').map(Number) as [number, number];
+        for (let i = 0; i < count; i++) ms.push(us / 1000);
+      }
+      resolve(ms);
+    });
+  });
+}
+
+/** Upstream for --client wrk: HAProxy answering 200 itself, on 127.0.0.2. Its pid and port. */
+async function haproxyUpstream(): Promise<{ port: number; stop: () => void }> {
+  const port = await freePort('127.0.0.2');
+  const dir = mkdtempSync(join(tmpdir(), 'bench-haproxy-'));
+  const cfg = join(dir, 'haproxy.cfg');
+  writeFileSync(
+    cfg,
+    [
+      'global',
+      '  maxconn 1024',
+      'defaults',
+      '  mode http',
+      '  timeout connect 5s',
+      '  timeout client 60s',
+      '  timeout server 60s',
+      'frontend ok',
+      `  bind 127.0.0.2:${port}`,
+      '  http-request return status 200 content-type text/plain string ok',
+      '',
+    ].join('\n'),
+  );
+  const h = spawn('haproxy', ['-db', '-f', cfg], { stdio: ['ignore', 'inherit', 'inherit'] });
+  const stop = () => {
+    h.kill('SIGTERM');
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const answers = () =>
+    new Promise<boolean>((resolve) => {
+      const req = request({ host: '127.0.0.2', port, path: '/' }, (res) => {
+        res.resume();
+        resolve(res.statusCode === 200);
+      });
+      req.on('error', () => resolve(false));
+      req.end();
+    });
+  for (let i = 0; i < 100; i++) {
+    if (await answers()) return { port, stop };
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  stop();
+  throw new Error('HAProxy did not answer');
+}
+
 /** Rounds in which the hosts' latencies are taken in turn: what the machine does meanwhile falls on each alike. */
 const LATENCY_ROUNDS = 4;
 
@@ -137,13 +241,13 @@ const LATENCY_ROUNDS = 4;
  * turns, `REQUESTS` requests each in all: measured one host after the other, the first took the
  * tail of the collections that loading 50k sites leaves behind in every process.
  */
-async function latencies(port: number, hosts: string[]): Promise<{ p50: number; p99: number }[]> {
-  for (const host of hosts) await times(port, host, 0, 200);
+async function latencies(targets: { port: number; host: string }[]): Promise<{ p50: number; p99: number }[]> {
+  for (const t of targets) await times(t.port, t.host, 0, 200);
   await new Promise((r) => setTimeout(r, 1000));
-  const ms = hosts.map((): number[] => []);
+  const ms = targets.map((): number[] => []);
   const per = Math.ceil(REQUESTS / LATENCY_ROUNDS);
   for (let round = 0; round < LATENCY_ROUNDS; round++)
-    for (const [i, host] of hosts.entries()) ms[i]!.push(...(await times(port, host, per, 0)));
+    for (const [i, t] of targets.entries()) ms[i]!.push(...(await times(t.port, t.host, per, 0)));
   return ms.map((m) => ({ p50: pct(m, 50), p99: pct(m, 99) }));
 }
 
@@ -163,17 +267,15 @@ interface Row {
   firstP99Ms: number;
   lastP50Ms: number;
   lastP99Ms: number;
+  /** The baseline in the same turns: another Caddy with one route to the same upstream. */
+  oneRouteP50Ms?: number;
+  oneRouteP99Ms?: number;
   caddyRssMiB: number;
   wsClosedByChange: number;
 }
 
-async function measure(
-  layout: 'static' | 'dynamic',
-  n: number,
-  upstreamPort: number,
-  wsPort: number,
-  movedPort: number,
-): Promise<Row> {
+/** A Caddy of its own (on CPU 1 with --pin), listening for HTTP on a free loopback port. */
+async function startCaddy() {
   const dir = mkdtempSync(join(tmpdir(), 'bench-layout-'));
   const httpPort = await freePort();
   let bin = 'caddy';
@@ -189,10 +291,42 @@ async function measure(
     onRestart: () => undefined,
   });
   active.add(sup);
-  let dns: Sidecar | undefined;
   try {
     await sup.start();
-    const opts: CaddyBuildOptions = { tls: 'off', httpListen: `127.0.0.1:${httpPort}`, httpsListen: ':443' };
+  } catch (err) {
+    active.delete(sup);
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+  const opts: CaddyBuildOptions = { tls: 'off', httpListen: `127.0.0.1:${httpPort}`, httpsListen: ':443' };
+  return { dir, sup, httpPort, opts };
+}
+
+async function stopCaddy(c: { dir: string; sup: CaddySupervisor }): Promise<void> {
+  active.delete(c.sup);
+  await c.sup.stop();
+  rmSync(c.dir, { recursive: true, force: true });
+}
+
+/**
+ * The baseline of the latency figures (unless --no-baseline): a second Caddy with one static
+ * route to the same upstream, measured in the same turns as each layout's first and last host,
+ * so that what the machine itself adds to the tail is in the same table.
+ */
+const BASELINE = !process.argv.includes('--no-baseline');
+const ONE_ROUTE_HOST = 'one.bench.test';
+let oneRoute: { port: number; stop: () => Promise<void> } | undefined;
+
+async function measure(
+  layout: 'static' | 'dynamic',
+  n: number,
+  upstreamPort: number,
+  wsPort: number,
+  movedPort: number,
+): Promise<Row> {
+  const { dir, sup, httpPort, opts } = await startCaddy();
+  let dns: Sidecar | undefined;
+  try {
     if (layout === 'dynamic') {
       dns = new DnsSidecar({
         dataDir: dir,
@@ -221,9 +355,15 @@ async function measure(
     for (let i = 0; i < 200 && (await get(httpPort, `h${n - 1}.bench.test`)) !== 200; i++)
       await new Promise((r) => setTimeout(r, 50));
 
-    const [first, last] = (await latencies(httpPort, ['h0.bench.test', `h${n - 1}.bench.test`])) as [
+    const hosts = [
+      { port: httpPort, host: 'h0.bench.test' },
+      { port: httpPort, host: `h${n - 1}.bench.test` },
+    ];
+    if (oneRoute) hosts.push({ port: oneRoute.port, host: ONE_ROUTE_HOST });
+    const [first, last, one] = (await latencies(hosts)) as [
       { p50: number; p99: number },
       { p50: number; p99: number },
+      { p50: number; p99: number } | undefined,
     ];
 
     const ws = new WebSocket(`ws://127.0.0.1:${httpPort}/`, { headers: { host: 'ws.bench.test' } });
@@ -258,14 +398,13 @@ async function measure(
       firstP99Ms: round(first.p99),
       lastP50Ms: round(last.p50),
       lastP99Ms: round(last.p99),
+      ...(one ? { oneRouteP50Ms: round(one.p50), oneRouteP99Ms: round(one.p99) } : {}),
       caddyRssMiB: rssMb(sup.pid),
       wsClosedByChange: wsClosed,
     };
   } finally {
-    active.delete(sup);
-    await sup.stop();
+    await stopCaddy({ dir, sup });
     await dns?.stop();
-    rmSync(dir, { recursive: true, force: true });
   }
 }
 
@@ -285,8 +424,12 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 
 let upstreamPort: number;
 let upstream: Server | undefined;
+let haproxy: { port: number; stop: () => void } | undefined;
 if (probe) upstreamPort = (await probeAnswer<{ port: number }>()).port;
-else {
+else if (CLIENT === 'wrk') {
+  haproxy = await haproxyUpstream();
+  upstreamPort = haproxy.port;
+} else {
   upstreamPort = await freePort('127.0.0.2');
   const u = createServer((_q, s) => s.end('ok\n'));
   upstream = u;
@@ -301,17 +444,32 @@ const wss = new WebSocketServer({ host: '127.0.0.2', port: wsPort });
 wss.on('connection', (sock) => sock.on('error', () => undefined));
 const rows: Row[] = [];
 try {
+  if (BASELINE) {
+    const c = await startCaddy();
+    const site: Site = {
+      host: ONE_ROUTE_HOST,
+      path: '/',
+      stripPath: false,
+      upstreams: [{ host: '127.0.0.2', port: upstreamPort, scheme: 'http' }],
+      routeKeys: [ONE_ROUTE_HOST],
+    };
+    await new CaddyTarget(c.sup.admin, c.opts, logger).apply([site]);
+    oneRoute = { port: c.httpPort, stop: () => stopCaddy(c) };
+  }
   for (const n of SIZES)
     for (const layout of LAYOUTS) rows.push(await measure(layout, n, upstreamPort, wsPort, movedPort));
 } finally {
+  await oneRoute?.stop();
   upstream?.close();
   probe?.stdin?.end();
+  haproxy?.stop();
+  rmSync(dirname(WRK_SCRIPT), { recursive: true, force: true });
   movedUpstream.close();
   wss.close();
   agent.destroy();
 }
 console.log(
-  `caddy layouts — ${DIST}, ${cpus().length} CPUs, ${REQUESTS} requests per latency figure (client: ${CLIENT === 'probe' ? 'its own process' : 'the bench process'}${PIN ? ', on CPU 0, Caddy on CPU 1' : ''}), loadavg ${readFileSync('/proc/loadavg', 'utf8').trim()}`,
+  `caddy layouts — ${DIST}, ${cpus().length} CPUs, ${CLIENT === 'wrk' ? `${LATENCY_ROUNDS} turns of ${TURN_SECONDS} s` : `${REQUESTS} requests`} per latency figure (client: ${CLIENT === 'wrk' ? `wrk${DELAY_MS > 0 ? `, ${DELAY_MS} ms between requests` : ''}, upstream HAProxy` : CLIENT === 'probe' ? 'its own process' : 'the bench process'}${PIN ? ', on CPU 0, Caddy on CPU 1' : ''}), loadavg ${readFileSync('/proc/loadavg', 'utf8').trim()}`,
 );
 console.table(rows);
 // The summary, one line and last, for scripts comparing runs.
@@ -322,7 +480,9 @@ if (JSON_OUT)
       cpus: cpus().length,
       requests: REQUESTS,
       client: CLIENT,
+      ...(CLIENT === 'wrk' ? { turnSeconds: TURN_SECONDS, delayMs: DELAY_MS } : {}),
       pin: PIN,
+      baseline: BASELINE ? 'one-route Caddy, same turns' : 'none',
       rows,
     }),
   );
