@@ -190,7 +190,7 @@ function wrkTimes(port: number, host: string, seconds: number): Promise<number[]
   });
 }
 
-/** Upstream for --client wrk: HAProxy answering 200 itself, on 127.0.0.2. Its pid and port. */
+/** Upstream for --client wrk: HAProxy answering 200 itself, on 127.0.0.2: its port, and how to stop it. */
 async function haproxyUpstream(): Promise<{ port: number; stop: () => void }> {
   const port = await freePort('127.0.0.2');
   const dir = mkdtempSync(join(tmpdir(), 'bench-haproxy-'));
@@ -290,7 +290,7 @@ async function startCaddy() {
     logger,
     onRestart: () => undefined,
   });
-  active.add(sup);
+  active.set(sup, dir);
   try {
     await sup.start();
   } catch (err) {
@@ -334,6 +334,7 @@ async function measure(
         command: [process.execPath, join(DIST, 'cli/main.js')],
         logger,
       });
+      sidecars.add(dns);
       await dns.start();
       opts.dynamic = { ...dns.addresses, zone: 'berth.internal', refresh: REFRESH };
     }
@@ -404,27 +405,38 @@ async function measure(
     };
   } finally {
     await stopCaddy({ dir, sup });
-    await dns?.stop();
+    if (dns) {
+      sidecars.delete(dns);
+      await dns.stop();
+    }
   }
 }
 
 const round = (x: number) => Math.round(x * 100) / 100;
 
-// Interrupted: stop the Caddy in flight before leaving.
-const active = new Set<CaddySupervisor>();
+// Interrupted: stop the Caddies and the HAProxy in flight before leaving.
+/** Caddies running now, and their data dirs; DNS responders running now. */
+const active = new Map<CaddySupervisor, string>();
+const sidecars = new Set<Sidecar>();
+let haproxy: { port: number; stop: () => void } | undefined;
+const stopAll = (code: number) => {
+  haproxy?.stop();
+  rmSync(dirname(WRK_SCRIPT), { recursive: true, force: true });
+  void Promise.all([
+    ...[...sidecars].map((d) => d.stop()),
+    ...[...active].map(([sup, dir]) =>
+      sup.stop().finally(() => rmSync(dir, { recursive: true, force: true })),
+    ),
+  ]).then(() => process.exit(code));
+};
 process.on('uncaughtException', (err) => {
   console.error(err);
-  void Promise.all([...active].map((s) => s.stop())).then(() => process.exit(1));
+  stopAll(1);
 });
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(sig, () => {
-    void Promise.all([...active].map((s) => s.stop())).then(() => process.exit(130));
-  });
-}
+for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => stopAll(130));
 
 let upstreamPort: number;
 let upstream: Server | undefined;
-let haproxy: { port: number; stop: () => void } | undefined;
 if (probe) upstreamPort = (await probeAnswer<{ port: number }>()).port;
 else if (CLIENT === 'wrk') {
   haproxy = await haproxyUpstream();
@@ -478,9 +490,8 @@ if (JSON_OUT)
     JSON.stringify({
       bench: 'caddy-layouts',
       cpus: cpus().length,
-      requests: REQUESTS,
       client: CLIENT,
-      ...(CLIENT === 'wrk' ? { turnSeconds: TURN_SECONDS, delayMs: DELAY_MS } : {}),
+      ...(CLIENT === 'wrk' ? { turnSeconds: TURN_SECONDS, delayMs: DELAY_MS } : { requests: REQUESTS }),
       pin: PIN,
       baseline: BASELINE ? 'one-route Caddy, same turns' : 'none',
       rows,
