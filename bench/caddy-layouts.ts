@@ -62,9 +62,13 @@ const pct = (xs: number[], p: number) => {
 };
 
 const agent = new Agent({ keepAlive: true, maxSockets: 1 });
-function fetchBody(port: number, host: string): Promise<{ status: number; body: string }> {
+function fetchBody(
+  port: number,
+  host: string,
+  address = '127.0.0.1',
+): Promise<{ status: number; body: string }> {
   return new Promise((resolve) => {
-    const req = request({ host: '127.0.0.1', port, path: '/', headers: { host }, agent }, (res) => {
+    const req = request({ host: address, port, path: '/', headers: { host }, agent }, (res) => {
       let body = '';
       res.on('data', (c) => (body += c));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
@@ -111,10 +115,12 @@ if (DELAY_MS > 0 && CLIENT !== 'wrk') throw new Error('--delay-ms needs --client
  */
 const PIN = process.argv.includes('--pin');
 if (PIN && CLIENT === 'inline') throw new Error('--pin needs a client of its own (--client probe or wrk)');
-const probeArgv = [process.execPath, join(import.meta.dirname, 'http/probe.mjs'), '127.0.0.2'];
+/** A command and its arguments, run on CPU 0 with --pin. */
+const onClientCpu = (argv: string[]): [string, string[]] =>
+  PIN ? ['taskset', ['-c', '0', ...argv]] : [argv[0]!, argv.slice(1)];
 const probe =
   CLIENT === 'probe'
-    ? spawn(PIN ? 'taskset' : probeArgv[0]!, PIN ? ['-c', '0', ...probeArgv] : probeArgv.slice(1), {
+    ? spawn(...onClientCpu([process.execPath, join(import.meta.dirname, 'http/probe.mjs'), '127.0.0.2']), {
         stdio: ['pipe', 'pipe', 'inherit'],
       })
     : undefined;
@@ -168,7 +174,7 @@ function wrkTimes(port: number, host: string, seconds: number): Promise<number[]
     WRK_SCRIPT,
     `http://127.0.0.1:${port}/`,
   ];
-  const w = spawn(PIN ? 'taskset' : 'wrk', PIN ? ['-c', '0', 'wrk', ...argv] : argv, {
+  const w = spawn(...onClientCpu(['wrk', ...argv]), {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   let out = '';
@@ -216,17 +222,8 @@ async function haproxyUpstream(): Promise<{ port: number; stop: () => void }> {
     h.kill('SIGTERM');
     rmSync(dir, { recursive: true, force: true });
   };
-  const answers = () =>
-    new Promise<boolean>((resolve) => {
-      const req = request({ host: '127.0.0.2', port, path: '/' }, (res) => {
-        res.resume();
-        resolve(res.statusCode === 200);
-      });
-      req.on('error', () => resolve(false));
-      req.end();
-    });
   for (let i = 0; i < 100; i++) {
-    if (await answers()) return { port, stop };
+    if ((await fetchBody(port, 'upstream', '127.0.0.2')).status === 200) return { port, stop };
     await new Promise((r) => setTimeout(r, 50));
   }
   stop();
@@ -315,6 +312,15 @@ async function stopCaddy(c: { dir: string; sup: CaddySupervisor }): Promise<void
  */
 const BASELINE = !process.argv.includes('--no-baseline');
 const ONE_ROUTE_HOST = 'one.bench.test';
+
+/** A simple host served by the upstream on 127.0.0.2:port. */
+const siteTo = (host: string, port: number): Site => ({
+  host,
+  path: '/',
+  stripPath: false,
+  upstreams: [{ host: '127.0.0.2', port, scheme: 'http' }],
+  routeKeys: [host],
+});
 let oneRoute: { port: number; stop: () => Promise<void> } | undefined;
 
 async function measure(
@@ -338,13 +344,7 @@ async function measure(
       await dns.start();
       opts.dynamic = { ...dns.addresses, zone: 'berth.internal', refresh: REFRESH };
     }
-    const site = (host: string, port = upstreamPort): Site => ({
-      host,
-      path: '/',
-      stripPath: false,
-      upstreams: [{ host: '127.0.0.2', port, scheme: 'http' }],
-      routeKeys: [host],
-    });
+    const site = (host: string, port = upstreamPort) => siteTo(host, port);
     const sites = Array.from({ length: n }, (_, i) => site(`h${i}.bench.test`));
     sites.push(site('ws.bench.test', wsPort));
     const target = new CaddyTarget(sup.admin, opts, logger);
@@ -458,14 +458,7 @@ const rows: Row[] = [];
 try {
   if (BASELINE) {
     const c = await startCaddy();
-    const site: Site = {
-      host: ONE_ROUTE_HOST,
-      path: '/',
-      stripPath: false,
-      upstreams: [{ host: '127.0.0.2', port: upstreamPort, scheme: 'http' }],
-      routeKeys: [ONE_ROUTE_HOST],
-    };
-    await new CaddyTarget(c.sup.admin, c.opts, logger).apply([site]);
+    await new CaddyTarget(c.sup.admin, c.opts, logger).apply([siteTo(ONE_ROUTE_HOST, upstreamPort)]);
     oneRoute = { port: c.httpPort, stop: () => stopCaddy(c) };
   }
   for (const n of SIZES)
