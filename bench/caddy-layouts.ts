@@ -22,6 +22,7 @@ import type { CaddyBuildOptions } from '../src/ingress/caddy/config.js';
 import { CaddySupervisor } from '../src/ingress/caddy/supervisor.js';
 import { CaddyTarget } from '../src/ingress/caddy/target.js';
 import type { Site } from '../src/model/desired.js';
+import { siteTo } from './lib.js';
 
 const arg = (name: string, dflt: string) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -313,14 +314,6 @@ async function stopCaddy(c: { dir: string; sup: CaddySupervisor }): Promise<void
 const BASELINE = !process.argv.includes('--no-baseline');
 const ONE_ROUTE_HOST = 'one.bench.test';
 
-/** A simple host served by the upstream on 127.0.0.2:port. */
-const siteTo = (host: string, port: number): Site => ({
-  host,
-  path: '/',
-  stripPath: false,
-  upstreams: [{ host: '127.0.0.2', port, scheme: 'http' }],
-  routeKeys: [host],
-});
 let oneRoute: { port: number; stop: () => Promise<void> } | undefined;
 
 async function measure(

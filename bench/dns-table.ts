@@ -17,7 +17,7 @@ import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import pino from 'pino';
 import type { Site, SiteChanges } from '../src/model/desired.js';
-import { flag, loadavg, pct, pidFrom, procSample, sleep } from './lib.js';
+import { flag, loadavg, pct, pidFrom, procSample, siteTo, sleep } from './lib.js';
 
 const HOSTS = flag('hosts', 50_000);
 const RATE = flag('rate', 5);
@@ -32,14 +32,6 @@ interface Sidecar {
   publish(sites: readonly Site[], o?: { transition?: boolean }, changes?: SiteChanges): Promise<void>;
   readonly addresses: { resolver: string };
 }
-
-const site = (host: string, port: number): Site => ({
-  host,
-  path: '/',
-  stripPath: false,
-  upstreams: [{ host: '127.0.0.2', port, scheme: 'http' }],
-  routeKeys: [host],
-});
 
 function srvQuery(name: string, id: number): Buffer {
   const labels = name.split('.').map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l)]));
@@ -104,7 +96,7 @@ async function run(bin: string): Promise<Row> {
   try {
     await dns.start();
     let sites: Site[] = Array.from({ length: HOSTS }, (_, i) =>
-      site(`h${i}.bench.test`, 10_000 + (i % 50_000)),
+      siteTo(`h${i}.bench.test`, 10_000 + (i % 50_000)),
     );
     await dns.publish(sites);
     await answeredAfter(dns.addresses.resolver, `h${HOSTS - 1}.bench.test`);
@@ -119,8 +111,8 @@ async function run(bin: string): Promise<Row> {
       // One host goes, one comes, one moves: what an agent's snapshot brings now and then.
       const gone = sites[k % sites.length]!;
       const moved = sites[(k * 7 + 3) % sites.length]!;
-      const movedTo = site(moved.host, moved.upstreams[0]!.port + 1);
-      const added = site(`new${k}.bench.test`, 20_000 + (k % 10_000));
+      const movedTo = siteTo(moved.host, moved.upstreams[0]!.port + 1);
+      const added = siteTo(`new${k}.bench.test`, 20_000 + (k % 10_000));
       const removed = gone === moved ? [gone] : [gone, moved];
       const next = sites.filter((s) => s !== gone && s !== moved);
       next.push(...(gone === moved ? [] : [movedTo]), added);

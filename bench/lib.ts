@@ -4,6 +4,7 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { Site } from '../src/model/desired.js';
 import { registerCleanup, runCleanups } from '../test/e2e/support/cleanup.js';
 import { freePort } from '../test/e2e/support/ports.js';
 import { httpGet, waitUntil } from '../test/e2e/support/proc.js';
@@ -186,3 +187,12 @@ export async function staticUpstream(body: string): Promise<{ port: number; pid:
   });
   return { port, pid: p.pid ?? 0 };
 }
+
+/** A plain site: `host`, every path, to an HTTP upstream on 127.0.0.2:port (the Caddy benches'). */
+export const siteTo = (host: string, port: number): Site => ({
+  host,
+  path: '/',
+  stripPath: false,
+  upstreams: [{ host: '127.0.0.2', port, scheme: 'http' }],
+  routeKeys: [host],
+});
