@@ -62,6 +62,30 @@ function show(...nodes: Child[]) {
     ...(nodes.filter((n) => n !== null && n !== undefined && n !== false) as (Node | string)[]),
   );
 }
+
+/** What one render() may put up: its page, through show(), unless it has been overtaken. */
+interface View {
+  show(...nodes: Child[]): void;
+}
+let renders = 0;
+let lastShown = 0;
+/**
+ * A page shows what it fetched once the fetch returns, so renders overlap: a live refresh of the
+ * routes page still waiting for /api/routes when the events page is chosen must not replace the
+ * events page when its answer comes, nor may an answer that came late replace a newer one of the
+ * same page. So a render shows only while its page is still the one chosen and no later render has
+ * shown.
+ */
+function viewOf(page: string): View {
+  const seq = ++renders;
+  return {
+    show(...nodes) {
+      if (currentPage() !== page || seq < lastShown) return;
+      lastShown = seq;
+      show(...nodes);
+    },
+  };
+}
 const statusCell = (s: string) => h('td', {}, h('span', { class: `status ${s}`, 'data-status': s }, s));
 const ago = (sec?: number) =>
   sec === undefined ? '—' : sec < 90 ? `${Math.round(sec)} s ago` : `${Math.round(sec / 60)} min ago`;
@@ -188,22 +212,23 @@ function currentPage(): string {
 async function render() {
   if (!csrf) return;
   const page = currentPage();
+  const view = viewOf(page);
   for (const a of document.querySelectorAll<HTMLAnchorElement>('nav a'))
     a.classList.toggle('active', a.dataset.page === page);
   try {
-    if (page === 'agents') await agentsPage();
-    else if (page === 'routes') await routesPage();
-    else if (page === 'traffic') await trafficPage();
-    else if (page === 'exec') await execPage();
-    else if (page === 'audit') await auditPage();
-    else if (page === 'events') eventsPage();
-    else show(h('p', {}, 'No such page.'));
+    if (page === 'agents') await agentsPage(view);
+    else if (page === 'routes') await routesPage(view);
+    else if (page === 'traffic') await trafficPage(view);
+    else if (page === 'exec') await execPage(view);
+    else if (page === 'audit') await auditPage(view);
+    else if (page === 'events') eventsPage(view);
+    else view.show(h('p', {}, 'No such page.'));
   } catch (err) {
-    if (!(err instanceof ApiError && err.status === 401)) show(errorBox(err));
+    if (!(err instanceof ApiError && err.status === 401)) view.show(errorBox(err));
   }
 }
 
-async function agentsPage() {
+async function agentsPage(view: View) {
   const { agents } = await api<{ agents: Agent[] }>('/api/agents');
   const act = (label: string, cls: string, fn: () => Promise<unknown>) =>
     h(
@@ -334,7 +359,7 @@ async function agentsPage() {
   const keptForm = document.getElementById('create-key');
   const keptSlot = document.getElementById('key-created');
   const keep = keptForm && keptSlot;
-  show(
+  view.show(
     h('h2', {}, `Agents (${agents.length})`),
     h(
       'table',
@@ -409,7 +434,7 @@ function keyPanel(name: string, secret: string, agentUrl?: string): HTMLElement 
   );
 }
 
-async function routesPage() {
+async function routesPage(view: View) {
   const { routes } = await api<{ routes: Route[] }>('/api/routes');
   const q = ui.routeFilter.toLowerCase();
   const shown = routes.filter((r) => {
@@ -487,7 +512,7 @@ async function routesPage() {
       ),
     ),
   );
-  show(
+  view.show(
     h('h2', {}, `Routes (${shown.length} of ${routes.length})`),
     h('form', { onsubmit: (e: Event) => e.preventDefault() }, filter, status),
     h(
@@ -575,7 +600,7 @@ const fmtPct = (v: number) => `${(v * 100).toFixed(v > 0 && v < 0.01 ? 2 : 1)}%`
 
 let trafficTimer: number | undefined;
 
-async function trafficPage() {
+async function trafficPage(view: View) {
   const r = await api<TrafficReport>('/api/traffic');
   // Live: the page fetches again every 2 s while it is shown.
   window.clearTimeout(trafficTimer);
@@ -714,7 +739,7 @@ async function trafficPage() {
     ),
   );
   const summed = r.replicas.length > 1 ? `, ${r.replicas.length} replicas summed` : '';
-  show(
+  view.show(
     h('h2', {}, `Traffic (rates over the last minute${summed})`),
     r.enabled
       ? null
@@ -780,7 +805,7 @@ async function trafficPage() {
   );
 }
 
-async function execPage() {
+async function execPage(view: View) {
   const { containers } = await api<{ containers: Container[] }>('/api/containers');
   const runnable = containers.filter((c) => c.state === 'running' && (c.execRules?.length ?? 0) > 0);
   const agents = [...new Map(runnable.map((c) => [c.agentId, c.agentName])).entries()];
@@ -869,7 +894,7 @@ async function execPage() {
     argv,
     run,
   );
-  show(
+  view.show(
     h('h2', {}, 'Run an allowed command'),
     agents.length === 0
       ? h(
@@ -929,9 +954,9 @@ async function runExec(c: Container, argv: string[], timeout: string, out: HTMLE
   }
 }
 
-async function auditPage() {
+async function auditPage(view: View) {
   const { entries } = await api<{ entries: Json[] }>('/api/audit?limit=200');
-  show(
+  view.show(
     h('h2', {}, 'Exec audit'),
     h(
       'table',
@@ -970,8 +995,8 @@ async function auditPage() {
   );
 }
 
-function eventsPage() {
-  show(
+function eventsPage(view: View) {
+  view.show(
     h('h2', {}, 'Events (live)'),
     h(
       'table',

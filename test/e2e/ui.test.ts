@@ -190,6 +190,49 @@ describe('web UI', () => {
     expect(await page.locator('#key-secret').textContent()).toBe(secret);
   });
 
+  it('shows the page chosen last, not one whose fetch came back after it was chosen', async () => {
+    await page.locator('nav a[data-page=routes]').click();
+    await routeRow().waitFor();
+    // The routes page renders again (as a live update does) and its fetch is held back.
+    let release!: () => void;
+    const held = new Promise<void>((r) => {
+      release = r;
+    });
+    let asked!: () => void;
+    const requested = new Promise<void>((r) => {
+      asked = r;
+    });
+    await page.route('**/api/routes**', async (route) => {
+      asked();
+      await held;
+      await route.continue();
+    });
+    try {
+      await page.evaluate(() => window.dispatchEvent(new HashChangeEvent('hashchange')));
+      await requested;
+      await page.locator('nav a[data-page=events]').click();
+      await page.locator('#events').waitFor();
+      const answered = page.waitForResponse('**/api/routes**');
+      release();
+      await answered;
+      // The late answer must not put the routes page back over the events page.
+      const back = await page
+        .waitForFunction(() => document.getElementById('routes') !== null, undefined, { timeout: 2_000 })
+        .then(
+          () => true,
+          () => false,
+        );
+      expect(back).toBe(false);
+      expect(await page.locator('#events').count()).toBe(1);
+    } finally {
+      release();
+      await page.unroute('**/api/routes**');
+    }
+    // Back where the next test starts.
+    await page.locator('nav a[data-page=agents]').click();
+    await agentRow().waitFor();
+  });
+
   it('revokes the key and the route leaves the front door; events show it all', async () => {
     await agentRow().getByRole('button', { name: 'Revoke key' }).click();
     await expect
