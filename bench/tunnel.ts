@@ -452,8 +452,8 @@ async function measure(t: Target): Promise<Result> {
     r.serverCpuSecondsPerGiB = Number(((s1 - s0) / gib).toFixed(2));
     r.agentRssMiBAfter = Math.round(rss(t.agentPids()));
     r.serverRssMiBAfter = Math.round(rss(t.serverPids()));
-    r.agentRssMiBIdle = Math.round(idleRss);
-    r.agentRssMiBWith100Streams = Math.round(streamsRss);
+    r.agentRssMiBIdle = Math.round(idleRss * 10) / 10;
+    r.agentRssMiBWith100Streams = Math.round(streamsRss * 10) / 10;
   }
   return r;
 }

@@ -40,18 +40,36 @@ function secureContextFor(ca: string | undefined): SecureContext {
 const checkPinned = pinnedChainCheck();
 
 /**
+ * The TLS session a tunnel's data connection resumes: the latest ticket from a connection that
+ * passed the check below, to the same server under the same trust. Only the server that issued it
+ * can complete a resumed handshake (it must hold the ticket's key to learn the session's secret,
+ * RFC 8446 §2.2), so a resumed connection is the checked server's and is not checked again (it
+ * carries no certificates to check). It skips the certificate, its check and the signatures: less
+ * CPU and transient memory per stream. The agent link always makes a full handshake, so the
+ * chain (and its validity) is checked at every connect; a server that cannot resume (restarted,
+ * another replica) makes a full one too, checked as ever.
+ */
+let resumable: { id: string; session: Buffer } | undefined;
+const sessionKey = (host: string, port: number, trust: ServerTrust) =>
+  JSON.stringify([host, port, trust.pin ?? null, trust.ca ?? null]);
+
+/**
  * A TLS socket to `url`'s host and port whose certificate passed the agent's check; with `onread`,
- * its decrypted reads go to that instead of 'data' events (a tunnel's data connection).
+ * its decrypted reads go to that instead of 'data' events (a tunnel's data connection). With
+ * `resume`, it resumes the session of an earlier checked connection where the server agrees.
  */
 export function secureDial(
   url: URL,
   trust: ServerTrust,
   timeoutMs = 10_000,
   onread?: OnReadOpts,
+  resume = false,
 ): Promise<TLSSocket> {
   const host = url.hostname.replace(/^\[|\]$/g, '');
   const port = Number(url.port || 443);
   const pinned = trust.pin !== undefined && trust.ca === undefined;
+  const id = sessionKey(host, port, trust);
+  const session = resume && resumable?.id === id ? resumable.session : undefined;
   return new Promise((resolve, reject) => {
     const socket = connect({
       host,
@@ -62,6 +80,14 @@ export function secureDial(
       rejectUnauthorized: !pinned,
       secureContext: secureContextFor(trust.ca),
       ...(onread ? { onread } : {}),
+      ...(session ? { session } : {}),
+    });
+    // Tickets are kept only from a connection that passed the check (one may come before it ends).
+    let passed = false;
+    let ticket: Buffer | undefined;
+    socket.on('session', (s: Buffer) => {
+      if (passed) resumable = { id, session: s };
+      else ticket = s;
     });
     const timer = setTimeout(
       () => fail(new DialError('network', `TLS handshake with ${host}:${port} timed out`)),
@@ -85,7 +111,8 @@ export function secureDial(
       );
     });
     socket.once('secureConnect', () => {
-      if (pinned) {
+      // A resumed session was the checked server's (see `resumable`), and shows no chain.
+      if (pinned && !(session && socket.isSessionReused())) {
         try {
           checkPinned(peerX509Chain(socket), trust.pin!, host);
         } catch (err) {
@@ -94,6 +121,8 @@ export function secureDial(
         }
       }
       clearTimeout(timer);
+      passed = true;
+      if (ticket) resumable = { id, session: ticket };
       socket.removeAllListeners('error');
       socket.on('error', () => {}); // the WebSocket's own handler reports what follows
       resolve(socket);

@@ -64,7 +64,40 @@ export interface DataConnection {
 /** The largest answer head the server may send to a data connection's upgrade. */
 const MAX_HEAD = 8 * 1024;
 const POOL_RETRY_MS = 1_000;
+/**
+ * Data connections being opened at once, at most; the rest wait their turn. A burst of streams
+ * (100 clients at once) would otherwise run as many TLS handshakes side by side: they take the
+ * same CPU one after another, but together their transient memory (key exchange, the server's
+ * chain, records) is a peak that the allocator keeps as RSS after they are done.
+ */
+export const MAX_DIALS = 4;
 const MAX_POOL_RETRY_MS = 30_000;
+
+/** At most `max` tasks run at once; the others wait, first come first served. */
+export class Turns {
+  private running = 0;
+  private readonly waiting: (() => void)[] = [];
+
+  constructor(readonly max: number) {}
+
+  async run<T>(task: () => Promise<T>): Promise<T> {
+    if (this.running >= this.max) await new Promise<void>((turn) => this.waiting.push(turn));
+    else this.running++;
+    try {
+      return await task();
+    } finally {
+      // The turn passes straight to the next in line, or is given back.
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.running--;
+    }
+  }
+
+  /** Tasks running, and waiting for a turn. */
+  get load(): { running: number; waiting: number } {
+    return { running: this.running, waiting: this.waiting.length };
+  }
+}
 
 export class TunnelClient {
   private targets = new Set<string>();
@@ -72,6 +105,7 @@ export class TunnelClient {
   /** Pre-opened data connections waiting for the server's open request. */
   private readonly idle = new Set<Socket>();
   private opening = 0;
+  private readonly dials = new Turns(MAX_DIALS);
   private up = false;
   private retryMs = POOL_RETRY_MS;
   private retry?: NodeJS.Timeout;
@@ -220,10 +254,28 @@ export class TunnelClient {
     };
     if (given) got(given);
     else
-      openDataConnection(target!, req.id).then(got, (err: unknown) => {
-        clearTimeout(timer);
-        fail('FAILED', `cannot open a data connection to the server: ${errorMessage(err)}`);
-      });
+      this.dial(() => (s.done ? undefined : target), req.id).then(
+        (c) => c && got(c),
+        (err: unknown) => {
+          clearTimeout(timer);
+          fail('FAILED', `cannot open a data connection to the server: ${errorMessage(err)}`);
+        },
+      );
+  }
+
+  /**
+   * Opens a data connection when one of MAX_DIALS turns is free; `target()` is asked when the
+   * turn comes, undefined when the connection is no longer wanted (its stream ended while waiting,
+   * the link went): then nothing is opened and the promise resolves undefined.
+   */
+  private dial(
+    target: () => DataTarget | undefined,
+    id: number | typeof POOL_STREAM,
+  ): Promise<DataConnection | undefined> {
+    return this.dials.run(async () => {
+      const t = target();
+      return t ? await openDataConnection(t, id) : undefined;
+    });
   }
 
   /** Opens pre-opened connections up to TUNNEL_POOL (never past the stream limit). */
@@ -233,13 +285,13 @@ export class TunnelClient {
       this.idle.size + this.opening < TUNNEL_POOL &&
       this.streams.size + this.idle.size + this.opening < this.o.maxStreams
     ) {
-      const target = this.o.target();
-      if (!target) return;
+      if (!this.o.target()) return;
       this.opening++;
       const opened = Date.now();
-      openDataConnection(target, POOL_STREAM).then(
+      this.dial(() => (this.up ? this.o.target() : undefined), POOL_STREAM).then(
         (c) => {
           this.opening--;
+          if (!c) return;
           if (!this.up) return c.socket.destroy();
           this.waitForOpen(c, opened);
         },
@@ -361,6 +413,15 @@ export class TunnelClient {
         [{ via: 'asked' }, this.counters.streams - this.counters.pooled],
       ]),
       simple(
+        'berth_agent_tunnel_dials',
+        `Data connections being opened (at most ${MAX_DIALS} at once) and waiting for a turn`,
+        'gauge',
+        [
+          [{ state: 'opening' }, this.dials.load.running],
+          [{ state: 'waiting' }, this.dials.load.waiting],
+        ],
+      ),
+      simple(
         'berth_agent_tunnel_idle_connections',
         'Pre-opened data connections waiting',
         'gauge',
@@ -403,7 +464,7 @@ export function openDataConnection(
   // Read into reused buffers from the start: the answer's head first, then the stream's bytes.
   const reads = handover();
   const dialed: Promise<Socket> = tls
-    ? secureDial(url, t.trust, timeoutMs, reads)
+    ? secureDial(url, t.trust, timeoutMs, reads, true)
     : new Promise((resolve, reject) => {
         const s = tcpConnect({ host, port, allowHalfOpen: true, noDelay: true, onread: reads });
         s.once('connect', () => {

@@ -5,7 +5,7 @@ import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createServer, type Server, type TlsOptions } from 'node:tls';
+import { createServer, type Server, type TLSSocket, type TlsOptions } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DialError, secureDial } from '../../../src/agent/dial.js';
 import { createCa, issueServerCert, spkiPin, splitPem, subjectAltNames } from '../../../src/tls/ca.js';
@@ -21,7 +21,8 @@ afterEach(() => {
 async function serve(
   chain: { cert: string; key: string },
   tls: TlsOptions = {},
-): Promise<{ port: number; received: () => number }> {
+  port = 0,
+): Promise<{ port: number; received: () => number; close: () => Promise<void> }> {
   let received = 0;
   const s = createServer({ ...chain, ...tls }, (sock) => {
     sock.on('data', (d) => {
@@ -31,9 +32,20 @@ async function serve(
   });
   s.on('tlsClientError', () => {});
   servers.push(s);
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  await new Promise<void>((r) => s.listen(port, '127.0.0.1', () => r()));
   const addr = s.address();
-  return { port: typeof addr === 'object' && addr ? addr.port : 0, received: () => received };
+  return {
+    port: typeof addr === 'object' && addr ? addr.port : 0,
+    received: () => received,
+    close: () => new Promise<void>((r) => s.close(() => r())),
+  };
+}
+
+/** A dialed socket once the server's session tickets have come (they follow the handshake). */
+async function withTickets(sock: TLSSocket): Promise<TLSSocket> {
+  sock.resume();
+  await new Promise((r) => setTimeout(r, 100));
+  return sock;
 }
 
 describe('DER', () => {
@@ -292,6 +304,41 @@ describe('secureDial (a real TLS handshake)', () => {
     expect(await secureDial(new URL(`wss://127.0.0.1:${old.port}/`), { pin }).catch((e) => e)).toBeInstanceOf(
       DialError,
     );
+  });
+
+  it("resumes a checked connection's session for a data connection, never for the link", async () => {
+    const s = await serve(issueServerCert(ca, { names: ['127.0.0.1'] }));
+    const url = new URL(`wss://127.0.0.1:${s.port}/`);
+    const first = await withTickets(await secureDial(url, { pin }));
+    expect(first.isSessionReused()).toBe(false);
+    first.destroy();
+    const data = await withTickets(await secureDial(url, { pin }, 10_000, undefined, true));
+    expect(data.isSessionReused()).toBe(true);
+    data.destroy();
+    // The link (no resume), and a data connection under another trust, make a full handshake.
+    const link = await secureDial(url, { pin });
+    expect(link.isSessionReused()).toBe(false);
+    link.destroy();
+    const other = await secureDial(url, { ca: ca.cert }, 10_000, undefined, true);
+    expect(other.isSessionReused()).toBe(false);
+    other.destroy();
+  });
+
+  it('checks the chain again when the server cannot resume: another CA at the same address is refused', async () => {
+    const s = await serve(issueServerCert(ca, { names: ['127.0.0.1'] }));
+    const url = new URL(`wss://127.0.0.1:${s.port}/`);
+    (await withTickets(await secureDial(url, { pin }, 10_000, undefined, true))).destroy();
+    const resumed = await secureDial(url, { pin }, 10_000, undefined, true);
+    expect(resumed.isSessionReused()).toBe(true);
+    resumed.destroy();
+    servers.splice(servers.indexOf(servers.at(-1)!), 1);
+    await s.close();
+    const impostor = await serve(issueServerCert(createCa(), { names: ['127.0.0.1'] }), {}, s.port);
+    const err = await secureDial(url, { pin }, 10_000, undefined, true).catch((e) => e);
+    expect(err).toBeInstanceOf(DialError);
+    expect(err.problem).toBe('pin-mismatch');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(impostor.received()).toBe(0);
   });
 
   it('says when nothing answers', async () => {

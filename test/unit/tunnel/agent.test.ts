@@ -4,7 +4,8 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { TunnelClient } from '../../../src/agent/tunnel.js';
+import { MAX_DIALS, TunnelClient } from '../../../src/agent/tunnel.js';
+import { renderMetrics } from '../../../src/metrics.js';
 import type { TunnelFailed } from '../../../src/model/protocol.js';
 import type { RouteSpec } from '../../../src/model/types.js';
 
@@ -16,6 +17,8 @@ let serverPort: number;
 let dataConns: { sock: Socket; head: string }[];
 let failed: TunnelFailed[];
 let client: TunnelClient;
+/** While set, the server holds its answers to data connections here. */
+let held: (() => void)[] | undefined;
 
 const listen = (s: Server) =>
   new Promise<number>((r) => s.listen(0, '127.0.0.1', () => r((s.address() as { port: number }).port)));
@@ -30,6 +33,13 @@ const route = (port: number): RouteSpec => ({
   containerName: 'n',
   containerCreated: 1,
 });
+/** One sample of the client's metrics, as Prometheus would read it. */
+const metric = (c: TunnelClient, sample: string) => {
+  const line = renderMetrics(c.metrics())
+    .split('\n')
+    .find((l) => l.startsWith(`${sample} `));
+  return line === undefined ? undefined : Number(line.slice(sample.length + 1));
+};
 const waitFor = async (ok: () => boolean) => {
   for (let i = 0; i < 200 && !ok(); i++) await new Promise((r) => setTimeout(r, 10));
   expect(ok()).toBe(true);
@@ -47,6 +57,7 @@ function makeClient(maxStreams: number): TunnelClient {
 }
 
 beforeEach(async () => {
+  held = undefined;
   dialed = 0;
   dataConns = [];
   failed = [];
@@ -63,9 +74,12 @@ beforeEach(async () => {
       if (!head.includes('\r\n\r\n')) return;
       sock.off('data', onData);
       dataConns.push({ sock, head });
-      sock.write(
-        'HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: berth-tunnel/1\r\n\r\n',
-      );
+      const answer = () =>
+        sock.write(
+          'HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: berth-tunnel/1\r\n\r\n',
+        );
+      if (held) held.push(answer);
+      else answer();
     };
     sock.on('data', onData);
     sock.on('error', () => {});
@@ -108,6 +122,29 @@ describe('TunnelClient', () => {
     expect(dataConns).toEqual([]);
     expect(dialed).toBe(0);
     expect(client.counters.refused).toBe(2);
+  });
+
+  it(`opens at most ${MAX_DIALS} data connections at once; the other streams wait their turn`, async () => {
+    client.closeAll();
+    client = makeClient(16);
+    held = [];
+    for (let id = 1; id <= 10; id++)
+      client.handleOpen({ type: 'tunnel.open', id, host: '127.0.0.1', port: upstreamPort });
+    await waitFor(() => dataConns.length === MAX_DIALS);
+    await new Promise((r) => setTimeout(r, 100));
+    // Unanswered, the first turns are still taken: nobody else has dialed.
+    expect(dataConns.length).toBe(MAX_DIALS);
+    expect(metric(client, 'berth_agent_tunnel_dials{state="waiting"}')).toBe(10 - MAX_DIALS);
+    for (let answered = 0; answered < 10; answered++) {
+      await waitFor(() => held!.length > answered);
+      held[answered]!();
+    }
+    await waitFor(() => dataConns.length === 10 && client.open === 10 && dialed === 10);
+    const ids = dataConns.map((c) => Number(/X-Berth-Stream: (\d+)/.exec(c.head)![1]));
+    expect(ids).toEqual(Array.from({ length: 10 }, (_, i) => i + 1));
+    // Every turn given back once the last answers are read.
+    await waitFor(() => metric(client, 'berth_agent_tunnel_dials{state="opening"}') === 0);
+    expect(failed).toEqual([]);
   });
 
   it('keeps to --tunnel-max-streams', async () => {

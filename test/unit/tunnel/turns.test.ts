@@ -1,0 +1,53 @@
+// The agent's limit on data connections opened at once (Turns): never more than `max` running,
+// the rest in order, each turn given back however its task ends.
+import { describe, expect, it } from 'vitest';
+import { Turns } from '../../../src/agent/tunnel.js';
+
+const tick = () => new Promise<void>((r) => setImmediate(r));
+
+describe('Turns', () => {
+  it('runs at most max tasks at once and the rest in arrival order, each as a turn frees', async () => {
+    const turns = new Turns(4);
+    const release: (() => void)[] = [];
+    const started: number[] = [];
+    let running = 0;
+    let most = 0;
+    const all = Array.from({ length: 10 }, (_, i) =>
+      turns.run(async () => {
+        started.push(i);
+        running++;
+        most = Math.max(most, running);
+        await new Promise<void>((r) => release.push(r));
+        running--;
+        return i * 2;
+      }),
+    );
+    await tick();
+    expect(started).toEqual([0, 1, 2, 3]);
+    expect(turns.load).toEqual({ running: 4, waiting: 6 });
+    release.shift()!();
+    await tick();
+    await tick();
+    expect(started).toEqual([0, 1, 2, 3, 4]);
+    while (started.length < 10 || release.length > 0) {
+      release.shift()?.();
+      await tick();
+      await tick();
+    }
+    expect(await Promise.all(all)).toEqual([0, 2, 4, 6, 8, 10, 12, 14, 16, 18]);
+    expect(most).toBe(4);
+    expect(started).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(turns.load).toEqual({ running: 0, waiting: 0 });
+  });
+
+  it('gives the turn back when a task fails, and the failure reaches its caller', async () => {
+    const turns = new Turns(1);
+    const failed = turns.run(async () => {
+      throw new Error('handshake refused');
+    });
+    const next = turns.run(async () => 'next ran');
+    await expect(failed).rejects.toThrow('handshake refused');
+    expect(await next).toBe('next ran');
+    expect(turns.load).toEqual({ running: 0, waiting: 0 });
+  });
+});
