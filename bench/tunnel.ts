@@ -8,8 +8,9 @@
 //                behind NAT
 // Per target: one 1 GiB stream each way (MiB/s), round trips of 64 bytes on 1 and 8 connections
 // (p50/p99 µs), fresh connections per second (connect, one round trip, close), the agent-side and
-// server-side processes' CPU seconds per GiB moved and RSS; then the agent's RSS with 100 open
-// tunneled streams. Berth's server and agent are real processes (`berth server`, `berth agent`
+// server-side processes' CPU seconds per GiB moved and RSS, every process's CPU per GiB (the
+// client, the upstream and both sides) and the MiB/s that much CPU allows with every core busy;
+// then the agent's RSS with 100 open tunneled streams. Berth's server and agent are real processes (`berth server`, `berth agent`
 // with a private dockerd for its routes); the client dials the endpoint the TCP forwarder would.
 // Then, for Berth: kill -9 of the agent with a stream open (how soon the stream ends, how soon a
 // new connection is answered), the agent started again and the server restarted (until the route
@@ -26,7 +27,7 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { type AgentProcess, type BerthProcess, startAgent, startBerth } from '../test/e2e/support/berth.js';
 import { registerCleanup } from '../test/e2e/support/cleanup.js';
@@ -101,6 +102,13 @@ interface Result {
   rtt1P99UsBesideSlowReader: number;
   agentCpuSecondsPerGiB?: number;
   serverCpuSecondsPerGiB?: number;
+  /** Every process's CPU per GiB moved: the client (this process), the upstream, and both sides. */
+  allCpuSecondsPerGiB: number;
+  /**
+   * The most MiB/s that this much CPU per GiB allows with every core of the machine busy moving
+   * it: a bound that no tuning of the path's scheduling can pass.
+   */
+  cpuBoundMiBps: number;
   agentRssMiBIdle?: number;
   agentRssMiBWith100Streams?: number;
   /** After the transfers (heaps grown by them). */
@@ -406,13 +414,18 @@ async function measure(t: Target): Promise<Result> {
   const streamsRss = pids().length > 0 ? await rssWithStreams(t) : 0;
   const a0 = cpu(t.agentPids());
   const s0 = cpu(t.serverPids());
+  const u0 = cpu([upstreamPid]);
+  const c0 = process.cpuUsage();
   const bytes = SIZE_MB * MiB;
   const downloadMiBps = await download(t.port, bytes, TIMEOUT);
   const uploadMiBps = await upload(t.port, bytes, TIMEOUT);
   // sshd forks per connection: read its session processes' CPU before they go.
   const a1 = cpu(t.agentPids());
   const s1 = cpu(t.serverPids());
+  const c1 = process.cpuUsage(c0);
+  const u1 = cpu([upstreamPid]);
   const gib = (2 * bytes) / (1024 * MiB);
+  const allCpu = (a1 - a0 + s1 - s0 + u1 - u0 + (c1.user + c1.system) / 1e6) / gib;
   const l1 = await latency(t.port, {
     connections: 1,
     roundTrips: ROUND_TRIPS,
@@ -446,6 +459,8 @@ async function measure(t: Target): Promise<Result> {
     rtt8P99Us: Math.round(quantile(l8.samples, 0.99)),
     freshPerSecond: Math.round(fresh.perSecond),
     rtt1P99UsBesideSlowReader: Math.round(quantile(slow.samples, 0.99)),
+    allCpuSecondsPerGiB: Number(allCpu.toFixed(2)),
+    cpuBoundMiBps: Math.round((availableParallelism() * 1024) / allCpu),
   };
   if (pids().length > 0) {
     r.agentCpuSecondsPerGiB = Number(((a1 - a0) / gib).toFixed(2));
@@ -458,11 +473,15 @@ async function measure(t: Target): Promise<Result> {
   return r;
 }
 
+/** The upstream's process, whose CPU counts in every target's. */
+let upstreamPid = 0;
+
 async function main(): Promise<void> {
   const registry: unknown[] = [];
   const up = await startUpstream(registry);
   registerCleanup(() => stopProcess(up));
   const upstreamPort = up.port as number;
+  upstreamPid = up.pid as number;
   say(`tunnels on loopback to one upstream (127.0.0.1:${upstreamPort}); load ${loadavg()}`);
   const results: Record<string, Result> = {};
   const recovery: Record<string, Record<string, number | boolean>> = {};
@@ -563,6 +582,8 @@ async function main(): Promise<void> {
     row('round trip p99 µs beside a 1 KiB/s reader', (r) => r.rtt1P99UsBesideSlowReader);
     row('agent side CPU s per GiB', (r) => r.agentCpuSecondsPerGiB);
     row('server side CPU s per GiB', (r) => r.serverCpuSecondsPerGiB);
+    row('all processes CPU s per GiB', (r) => r.allCpuSecondsPerGiB);
+    row(`CPU bound MiB/s (${availableParallelism()} cores busy)`, (r) => r.cpuBoundMiBps);
     row('agent side RSS MiB, idle', (r) => r.agentRssMiBIdle);
     row(`agent side RSS MiB, ${STREAMS} open streams`, (r) => r.agentRssMiBWith100Streams);
     row('agent side RSS MiB, after the transfers', (r) => r.agentRssMiBAfter);
