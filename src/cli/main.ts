@@ -198,17 +198,22 @@ async function serve(config: ServeConfig, env: NodeJS.ProcessEnv): Promise<numbe
  * 101 MiB of RSS against 59-61; and the grown space was 3 MiB of a tunnel agent's RSS with 100
  * streams open (bench/tunnel.ts).
  * V8 reads the factor whenever it would grow the space, so it can be set once the process runs;
- * `node --semi-space-growth-factor=N` or `--max-semi-space-size` on the command line wins.
+ * semi-space flags of node's own (command line or NODE_OPTIONS) win. Newer V8 releases than Node
+ * 20's may hold the factor at 2 or more, and then this changes nothing;
+ * `NODE_OPTIONS=--max-semi-space-size=1` does the same there.
  */
 export const AGENT_HEAP_FLAGS = '--semi-space-growth-factor=1';
 
-/** What the agent sets for its heap, given node's own flags: nothing where they size the young generation. */
-export function agentHeapFlags(execArgv: readonly string[]): string | undefined {
-  return execArgv.some((a) => a.includes('semi-space')) ? undefined : AGENT_HEAP_FLAGS;
+/**
+ * What the agent sets for its heap, given node's own flags (its command line, NODE_OPTIONS):
+ * nothing where they size the young generation.
+ */
+export function agentHeapFlags(execArgv: readonly string[], nodeOptions = ''): string | undefined {
+  return [...execArgv, nodeOptions].some((a) => a.includes('semi-space')) ? undefined : AGENT_HEAP_FLAGS;
 }
 
 async function agent(config: AgentConfig): Promise<number> {
-  const heap = agentHeapFlags(process.execArgv);
+  const heap = agentHeapFlags(process.execArgv, process.env.NODE_OPTIONS);
   if (heap) setFlagsFromString(heap);
   // The interpreter alone until there is traffic to carry (see agent/jit.ts); --jit keeps V8's
   // compilers on from the start.

@@ -34,5 +34,7 @@ describe("the agent's young generation", () => {
     expect(agentHeapFlags([])).toBe(AGENT_HEAP_FLAGS);
     expect(agentHeapFlags(['--max-semi-space-size=8'])).toBeUndefined();
     expect(agentHeapFlags(['--semi-space-growth-factor=2'])).toBeUndefined();
+    expect(agentHeapFlags([], '--max-semi-space-size=64 --enable-source-maps')).toBeUndefined();
+    expect(agentHeapFlags([], '--enable-source-maps')).toBe(AGENT_HEAP_FLAGS);
   });
 });
