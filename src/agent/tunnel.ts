@@ -73,23 +73,38 @@ const POOL_RETRY_MS = 1_000;
 export const MAX_DIALS = 4;
 const MAX_POOL_RETRY_MS = 30_000;
 
-/** At most `max` tasks run at once; the others wait, first come first served. */
+/**
+ * At most `max` tasks run at once; the others wait, first come first served. A task holds its turn
+ * for `maxMs` at most: one that has not settled by then (a connection hanging) goes on without it,
+ * so no task can keep the others waiting for longer than that.
+ */
 export class Turns {
   private running = 0;
   private readonly waiting: (() => void)[] = [];
 
-  constructor(readonly max: number) {}
+  constructor(
+    readonly max: number,
+    readonly maxMs = TUNNEL_OPEN_TIMEOUT_MS,
+  ) {}
 
   async run<T>(task: () => Promise<T>): Promise<T> {
     if (this.running >= this.max) await new Promise<void>((turn) => this.waiting.push(turn));
     else this.running++;
-    try {
-      return await task();
-    } finally {
+    let held = true;
+    const release = () => {
+      if (!held) return;
+      held = false;
       // The turn passes straight to the next in line, or is given back.
       const next = this.waiting.shift();
       if (next) next();
       else this.running--;
+    };
+    const timer = setTimeout(release, this.maxMs);
+    try {
+      return await task();
+    } finally {
+      clearTimeout(timer);
+      release();
     }
   }
 
@@ -467,11 +482,19 @@ export function openDataConnection(
     ? secureDial(url, t.trust, timeoutMs, reads, true)
     : new Promise((resolve, reject) => {
         const s = tcpConnect({ host, port, allowHalfOpen: true, noDelay: true, onread: reads });
+        const timer = setTimeout(() => {
+          s.destroy();
+          reject(new Error(`connecting to ${host}:${port} timed out`));
+        }, timeoutMs);
         s.once('connect', () => {
+          clearTimeout(timer);
           s.removeAllListeners('error');
           resolve(s);
         });
-        s.once('error', reject);
+        s.once('error', (err) => {
+          clearTimeout(timer);
+          reject(err);
+        });
       });
   return dialed.then(
     (socket) =>

@@ -40,6 +40,19 @@ describe('Turns', () => {
     expect(turns.load).toEqual({ running: 0, waiting: 0 });
   });
 
+  it('lets a task that never settles hold its turn for maxMs only', async () => {
+    const turns = new Turns(1, 50);
+    const t0 = Date.now();
+    void turns.run(() => new Promise<never>(() => {}));
+    expect(turns.load).toEqual({ running: 1, waiting: 0 });
+    expect(await turns.run(async () => Date.now() - t0)).toBeGreaterThanOrEqual(45);
+    // The hung task keeps no turn: the next one starts at once, not queued behind it.
+    expect(turns.load).toEqual({ running: 0, waiting: 0 });
+    const next = turns.run(async () => 'ran');
+    expect(turns.load).toEqual({ running: 1, waiting: 0 });
+    expect(await next).toBe('ran');
+  });
+
   it('gives the turn back when a task fails, and the failure reaches its caller', async () => {
     const turns = new Turns(1);
     const failed = turns.run(async () => {
