@@ -10,8 +10,9 @@
 // (p50/p99 µs), fresh connections per second (connect, one round trip, close), the agent-side and
 // server-side processes' CPU seconds per GiB moved and RSS, every process's CPU per GiB (the
 // client, the upstream and both sides) and the MiB/s that much CPU allows with every core busy;
-// then the agent's RSS with 100 open tunneled streams. Berth's server and agent are real processes (`berth server`, `berth agent`
-// with a private dockerd for its routes); the client dials the endpoint the TCP forwarder would.
+// then the agent's RSS with 100 open tunneled streams. Berth's server and agent are real
+// processes (`berth server`, `berth agent` with a private dockerd for its routes); the client
+// dials the endpoint the TCP forwarder would.
 // Then, for Berth: kill -9 of the agent with a stream open (how soon the stream ends, how soon a
 // new connection is answered), the agent started again and the server restarted (until the route
 // serves). Prints figures; asserts nothing.

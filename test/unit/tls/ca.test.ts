@@ -331,7 +331,7 @@ describe('secureDial (a real TLS handshake)', () => {
     const resumed = await secureDial(url, { pin }, 10_000, undefined, true);
     expect(resumed.isSessionReused()).toBe(true);
     resumed.destroy();
-    servers.splice(servers.indexOf(servers.at(-1)!), 1);
+    servers.pop();
     await s.close();
     const impostor = await serve(issueServerCert(createCa(), { names: ['127.0.0.1'] }), {}, s.port);
     const err = await secureDial(url, { pin }, 10_000, undefined, true).catch((e) => e);
