@@ -74,12 +74,15 @@ export const MAX_DIALS = 4;
 const MAX_POOL_RETRY_MS = 30_000;
 
 /**
- * At most `max` tasks run at once; the others wait, first come first served. A task holds its turn
- * for `maxMs` at most: one that has not settled by then (a connection hanging) goes on without it,
- * so no task can keep the others waiting for longer than that.
+ * At most `max` tasks run at once; the others wait, first come first served, except that an
+ * urgent task (a stream's data connection, with a client waiting on it) goes ahead of every
+ * task that is not (pool refills, which nobody waits on). A task holds its turn for `maxMs` at
+ * most: one that has not settled by then (a connection hanging) goes on without it, so no task
+ * can keep the others waiting for longer than that.
  */
 export class Turns {
   private running = 0;
+  private readonly urgent: (() => void)[] = [];
   private readonly waiting: (() => void)[] = [];
 
   constructor(
@@ -87,15 +90,16 @@ export class Turns {
     readonly maxMs = TUNNEL_OPEN_TIMEOUT_MS,
   ) {}
 
-  async run<T>(task: () => Promise<T>): Promise<T> {
-    if (this.running >= this.max) await new Promise<void>((turn) => this.waiting.push(turn));
+  async run<T>(task: () => Promise<T>, urgent = false): Promise<T> {
+    if (this.running >= this.max)
+      await new Promise<void>((turn) => (urgent ? this.urgent : this.waiting).push(turn));
     else this.running++;
     let held = true;
     const release = () => {
       if (!held) return;
       held = false;
       // The turn passes straight to the next in line, or is given back.
-      const next = this.waiting.shift();
+      const next = this.urgent.shift() ?? this.waiting.shift();
       if (next) next();
       else this.running--;
     };
@@ -110,7 +114,7 @@ export class Turns {
 
   /** Tasks running, and waiting for a turn. */
   get load(): { running: number; waiting: number } {
-    return { running: this.running, waiting: this.waiting.length };
+    return { running: this.running, waiting: this.urgent.length + this.waiting.length };
   }
 }
 
@@ -287,10 +291,11 @@ export class TunnelClient {
     target: () => DataTarget | undefined,
     id: number | typeof POOL_STREAM,
   ): Promise<DataConnection | undefined> {
+    // A stream's connection has a client waiting on it; a pool refill has nobody.
     return this.dials.run(async () => {
       const t = target();
       return t ? await openDataConnection(t, id) : undefined;
-    });
+    }, id !== POOL_STREAM);
   }
 
   /** Opens pre-opened connections up to TUNNEL_POOL (never past the stream limit). */

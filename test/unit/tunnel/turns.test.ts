@@ -1,5 +1,5 @@
 // The agent's limit on data connections opened at once (Turns): never more than `max` running,
-// the rest in order, each turn given back however its task ends.
+// the rest in order (a stream's ahead of a pool refill), each turn given back however its task ends.
 import { describe, expect, it } from 'vitest';
 import { Turns } from '../../../src/agent/tunnel.js';
 
@@ -37,6 +37,34 @@ describe('Turns', () => {
     expect(await Promise.all(all)).toEqual([0, 2, 4, 6, 8, 10, 12, 14, 16, 18]);
     expect(most).toBe(4);
     expect(started).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(turns.load).toEqual({ running: 0, waiting: 0 });
+  });
+
+  it('gives a freed turn to urgent tasks first, in their order, then to the rest in theirs', async () => {
+    const turns = new Turns(1);
+    const started: string[] = [];
+    const release: (() => void)[] = [];
+    const task = (name: string) => async () => {
+      started.push(name);
+      await new Promise<void>((r) => release.push(r));
+    };
+    const all = [
+      turns.run(task('pool 1')),
+      turns.run(task('pool 2')),
+      turns.run(task('pool 3')),
+      turns.run(task('stream a'), true),
+      turns.run(task('stream b'), true),
+    ];
+    await tick();
+    expect(started).toEqual(['pool 1']);
+    expect(turns.load).toEqual({ running: 1, waiting: 4 });
+    while (started.length < 5 || release.length > 0) {
+      release.shift()?.();
+      await tick();
+      await tick();
+    }
+    await Promise.all(all);
+    expect(started).toEqual(['pool 1', 'stream a', 'stream b', 'pool 2', 'pool 3']);
     expect(turns.load).toEqual({ running: 0, waiting: 0 });
   });
 
