@@ -39,10 +39,46 @@ export function parseCidrList(raw: string): { cidrs: Cidr[]; bad: string[] } {
   return { cidrs, bad };
 }
 
-/** Whether a client address (IPv4, IPv6 or IPv4-mapped IPv6) is inside any of the networks. */
+/**
+ * An IP address written one way, so that no other spelling of it passes a check that this one
+ * fails: IPv4 as a.b.c.d, and so is an IPv4-mapped IPv6 address however it is written
+ * (`::FFFF:a9fe:a9fe`, `0:0:0:0:0:ffff:169.254.169.254`), since a dial to it reaches the IPv4
+ * address; other IPv6 in lower case with the longest run of zero groups as `::` (RFC 5952), a
+ * zone kept as it is. Brackets are taken off. Undefined when it is not an IP address.
+ */
+export function canonicalIp(raw: string): string | undefined {
+  const addr = raw.startsWith('[') && raw.endsWith(']') ? raw.slice(1, -1) : raw;
+  const family = isIP(addr);
+  if (family === 4) return fromBits(toBits(addr, 4), 4);
+  if (family !== 6) return undefined;
+  const pct = addr.indexOf('%');
+  const zone = pct < 0 ? '' : addr.slice(pct);
+  const bits = toBits(addr, 6);
+  if (bits >> 32n === 0xffffn) return fromBits(bits & 0xffffffffn, 4);
+  const groups = fromBits(bits, 6).split(':');
+  let best = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    if (groups[i] !== '0') {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === '0') j++;
+    if (j - i > bestLen) [best, bestLen] = [i, j - i];
+    i = j;
+  }
+  const text =
+    best < 0
+      ? groups.join(':')
+      : `${groups.slice(0, best).join(':')}::${groups.slice(best + bestLen).join(':')}`;
+  return `${text}${zone}`;
+}
+
+/** Whether a client address (IPv4, IPv6 or IPv4-mapped IPv6, in any spelling) is inside any of the networks. */
 export function cidrsContain(cidrs: readonly Cidr[], address: string): boolean {
-  let addr = address;
-  if (addr.startsWith('::ffff:') && isIP(addr.slice(7)) === 4) addr = addr.slice(7);
+  const addr = canonicalIp(address);
+  if (addr === undefined) return false;
   const family = isIP(addr);
   if (family !== 4 && family !== 6) return false;
   const bits = toBits(addr, family);

@@ -7,6 +7,8 @@
 // data connections open ahead of need (X-Berth-Stream: pool); the server then writes the same
 // open request as one JSON line first on such a connection instead of on the WebSocket, and the
 // agent checks it exactly as it checks one from the WebSocket.
+import { isIP } from 'node:net';
+import { canonicalIp } from './cidr.js';
 import type { Snapshot } from './types.js';
 
 /** Where data connections go: an HTTP/1.1 upgrade on the agent listener (or --api-listen when plain). */
@@ -31,10 +33,9 @@ export const TUNNEL_NET = '127.77.0.0/16';
 const TUNNEL_PREFIX = '127.77.';
 const STREAM_ID_RE = /^[1-9][0-9]{0,15}$/;
 
-/** Whether `host` is one of the server's tunnel endpoint addresses (no route may name one). */
+/** Whether `host` is one of the server's tunnel endpoint addresses, however it is spelled (no route may name one). */
 export function isTunnelAddress(host: string): boolean {
-  const h = host.startsWith('::ffff:') ? host.slice(7) : host;
-  return h.startsWith(TUNNEL_PREFIX);
+  return (canonicalIp(host) ?? '').startsWith(TUNNEL_PREFIX);
 }
 
 /** A stream id as it travels in a header: a positive decimal integer, or undefined. */
@@ -45,7 +46,9 @@ export function parseStreamId(v: unknown): number | undefined {
   return Number.isSafeInteger(n) ? n : undefined;
 }
 
-const target = (host: string, port: number) => `${host.replace(/^\[|\]$/g, '').toLowerCase()}:${port}`;
+/** An upstream as the agent compares it: the address in its one spelling (a name as it is, lower case). */
+const target = (host: string, port: number) =>
+  `${canonicalIp(host) ?? host.replace(/^\[|\]$/g, '').toLowerCase()}:${port}`;
 
 /**
  * The upstreams a tunnel agent may dial: exactly those its own current routes name (HTTP and
@@ -62,6 +65,9 @@ export function tunnelTargets(s: Pick<Snapshot, 'routes' | 'tcp'> | undefined): 
 
 /** Why the agent refuses to dial host:port for the server, or undefined when it is its own route's. */
 export function tunnelRefusal(targets: ReadonlySet<string>, host: string, port: number): string | undefined {
+  // Only an address: the agent never resolves a name for the server (a name could go anywhere).
+  if (isIP(host) === 0)
+    return `${host} is not an IP address; a tunnel agent dials only its own routes' upstream addresses`;
   if (targets.has(target(host, port))) return undefined;
   return `${host.includes(':') ? `[${host}]` : host}:${port} is not the upstream of any route of this agent; a tunnel agent dials only its own routes' upstreams`;
 }

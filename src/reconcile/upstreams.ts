@@ -3,7 +3,7 @@
 // metadata service, or at another host on the server's network (SSRF). Pure. A Swarm leader's
 // task routes are checked with the checker of the agent on the task's node (policy.ts, swarm.ts).
 import { isIP } from 'node:net';
-import { type Cidr, cidrsContain, parseCidr } from '../model/cidr.js';
+import { type Cidr, canonicalIp, cidrsContain, parseCidr } from '../model/cidr.js';
 import { isTunnelAddress, TUNNEL_NET } from '../model/tunnel.js';
 
 /** One of the server's own listeners: never an upstream. `host` undefined: any address of this machine. */
@@ -62,7 +62,8 @@ function networks(list: readonly string[]): Cidr[] {
   return c;
 }
 
-const plain = (a: string) => (a.startsWith('::ffff:') && a.includes('.') ? a.slice(7) : a);
+/** An address in its one spelling (an IPv4-mapped one as IPv4), so that no other spelling slips past a check; a name as it is. */
+const plain = (a: string) => canonicalIp(a) ?? a;
 
 /** What is known of one upstream host, whatever the port: decided once per host. */
 interface HostVerdict {
@@ -96,7 +97,7 @@ export function upstreamChecker(
   const from = agent.seenFrom ? plain(agent.seenFrom) : undefined;
   const onThisMachine = from !== undefined && (cidrsContain(LOOPBACK, from) || localAddresses.has(from));
   const judge = (hostRaw: string): HostVerdict => {
-    const host = plain(hostRaw.replace(/^\[|\]$/g, ''));
+    const host = plain(hostRaw);
     if (isIP(host) === 0) {
       return {
         host,
@@ -138,11 +139,7 @@ export function upstreamChecker(
     for (const p of rules.protected) {
       if (p.port !== port) continue;
       const anyAddress = p.host === undefined || isUnspecified(p.host);
-      const hit = anyAddress
-        ? v.local
-        : p.host === 'localhost'
-          ? v.loopback
-          : plainHost(p.host ?? '') === v.host;
+      const hit = anyAddress ? v.local : p.host === 'localhost' ? v.loopback : plain(p.host ?? '') === v.host;
       if (hit) return `upstream ${where} is this server's own ${p.what}; no route may point there`;
     }
     return v.notMine?.(where);
@@ -169,9 +166,6 @@ function agentMay(agent: UpstreamSubject, host: string, loopback: boolean): bool
 }
 
 function isUnspecified(h: string): boolean {
-  return h === '' || h === '0.0.0.0' || h === '::' || h === '[::]';
-}
-
-function plainHost(h: string): string {
-  return plain(h.replace(/^\[|\]$/g, ''));
+  const c = plain(h);
+  return h === '' || c === '0.0.0.0' || c === '::';
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { cidrsContain, parseCidr, parseCidrList } from '../../src/model/cidr.js';
+import { canonicalIp, cidrsContain, parseCidr, parseCidrList } from '../../src/model/cidr.js';
 
 describe('CIDR allow-lists', () => {
   it('parses networks and single addresses into canonical form', () => {
@@ -22,5 +22,34 @@ describe('CIDR allow-lists', () => {
     expect(cidrsContain(cidrs, 'fe80::1')).toBe(false);
     expect(cidrsContain(cidrs, 'not-an-ip')).toBe(false);
     expect(cidrsContain([parseCidr('0.0.0.0/0')!], '8.8.8.8')).toBe(true);
+  });
+
+  it('matches an IPv4-mapped client however it is spelled', () => {
+    const { cidrs } = parseCidrList('169.254.0.0/16');
+    for (const spelling of [
+      '::ffff:169.254.169.254',
+      '::FFFF:169.254.169.254',
+      '::ffff:a9fe:a9fe',
+      '0:0:0:0:0:ffff:a9fe:a9fe',
+    ])
+      expect(cidrsContain(cidrs, spelling), spelling).toBe(true);
+  });
+
+  it.each([
+    ['1.2.3.4', '1.2.3.4'],
+    ['::FFFF:169.254.169.254', '169.254.169.254'],
+    ['::ffff:a9fe:a9fe', '169.254.169.254'],
+    ['0:0:0:0:0:ffff:7f4d:1', '127.77.0.1'],
+    ['[::1]', '::1'],
+    ['0:0:0:0:0:0:0:0', '::'],
+    ['2001:DB8:0:0:1:0:0:1', '2001:db8::1:0:0:1'],
+    ['1:0:0:2:0:0:0:3', '1:0:0:2::3'],
+    ['1:2:3:4:5:6:7:8', '1:2:3:4:5:6:7:8'],
+    ['fe80::1%eth0', 'fe80::1%eth0'],
+    ['127.1', undefined],
+    ['cafe', undefined],
+    ['db.internal', undefined],
+  ])('writes %s one way: %s', (raw, want) => {
+    expect(canonicalIp(raw)).toBe(want);
   });
 });

@@ -51,6 +51,23 @@ describe('upstreamRefusal', () => {
     expect(upstreamRefusal('127.0.0.1', 7080, local, rules)).toMatch(/admin API/);
     expect(upstreamRefusal('169.254.169.254', 80, local, rules)).toMatch(/metadata/);
   });
+
+  it('refuses every spelling of a refused address, IPv4-mapped ones included', () => {
+    const local = { kind: 'local' } as const;
+    for (const h of ['::FFFF:169.254.169.254', '::ffff:a9fe:a9fe', '[0:0:0:0:0:ffff:a9fe:a9fe]'])
+      expect(upstreamRefusal(h, 80, local, rules), h).toMatch(
+        /169\.254\.169\.254:80 is a link-local, metadata/,
+      );
+    for (const h of ['::ffff:7f00:1', '::FFFF:127.0.0.1'])
+      expect(upstreamRefusal(h, 7080, local, rules), h).toMatch(
+        /127\.0\.0\.1:7080 is this server's own admin API/,
+      );
+    for (const h of ['::ffff:7f4d:1', '::FFFF:127.77.0.1'])
+      expect(upstreamRefusal(h, 4000, local, rules), h).toMatch(/127\.77\.0\.1:4000 is in 127\.77\.0\.0\/16/);
+    // A remote agent's own host, in another spelling, is still its own.
+    expect(upstreamRefusal('::ffff:a00:5', 8080, remote('10.0.0.5'), rules)).toBeUndefined();
+    expect(upstreamRefusal('0:0:0:0:0:0:0:1', 80, remote('127.0.0.1'), rules)).toMatch(/own front door/);
+  });
 });
 
 describe('upstreamRefusal, tunnel agents', () => {

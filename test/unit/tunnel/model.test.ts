@@ -76,6 +76,9 @@ describe('EndpointTable', () => {
   it('knows its own range', () => {
     expect(isTunnelAddress('127.77.3.4')).toBe(true);
     expect(isTunnelAddress('::ffff:127.77.3.4')).toBe(true);
+    expect(isTunnelAddress('::FFFF:127.77.3.4')).toBe(true);
+    expect(isTunnelAddress('::ffff:7f4d:304')).toBe(true);
+    expect(isTunnelAddress('[0:0:0:0:0:ffff:7f4d:304]')).toBe(true);
     expect(isTunnelAddress('127.7.3.4')).toBe(false);
     expect(isTunnelAddress('10.127.77.1')).toBe(false);
   });
@@ -109,6 +112,8 @@ describe("the agent's own upstreams", () => {
     ['an HTTP route upstream', '127.0.0.1', 8080],
     ['a TCP route upstream', '10.0.0.9', 5432],
     ['an IPv6 upstream in another spelling', 'fd00::2', 80],
+    ['an IPv6 upstream written out whole', 'fd00:0:0:0:0:0:0:2', 80],
+    ['an IPv4 upstream written IPv4-mapped', '::ffff:a00:9', 5432],
   ])('dials %s', (_w, host, port) => {
     expect(tunnelRefusal(targets, host, port)).toBeUndefined();
   });
@@ -119,6 +124,15 @@ describe("the agent's own upstreams", () => {
     ['cloud metadata', '169.254.169.254', 80],
   ])('refuses %s, naming it', (_w, host, port) => {
     expect(tunnelRefusal(targets, host, port)).toMatch(/is not the upstream of any route of this agent/);
+  });
+
+  it.each([
+    ['a name, even one a route names', 'db.internal'],
+    ['hex letters that are a name, not an address', 'cafe'],
+    ['a short IPv4 spelling that a resolver would take', '127.1'],
+  ])('refuses %s: it never resolves for the server', (_w, host) => {
+    const named = tunnelTargets({ routes: [route(host, 80)], tcp: [] });
+    expect(tunnelRefusal(named, host, 80)).toMatch(/is not an IP address/);
   });
 
   it('dials nothing before it has a snapshot', () => {
