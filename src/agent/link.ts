@@ -19,6 +19,7 @@ import {
   MAX_SERVER_MESSAGE_BYTES,
   parseServerMessage,
 } from '../model/server-protocol.js';
+import { TUNNEL_SESSIONS_HEADER } from '../model/tunnel.js';
 import type { Snapshot } from '../model/types.js';
 import { DialError, type ServerTrust, secureDial } from './dial.js';
 import { fitSnapshot } from './fit.js';
@@ -78,6 +79,8 @@ export class ServerLink {
   agentId?: string;
   status = 'disconnected';
   connects = 0;
+  /** --tunnel: the server's token for this connection's data connections (from its welcome). */
+  private tunnelSession?: string;
   get connected(): boolean {
     return this.ws?.readyState === WebSocket.OPEN;
   }
@@ -100,7 +103,13 @@ export class ServerLink {
         ...(o.tunnel.onStream ? { onStream: o.tunnel.onStream } : {}),
         target: () =>
           this.agentId && this.connected
-            ? { server: this.server, trust: o.trust ?? {}, key: o.key, agentId: this.agentId }
+            ? {
+                server: this.server,
+                trust: o.trust ?? {},
+                key: o.key,
+                agentId: this.agentId,
+                ...(this.tunnelSession ? { session: this.tunnelSession } : {}),
+              }
             : undefined,
         send: (m) => {
           if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(m));
@@ -185,6 +194,9 @@ export class ServerLink {
       'x-berth-agent-version': this.o.version,
     };
     if (this.agentId) headers['x-berth-agent-id'] = this.agentId;
+    // Data connections will name this connection (the welcome's token), so that only this agent's
+    // current connection can answer for its streams. Servers older than that ignore the header.
+    if (this.o.tunnel) headers[TUNNEL_SESSIONS_HEADER] = '1';
     let ws: WebSocket;
     try {
       // maxPayload: a larger frame is refused from its header, before it is buffered.
@@ -260,6 +272,7 @@ export class ServerLink {
       if (this.ws !== ws) return;
       this.ws = undefined;
       this.status = 'disconnected';
+      this.tunnelSession = undefined;
       this.tunnel?.linkDown();
       if (this.stopped) return;
       // Another replica may be up where this one is not (or is shutting down).
@@ -333,6 +346,7 @@ export class ServerLink {
       // Older servers do not say; theirs was 64 MiB, so the default is the safe side.
       this.maxMessageBytes = msg.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
       this.o.logger.info({ agentId: msg.agentId, status: msg.status }, 'registered with server');
+      this.tunnelSession = msg.tunnel?.session;
       if (this.tunnel && msg.tunnel) this.tunnel.linkUp();
       else if (this.tunnel)
         this.gate.log(

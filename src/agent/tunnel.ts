@@ -32,6 +32,8 @@ export interface DataTarget {
   trust: ServerTrust;
   key: string;
   agentId: string;
+  /** The token of the link's current connection (servers that give one). */
+  session?: string;
 }
 
 export interface TunnelClientOptions {
@@ -547,7 +549,9 @@ export function openDataConnection(
         socket.once('end', ended);
         socket.write(
           `GET ${TUNNEL_PATH} HTTP/1.1\r\nHost: ${url.host}\r\nConnection: Upgrade\r\nUpgrade: ${TUNNEL_UPGRADE}\r\n` +
-            `Authorization: Bearer ${t.key}\r\nX-Berth-Agent-Id: ${t.agentId}\r\nX-Berth-Stream: ${id}\r\n\r\n`,
+            `Authorization: Bearer ${t.key}\r\nX-Berth-Agent-Id: ${t.agentId}\r\nX-Berth-Stream: ${id}\r\n` +
+            (t.session ? `X-Berth-Tunnel-Session: ${t.session}\r\n` : '') +
+            '\r\n',
         );
       }),
   );

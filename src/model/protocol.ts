@@ -113,7 +113,11 @@ export type ServerMessage =
       /** The largest message the server reads (newer servers); a bigger one closes the connection. */
       maxMessageBytes?: number;
       /** Servers that carry tunnels say so (and how many streams per agent they allow at most). */
-      tunnel?: { maxStreams: number };
+      tunnel?: {
+        maxStreams: number;
+        /** The token the agent's data connections name (to agents that said they send it). */
+        session?: string;
+      };
     }
   | { type: 'resync' }
   | { type: 'error'; message: string }

@@ -8,7 +8,7 @@
 // error Ajv would give, rather than by Ajv: the agent then carries no schema compiler.
 import { clip, DEFAULT_MAX_MESSAGE_BYTES, MAX_STRING } from './limits.js';
 import type { ServerMessage } from './protocol.js';
-import { MAX_TUNNEL_STREAMS } from './tunnel.js';
+import { MAX_TUNNEL_STREAMS, TUNNEL_SESSION_RE } from './tunnel.js';
 
 /** Where agents connect (an upgrade to a WebSocket), on the API and on the agent listener. */
 export const AGENT_PATH = '/agent/v1/connect';
@@ -55,7 +55,10 @@ type FieldSchema =
   | {
       type: 'object';
       required: string[];
-      properties: Record<string, { type: 'integer'; minimum: number; maximum: number }>;
+      properties: Record<
+        string,
+        { type: 'integer'; minimum: number; maximum: number } | { type: 'string'; pattern: string }
+      >;
     };
 
 /** The first problem found, shaped as Ajv reports one (keyword, JSON pointer, parameters). */
@@ -129,7 +132,8 @@ function checkField(v: unknown, schema: FieldSchema, path: string, re?: RegExp):
           return { keyword: 'required', instancePath: path, params: { missingProperty: name } };
       for (const [name, p] of Object.entries(schema.properties))
         if (Object.hasOwn(o, name)) {
-          const inner = checkField(o[name], p, `${path}/${name}`);
+          const re = p.type === 'string' ? new RegExp(p.pattern, 'u') : undefined;
+          const inner = checkField(o[name], p, `${path}/${name}`, re);
           if (inner) return inner;
         }
       return undefined;
@@ -181,9 +185,12 @@ const CHECKS = new Map<string, MessageCheck>([
         schema: {
           type: 'object',
           required: ['maxStreams'],
-          properties: { maxStreams: { type: 'integer', minimum: 1, maximum: MAX_TUNNEL_STREAMS } },
+          properties: {
+            maxStreams: { type: 'integer', minimum: 1, maximum: MAX_TUNNEL_STREAMS },
+            session: { type: 'string', pattern: TUNNEL_SESSION_RE.source },
+          },
         },
-        rule: `must be an object with maxStreams (1 to ${MAX_TUNNEL_STREAMS})`,
+        rule: `must be an object with maxStreams (1 to ${MAX_TUNNEL_STREAMS}) and an optional session token (32 base64url characters)`,
       },
     }),
   ],

@@ -22,6 +22,17 @@ export const MAX_TUNNEL_STREAMS = 65_536;
 export const TUNNEL_POOL = 4;
 /** Idle pre-opened data connections the server keeps per agent at most. */
 export const MAX_TUNNEL_POOL = 16;
+/**
+ * Sent by an agent on its WebSocket upgrade: it names the welcome's tunnel session on its data
+ * connections. The server then takes a data connection only with the session token of the
+ * agent's current WebSocket, so that another agent enrolled with the same key cannot answer for
+ * its streams or park connections in its pool, and an old connection cannot answer for a new one.
+ */
+export const TUNNEL_SESSIONS_HEADER = 'x-berth-tunnel-sessions';
+/** A data connection's session token (the welcome's `tunnel.session`). */
+export const TUNNEL_SESSION_HEADER = 'x-berth-tunnel-session';
+/** What a session token looks like: base64url, 32 characters (24 random bytes). */
+export const TUNNEL_SESSION_RE = /^[A-Za-z0-9_-]{32}$/;
 /** X-Berth-Stream of a pre-opened data connection (else the stream id it answers). */
 export const POOL_STREAM = 'pool';
 /** The open request the server writes first on a pre-opened connection: one JSON line, at most this long. */

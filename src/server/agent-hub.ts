@@ -28,7 +28,7 @@ import {
   type SnapshotMessage,
   type TunnelFailed,
 } from '../model/protocol.js';
-import { TUNNEL_PATH } from '../model/tunnel.js';
+import { TUNNEL_PATH, TUNNEL_SESSIONS_HEADER } from '../model/tunnel.js';
 import type { KeyRecord } from '../store/store.js';
 import {
   clientAddress,
@@ -85,6 +85,8 @@ export interface TunnelListener {
     head: Buffer,
   ): void;
   failed(agentId: string, m: TunnelFailed): void;
+  /** The agent's WebSocket connected: the token its data connections must name (see TunnelBroker). */
+  openSession(agentId: string, tokens: boolean): string | undefined;
   agentGone(agentId: string): void;
 }
 
@@ -270,10 +272,12 @@ export class AgentHub {
         { agentId: agent.id, name, ip },
         `agent ${name} connected without TLS from ${ip}: its key, snapshots and exec output cross the network in clear; point it at this server's --agent-listen (https://…:7443)`,
       );
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.connection(ws, agent.id, ip));
+    const tokens = req.headers[TUNNEL_SESSIONS_HEADER] === '1';
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.connection(ws, agent.id, ip, tokens));
   }
 
-  private connection(ws: WebSocket, agentId: string, ip: string): void {
+  /** `tokens`: the agent names its connection on its tunnels' data connections (TUNNEL_SESSIONS_HEADER). */
+  private connection(ws: WebSocket, agentId: string, ip: string, tokens: boolean): void {
     const log = this.o.logger.child({ agentId, ip });
     this.counters.connects++;
     const previous = this.channels.get(agentId);
@@ -285,6 +289,7 @@ export class AgentHub {
     };
     this.channels.set(agentId, channel);
     previous?.close(4000, 'replaced by a newer connection of the same agent');
+    const session = this.o.tunnel?.openSession(agentId, tokens);
     const summary = this.o.registry.statusOf(agentId);
     log.info({ name: summary?.name, status: summary?.status }, 'agent connected');
     ws.send(
@@ -294,7 +299,9 @@ export class AgentHub {
         status: summary?.status ?? 'pending',
         heartbeatMs: this.o.heartbeatMs,
         maxMessageBytes: this.maxMessageBytes,
-        ...(this.o.tunnel ? { tunnel: { maxStreams: this.o.tunnel.maxStreams } } : {}),
+        ...(this.o.tunnel
+          ? { tunnel: { maxStreams: this.o.tunnel.maxStreams, ...(session ? { session } : {}) } }
+          : {}),
       } satisfies ServerMessage),
     );
     const pace = new SnapshotPacer((raw) => this.handle(channel, agentId, log, raw));

@@ -6,6 +6,7 @@
 // joined to the front connection. One TCP connection per stream: a slow reader on one stalls
 // only its own. While the agent is away a connection to its endpoint is reset at once (the front
 // door answers 502); when the agent goes, is revoked or removed, its streams are reset.
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
@@ -22,6 +23,7 @@ import {
   POOL_STREAM,
   parseStreamId,
   TUNNEL_OPEN_TIMEOUT_MS,
+  TUNNEL_SESSION_HEADER,
   TUNNEL_UPGRADE,
   type TunnelEndpoints,
 } from '../model/tunnel.js';
@@ -69,6 +71,11 @@ export class TunnelBroker implements TunnelEndpoints {
   /** Each agent's pre-opened data connections, waiting for a stream. */
   private readonly pools = new Map<string, Map<Socket, () => void>>();
   private readonly limits = new Map<string, number>();
+  /**
+   * Each connected agent's current WebSocket session: the SHA-256 of the token its data
+   * connections must name, or undefined for an agent older than tokens (its key alone is checked).
+   */
+  private readonly sessions = new Map<string, { digest: Buffer | undefined }>();
   private readonly perAgent = new Map<string, AgentCounters>();
   private readonly gate: LogGate;
   private nextId = 0;
@@ -116,11 +123,45 @@ export class TunnelBroker implements TunnelEndpoints {
     return (host, port) => out.get(EndpointTable.key(agentId, host, port));
   }
 
+  /**
+   * The agent's WebSocket connected here (a first connection, or one that replaces another): from
+   * now on only data connections naming the returned token are its. An agent that did not say it
+   * sends one (`tokens` false, older than tokens) gets none, and its key alone is checked. The
+   * pre-opened connections of a connection it replaces go: they were opened for that one.
+   */
+  openSession(agentId: string, tokens: boolean): string | undefined {
+    const token = tokens ? randomBytes(24).toString('base64url') : undefined;
+    const replaced = this.sessions.has(agentId);
+    this.sessions.set(agentId, { digest: token === undefined ? undefined : digest(token) });
+    if (replaced) this.dropPool(agentId);
+    return token;
+  }
+
   /** The agent is gone from this server (disconnected, replaced for good, revoked): its streams end. */
   agentGone(agentId: string): void {
     for (const s of [...(this.byAgent.get(agentId) ?? [])]) this.end(s, 'agent-gone');
+    this.dropPool(agentId);
+    this.sessions.delete(agentId);
+  }
+
+  private dropPool(agentId: string): void {
     for (const sock of this.pools.get(agentId)?.keys() ?? []) sock.destroy();
     this.pools.delete(agentId);
+  }
+
+  /** Whether a data connection comes from the agent's current WebSocket session (see openSession). */
+  private ofCurrentSession(agentId: string, given: unknown): boolean {
+    const session = this.sessions.get(agentId);
+    if (!session) return false;
+    if (session.digest === undefined) {
+      this.gate.warn(
+        `untokened:${agentId}`,
+        { agentId, agent: this.o.nameOf(agentId) },
+        `agent ${this.o.nameOf(agentId) ?? agentId} is older than tunnel session tokens: its data connections are checked by its key alone, so another agent enrolled with the same key could answer for its streams; upgrade it`,
+      );
+      return true;
+    }
+    return typeof given === 'string' && timingSafeEqual(digest(given), session.digest);
   }
 
   /** The agent's record is removed (or its key revoked): its streams and endpoints go. */
@@ -156,21 +197,34 @@ export class TunnelBroker implements TunnelEndpoints {
     const id = parseStreamId(headers['x-berth-stream']);
     const agentId = typeof headers['x-berth-agent-id'] === 'string' ? headers['x-berth-agent-id'] : '';
     const s = id === undefined ? undefined : this.streams.get(id);
-    if (String(headers.upgrade ?? '').toLowerCase() !== TUNNEL_UPGRADE) {
-      refuse(socket, 400, 'BAD_REQUEST', `a data connection upgrades to ${TUNNEL_UPGRADE}`);
+    const malformed =
+      String(headers.upgrade ?? '').toLowerCase() !== TUNNEL_UPGRADE
+        ? `a data connection upgrades to ${TUNNEL_UPGRADE}`
+        : !pooled && id === undefined
+          ? `X-Berth-Stream must be "${POOL_STREAM}" or a stream number`
+          : agentId === ''
+            ? 'X-Berth-Agent-Id is missing'
+            : undefined;
+    if (malformed) {
+      refuse(socket, 400, 'BAD_REQUEST', malformed);
       return;
     }
-    // Only the agent's own key, for its own stream (or pool, while it is connected here).
+    // Only the agent's own key, from its current connection, for its own stream (or pool, while
+    // it is connected here).
     const mine = this.o.keyOf(agentId) === key.id;
     const ok = pooled
       ? mine && this.o.connected(agentId)
       : mine && s !== undefined && !s.done && !s.data && s.agentId === agentId;
-    if (!ok) {
-      // Another agent's stream, or none: the same answer, so nothing is learnt from it.
+    const current = ok && this.ofCurrentSession(agentId, headers[TUNNEL_SESSION_HEADER]);
+    if (!current) {
+      // Another agent's stream, or none, or not this connection's: the same answer, so nothing is
+      // learnt from it.
       this.gate.warn(
-        `data-refused:${key.id}`,
+        `data-refused:${key.id}:${ok ? 'session' : 'stream'}`,
         { key: key.name, stream: id ?? (pooled ? POOL_STREAM : null) },
-        "refused a tunnel data connection: no such stream of this key's agent",
+        ok
+          ? "refused a tunnel data connection: it does not name the agent's current connection (another agent enrolled with the same key, or a connection already replaced)"
+          : "refused a tunnel data connection: no such stream of this key's agent",
       );
       refuse(socket, 404, 'NOT_FOUND', 'no such stream waits for this agent');
       return;
@@ -406,3 +460,5 @@ export class TunnelBroker implements TunnelEndpoints {
     this.gate.close();
   }
 }
+
+const digest = (token: string) => createHash('sha256').update(token).digest();

@@ -8,6 +8,7 @@ import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -576,6 +577,47 @@ describe('tunnels', () => {
     expect(metrics).toMatch(/^berth_agent_tunnel_refused_total 2$/m);
     expect(metrics).toMatch(/^berth_agent_tunnel_streams 0$/m);
     await a.stop();
+  });
+
+  it("takes no data connection for another agent of the same key without that agent's session", async () => {
+    // t1, t2 and direct share one key: holding it, claim t1's id on a data connection.
+    const agents = JSON.parse((await berth.cli(['agents', 'list', '--json'])).stdout) as {
+      id: string;
+      name: string;
+    }[];
+    const t1 = agents.find((a) => a.name === 't1')!;
+    const dataConnection = (headers: Record<string, string>) =>
+      new Promise<number>((done, fail) => {
+        const req = httpsRequest(`${berth.agentUrl}/agent/v1/tunnel`, {
+          headers: {
+            connection: 'Upgrade',
+            upgrade: 'berth-tunnel/1',
+            authorization: `Bearer ${key.split('.')[0]}`,
+            'x-berth-agent-id': t1.id,
+            ...headers,
+          },
+          rejectUnauthorized: false,
+          agent: false,
+        });
+        req.on('upgrade', (_res, sock) => {
+          sock.destroy();
+          done(101);
+        });
+        req.on('response', (res) => {
+          res.resume();
+          done(res.statusCode ?? 0);
+        });
+        req.on('error', fail);
+        req.end();
+      });
+    for (const stream of ['pool', '1'])
+      for (const session of [{}, { 'x-berth-tunnel-session': 'A'.repeat(32) }])
+        expect(
+          await dataConnection({ 'x-berth-stream': stream, ...session }),
+          `${stream} ${JSON.stringify(session)}`,
+        ).toBe(404);
+    expect(berth.output()).toMatch(/does not name the agent's current connection/);
+    await serves('t1.test', 'hello from t1');
   });
 
   it('closes the tunnels of a revoked key', async () => {

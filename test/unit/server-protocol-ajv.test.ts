@@ -10,7 +10,13 @@ const TYPES = ['welcome', 'resync', 'error', 'exec'];
 const ajv = new Ajv({ allErrors: false, strict: false });
 
 const VALID: Record<string, Record<string, unknown>> = {
-  welcome: { type: 'welcome', agentId: 'ag_0123456789ab', status: 'pending', heartbeatMs: 15000 },
+  welcome: {
+    type: 'welcome',
+    agentId: 'ag_0123456789ab',
+    status: 'pending',
+    heartbeatMs: 15000,
+    tunnel: { maxStreams: 1024, session: 'Ab-_'.repeat(8) },
+  },
   resync: { type: 'resync' },
   error: { type: 'error', message: 'invalid message: x' },
   exec: {

@@ -20,6 +20,8 @@ describe('parseServerMessage', () => {
   it('accepts what servers send, extra fields included (newer servers)', () => {
     const welcome = { type: 'welcome', agentId: 'ag_0123456789ab', status: 'pending', heartbeatMs: 15000 };
     expect(parseServerMessage(JSON.stringify(welcome))).toEqual({ kind: 'message', message: welcome });
+    const tunneled = { ...welcome, tunnel: { maxStreams: 1024, session: 'Ab-_'.repeat(8) } };
+    expect(parseServerMessage(JSON.stringify(tunneled))).toEqual({ kind: 'message', message: tunneled });
     expect(parseServerMessage('{"type":"resync"}').kind).toBe('message');
     expect(parseServerMessage('{"type":"error","message":"invalid message: x"}').kind).toBe('message');
     const withRules = JSON.parse(exec({ serverRules: ['echo hello *'], future: { x: 1 } }));
@@ -117,6 +119,16 @@ describe('parseServerMessage', () => {
       /invalid welcome: agentId/,
     ],
     ['a welcome without status', '{"type":"welcome","agentId":"ag_1"}', /status .* it is missing/],
+    [
+      'a welcome with a header-breaking tunnel session',
+      `{"type":"welcome","agentId":"ag_1","status":"ok","tunnel":{"maxStreams":8,"session":"${'a'.repeat(30)}\\r\\n"}}`,
+      /invalid welcome: tunnel .*optional session token/,
+    ],
+    [
+      'a welcome with a numeric tunnel session',
+      '{"type":"welcome","agentId":"ag_1","status":"ok","tunnel":{"maxStreams":8,"session":7}}',
+      /invalid welcome: tunnel/,
+    ],
     ['an error without message', '{"type":"error"}', /invalid error message: message .* it is missing/],
   ])('refuses %s', (_n, raw, error) => {
     const r = parseServerMessage(raw);

@@ -24,10 +24,12 @@ let dataServer: Server;
 let dataPort: number;
 let nextHeaders: Record<string, string>;
 let nextKey: KeyRecord;
+/** Each online agent's session token, as its WebSocket's welcome would carry it. */
+let tokens: Record<string, string>;
 
 beforeEach(async () => {
   sent = [];
-  online = new Set(['A', 'B']);
+  online = new Set(['A', 'B', 'C']);
   broker = new TunnelBroker({
     logger: pino({ level: 'silent' }),
     send: (agentId, msg) => {
@@ -35,11 +37,13 @@ beforeEach(async () => {
       sent.push({ agentId, msg });
       return true;
     },
-    keyOf: (agentId) => ({ A: 'kA', B: 'kB' })[agentId],
+    // C is another agent enrolled with A's key.
+    keyOf: (agentId) => ({ A: 'kA', B: 'kB', C: 'kA' })[agentId],
     nameOf: (agentId) => agentId,
     connected: (agentId) => online.has(agentId),
   });
   await broker.start();
+  tokens = Object.fromEntries([...online].map((a) => [a, broker.openSession(a, true)!]));
   dataServer = createServer({ allowHalfOpen: true }, (sock) => {
     broker.attachData(nextKey, { upgrade: 'berth-tunnel/1', ...nextHeaders }, sock, Buffer.alloc(0));
   });
@@ -71,13 +75,20 @@ function front(host: string, port: number) {
   return { s, closed, got: () => got };
 }
 
-/** A data connection as an agent opens it; resolves with the socket once the server answered. */
+/**
+ * A data connection as an agent opens it; resolves with the socket once the server answered. It
+ * names the session of the agent it claims to be unless the headers say otherwise.
+ */
 async function dataConnection(
   k: string,
   headers: Record<string, string>,
 ): Promise<{ sock: Socket; head: string }> {
   nextKey = key(k);
-  nextHeaders = headers;
+  const session = tokens[headers['x-berth-agent-id'] ?? ''];
+  nextHeaders =
+    'x-berth-tunnel-session' in headers || !session
+      ? headers
+      : { ...headers, 'x-berth-tunnel-session': session };
   const sock = netConnect({ host: '127.0.0.1', port: dataPort, allowHalfOpen: true });
   sock.on('error', () => {});
   const head = await new Promise<string>((r) => {
@@ -137,6 +148,53 @@ describe('TunnelBroker', () => {
     expect((await dataConnection('kA', { 'x-berth-agent-id': 'A', 'x-berth-stream': id })).head).toMatch(
       / 101 /,
     );
+  });
+
+  it("takes a data connection only from the agent's current connection, not from another agent of its key", async () => {
+    const ep = broker.endpoints('A', [{ host: '127.0.0.1', port: 85 }], 8)('127.0.0.1', 85)!;
+    front(ep.host, ep.port);
+    await waitFor(() => sent.length === 1);
+    const id = String((sent[0]!.msg as { id: number }).id);
+    // C holds A's key and claims to be A: without A's token it gets neither the stream nor the pool.
+    for (const session of [tokens.C!, '', 'x'.repeat(32)])
+      for (const stream of [id, 'pool']) {
+        const h = { 'x-berth-agent-id': 'A', 'x-berth-stream': stream, 'x-berth-tunnel-session': session };
+        expect((await dataConnection('kA', h)).head, `${stream} ${session}`).toMatch(/^HTTP\/1\.1 404 /);
+      }
+    const { sock: pooled } = await dataConnection('kA', {
+      'x-berth-agent-id': 'A',
+      'x-berth-stream': 'pool',
+    });
+    // A connects again (its WebSocket replaced): the old token no longer counts, and what was
+    // pre-opened for the old connection is closed.
+    const old = tokens.A!;
+    const closed = new Promise<void>((r) => pooled.once('end', () => r()));
+    tokens.A = broker.openSession('A', true)!;
+    expect(tokens.A).not.toBe(old);
+    await closed;
+    const stale = { 'x-berth-agent-id': 'A', 'x-berth-stream': id, 'x-berth-tunnel-session': old };
+    expect((await dataConnection('kA', stale)).head).toMatch(/ 404 /);
+    expect((await dataConnection('kA', { 'x-berth-agent-id': 'A', 'x-berth-stream': id })).head).toMatch(
+      / 101 /,
+    );
+  });
+
+  it('checks only the key of an agent older than session tokens, and names a malformed header', async () => {
+    broker.openSession('A', false);
+    const pool = { 'x-berth-agent-id': 'A', 'x-berth-stream': 'pool', 'x-berth-tunnel-session': '' };
+    expect((await dataConnection('kA', pool)).head).toMatch(/ 101 /);
+    for (const [headers, error] of [
+      [
+        { 'x-berth-agent-id': 'A', 'x-berth-stream': 'pools' },
+        /X-Berth-Stream must be \\"pool\\" or a stream number/,
+      ],
+      [{ 'x-berth-agent-id': 'A' }, /X-Berth-Stream must be/],
+      [{ 'x-berth-stream': 'pool' }, /X-Berth-Agent-Id is missing/],
+    ] as const) {
+      const { head } = await dataConnection('kA', headers);
+      expect(head).toMatch(/^HTTP\/1\.1 400 /);
+      expect(head).toMatch(error);
+    }
   });
 
   it('uses a pre-opened connection: the open request first, then the bytes', async () => {
