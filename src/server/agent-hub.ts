@@ -245,15 +245,23 @@ export class AgentHub {
         m ? 'unknown, revoked or expired agent key' : 'missing agent key',
       );
     }
-    // A tunnel's data connection: the key is checked as the WebSocket's, and the stream must be
-    // one this key's agent was asked for.
-    if (data) return this.o.tunnel!.attachData(key, req.headers, socket, head);
     // In clear across a network: not TLS here, not TLS at a trusted proxy in front, not loopback.
     const encrypted = (req.socket as Partial<TLSSocket>).encrypted === true;
     const proxiedTls =
       req.headers['x-forwarded-proto'] === 'https' &&
       this.trusted(normaliseAddress(req.socket.remoteAddress ?? ''));
     const cleartext = !encrypted && !proxiedTls && !isLoopbackHost(ip);
+    // A tunnel's data connection: the key is checked as the WebSocket's, and the stream must be
+    // one this key's agent was asked for.
+    if (data) {
+      if (cleartext)
+        this.gate.warn(
+          `cleartext-data:${key.id}`,
+          { key: key.name, ip },
+          `a tunnel data connection of key ${key.name} came without TLS from ${ip}: the tunneled traffic crosses the network in clear; point the agent at this server's --agent-listen (https://…:7443)`,
+        );
+      return this.o.tunnel!.attachData(key, req.headers, socket, head);
+    }
     const name = cleanHeader(req.headers['x-berth-agent-name'], 128) || ip;
     const agentId = cleanHeader(req.headers['x-berth-agent-id'], 64) || undefined;
     const version = cleanHeader(req.headers['x-berth-agent-version'], 64) || undefined;

@@ -37,7 +37,17 @@ export interface AgentTlsOptions {
   /** --agent-tls-cert / --agent-tls-key: the operator's chain instead of Berth's CA. */
   certFile?: string;
   keyFile?: string;
+  /** How long a connection may take to send a request's head (tests shorten it). */
+  headTimeoutMs?: number;
 }
+
+/**
+ * A connection that has not sent its request head by then is closed (408), checked every
+ * second: only agents' upgrades come here, each a few hundred bytes, and a connection that sends
+ * nothing or a head a byte at a time holds a socket and a TLS session until then. (Node's own
+ * defaults are 60 s, checked every 30 s.) The TLS handshake itself has as long.
+ */
+const AGENT_HEAD_TIMEOUT_MS = 10_000;
 
 export interface AgentTlsInfo {
   /** SHA-256 of the CA's public key (base64url), as the key string carries it. */
@@ -114,7 +124,14 @@ export async function prepareAgentTls(
   return {
     info,
     async listen(attach) {
-      const s = createServer({ ...tlsOf(current), handshakeTimeout: 10_000 }, (_req, res) => {
+      const head = o.headTimeoutMs ?? AGENT_HEAD_TIMEOUT_MS;
+      const limits = {
+        handshakeTimeout: AGENT_HEAD_TIMEOUT_MS,
+        headersTimeout: head,
+        requestTimeout: head,
+        connectionsCheckingInterval: Math.min(1_000, head),
+      };
+      const s = createServer({ ...tlsOf(current), ...limits }, (_req, res) => {
         // Only the agent WebSocket lives here (its upgrade never reaches this handler).
         res.writeHead(404, { 'content-type': 'application/json' });
         res.end('{"error":{"code":"NOT_FOUND","message":"this listener serves only the agent WebSocket"}}');

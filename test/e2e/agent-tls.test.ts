@@ -293,8 +293,10 @@ describe('agents over TLS', () => {
       port: Number(api.port),
       localAddress: SERVER_IP,
     });
+    // With --tunnel: its data connections (the pre-opened ones) cross in clear too, and say so.
     const insecure = startNsAgent('plain-ok', `http://${SERVER_IP}:${toApi.port}`, key, [
       '--insecure-transport',
+      '--tunnel',
     ]);
     await insecure.waitFor(/registered with server/, 20_000);
     expect(insecure.output()).toMatch(
@@ -304,6 +306,11 @@ describe('agents over TLS', () => {
       timeoutMs: 10_000,
       message: () => berth.output(),
     });
+    await waitUntil(
+      async () =>
+        /a tunnel data connection of key tls-hosts came without TLS from 10\.243/.test(berth.output()),
+      { timeoutMs: 10_000, message: () => berth.output() },
+    );
     const listed = JSON.parse((await berth.cli(['agents', 'list', '--json'])).stdout);
     expect(listed.find((a: { name: string }) => a.name === 'plain-ok')).toMatchObject({ cleartext: true });
     expect(listed.find((a: { name: string }) => a.name === 'ns-host').cleartext).toBeUndefined();

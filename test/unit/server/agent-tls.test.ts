@@ -126,4 +126,38 @@ describe('prepareAgentTls', () => {
     await t!.close();
     await store.close();
   });
+
+  it('closes a connection that does not finish its request head in time, and still serves others', async () => {
+    const store = SqliteStore.openDataDir(tmp());
+    const t = await prepareAgentTls(
+      { listen: { host: '127.0.0.1', port: 0 }, publicNames: [], headTimeoutMs: 300 },
+      store,
+      logger,
+    );
+    let port = 0;
+    await t!.listen((s) => s.once('listening', () => (port = (s.address() as AddressInfo).port)));
+    const exchange = (text: string) =>
+      new Promise<string>((resolve, reject) => {
+        let got = '';
+        const c = connect({ host: '127.0.0.1', port, rejectUnauthorized: false }, () => c.write(text));
+        c.on('data', (d) => {
+          got += d;
+        });
+        c.once('close', () => resolve(got));
+        c.once('error', reject);
+        // The listener's bound is 300 ms here; Node's own (60 s) would leave it open far longer.
+        setTimeout(() => {
+          c.destroy();
+          resolve('still open after 5 s');
+        }, 5_000).unref();
+      });
+    // A slow head (never finished): answered 408 and closed, well before Node's own 60 s.
+    expect(await exchange('GET /agent/v1 HTTP/1.1\r\nHost: berth\r\nX-Slow: ')).toMatch(/^HTTP\/1\.1 408 /);
+    // A whole request on another connection is answered as ever.
+    expect(await exchange('GET / HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n')).toMatch(
+      /^HTTP\/1\.1 404 [\s\S]*only the agent WebSocket/,
+    );
+    await t!.close();
+    await store.close();
+  });
 });
