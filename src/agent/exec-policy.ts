@@ -88,9 +88,17 @@ export function rulesFor(
   if (!policy.enabled) return [];
   return [
     ...(policy.ignoreLabels ? [] : rulesFromLabels(container.labels, prefix)),
-    ...(policy.allow[container.name] ?? []),
-    ...(policy.allow['*'] ?? []),
+    ...rulesNamed(policy.allow, container.name),
+    ...rulesNamed(policy.allow, '*'),
   ];
+}
+
+/**
+ * The allow-list's own rules for a name: a container named `constructor` or `toString` (valid
+ * Docker names) must find nothing, not what every object inherits.
+ */
+function rulesNamed(allow: Record<string, string[]>, name: string): readonly string[] {
+  return Object.hasOwn(allow, name) ? (allow[name] ?? []) : [];
 }
 
 export function decide(
@@ -141,7 +149,8 @@ export function parsePolicy(text: string, file: string): ExecPolicy {
     throw new Error(`${file}: not valid JSON (${(err as Error).message})`);
   }
   const problems: string[] = [];
-  const p = { ...DEFAULT_POLICY, allow: {} as Record<string, string[]> };
+  // No prototype: an entry named "__proto__" is a name like any other, not the object's prototype.
+  const p = { ...DEFAULT_POLICY, allow: Object.create(null) as Record<string, string[]> };
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
     throw new Error(`${file}: expected a JSON object`);
   for (const [k, v] of Object.entries(raw)) {

@@ -84,6 +84,27 @@ describe('decide', () => {
   });
 });
 
+describe('containers named like what every object has', () => {
+  it.each(['constructor', 'toString', 'valueOf', 'hasOwnProperty'])(
+    'finds no rules for a container named %s, and the rest still work',
+    (name) => {
+      const d = decide(['id'], { name, labels: {} }, DEFAULT_POLICY, 'berth');
+      expect(d).toMatchObject({ allowed: false, considered: [] });
+      const policy = parsePolicy(`{"allow":{"${name}":["uptime"],"*":["date"]}}`, 'p.json');
+      expect(decide(['uptime'], { name, labels: {} }, policy, 'berth').allowed).toBe(true);
+      expect(decide(['date'], { name: 'web', labels: {} }, policy, 'berth').allowed).toBe(true);
+      expect(decide(['uptime'], { name: 'web', labels: {} }, policy, 'berth').allowed).toBe(false);
+    },
+  );
+
+  it('keeps an allow entry named __proto__ as a name, not as the prototype', () => {
+    const policy = parsePolicy('{"allow":{"__proto__":["uptime"],"web":["date"]}}', 'p.json');
+    expect(decide(['date'], { name: 'web', labels: {} }, policy, 'berth').allowed).toBe(true);
+    expect(decide(['uptime'], { name: 'web', labels: {} }, policy, 'berth').allowed).toBe(false);
+    expect(decide(['uptime'], { name: 'other', labels: {} }, policy, 'berth').allowed).toBe(false);
+  });
+});
+
 describe('parsePolicy', () => {
   it('reads a policy and reports every problem', () => {
     expect(parsePolicy('{"enabled":false}', 'p.json').enabled).toBe(false);

@@ -223,6 +223,14 @@ describe('UI sessions', () => {
     // ...but not its admin token, and not another client.
     expect((await login({ token: TOKEN })).statusCode).toBe(200);
     expect((await login({ password: 'correct horse battery' }, '10.0.0.8')).statusCode).toBe(200);
+    // Guesses sent all at once meet the same limit: the checks take a while (scrypt), and each
+    // counts from the moment it starts.
+    const burst = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => login({ password: `burst ${i}` }, '10.0.0.9')),
+    );
+    const codes = burst.map((r) => r.statusCode);
+    expect(codes.filter((c) => c === 401)).toHaveLength(10);
+    expect(codes.filter((c) => c === 429)).toHaveLength(10);
     // A login form posted by another site is refused.
     const cross = await a.inject({
       method: 'POST',
