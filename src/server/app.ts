@@ -4,7 +4,7 @@
 import type { JsonSchemaToTsProvider } from '@fastify/type-provider-json-schema-to-ts';
 import Fastify, { type FastifyBaseLogger, type FastifyError } from 'fastify';
 import type { Logger } from 'pino';
-import { UserError } from '../errors.js';
+import { type ErrorCode, UserError } from '../errors.js';
 import type { TrustedProxies } from './client-address.js';
 import type { EventBus } from './events.js';
 import { openapi } from './openapi.js';
@@ -32,11 +32,25 @@ export interface AppDeps extends StateOptions, Omit<HealthOptions, 'ready'> {
   ui?: { auth: UiAuth; events: EventBus };
 }
 
+/** The largest request body the API reads (JSON; the biggest real one is a few KiB). */
+const BODY_LIMIT = 1 << 20;
+
+/** Fastify's own client errors (body too large, wrong content type, …) under codes of ours. */
+const CLIENT_ERROR_CODES: Record<number, ErrorCode> = {
+  401: 'UNAUTHORIZED',
+  403: 'FORBIDDEN',
+  404: 'NOT_FOUND',
+  406: 'NOT_ACCEPTABLE',
+  413: 'BODY_TOO_LARGE',
+  415: 'UNSUPPORTED_MEDIA_TYPE',
+  429: 'RATE_LIMITED',
+};
+
 export function buildApp(deps: AppDeps) {
   const app = Fastify({
     loggerInstance: deps.logger as FastifyBaseLogger,
     disableRequestLogging: true,
-    bodyLimit: 1 << 20,
+    bodyLimit: BODY_LIMIT,
     // req.ip is the client as seen through trusted proxies only.
     ...(deps.trustedProxies ? { trustProxy: (address: string) => deps.trustedProxies!(address) } : {}),
     // Reject what does not fit the schema instead of coercing or silently dropping it.
@@ -64,8 +78,15 @@ export function buildApp(deps: AppDeps) {
     if (status >= 500) req.log.error({ err }, 'request failed');
     return reply.status(status).send({
       error: {
-        code: status === 400 ? 'BAD_REQUEST' : 'INTERNAL',
-        message: status >= 500 ? 'internal error' : err.message,
+        code: status >= 500 ? 'INTERNAL' : (CLIENT_ERROR_CODES[status] ?? 'BAD_REQUEST'),
+        message:
+          status >= 500
+            ? 'internal error'
+            : status === 413
+              ? `the request body is over ${BODY_LIMIT} bytes, the API's limit`
+              : status === 415
+                ? `the API reads JSON bodies (content-type: application/json), not ${String(req.headers['content-type'] ?? 'an unnamed type').slice(0, 100)}`
+                : err.message,
       },
     });
   });

@@ -7,7 +7,7 @@ import type { ContainerListing } from '../../model/api.js';
 import type { EventBus } from '../events.js';
 import type { Registry } from '../registry.js';
 import { ADMIN, checkOrigin, OPEN } from '../trust.js';
-import { CSRF_HEADER, readCookie, SESSION_COOKIE, type UiAuth } from '../ui-auth.js';
+import { CSRF_HEADER, csrfMatches, readCookie, SESSION_COOKIE, type UiAuth } from '../ui-auth.js';
 
 const UI_DIR = new URL('../../ui/', import.meta.url);
 const ASSETS: Record<string, string> = {
@@ -110,7 +110,7 @@ export const uiRoutes: FastifyPluginAsyncJsonSchemaToTs<{ Options: UiOptions }> 
     const id = readCookie(req.headers.cookie, SESSION_COOKIE);
     const s = o.auth.lookup(id);
     // Signing out is a change: it needs the CSRF header like any other.
-    if (s && req.headers[CSRF_HEADER] === s.csrf) o.auth.signOut(id);
+    if (s && csrfMatches(s, req.headers[CSRF_HEADER])) o.auth.signOut(id);
     setSession(reply, req, '', 0);
     return { signedIn: false };
   });

@@ -77,6 +77,26 @@ describe('API', () => {
     });
     expect(notJson.statusCode).toBe(400);
     expect(notJson.json().error.message).toMatch(/not valid JSON/);
+    const huge = await a.inject({
+      method: 'POST',
+      url: '/api/reconcile',
+      headers: { ...auth, 'content-type': 'application/json' },
+      payload: `{"force":true,"pad":"${'x'.repeat(1 << 20)}"}`,
+    });
+    expect(huge.statusCode).toBe(413);
+    expect(huge.json().error).toEqual({
+      code: 'BODY_TOO_LARGE',
+      message: "the request body is over 1048576 bytes, the API's limit",
+    });
+    const xml = await a.inject({
+      method: 'POST',
+      url: '/api/reconcile',
+      headers: { ...auth, 'content-type': 'application/xml' },
+      payload: '<force>true</force>',
+    });
+    expect(xml.statusCode).toBe(415);
+    expect(xml.json().error.code).toBe('UNSUPPORTED_MEDIA_TYPE');
+    expect(xml.json().error.message).toMatch(/application\/xml/);
     expect(calls).toEqual([]);
     const ok = await a.inject({
       method: 'POST',
