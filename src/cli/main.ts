@@ -180,9 +180,27 @@ export function heapGrowingPercent(given: string | undefined): number {
   return n;
 }
 
+/**
+ * Last resort: every path catches its own errors, so an unhandled rejection is a bug; the process
+ * logs it (a few lines, however many) and goes on serving its routes rather than exit.
+ */
+async function lastResort(logger: Logger, what: string): Promise<void> {
+  const { LogGate } = await import('../log-gate.js');
+  const gate = new LogGate(logger);
+  process.on('unhandledRejection', (err) =>
+    gate.log(
+      'error',
+      `unhandled:${errorMessage(err).slice(0, 120)}`,
+      { err: err instanceof Error ? err.stack : String(err) },
+      `unhandled rejection in the ${what} (a bug: please report it)`,
+    ),
+  );
+}
+
 async function serve(config: ServeConfig, env: NodeJS.ProcessEnv): Promise<number> {
   serverHeapFlags(env);
   const logger = await newLogger(config.logLevel, config.command);
+  await lastResort(logger, config.command);
   const { runServer } = await import('../server/run.js');
   const server = await runServer(config, logger);
   await untilSignal(logger, () => server.stop());
@@ -222,18 +240,7 @@ async function agent(config: AgentConfig): Promise<number> {
   const { jsonLogger } = await import('../log.js');
   const logger = jsonLogger({ level: config.logLevel, base: { cmd: 'agent' }, fd: 2 });
   const { runAgent } = await import('../agent/run.js');
-  const { LogGate } = await import('../log-gate.js');
-  // Last resort: every exec and message path catches its own errors, so this is a bug; the agent
-  // logs it (a few lines, however many) and keeps its host's routes flowing rather than exit.
-  const gate = new LogGate(logger);
-  process.on('unhandledRejection', (err) =>
-    gate.log(
-      'error',
-      `unhandled:${errorMessage(err).slice(0, 120)}`,
-      { err: err instanceof Error ? err.stack : String(err) },
-      'unhandled rejection in the agent (a bug: please report it)',
-    ),
-  );
+  await lastResort(logger, 'agent');
   const running = await runAgent(config, logger);
   await untilSignal(logger, () => running.stop());
   return 0;

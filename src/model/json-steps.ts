@@ -46,6 +46,23 @@ function stringEnd(text: string, i: number): number {
   }
 }
 
+/**
+ * Throws NotJson where arrays and objects nest deeper than MAX_DEPTH (inside strings nothing
+ * counts). For text small enough for one JSON.parse, which takes any depth: code that walks the
+ * value afterwards (stringify, comparisons) recurses, and 20,000 levels in 40 KB overflow its stack.
+ * An unterminated string is NotJson here too.
+ */
+export function checkDepth(text: string): void {
+  let depth = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === QUOTE) i = stringEnd(text, i) - 1;
+    else if (c === OPEN_OBJECT || c === OPEN_ARRAY) {
+      if (++depth > MAX_DEPTH) throw new NotJson(`nesting deeper than ${MAX_DEPTH} levels`, i);
+    } else if (c === CLOSE_OBJECT || c === CLOSE_ARRAY) depth--;
+  }
+}
+
 /** Every array and object longer than `bigChars`: where it opens → where it closes. */
 function* findBig(text: string, bigChars: number): Generator<void, Map<number, number>> {
   const big = new Map<number, number>();

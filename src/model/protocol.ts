@@ -4,7 +4,7 @@
 // a route, container or diagnostic that is wrong is refused on its container alone, never the
 // whole snapshot, so one bad container cannot freeze every route of its host.
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
-import { NotJson, parseJsonSteps } from './json-steps.js';
+import { checkDepth, NotJson, parseJsonSteps } from './json-steps.js';
 import {
   DEFAULT_MAX_MESSAGE_BYTES,
   MAX_CIDRS,
@@ -477,7 +477,11 @@ function* checkMessage(raw: string, maxBytes: number): Generator<void, AgentMess
   let msg: unknown;
   try {
     // A big message is parsed in steps: one JSON.parse of 8 MiB holds the event loop ~80 ms.
-    msg = raw.length > PARSE_IN_STEPS_FROM ? yield* parseJsonSteps(raw) : JSON.parse(raw);
+    if (raw.length > PARSE_IN_STEPS_FROM) msg = yield* parseJsonSteps(raw);
+    else {
+      checkDepth(raw);
+      msg = JSON.parse(raw);
+    }
   } catch (err) {
     const deep = err instanceof NotJson && err.message.startsWith('nesting');
     throw new Error(deep ? `message is not JSON that Berth reads: ${err.message}` : 'message is not JSON');

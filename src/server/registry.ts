@@ -245,7 +245,19 @@ export class Registry {
     const last = this.savedAt.get(s.agentId);
     const every = Math.max(SNAPSHOT_SAVE_EVERY_MS, (last?.ms ?? 0) / SNAPSHOT_SAVE_SHARE);
     const wait = Math.max(0, every - (Date.now() - (last?.at ?? 0)));
-    const timer = setTimeout(() => this.track(this.writeSnapshot(s.agentId)), wait);
+    // From a timer: a failure must be logged here, since nobody awaits it (unhandled, it would end the server).
+    const timer = setTimeout(
+      () =>
+        this.track(
+          this.writeSnapshot(s.agentId).catch((err: unknown) =>
+            this.o.logger?.error(
+              { agentId: s.agentId, err: errorMessage(err) },
+              'could not store the agent’s snapshot',
+            ),
+          ),
+        ),
+      wait,
+    );
     this.unsaved.set(s.agentId, { snapshot: s, timer });
   }
 

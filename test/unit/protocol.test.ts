@@ -59,12 +59,28 @@ describe('parseAgentMessage', () => {
       /heartbeat\.generation must be <= 9007199254740991/,
     ],
     [
+      'a small snapshot nested 20,000 levels deep in one route',
+      snap([route({ x: 'DEEP' })]).replace('"DEEP"', `${'['.repeat(20_000)}${']'.repeat(20_000)}`),
+      /not JSON that Berth reads: nesting deeper than 64 levels/,
+    ],
+    [
+      'a heartbeat nested too deep',
+      `{"type":"heartbeat","x":${'{"a":'.repeat(65)}1${'}'.repeat(65)}}`,
+      /nesting deeper than 64 levels/,
+    ],
+    [
       'an oversize message',
       JSON.stringify({ type: 'protocol.error', message: 'x'.repeat(9 << 20) }),
       /over the limit/,
     ],
   ])('rejects %s as a whole', (_name, raw, err) => {
     expect(() => parseAgentMessage(raw as string)).toThrowError(err as RegExp);
+  });
+
+  it('takes brackets inside strings for text, at any depth', () => {
+    const text = `${'['.repeat(100)}"${']'.repeat(100)}\\"[{`;
+    const m = snap([route({ containerName: text.slice(0, 60) })]);
+    expect(parseAgentMessage(m).type).toBe('snapshot');
   });
 
   it('refuses an unsafe generation in a snapshot envelope', () => {
