@@ -9,7 +9,7 @@ import type { AgentRecord, KeyRecord } from '../store/store.js';
 import { claimedSince, httpUnit, tcpUnit } from './claims.js';
 import { type AgentRoutes, routeKey } from './desired.js';
 import { swarmSpeakers } from './swarm.js';
-import { type UpstreamRules, upstreamChecker } from './upstreams.js';
+import { listenRefusal, type UpstreamRules, upstreamChecker } from './upstreams.js';
 
 /** Routes (HTTP and TCP) one agent may have served, unless its key says otherwise. */
 export const DEFAULT_MAX_ROUTES_PER_AGENT = 10_000;
@@ -218,6 +218,11 @@ export function* admissionSteps(
   }
   // A key limited to domains names what its hosts may claim; front-door ports are not in it.
   let tcp = (snapshot.tcp ?? []).filter((r) => {
+    const taken = o.upstreams && listenRefusal(r.listen, o.upstreams);
+    if (taken) {
+      refuse(r.id, taken);
+      return false;
+    }
     if (domains.length > 0) {
       refuse(
         r.id,

@@ -146,6 +146,28 @@ export function upstreamChecker(
   };
 }
 
+/**
+ * Why a TCP route may not listen on `port` of this machine: one of the server's own listeners is
+ * there (the front door, the API, the agent listener, DNS, a local store or Caddy admin API).
+ * Bound first (after a restart, or while Caddy is down), the route's listener would take that
+ * port from its owner, and with it, say, every HTTPS site. Listeners on other machines (a remote
+ * Redis) are no conflict.
+ */
+export function listenRefusal(port: number, rules: UpstreamRules): string | undefined {
+  for (const p of rules.protected) {
+    if (p.port !== port) continue;
+    const host = p.host === undefined ? undefined : plain(p.host);
+    const here =
+      host === undefined ||
+      isUnspecified(host) ||
+      host === 'localhost' ||
+      cidrsContain(LOOPBACK, host) ||
+      rules.localAddresses.has(host);
+    if (here) return `TCP port ${port} is this server's own ${p.what}; no TCP route may listen there`;
+  }
+  return undefined;
+}
+
 /** One upstream, checked on its own (tests, one-off checks). */
 export function upstreamRefusal(
   host: string,

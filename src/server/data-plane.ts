@@ -63,6 +63,15 @@ export async function buildDataPlane(
       return { host: p.host || undefined, port: p.port, what: 'front door' };
     }),
     ...storeEndpoint(config.store),
+    ...(config.agentTls.listen
+      ? [
+          {
+            host: config.agentTls.listen.host || undefined,
+            port: config.agentTls.listen.port,
+            what: 'agent listener (--agent-listen)',
+          },
+        ]
+      : []),
   ];
   const buildOpts: CaddyBuildOptions = { tls: c.tls, httpListen: c.httpListen, httpsListen: c.httpsListen };
   if (config.uiHost) {

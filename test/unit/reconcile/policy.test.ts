@@ -138,6 +138,41 @@ describe('admitRoutes: what no key allows', () => {
     expect(r.errors.get('a1:c1/default')![0]).toMatch(/metadata/);
   });
 
+  it("refuses a TCP route on one of the server's own ports of this machine, on that route alone", () => {
+    const rules = {
+      protected: [
+        { port: 443, what: 'front door' },
+        { host: '127.0.0.1', port: 7080, what: 'admin API (--api-listen)' },
+        { host: '0.0.0.0', port: 7443, what: 'agent listener (--agent-listen)' },
+        { host: '10.9.9.9', port: 6379, what: 'store (Redis)' },
+      ],
+      localAddresses: new Set<string>(['127.0.0.1']),
+    };
+    const s = snapshot([['a.example.com']]);
+    s.routes[0]!.upstream = { host: '127.0.0.2', port: 80, scheme: 'http' };
+    const tcp = (listen: number, i: number) => ({
+      id: `c${i}/tcp/t${listen}`,
+      name: `t${listen}`,
+      listen,
+      upstream: { host: '127.0.0.2', port: 5432 },
+      allow: [],
+      containerId: `c${i}`,
+      containerName: `n${i}`,
+      containerCreated: 1,
+    });
+    s.tcp = [tcp(443, 10), tcp(7080, 11), tcp(7443, 12), tcp(6379, 13), tcp(5432, 14)];
+    const v = view({ snapshot: s }, { seenFrom: '127.0.0.2' });
+    const r = admitRoutes([v], now, { ...o, upstreams: rules });
+    // A remote store's port is no conflict here; the route of the other container is untouched.
+    expect(r.agentRoutes[0]!.tcp.map((x) => x.listen)).toEqual([6379, 5432]);
+    expect(r.agentRoutes[0]!.routes.map((x) => x.id)).toEqual(['c0/default']);
+    expect(r.errors.get('a1:c10/tcp/t443')).toEqual([
+      "TCP port 443 is this server's own front door; no TCP route may listen there",
+    ]);
+    expect(r.errors.get('a1:c11/tcp/t7080')![0]).toMatch(/own admin API/);
+    expect(r.errors.get('a1:c12/tcp/t7443')![0]).toMatch(/own agent listener/);
+  });
+
   it('serves no more routes than the key allows, whole containers, first claims first', () => {
     const s = snapshot([['a.example.com'], ['b.example.com'], ['c.example.com']]);
     s.claims = {
