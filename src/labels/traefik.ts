@@ -666,6 +666,12 @@ export function parseRule(rule: string): RuleResult {
   };
   const and = (a: Atom[][], b: Atom[][]): Atom[][] => {
     if (a.length * b.length > MAX_TERMS) tooMany();
+    // One term on the right (the common `A && B && C …`): its atoms join each left term in place,
+    // so a long chain costs its length, not its square. (Every term is an array of its own.)
+    if (b.length === 1) {
+      for (const x of a) for (const y of b[0]!) x.push(y);
+      return a;
+    }
     return a.flatMap((x) => b.map((y) => [...x, ...y]));
   };
   const expr = (): Atom[][] => {

@@ -47,7 +47,8 @@ export function resolveAddress(
       message: `port ${port} is not published and the container is on several networks (${names.join(', ')}); set the network label or --network`,
     };
   }
-  const ip = name ? c.networks[name] : undefined;
+  // Its own networks only: berth.network=constructor must not find what every object has.
+  const ip = name && Object.hasOwn(c.networks, name) ? c.networks[name] : undefined;
   if (!ip) {
     return {
       ok: false,

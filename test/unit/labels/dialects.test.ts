@@ -116,6 +116,18 @@ describe('Traefik rules', () => {
       [{ hosts: ['a.example.com'], path: '/api/v1' }],
     ],
     ['HostHeader("A.example.com")', [{ hosts: ['a.example.com'], path: '/' }]],
+    // Each alternative gets the later conditions of its own (no term shares another's list).
+    [
+      '(Host(`a.example.com`) || Host(`b.example.com`)) && PathPrefix(`/x`) && PathPrefix(`/x/y`)',
+      [
+        { hosts: ['a.example.com'], path: '/x/y' },
+        { hosts: ['b.example.com'], path: '/x/y' },
+      ],
+    ],
+    [
+      '(Host(`a.example.com`) && PathPrefix(`/a`) || Host(`b.example.com`)) && PathPrefix(`/b`)',
+      [{ hosts: ['b.example.com'], path: '/b' }],
+    ],
   ])('reads %s', (rule, terms) => {
     expect(parseRule(rule)).toMatchObject({ ok: true, terms });
   });
