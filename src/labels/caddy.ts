@@ -181,9 +181,18 @@ export function parseCaddyLabels(c: ContainerInfo, prefix = DEFAULT_CADDY_PREFIX
       });
     };
 
+    /**
+     * Paths of this site that a guard (basic_auth, forward_auth) protects and Berth withholds:
+     * a route of the same site whose path covers one (`/` covers every path) is withheld too, or
+     * it would serve the guarded path without its guard.
+     */
+    const guardedPaths: { path: string; label: string; guard: string }[] = [];
+
     /** Reads one scope: the site itself, or a handle / handle_path / route inside it. */
     const readScope = (scope: Node, basePath: string, strip: boolean, top: boolean): void => {
-      const guard = [...scope.children.values()].find((n) => GUARDS.has(n.name));
+      // A path's guard anywhere inside it (a route in a handle too): Berth reads none of it.
+      const guard = top ? [...scope.children.values()].find((n) => GUARDS.has(n.name)) : guardWithin(scope);
+      if (guard && !top) guardedPaths.push({ path: basePath, label: labelsOf(guard)[0]!, guard: guard.name });
       if (guard) {
         for (const k of top ? [siteKey, ...labelsOf(scope)] : labelsOf(scope)) {
           sink.warning(
@@ -207,6 +216,9 @@ export function parseCaddyLabels(c: ContainerInfo, prefix = DEFAULT_CADDY_PREFIX
           const matcher = (node.value ?? '').trim();
           const path = matcher === '' ? '/' : toPrefix(matcher);
           if (path === undefined) {
+            // A guard under a matcher Berth cannot read: which paths it protects is unknown.
+            const g = guardWithin(node);
+            if (g) guardedPaths.push({ path: '/', label: labelsOf(g)[0]!, guard: g.name });
             for (const k of labelsOf(node)) {
               sink.warning(
                 k,
@@ -248,6 +260,7 @@ export function parseCaddyLabels(c: ContainerInfo, prefix = DEFAULT_CADDY_PREFIX
     const before = drafts.length;
     const errorsBefore = sink.errors;
     readScope(block.root, '/', false, true);
+    withholdCovering(drafts, before, guardedPaths, c, sink);
     const failed = sink.errors > errorsBefore;
     if (drafts.length === before && hosts.length > 0 && !guarded(block.root) && !failed) {
       sink.warning(siteKey, address, `no route: the site has no ${EXPECTED_PROXY} that Berth can translate`);
@@ -386,6 +399,42 @@ function toPrefix(matcher: string): string | undefined {
 
 function guarded(scope: Node): boolean {
   return [...scope.children.values()].some((n) => GUARDS.has(n.name));
+}
+
+/** The first guard directive at any depth under a node, if any. */
+function guardWithin(node: Node): Node | undefined {
+  for (const child of node.children.values()) {
+    if (GUARDS.has(child.name)) return child;
+    const deeper = guardWithin(child);
+    if (deeper) return deeper;
+  }
+  return undefined;
+}
+
+/**
+ * Withholds the site's routes (drafts from `from` on) whose path covers a guarded path: a request
+ * for /admin/x would otherwise reach the route of / (or /ad) without the guard. Fail closed: a
+ * prefix in the text is taken as covering, whatever the segment boundaries.
+ */
+function withholdCovering(
+  drafts: RouteDraft[],
+  from: number,
+  guarded: readonly { path: string; label: string; guard: string }[],
+  c: ContainerInfo,
+  sink: DiagnosticSink,
+): void {
+  if (guarded.length === 0) return;
+  for (let i = drafts.length - 1; i >= from; i--) {
+    const d = drafts[i]!;
+    const g = guarded.find((x) => x.path.startsWith(d.path));
+    if (!g) continue;
+    drafts.splice(i, 1);
+    sink.warning(
+      d.portLabel,
+      c.labels[d.portLabel],
+      `not routed: ${g.label} (${g.guard}) protects ${g.path === '/' ? 'a path of this site that Berth cannot tell' : `${g.path} of this site`}, and this route (${d.path}) would serve it without the guard; Berth cannot apply the guard, so neither is served`,
+    );
+  }
 }
 
 /** Every label key at or under a node. */

@@ -48,6 +48,8 @@ export function parseDockflareLabels(c: ContainerInfo): DialectResult {
   const base: Partial<Record<RouteKey, Entry>> = {};
   const indexed = new Map<number, Partial<Record<RouteKey, Entry>>>();
   let enable: Entry | undefined;
+  /** dockflare[.<n>].access.* labels: Cloudflare Access, a sign-in Berth cannot put in front. */
+  const access: { index: number | undefined; entry: Entry; rest: string }[] = [];
 
   for (const [key, value] of all) {
     if (!key.startsWith(prefix)) {
@@ -68,11 +70,8 @@ export function parseDockflareLabels(c: ContainerInfo): DialectResult {
       into[rest as RouteKey] = [key, value];
       if (index !== undefined) indexed.set(index, into);
     } else if (rest.startsWith('access.') || rest === 'access') {
-      sink.warning(
-        key,
-        value,
-        'not translated: Cloudflare Access policies do not exist at Berth’s front door; the route is served without it (use berth.allow to limit client networks)',
-      );
+      // A sign-in in front of the route: withheld below, unless the policy is bypass (public).
+      access.push({ index, entry: [key, value], rest });
     } else if (CLOUDFLARE_ONLY[rest]) {
       quiet.push({ label: key, note: CLOUDFLARE_ONLY[rest] });
     } else if (ORIGIN_ONLY[rest]) {
@@ -155,10 +154,37 @@ export function parseDockflareLabels(c: ContainerInfo): DialectResult {
       labels: [host[0], service[0], ...(own.path ? [own.path[0]] : [])],
     });
   };
-  if (Object.keys(base).length > 0 && (base.hostname || indexed.size === 0))
+  // A route behind Cloudflare Access (a base policy: every route of the container) is withheld:
+  // served at Berth's front door it would be open to anyone. `policy=bypass` is Access's own
+  // "public", so it withholds nothing.
+  const guarded = (n: number | undefined): Entry | undefined => {
+    const mine = access.filter((a) => a.index === undefined || a.index === n);
+    const policy = mine.find((a) => a.rest === 'access.policy');
+    if (mine.length === 0) return undefined;
+    if (policy && policy.entry[1].trim().toLowerCase() === 'bypass' && mine.length === 1) {
+      used.push({ label: policy.entry[0], note: 'Cloudflare Access bypass: the route is public, as here' });
+      return undefined;
+    }
+    return (policy ?? mine[0]!).entry;
+  };
+  const withheld = (n: number | undefined, route: string): boolean => {
+    const g = guarded(n);
+    if (!g) return false;
+    sink.warning(
+      g[0],
+      g[1],
+      `not routed: ${route} is behind Cloudflare Access (${g[0]}), a sign-in Berth’s front door cannot apply; serving it without would open it to anyone (protect it at the upstream, or limit client networks with berth.allow and drop the access labels)`,
+    );
+    return true;
+  };
+  if (
+    Object.keys(base).length > 0 &&
+    (base.hostname || indexed.size === 0) &&
+    !withheld(undefined, 'the route')
+  )
     build('default', base, (k) => `${prefix}${k}`);
   for (const [n, own] of [...indexed].sort(([a], [b]) => a - b))
-    build(String(n), own, (k) => `${prefix}${n}.${k}`);
+    if (!withheld(n, `route ${n}`)) build(String(n), own, (k) => `${prefix}${n}.${k}`);
   if (
     base.service &&
     !base.hostname &&

@@ -75,6 +75,8 @@ interface Env {
   referenced: Set<string>;
   /** Labels read as "not set" because they are empty, as Traefik reads them. */
   quiet: LabelNote[];
+  /** Hosts and paths of routers withheld for a guard Berth cannot apply (see withholdCovered). */
+  guarded: { hosts: string[]; path: string; router: string; ref: string }[];
 }
 
 export interface TraefikOptions {
@@ -107,6 +109,7 @@ export function parseTraefikLabels(c: ContainerInfo, o: TraefikOptions = {}): Di
       : { defaultRule: { rule, key: (r: string) => `traefik.http.routers.${r}.rule` } }),
     referenced: new Set(),
     quiet,
+    guarded: [],
   };
   // Traefik gives a container without routers one, named after it, when it has at most one service.
   if (g.routers.size === 0 && env.defaultRule) {
@@ -122,6 +125,7 @@ export function parseTraefikLabels(c: ContainerInfo, o: TraefikOptions = {}): Di
   }
   const drafts: RouteDraft[] = [];
   for (const [router, opts] of g.routers) drafts.push(...readRouter(router, opts, env));
+  withholdCovered(drafts, env, c);
   quiet.push(...notes(c, g, env, drafts));
   if (g.network) used.push({ label: g.network[0], note: `network "${g.network[1]}" for unpublished ports` });
   return {
@@ -321,6 +325,10 @@ function readRouter(router: string, opts: Options, env: Env): RouteDraft[] {
   labels.push(...target.service.labels);
   const mw = routerMiddlewares(router, opts, env, labels);
   if (!mw) return [];
+  if ('guard' in mw) {
+    for (const [path, hosts] of byPath) env.guarded.push({ hosts: [...hosts], path, router, ref: mw.guard });
+    return [];
+  }
   if (env.network) labels.push(env.network[0]);
 
   const svcLabel = `traefik.http.services.${target.name ?? env.implicit[0]}.loadbalancer.server.port`;
@@ -498,15 +506,74 @@ function routerService(
 }
 
 /**
+ * Another router of the container must not serve what a withheld guarded one would have: in
+ * Traefik a Host(`a`) router gives way to Host(`a`) && PathPrefix(`/admin`) with basicauth for
+ * /admin, but with that one withheld it would serve /admin itself, unguarded. So a draft loses
+ * the hosts of a guarded router whose path it covers (a prefix in the text, fail closed), and is
+ * dropped when none are left.
+ */
+function withholdCovered(drafts: RouteDraft[], env: Env, c: ContainerInfo): void {
+  if (env.guarded.length === 0) return;
+  for (let i = drafts.length - 1; i >= 0; i--) {
+    const d = drafts[i]!;
+    const hits = env.guarded.filter(
+      (g) => g.path.startsWith(d.path) && g.hosts.some((h) => d.hosts.includes(h)),
+    );
+    if (hits.length === 0) continue;
+    const taken = new Set(hits.flatMap((g) => g.hosts));
+    d.hosts = d.hosts.filter((h) => !taken.has(h));
+    const g = hits[0]!;
+    const key = d.labels?.[0] ?? d.portLabel;
+    env.sink.warning(
+      key,
+      c.labels[key],
+      `not routed for ${[...taken].filter(Boolean).join(', ')}: router ${g.router} is withheld for middleware ${g.ref}, which protects ${g.path} there, and this route (${d.path}) would serve it without the guard`,
+    );
+    if (d.hosts.length === 0) drafts.splice(i, 1);
+  }
+}
+
+/** Every kind a middleware's labels define (`basicauth`, `chain`, …): a definition may have several. */
+function kindsOf(def: Options): Set<string> {
+  return new Set([...def.keys()].map((k) => k.split('.')[0]!));
+}
+
+/**
+ * The guard a middleware holds, if any: its own kind, or a member of its chain (at any depth; a
+ * member Berth cannot see counts as one, since a chain so often bundles authentication).
+ */
+function guardOf(name: string, env: Env, seen: Set<string> = new Set()): string | undefined {
+  const def = env.middlewares.get(name);
+  if (!def || seen.has(name) || seen.size > 16) return undefined;
+  seen.add(name);
+  const kinds = kindsOf(def);
+  const own = [...kinds].find((k) => GUARDS.has(k));
+  if (own) return own;
+  if (!kinds.has('chain')) return undefined;
+  const members = def.get('chain.middlewares')?.[1] ?? '';
+  for (const ref of members
+    .split(',')
+    .map((m) => m.trim())
+    .filter(Boolean)) {
+    const [member, provider] = ref.split('@');
+    if ((provider && provider !== 'docker') || !env.middlewares.has(member!))
+      return `chain member ${ref}, defined outside this container`;
+    const inner = guardOf(member!, env, seen);
+    if (inner) return `${inner} in chain member ${ref}`;
+  }
+  return undefined;
+}
+
+/**
  * The router's middlewares: an IP allow-list defined here becomes `allow`; a guard withholds the
- * router; others are warnings. Undefined when the router is not routed.
+ * router (`guard` names it); others are warnings. Undefined when the router is not routed.
  */
 function routerMiddlewares(
   router: string,
   opts: Options,
   env: Env,
   labels: string[],
-): { allow?: string[] } | undefined {
+): { allow?: string[] } | { guard: string } | undefined {
   const { sink } = env;
   let allow: string[] | undefined;
   const mwOpt = opts.get('middlewares');
@@ -517,17 +584,28 @@ function routerMiddlewares(
     .filter(Boolean)) {
     const [name, provider] = ref.split('@');
     const def = !provider || provider === 'docker' ? env.middlewares.get(name!) : undefined;
-    const kind = def ? [...def.keys()][0]!.split('.')[0]! : undefined;
-    if (def && kind && GUARDS.has(kind)) {
+    const kinds = def ? kindsOf(def) : new Set<string>();
+    const guard = def ? guardOf(name!, env) : undefined;
+    if (guard) {
       sink.warning(
         mwOpt[0],
         mwOpt[1],
-        `not routed: middleware ${ref} (${kind}) protects router ${router} and Berth cannot apply it; serving it without would expose it`,
+        `not routed: middleware ${ref} (${guard}) protects router ${router} and Berth cannot apply it; serving it without would expose it`,
+      );
+      return { guard: ref };
+    }
+    const kind = [...kinds].find((k) => ALLOW.has(k)) ?? [...kinds][0];
+    const range = def && kind && ALLOW.has(kind) ? def.get(`${kind}.sourcerange`) : undefined;
+    if (range && allow) {
+      // Traefik lets through only who passes both; Berth keeps one list per route.
+      sink.warning(
+        range[0],
+        range[1],
+        `not routed: router ${router} has a second IP allow-list (${ref}); Traefik admits only clients in both and Berth applies one list, so serving it with either would admit more`,
       );
       return undefined;
     }
-    const range = def && kind && ALLOW.has(kind) ? def.get(`${kind}.sourcerange`) : undefined;
-    if (range && !allow) {
+    if (range) {
       const cidrs = checkCidrList(range[1]);
       if (!cidrs.ok) {
         sink.scopedError(range[0], range[1], `router ${router} is not routed: expected ${cidrs.expected}`);
