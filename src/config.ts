@@ -265,6 +265,12 @@ export const FLAGS: FlagDef[] = [
     for: WATCH,
   },
   {
+    name: 'traefik-outside-middlewares',
+    kind: 'string',
+    help: 'Traefik middlewares defined outside the container (e.g. redirect-to-https@file,compress@file) that a router may be served without. Any other middleware Berth cannot see (authelia@docker, auth@file) withholds its router, since it may be its authentication',
+    for: WATCH,
+  },
+  {
     name: 'resync-interval',
     kind: 'duration',
     default: 30_000,
@@ -626,6 +632,8 @@ export interface WatchConfig {
   caddyLabelPrefix: string;
   /** Traefik's defaultRule, compiled once; off unless given. */
   traefikDefaultRule?: DefaultRule;
+  /** --traefik-outside-middlewares: middlewares defined elsewhere that a router may be served without. */
+  traefikOutsideMiddlewares?: string[];
 }
 
 export interface ServeConfig extends Common {
@@ -794,6 +802,19 @@ function watchConfig(raw: RawConfig, problems: string[]): WatchConfig {
   if (network) w.network = network;
   const policy = opt(raw['exec-policy']);
   if (policy) w.execPolicy = policy;
+  const outside = opt(raw['traefik-outside-middlewares']);
+  if (outside) {
+    const names = outside
+      .split(',')
+      .map((m) => m.trim())
+      .filter(Boolean);
+    const bad = names.filter((m) => !/^[A-Za-z0-9_.-]+(@[A-Za-z0-9_.-]+)?$/.test(m));
+    if (bad.length > 0)
+      problems.push(
+        `--traefik-outside-middlewares: expected middleware names such as redirect-to-https@file, not ${bad.map((b) => JSON.stringify(b)).join(', ')}`,
+      );
+    else w.traefikOutsideMiddlewares = names;
+  }
   const rule = opt(raw['traefik-default-rule']);
   if (rule) {
     try {

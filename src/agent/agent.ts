@@ -66,6 +66,9 @@ export class Agent {
         dialects: watch.dialects,
         caddyLabelPrefix: watch.caddyLabelPrefix,
         ...(watch.traefikDefaultRule ? { traefikDefaultRule: watch.traefikDefaultRule } : {}),
+        ...(watch.traefikOutsideMiddlewares
+          ? { traefikOutsideMiddlewares: watch.traefikOutsideMiddlewares }
+          : {}),
       },
       logger: this.o.logger.child({ component: 'watcher' }),
       resyncIntervalMs: watch.resyncIntervalMs,

@@ -44,7 +44,11 @@ const BY_NAME: Record<DialectName, Dialect> = {
   },
   traefik: {
     owns: (k) => isTraefikLabel(k),
-    parse: (c, ctx) => parseTraefikLabels(c, { defaultRule: ctx.traefikDefaultRule }),
+    parse: (c, ctx) =>
+      parseTraefikLabels(c, {
+        defaultRule: ctx.traefikDefaultRule,
+        ...(ctx.traefikOutsideMiddlewares ? { outside: ctx.traefikOutsideMiddlewares } : {}),
+      }),
     mergesReplicas: true,
   },
   dockflare: { owns: (k) => isDockflareLabel(k), parse: (c) => parseDockflareLabels(c) },
@@ -58,6 +62,8 @@ export interface ExtractContext extends AddressContext {
   caddyLabelPrefix?: string;
   /** Traefik's defaultRule (`--traefik-default-rule`), compiled: routers without a rule get it. Off by default. */
   traefikDefaultRule?: DefaultRule;
+  /** `--traefik-outside-middlewares`: middlewares defined elsewhere that a router may be served without. */
+  traefikOutsideMiddlewares?: readonly string[];
 }
 
 export interface Extracted {

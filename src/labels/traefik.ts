@@ -75,6 +75,8 @@ interface Env {
   referenced: Set<string>;
   /** Labels read as "not set" because they are empty, as Traefik reads them. */
   quiet: LabelNote[];
+  /** Middlewares defined elsewhere that a router may be served without, as `name@provider`. */
+  outside: Set<string>;
   /** Hosts and paths of routers withheld for a guard Berth cannot apply (see withholdCovered). */
   guarded: { hosts: string[]; path: string; router: string; ref: string }[];
 }
@@ -82,6 +84,8 @@ interface Env {
 export interface TraefikOptions {
   /** `--traefik-default-rule`, compiled. */
   defaultRule?: DefaultRule;
+  /** `--traefik-outside-middlewares`: defined elsewhere, and a router may be served without them. */
+  outside?: readonly string[];
 }
 
 /** Traefik's labels in four phases: group them, read services, read each router, then note the rest. */
@@ -109,6 +113,7 @@ export function parseTraefikLabels(c: ContainerInfo, o: TraefikOptions = {}): Di
       : { defaultRule: { rule, key: (r: string) => `traefik.http.routers.${r}.rule` } }),
     referenced: new Set(),
     quiet,
+    outside: new Set((o.outside ?? []).map(qualified)),
     guarded: [],
   };
   // Traefik gives a container without routers one, named after it, when it has at most one service.
@@ -533,6 +538,9 @@ function withholdCovered(drafts: RouteDraft[], env: Env, c: ContainerInfo): void
   }
 }
 
+/** A middleware reference as `name@provider`: without a provider Traefik looks in the router's own (docker). */
+const qualified = (ref: string) => (ref.includes('@') ? ref : `${ref}@docker`).toLowerCase();
+
 /** Every kind a middleware's labels define (`basicauth`, `chain`, …): a definition may have several. */
 function kindsOf(def: Options): Set<string> {
   return new Set([...def.keys()].map((k) => k.split('.')[0]!));
@@ -556,8 +564,10 @@ function guardOf(name: string, env: Env, seen: Set<string> = new Set()): string 
     .map((m) => m.trim())
     .filter(Boolean)) {
     const [member, provider] = ref.split('@');
-    if ((provider && provider !== 'docker') || !env.middlewares.has(member!))
+    if ((provider && provider !== 'docker') || !env.middlewares.has(member!)) {
+      if (env.outside.has(qualified(ref))) continue;
       return `chain member ${ref}, defined outside this container`;
+    }
     const inner = guardOf(member!, env, seen);
     if (inner) return `${inner} in chain member ${ref}`;
   }
@@ -613,14 +623,22 @@ function routerMiddlewares(
       }
       allow = cidrs.value;
       labels.push(mwOpt[0], range[0]);
-    } else {
+    } else if (def || env.outside.has(qualified(ref))) {
       sink.warning(
         mwOpt[0],
         mwOpt[1],
         def
           ? `not translated: middleware ${ref} (${kind}); router ${router} is served without it`
-          : `not translated: middleware ${ref} is defined outside this container; router ${router} is served without it`,
+          : `not translated: middleware ${ref} is defined outside this container and named in --traefik-outside-middlewares; router ${router} is served without it`,
       );
+    } else {
+      // Fail closed: authelia@docker, auth@file and the like are a router's authentication.
+      sink.warning(
+        mwOpt[0],
+        mwOpt[1],
+        `not routed: middleware ${ref} is defined outside this container, so Berth cannot see what it does, and it may be router ${router}'s authentication (as authelia@docker is); name it in the agent's --traefik-outside-middlewares to serve the router without it`,
+      );
+      return { guard: ref };
     }
   }
   return allow ? { allow } : {};

@@ -46,6 +46,15 @@ describe('loadConfig', () => {
     expect(Object.isFrozen(c)).toBe(true);
   });
 
+  it('reads --traefik-outside-middlewares as a list of names, and refuses anything else', () => {
+    const c = agent(['--key', 'k', '--traefik-outside-middlewares', 'redirect-to-https@file, compress']);
+    expect(c.traefikOutsideMiddlewares).toEqual(['redirect-to-https@file', 'compress']);
+    expect(agent(['--key', 'k']).traefikOutsideMiddlewares).toBeUndefined();
+    expect(() => agent(['--key', 'k', '--traefik-outside-middlewares', 'ok@file,bad name'])).toThrowError(
+      /--traefik-outside-middlewares: expected middleware names such as redirect-to-https@file, not "bad name"/,
+    );
+  });
+
   it('BERTH_DOCKER wins over DOCKER_HOST', () => {
     expect(serve([], { BERTH_DOCKER: 'tcp://127.0.0.1:2375', DOCKER_HOST: 'unix:///x' }).watch?.docker).toBe(
       'tcp://127.0.0.1:2375',
