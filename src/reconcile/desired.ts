@@ -73,10 +73,7 @@ function settle<R extends Claimant>(
   const winner = claims[0]!;
   const sameGroup = (c: Claim<R>) =>
     c.route.lbGroup !== undefined && c.route.lbGroup === winner.route.lbGroup;
-  const mayShare = (c: Claim<R>) =>
-    c.agent.agentId === winner.agent.agentId ||
-    (c.agent.scope !== undefined && c.agent.scope === winner.agent.scope) ||
-    (host !== undefined && (c.agent.grants ?? []).some((d) => domainCovers(d, host)));
+  const mayShare = (c: Claim<R>) => mayShareWith(c, winner, host);
   const members = claims.filter((c) => c === winner || (sameGroup(c) && mayShare(c)));
   for (const c of claims) {
     if (members.includes(c)) continue;
@@ -146,6 +143,11 @@ export class DesiredModel {
   private readonly claims = new Map<string, Claim<RouteSpec> | Claim<RouteSpec>[]>();
   /** Unit → what it settled to: its site itself when that is all (no refused claim). */
   private readonly results = new Map<string, Site | UnitResult>();
+  /**
+   * Host → its units with claims (the unit itself when it is the only one, as for nearly every
+   * host): a host's first claimant holds every path of it (see hostHolder).
+   */
+  private readonly hostUnits = new Map<string, string | string[]>();
   /** HTTP route key → its route, and the route's outcome. */
   private readonly routes = new Map<string, RouteSpec>();
   private readonly outcomes = new Map<string, RouteOutcome>();
@@ -193,6 +195,12 @@ export class DesiredModel {
       yield* this.drop(prev, dirty, touched);
       this.agents.delete(id);
     }
+    // A host of several paths: a change to one may change who holds the host, so all settle again.
+    for (const unit of [...dirty]) {
+      const units = this.hostUnits.get(hostOf(unit));
+      if (Array.isArray(units)) for (const u of units) dirty.add(u);
+    }
+    const holders = new Map<string, Claim<RouteSpec>>();
     const changed: Site[] = [];
     const replaced = new Set<Site>();
     for (const unit of dirty) {
@@ -204,7 +212,7 @@ export class DesiredModel {
         this.results.delete(unit);
         continue;
       }
-      const r = settleUnit(unit, list);
+      const r = settleUnit(unit, list, this.hostHolder(hostOf(unit), holders));
       this.results.set(unit, r.site && !r.errors ? r.site : r);
       if (r.site) changed.push(r.site);
       for (const c of list) touched.add(c.key);
@@ -237,6 +245,22 @@ export class DesiredModel {
     }
   }
 
+  /**
+   * Who holds a host of several paths: its first claim of all (as a unit's winner is its first).
+   * Undefined for a host of one path, where the unit's own settling decides. Worked out once per
+   * pass and host.
+   */
+  private hostHolder(host: string, memo: Map<string, Claim<RouteSpec>>): Claim<RouteSpec> | undefined {
+    const units = this.hostUnits.get(host);
+    if (!Array.isArray(units)) return undefined;
+    let first = memo.get(host);
+    if (first) return first;
+    for (const u of units)
+      for (const c of this.claimsOf(u)) if (!first || firstFirst(c, first) < 0) first = c;
+    if (first) memo.set(host, first);
+    return first;
+  }
+
   private addRoute(a: AgentRoutes, r: RouteSpec, dirty: Set<string>, touched: Set<string>): void {
     const key = routeKey(a.agentId, r.id);
     this.routes.set(key, r);
@@ -244,8 +268,10 @@ export class DesiredModel {
     for (const unit of unitsOfRoute(r)) {
       const claim = { key, agent: a, route: r, since: claimedSince(a.claims, unit) };
       const had = this.claims.get(unit);
-      if (had === undefined) this.claims.set(unit, claim);
-      else if (Array.isArray(had)) had.push(claim);
+      if (had === undefined) {
+        this.claims.set(unit, claim);
+        this.hostUnitAdded(unit);
+      } else if (Array.isArray(had)) had.push(claim);
       else this.claims.set(unit, [had, claim]);
       dirty.add(unit);
     }
@@ -269,9 +295,33 @@ export class DesiredModel {
       const rest = list.filter((c) => c.key !== key);
       if (rest.length > 1) this.claims.set(unit, rest);
       else if (rest.length === 1) this.claims.set(unit, rest[0]!);
-      else this.claims.delete(unit);
+      else {
+        this.claims.delete(unit);
+        this.hostUnitGone(unit, dirty);
+      }
       dirty.add(unit);
     }
+  }
+
+  private hostUnitAdded(unit: string): void {
+    const host = hostOf(unit);
+    const had = this.hostUnits.get(host);
+    if (had === undefined) this.hostUnits.set(host, unit);
+    else if (Array.isArray(had)) had.push(unit);
+    else this.hostUnits.set(host, [had, unit]);
+  }
+
+  /** A unit lost its last claim: the host's other units settle again (its holder may change). */
+  private hostUnitGone(unit: string, dirty: Set<string>): void {
+    const host = hostOf(unit);
+    const had = this.hostUnits.get(host);
+    if (!Array.isArray(had)) {
+      this.hostUnits.delete(host);
+      return;
+    }
+    const rest = had.filter((u) => u !== unit);
+    for (const u of rest) dirty.add(u);
+    this.hostUnits.set(host, rest.length === 1 ? rest[0]! : rest);
   }
 
   /**
@@ -433,7 +483,21 @@ function unitsOfRoute(r: RouteSpec): readonly string[] {
   return [...new Set(r.hosts.map((host) => httpUnit(host, r.path)))];
 }
 
-function settleUnit(unit: string, claims: Claim<RouteSpec>[]): UnitResult {
+/** A unit's host: the text before its NUL. */
+const hostOf = (unit: string) => unit.slice(0, unit.indexOf('\u0000'));
+
+/** Whether a claim's agent may serve where `holder`'s does: itself, its key, or a key whose --domains name the host. */
+const mayShareWith = (c: Claim, holder: Claim, host: string | undefined) =>
+  c.agent.agentId === holder.agent.agentId ||
+  (c.agent.scope !== undefined && c.agent.scope === holder.agent.scope) ||
+  (host !== undefined && (c.agent.grants ?? []).some((d) => domainCovers(d, host)));
+
+/**
+ * One unit settled. `holder` is the host's first claim of all its paths, when it has several: a
+ * claim on another path of the host by an agent that may not share with the holder is refused
+ * before the unit settles, so no agent of another key takes /login out of a host another holds.
+ */
+function settleUnit(unit: string, all: Claim<RouteSpec>[], holder?: Claim<RouteSpec>): UnitResult {
   const [host, path] = unit.split('\u0000') as [string, string];
   let errors: Map<string, string[]> | undefined;
   const refuse = (key: string, message: string) => {
@@ -442,6 +506,20 @@ function settleUnit(unit: string, claims: Claim<RouteSpec>[]): UnitResult {
     if (list) list.push(message);
     else errors.set(key, [message]);
   };
+  let claims = all;
+  if (holder && all.some((c) => !mayShareWith(c, holder, host))) {
+    claims = [];
+    const at = `${holder.route.path === '/' ? host : `${host}${holder.route.path}`}`;
+    for (const c of all) {
+      if (mayShareWith(c, holder, host)) claims.push(c);
+      else
+        refuse(
+          c.key,
+          `${host} is already claimed by ${describe(holder)} (at ${at}, first); an agent of another key may not serve a path of it: use the same key, or a key whose --domains name ${host}`,
+        );
+    }
+    if (claims.length === 0) return { errors: errors! };
+  }
   const members = settle(claims, `${host}${path === '/' ? '' : path}`, host, refuse);
   const winner = members[0]!;
   const upstreams: Upstream[] = [];

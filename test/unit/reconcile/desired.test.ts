@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { RouteSpec, TcpRouteSpec } from '../../../src/model/types.js';
-import { computeDesired } from '../../../src/reconcile/desired.js';
+import { computeDesired, DesiredModel } from '../../../src/reconcile/desired.js';
 
 function route(id: string, over: Partial<RouteSpec> = {}): RouteSpec {
   return {
@@ -50,6 +50,53 @@ describe('computeDesired', () => {
       );
       expect(d.outcomes.get('h1:c1/default')!.errors).toEqual([]);
     }
+  });
+
+  it('keeps an agent of another key off every path of a host another holds, in full and incremental passes', () => {
+    const holder = route('c1', { containerCreated: 10 });
+    const login = route('c2', {
+      id: 'c2/login',
+      path: '/login',
+      upstream: { host: '127.0.0.9', port: 9000, scheme: 'http' },
+    });
+    const a = {
+      agentId: 'h1',
+      agentName: 'host1',
+      routes: [holder],
+      scope: 'key1',
+      claims: { [`a.example.com\u0000/`]: { since: 1 } },
+    };
+    const b = {
+      agentId: 'h2',
+      agentName: 'host2',
+      routes: [login],
+      scope: 'key2',
+      claims: { [`a.example.com\u0000/login`]: { since: 2 } },
+    };
+    const d = computeDesired([a, b]);
+    expect(d.sites.map((x) => `${x.host}${x.path}`)).toEqual(['a.example.com/']);
+    expect(d.outcomes.get('h2:c2/login')!.errors).toEqual([
+      'a.example.com is already claimed by container name-c1 (c1) on host1 (at a.example.com, first); an agent of another key may not serve a path of it: use the same key, or a key whose --domains name a.example.com',
+    ]);
+    // The same key, or a key whose --domains name the host, may.
+    for (const other of [
+      { ...b, scope: 'key1' },
+      { ...b, grants: ['*.example.com'] },
+    ]) {
+      const ok = computeDesired([a, other]);
+      expect(ok.sites.map((x) => `${x.host}${x.path}`)).toEqual(['a.example.com/', 'a.example.com/login']);
+      expect(ok.outcomes.get('h2:c2/login')!.errors).toEqual([]);
+    }
+    // Incremental: once the holder goes, the other path is served; when it comes back first-seen
+    // earlier, it holds the host again.
+    const m = new DesiredModel();
+    expect(m.update([a, b]).sites).toHaveLength(1);
+    const alone = m.update([b]);
+    expect(alone.sites.map((x) => `${x.host}${x.path}`)).toEqual(['a.example.com/login']);
+    expect(alone.outcomes.get('h2:c2/login')!.errors).toEqual([]);
+    const back = m.update([{ ...a }, b]);
+    expect(back.sites.map((x) => `${x.host}${x.path}`)).toEqual(['a.example.com/']);
+    expect(back.outcomes.get('h2:c2/login')!.errors[0]).toMatch(/already claimed by container name-c1/);
   });
 
   it('load-balances claims that share a group, across agents', () => {
