@@ -41,6 +41,11 @@ interface Pending {
   onEvent: (e: ExecEvent) => void;
 }
 
+/** Past a request's timeout, how long an agent has to report its end (it kills at the timeout). */
+const EXEC_END_GRACE_MS = 45_000;
+/** The most output relayed for one request: well over any agent policy's usual maxOutputBytes (1 MiB). */
+const MAX_EXEC_OUTPUT_BYTES = 64 << 20;
+
 export class ExecBroker {
   private readonly pending = new Map<string, Pending>();
   counters = { requests: 0, allowed: 0, denied: 0, errors: 0 };
@@ -54,6 +59,10 @@ export class ExecBroker {
       isConnected: (agentId: string) => boolean;
       /** Told of every finished request (the audit entry as stored). */
       onAudit?: (entry: AuditEntry) => void;
+      /** Past the request's timeout, how long the agent has to report the end (tests shorten it). */
+      graceMs?: number;
+      /** The most output the server relays for one request (decoded bytes). */
+      maxOutputBytes?: number;
     },
   ) {}
 
@@ -182,17 +191,34 @@ export class ExecBroker {
     }
 
     const id = audit.id;
+    const graceMs = this.o.graceMs ?? EXEC_END_GRACE_MS;
+    const maxOutput = this.o.maxOutputBytes ?? MAX_EXEC_OUTPUT_BYTES;
+    let output = 0;
+    let deadline: NodeJS.Timeout | undefined;
+    // A hostile or stuck agent cannot hold a request open, or stream into it, without end.
+    const giveUp = (p: Pending, message: string) =>
+      p.onEvent({ type: 'exec.error', id, code: 'FAILED', message });
     await new Promise<void>((resolve, reject) => {
       const p: Pending = {
         agentId: target.agentId,
         started: false,
         onEvent: (e) => {
+          if (e.type !== 'exec.started' && e.type !== 'exec.output') clearTimeout(deadline);
           switch (e.type) {
             case 'exec.started':
               p.started = true;
               onEvent(e);
               return;
             case 'exec.output':
+              // base64: three bytes for every four characters.
+              output += Math.floor((e.data.length * 3) / 4);
+              if (output > maxOutput) {
+                giveUp(
+                  p,
+                  `the command's output passed ${maxOutput} bytes, the most the server relays for one request; the request ends here (the agent's own cap is its policy's maxOutputBytes)`,
+                );
+                return;
+              }
               onEvent(e);
               return;
             case 'exec.exit': {
@@ -242,7 +268,16 @@ export class ExecBroker {
         this.pending.delete(id);
         const err = new UserError('AGENT_OFFLINE', `agent ${target.agentName} went offline; nothing was run`);
         void finish({ reason: err.message }).then(() => reject(err), reject);
+        return;
       }
+      deadline = setTimeout(
+        () =>
+          giveUp(
+            p,
+            `agent ${target.agentName} reported no end within ${call.timeoutMs + graceMs} ms (the timeout and ${graceMs} ms to stop the command); the request ends here, and the command may still be running`,
+          ),
+        call.timeoutMs + graceMs,
+      );
     });
   }
 

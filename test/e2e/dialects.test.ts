@@ -43,7 +43,8 @@ async function serves(host: string, body: string, path = '/') {
 }
 
 beforeAll(async () => {
-  for (const n of ['caddyapp', 'traefikapp', 'flare', 'native', 'both']) port[n] = await freePort();
+  for (const n of ['caddyapp', 'traefikapp', 'flare', 'flare-private', 'native', 'both'])
+    port[n] = await freePort();
   d = await startDockerd({ name: 'dialects' });
   await importBusybox(d, IMAGE);
   berth = await startBerth({ docker: d.dockerHost });
@@ -73,6 +74,13 @@ describe('label dialects', () => {
       'dockflare.enable': 'true',
       'dockflare.hostname': 'flare.test',
       'dockflare.service': 'http://flare:$PORT',
+      'dockflare.access.policy': 'bypass',
+    });
+    // Behind Cloudflare Access (a sign-in Berth cannot apply): withheld, not served open.
+    await web('flare-private', {
+      'dockflare.enable': 'true',
+      'dockflare.hostname': 'private.flare.test',
+      'dockflare.service': 'http://flare-private:$PORT',
       'dockflare.access.policy': 'authenticate',
     });
     await web('native', { 'berth.host': 'berth.test', 'berth.port': '$PORT' });
@@ -95,6 +103,12 @@ describe('label dialects', () => {
     expect(line('caddyapp')).toEqual(['caddy.test/:applied', 'caddy.test/api:applied']);
     expect(line('traefikapp')).toEqual(['traefik.test+www.traefik.test/:applied']);
     expect(line('flare')).toEqual(['flare.test/:applied']);
+    expect(line('flare-private')).toEqual([]);
+    expect((await get('private.flare.test')).status).toBe(404);
+    const privately = await berth.cli(['explain', 'flare-private']);
+    expect(privately.stdout).toMatch(
+      /not routed: the route is behind Cloudflare Access \(dockflare\.access\.policy\)/,
+    );
     expect(line('native')).toEqual(['berth.test/:applied']);
   });
 
