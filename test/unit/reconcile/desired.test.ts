@@ -64,14 +64,14 @@ describe('computeDesired', () => {
       agentName: 'host1',
       routes: [holder],
       scope: 'key1',
-      claims: { [`a.example.com\u0000/`]: { since: 1 } },
+      claims: { 'a.example.com\u0000/': { since: 1 } },
     };
     const b = {
       agentId: 'h2',
       agentName: 'host2',
       routes: [login],
       scope: 'key2',
-      claims: { [`a.example.com\u0000/login`]: { since: 2 } },
+      claims: { 'a.example.com\u0000/login': { since: 2 } },
     };
     const d = computeDesired([a, b]);
     expect(d.sites.map((x) => `${x.host}${x.path}`)).toEqual(['a.example.com/']);
