@@ -148,6 +148,8 @@ export class DesiredModel {
    * host): a host's first claimant holds every path of it (see hostHolder).
    */
   private readonly hostUnits = new Map<string, string | string[]>();
+  /** Hosts of several paths in hostUnits: none (as in most fleets), and no host's holder is looked for. */
+  private multiPathHosts = 0;
   /** HTTP route key → its route, and the route's outcome. */
   private readonly routes = new Map<string, RouteSpec>();
   private readonly outcomes = new Map<string, RouteOutcome>();
@@ -196,10 +198,11 @@ export class DesiredModel {
       this.agents.delete(id);
     }
     // A host of several paths: a change to one may change who holds the host, so all settle again.
-    for (const unit of [...dirty]) {
-      const units = this.hostUnits.get(hostOf(unit));
-      if (Array.isArray(units)) for (const u of units) dirty.add(u);
-    }
+    if (this.multiPathHosts > 0)
+      for (const unit of [...dirty]) {
+        const units = this.hostUnits.get(hostOf(unit));
+        if (Array.isArray(units)) for (const u of units) dirty.add(u);
+      }
     const holders = new Map<string, Claim<RouteSpec>>();
     const changed: Site[] = [];
     const replaced = new Set<Site>();
@@ -212,7 +215,8 @@ export class DesiredModel {
         this.results.delete(unit);
         continue;
       }
-      const r = settleUnit(unit, list, this.hostHolder(hostOf(unit), holders));
+      const holder = this.multiPathHosts > 0 ? this.hostHolder(hostOf(unit), holders) : undefined;
+      const r = settleUnit(unit, list, holder);
       this.results.set(unit, r.site && !r.errors ? r.site : r);
       if (r.site) changed.push(r.site);
       for (const c of list) touched.add(c.key);
@@ -308,7 +312,10 @@ export class DesiredModel {
     const had = this.hostUnits.get(host);
     if (had === undefined) this.hostUnits.set(host, unit);
     else if (Array.isArray(had)) had.push(unit);
-    else this.hostUnits.set(host, [had, unit]);
+    else {
+      this.hostUnits.set(host, [had, unit]);
+      this.multiPathHosts++;
+    }
   }
 
   /** A unit lost its last claim: the host's other units settle again (its holder may change). */
@@ -321,6 +328,7 @@ export class DesiredModel {
     }
     const rest = had.filter((u) => u !== unit);
     for (const u of rest) dirty.add(u);
+    if (rest.length === 1) this.multiPathHosts--;
     this.hostUnits.set(host, rest.length === 1 ? rest[0]! : rest);
   }
 
