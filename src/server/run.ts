@@ -80,6 +80,9 @@ export async function runServer(config: ServeConfig, logger: Logger): Promise<Ru
     connected: (agentId) => hubRef?.connected(agentId) ?? false,
   });
   await tunnels.start();
+  // No TCP route may listen on the endpoints' port: bound on every address, it would keep new
+  // endpoints (127.77.x.y on that port) from binding.
+  plane.protected.push({ host: '127.77.0.1', port: tunnels.port!, what: 'tunnel endpoints (127.77.0.0/16)' });
   const registry = new Registry({
     store,
     liveness: {

@@ -87,6 +87,11 @@ export class TunnelBroker implements TunnelEndpoints {
     this.maxStreams = Math.min(o.maxStreams ?? MAX_TUNNEL_STREAMS, MAX_TUNNEL_STREAMS);
   }
 
+  /** The one port every endpoint listens on (after start). */
+  get port(): number | undefined {
+    return this.table?.port;
+  }
+
   /** Finds the endpoints' port: the first endpoint's listener takes a free one. */
   async start(): Promise<void> {
     const first = this.listener(0);
