@@ -19,6 +19,8 @@ export interface ExecRunnerOptions {
   labelPrefix: string;
   logger: Logger;
   send: (e: ExecEvent) => void;
+  /** How long a killed command may take to end (tests shorten it). */
+  killGraceMs?: number;
 }
 
 /** setTimeout fires at once for longer delays (and warns): clamp to what it can wait. */
@@ -34,6 +36,12 @@ const LOGGED_ARG_LENGTH = 256;
 
 export class ExecRunner {
   private running = 0;
+  /**
+   * Commands whose request was given up after their kill failed (no host PID namespace, a hung
+   * Docker), still running: they keep their slot until they end, so maxConcurrent bounds the
+   * processes, not just the requests.
+   */
+  private lingering = 0;
   /** Requests by what happened to them, for the agent's metrics. */
   readonly counters = { allowed: 0, denied: 0, busy: 0 };
 
@@ -62,14 +70,16 @@ export class ExecRunner {
         log.debug({ err: errorMessage(err), event: e.type }, 'cannot send an exec event');
       }
     };
-    if (this.running >= policy.maxConcurrent) {
+    if (this.running + this.lingering >= policy.maxConcurrent) {
       this.counters.busy++;
       log.warn({ decision: 'busy' }, 'exec refused: too many running');
+      const stuck =
+        this.lingering > 0 ? `, ${this.lingering} of them still running after their kill failed` : '';
       return send({
         type: 'exec.error',
         id: req.id,
         code: 'BUSY',
-        message: `${this.running} commands already running on this agent (limit ${policy.maxConcurrent})`,
+        message: `${this.running + this.lingering} commands already running on this agent${stuck} (limit ${policy.maxConcurrent})`,
       });
     }
     // The slot is taken before the first await, so requests arriving together cannot all pass.
@@ -211,10 +221,16 @@ export class ExecRunner {
       const timer = setTimeout(() => {
         timedOut = true;
         killSoon(`timeout after ${limit} ms`);
+        const graceMs = this.o.killGraceMs ?? KILL_GRACE_MS;
         giveUp = setTimeout(() => {
-          log.warn({ graceMs: KILL_GRACE_MS }, 'the command did not end after its kill; giving up on it');
+          log.warn(
+            { graceMs },
+            'the command did not end after its kill; giving up on it (it keeps its slot until it ends)',
+          );
+          this.lingering++;
+          void handle!.done.finally(() => this.lingering--);
           resolve({ exitCode: null });
-        }, KILL_GRACE_MS);
+        }, graceMs);
       }, limit);
       void handle!.done.finally(() => clearTimeout(timer));
     });
