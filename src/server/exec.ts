@@ -147,7 +147,15 @@ export class ExecBroker {
    * Runs one request. `onEvent` sees every event; the returned promise settles when the
    * request is over. Failures before the command starts are thrown as UserErrors.
    */
-  async run(call: ExecCall, onEvent: (e: ExecEvent) => void, serverRules?: string[]): Promise<void> {
+  /**
+   * `rules`: the server's narrowing for the request's agent (its key's --exec-allow), or how to
+   * find it once the target is known, so that a target that resolves to nothing is audited too.
+   */
+  async run(
+    call: ExecCall,
+    onEvent: (e: ExecEvent) => void,
+    rules?: string[] | ((agentId: string) => string[] | undefined),
+  ): Promise<void> {
     this.counters.requests++;
     const started = Date.now();
     const audit: AuditEntry = {
@@ -263,6 +271,7 @@ export class ExecBroker {
         argv: call.argv,
         timeoutMs: call.timeoutMs,
       };
+      const serverRules = typeof rules === 'function' ? rules(target.agentId) : rules;
       if (serverRules) req.serverRules = serverRules;
       if (!this.o.channel(target.agentId, req)) {
         this.pending.delete(id);

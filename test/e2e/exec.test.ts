@@ -297,6 +297,12 @@ describe('berth exec', () => {
     expect((await exec(['--agent', 'exechost', 'nothere', '--', 'echo', 'hello', 'x'])).stderr).toMatch(
       /no container or service "nothere" on agent exechost/,
     );
+    // Audited too: a request for nothing is a request.
+    const entries = JSON.parse((await server.cli(['audit', '--json'])).stdout);
+    expect(entries.find((e: { container: string }) => e.container === 'nothere')).toMatchObject({
+      decision: 'error',
+      reason: expect.stringMatching(/no container or service "nothere"/),
+    });
     await agent.stop();
     const r = await exec(['--agent', 'exechost', 'app', '--', 'echo', 'hello', 'x']);
     expect(r.code).toBe(1);

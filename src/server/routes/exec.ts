@@ -65,8 +65,8 @@ export const execRoutes: FastifyPluginAsyncJsonSchemaToTs<{ Options: ExecOptions
         } else if (e.type === 'exec.error') write({ error: { code: e.code, message: e.message } });
       };
       const pick = { node: body.node, slot: body.task };
-      const target = broker.resolve(body.target, body.agent, pick);
-      const rules = registry.execRulesFor(target.agentId);
+      // The target is resolved (and a missing one audited) inside run().
+      const rules = (agentId: string) => registry.execRulesFor(agentId);
       await broker.run(
         {
           target: body.target,
