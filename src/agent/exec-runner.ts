@@ -228,7 +228,10 @@ export class ExecRunner {
             'the command did not end after its kill; giving up on it (it keeps its slot until it ends)',
           );
           this.lingering++;
-          void handle!.done.finally(() => this.lingering--);
+          const release = () => {
+            this.lingering--;
+          };
+          handle!.done.then(release, release);
           resolve({ exitCode: null });
         }, graceMs);
       }, limit);

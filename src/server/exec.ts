@@ -279,13 +279,15 @@ export class ExecBroker {
         void finish({ reason: err.message }).then(() => reject(err), reject);
         return;
       }
+      // setTimeout fires at once past 2^31 - 1 ms (about 24.8 days): a longer --timeout waits that long.
+      const waitMs = Math.min(call.timeoutMs + graceMs, 2 ** 31 - 1);
       deadline = setTimeout(
         () =>
           giveUp(
             p,
-            `agent ${target.agentName} reported no end within ${call.timeoutMs + graceMs} ms (the timeout and ${graceMs} ms to stop the command); the request ends here, and the command may still be running`,
+            `agent ${target.agentName} reported no end within ${waitMs} ms (the timeout and ${graceMs} ms to stop the command); the request ends here, and the command may still be running`,
           ),
-        call.timeoutMs + graceMs,
+        waitMs,
       );
     });
   }

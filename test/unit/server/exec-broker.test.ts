@@ -62,6 +62,20 @@ describe('ExecBroker', () => {
     expect(events.at(-1)).toMatchObject({ message: expect.stringMatching(/output passed 1000 bytes/) });
   });
 
+  it('waits for a request with a timeout past what a timer can hold (30 days) instead of ending it at once', async () => {
+    const { b } = broker(
+      (req, self) =>
+        setTimeout(() => {
+          self.onAgentEvent('a1', { type: 'exec.started', id: req.id });
+          self.onAgentEvent('a1', { type: 'exec.exit', id: req.id, exitCode: 0, durationMs: 1 } as ExecEvent);
+        }, 30),
+      {},
+    );
+    const events: ExecEvent[] = [];
+    await b.run({ ...call, timeoutMs: 30 * 86_400_000 }, (e) => events.push(e));
+    expect(events.map((e) => e.type)).toEqual(['exec.started', 'exec.exit']);
+  });
+
   it('passes a request that ends in time through untouched', async () => {
     const { b, audits } = broker(
       (req, self) => {
