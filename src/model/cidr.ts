@@ -47,14 +47,12 @@ export function parseCidrList(raw: string): { cidrs: Cidr[]; bad: string[] } {
  * zone kept as it is. Brackets are taken off. Undefined when it is not an IP address.
  */
 export function canonicalIp(raw: string): string | undefined {
-  const addr = raw.startsWith('[') && raw.endsWith(']') ? raw.slice(1, -1) : raw;
-  const family = isIP(addr);
-  if (family === 4) return fromBits(toBits(addr, 4), 4);
-  if (family !== 6) return undefined;
-  const pct = addr.indexOf('%');
-  const zone = pct < 0 ? '' : addr.slice(pct);
-  const bits = toBits(addr, 6);
-  if (bits >> 32n === 0xffffn) return fromBits(bits & 0xffffffffn, 4);
+  const a = addressBits(raw);
+  if (!a) return undefined;
+  if (a.family === 4) return fromBits(a.bits, 4);
+  const pct = raw.indexOf('%');
+  const zone = pct < 0 ? '' : raw.slice(pct).replace(/\]$/, '');
+  const bits = a.bits;
   const groups = fromBits(bits, 6).split(':');
   let best = -1;
   let bestLen = 1;
@@ -77,13 +75,24 @@ export function canonicalIp(raw: string): string | undefined {
 
 /** Whether a client address (IPv4, IPv6 or IPv4-mapped IPv6, in any spelling) is inside any of the networks. */
 export function cidrsContain(cidrs: readonly Cidr[], address: string): boolean {
-  const addr = canonicalIp(address);
-  if (addr === undefined) return false;
-  const family = isIP(addr);
-  if (family !== 4 && family !== 6) return false;
-  const bits = toBits(addr, family);
+  const a = addressBits(address);
+  if (!a) return false;
+  const { family, bits } = a;
   const width = family === 4 ? 32 : 128;
   return cidrs.some((c) => c.family === family && (bits & mask(c.prefix, width)) === c.bits);
+}
+
+/**
+ * An address as its family and number, brackets taken off, an IPv4-mapped IPv6 address (in any
+ * spelling) as the IPv4 address it reaches: what canonicalIp writes and cidrsContain matches.
+ */
+function addressBits(raw: string): { family: 4 | 6; bits: bigint } | undefined {
+  const addr = raw.startsWith('[') && raw.endsWith(']') ? raw.slice(1, -1) : raw;
+  const family = isIP(addr);
+  if (family === 4) return { family, bits: toBits(addr, 4) };
+  if (family !== 6) return undefined;
+  const bits = toBits(addr, 6);
+  return bits >> 32n === 0xffffn ? { family: 4, bits: bits & 0xffffffffn } : { family: 6, bits };
 }
 
 function mask(prefix: number, width: number): bigint {
